@@ -1,0 +1,80 @@
+"""Small file helpers shared by every stage: atomic writes, JSON, environment defaults."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+DEFAULT_HF_REPO = "dragonintelligence/CIFAKE-image-dataset"
+DEFAULT_KAGGLE_HANDLE = "birdy654/cifake-real-and-ai-generated-synthetic-images"
+
+
+def default_data_source() -> str:
+    """`$CIFAKE_DATA` when set, else the Hugging Face Hub mirror."""
+    return os.environ.get("CIFAKE_DATA") or "hf"
+
+
+def cache_root() -> Path:
+    """`$CIFAKE_CACHE`, else `<user cache>/cifake` (XDG_CACHE_HOME or ~/.cache)."""
+    env = os.environ.get("CIFAKE_CACHE")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "cifake"
+
+
+def smoke_mode() -> bool:
+    """True when `CIFAKE_SMOKE` asks notebooks and presets to run small and fast."""
+    return os.environ.get("CIFAKE_SMOKE", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
+    """Call `write(tmp_path)`, then rename onto `path`, so readers never see a partial file.
+
+    The temporary file lives in the same folder (rename is atomic only within one
+    file system, which matters when the target is on Google Drive).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        write(tmp_path)
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+    return path
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    return atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """Write `obj` as indented JSON, atomically."""
+    return write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: file not found") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+
+
+def _json_default(obj: Any) -> Any:
+    # numpy scalars and arrays, Paths: the usual suspects in metrics and configs.
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")

@@ -1,0 +1,53 @@
+"""Shared fixtures.
+
+Real CIFAKE images are found through environment variables (never copied into the repo):
+- `CIFAKE_DATA`: a folder in the Kaggle layout (CI points it at the 7,900-image sample);
+- `CIFAKE_ARCHIVE`: the full CIFAKE .tar.gz, for full-scale tests.
+Tests that need them skip with a reason when they are absent.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory):
+    """Decoded arrays and feature caches go to a temp folder, never the user's cache."""
+    old = os.environ.get("CIFAKE_CACHE")
+    os.environ["CIFAKE_CACHE"] = str(tmp_path_factory.mktemp("cifake_cache"))
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    yield
+    if old is None:
+        os.environ.pop("CIFAKE_CACHE", None)
+    else:
+        os.environ["CIFAKE_CACHE"] = old
+
+
+@pytest.fixture(scope="session")
+def sample_dir() -> Path:
+    """The real CIFAKE sample folder (`$CIFAKE_DATA`), or skip."""
+    path = os.environ.get("CIFAKE_DATA")
+    if not path or not Path(path).is_dir():
+        pytest.skip("real CIFAKE sample not available: set CIFAKE_DATA to a folder in the Kaggle layout")
+    return Path(path)
+
+
+@pytest.fixture(scope="session")
+def archive_path() -> Path:
+    """The full CIFAKE archive (`$CIFAKE_ARCHIVE`), or skip."""
+    path = os.environ.get("CIFAKE_ARCHIVE")
+    if not path or not Path(path).is_file():
+        pytest.skip("full CIFAKE archive not available: set CIFAKE_ARCHIVE to CIFAKE.tar.gz")
+    return Path(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A tiny, randomly initialised CLIP written by the library itself (offline)."""
+    from cifake_lib.models import write_tiny_clip
+
+    return write_tiny_clip(tmp_path_factory.mktemp("tiny_clip") / "model", seed=0)
