@@ -469,7 +469,7 @@ def read_predictions(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """Read predictions.csv -> {"id": str array, "label": int64, "cifar_class": int64, "p_fake": float64}."""
     path = Path(path)
     try:
-        f = open(path, newline="", encoding="utf-8")
+        f = open(path, newline="", encoding="utf-8-sig")  # -sig: tolerate a BOM from spreadsheet exports
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: file not found") from None
     with f:

@@ -320,6 +320,8 @@ def test_read_predictions_errors_name_the_file(tmp_path):
     bad.write_text("")
     with pytest.raises(ValueError, match=r"bad\.csv.*empty"):
         read_predictions(bad)
+    bad.write_text("\ufeffid,label,cifar_class,p_fake\na,1,0,0.5\n", encoding="utf-8")  # BOM is fine
+    assert read_predictions(bad)["id"].tolist() == ["a"]
     with pytest.raises(FileNotFoundError, match="missing.csv"):
         read_predictions(tmp_path / "missing.csv")
     with pytest.raises(ValueError, match="ids"):
