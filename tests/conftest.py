@@ -13,13 +13,17 @@ from pathlib import Path
 
 import pytest
 
+# Tests never touch the network. Set before transformers / huggingface_hub are imported by any
+# test module: both read this once, at import.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_cache(tmp_path_factory):
     """Decoded arrays and feature caches go to a temp folder, never the user's cache."""
     old = os.environ.get("CIFAKE_CACHE")
     os.environ["CIFAKE_CACHE"] = str(tmp_path_factory.mktemp("cifake_cache"))
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     yield
     if old is None:
         os.environ.pop("CIFAKE_CACHE", None)

@@ -1,0 +1,221 @@
+"""Loading CLIP (a Hub id or a local folder) and writing a tiny offline CLIP for tests.
+
+The tiny CLIP is a real `CLIPModel` + `CLIPProcessor` saved with `save_pretrained`, so it
+goes through exactly the code path of `openai/clip-vit-base-patch32`; only the sizes differ.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from pathlib import Path
+
+import torch
+
+DEFAULT_MODEL = "openai/clip-vit-base-patch32"
+KNOWN_MODELS = (
+    "openai/clip-vit-base-patch32",
+    "openai/clip-vit-base-patch16",
+    "openai/clip-vit-large-patch14",
+)
+
+# OpenAI's CLIP normalisation, which the tiny model shares so preprocessing code paths match.
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+# Model shapes: "tiny" learns CIFAKE in CPU minutes; "vit-b-32" has ViT-B/32's compute, for benchmarks.
+SHAPES = {
+    "tiny": dict(
+        image_size=32, patch_size=4, vision_hidden=64, vision_layers=2, vision_heads=2,
+        text_hidden=64, text_layers=2, text_heads=2, projection_dim=64,
+    ),
+    "vit-b-32": dict(
+        image_size=224, patch_size=32, vision_hidden=768, vision_layers=12, vision_heads=12,
+        text_hidden=512, text_layers=12, text_heads=8, projection_dim=512,
+    ),
+}
+
+# Words the tiny tokenizer learns merges for: the prompt vocabulary of this project.
+_TOKENIZER_CORPUS = """
+a an the of this is photo photograph picture image real authentic genuine natural camera
+taken with by fake synthetic generated ai-generated ai artificial intelligence computer
+rendered diffusion stable model machine made digital art generative neural network
+low resolution small blurry pixelated tiny cropped close-up
+airplane automobile bird cat deer dog frog horse ship truck car plane animal vehicle
+"""
+
+
+def pick_device(prefer: str | None = None) -> torch.device:
+    """`prefer` if given ("cpu", "cuda", "cuda:1", "mps"), else CUDA, then Apple MPS, then CPU."""
+    if prefer:
+        device = torch.device(prefer)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"--device {prefer}: CUDA is not available on this machine")
+        return device
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def inference_dtype(device: torch.device | str) -> torch.dtype:
+    """Half precision on CUDA (inference only), float32 elsewhere."""
+    return torch.float16 if torch.device(device).type == "cuda" else torch.float32
+
+
+def load_clip(
+    name_or_path: str | os.PathLike = DEFAULT_MODEL,
+    *,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+):
+    """Load a `CLIPModel` and its `CLIPProcessor` from a Hub id or a local folder, in eval mode.
+
+    Raises a clear error naming the id when it cannot be fetched (e.g. offline).
+    """
+    from transformers import CLIPModel, CLIPProcessor
+
+    name = os.fspath(name_or_path)
+    path = Path(name).expanduser()
+    local = path.exists()
+    if local and not (path / "config.json").is_file():
+        raise FileNotFoundError(
+            f"{path}: not a CLIP model folder (no config.json); expected a folder written by "
+            "save_pretrained, e.g. a run's model/ folder or one from `cifake tiny-model`"
+        )
+    source = str(path) if local else name
+    device = pick_device(str(device)) if device is not None else pick_device()
+    try:
+        processor = CLIPProcessor.from_pretrained(source)
+        model = CLIPModel.from_pretrained(source, dtype=dtype or torch.float32)
+    except OSError as e:
+        if local:
+            raise FileNotFoundError(f"{path}: could not load a CLIP model from this folder ({e})") from None
+        raise OSError(
+            f"could not load CLIP model {name!r} from the Hugging Face Hub ({type(e).__name__}). "
+            "If this machine is offline, download it elsewhere and pass the local folder "
+            "(--model DIR), or write a tiny offline model with `cifake tiny-model DIR`."
+        ) from None
+    model.to(device).eval()
+    return model, processor
+
+
+def write_tiny_clip(
+    out_dir: str | os.PathLike,
+    *,
+    seed: int = 0,
+    shape: str = "tiny",
+    num_merges: int = 400,
+) -> Path:
+    """Write a randomly initialised CLIPModel + CLIPProcessor to `out_dir` and return the path.
+
+    Same seed, same weights. `shape="tiny"` takes 32x32 input with patch 4; `"vit-b-32"` has
+    ViT-B/32's sizes (224 input, patch 32) for benchmarks. The tokenizer is a real byte-level BPE
+    with a small vocabulary, saved as files that `CLIPProcessor.from_pretrained` reads.
+    """
+    from transformers import (
+        CLIPConfig,
+        CLIPImageProcessor,
+        CLIPModel,
+        CLIPProcessor,
+        CLIPTextConfig,
+        CLIPTokenizer,
+        CLIPVisionConfig,
+    )
+
+    if shape not in SHAPES:
+        raise ValueError(f"shape must be one of {sorted(SHAPES)}, got {shape!r}")
+    s = SHAPES[shape]
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+
+    vocab, merges = _train_bpe(_TOKENIZER_CORPUS.split(), num_merges)
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
+    bos, eos = vocab["<|startoftext|>"], vocab["<|endoftext|>"]
+    # eos must not be 2: that id switches CLIP's text pooling to its legacy argmax rule.
+    assert eos != 2 and tokenizer.convert_tokens_to_ids("<|endoftext|>") == eos
+
+    text_config = CLIPTextConfig(
+        vocab_size=len(vocab), hidden_size=s["text_hidden"], intermediate_size=4 * s["text_hidden"],
+        num_hidden_layers=s["text_layers"], num_attention_heads=s["text_heads"],
+        max_position_embeddings=77, projection_dim=s["projection_dim"],
+        bos_token_id=bos, eos_token_id=eos, pad_token_id=eos,
+    )
+    vision_config = CLIPVisionConfig(
+        image_size=s["image_size"], patch_size=s["patch_size"], hidden_size=s["vision_hidden"],
+        intermediate_size=4 * s["vision_hidden"], num_hidden_layers=s["vision_layers"],
+        num_attention_heads=s["vision_heads"], projection_dim=s["projection_dim"],
+    )
+    config = CLIPConfig(
+        text_config=text_config.to_dict(), vision_config=vision_config.to_dict(),
+        projection_dim=s["projection_dim"],
+    )
+    torch.manual_seed(seed)
+    model = CLIPModel(config)
+    image_processor = CLIPImageProcessor(
+        size={"shortest_edge": s["image_size"]},
+        crop_size={"height": s["image_size"], "width": s["image_size"]},
+        resample=3,  # bicubic, as OpenAI's CLIP
+        image_mean=list(CLIP_MEAN),
+        image_std=list(CLIP_STD),
+    )
+    processor = CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    (out / "TINY_MODEL.json").write_text(json.dumps({"shape": shape, "seed": seed}, indent=2) + "\n")
+    return out
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2/CLIP's reversible map from bytes to printable unicode characters."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, (chr(c) for c in cs), strict=True))
+
+
+def _train_bpe(words: list[str], num_merges: int) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """A minimal byte-level BPE learner in CLIP's format (end of word marked by `</w>`).
+
+    The vocabulary covers every byte (so any text tokenises) plus merges learned on `words`.
+    """
+    byte_chars = list(_bytes_to_unicode().values())
+    vocab_list = byte_chars + [c + "</w>" for c in byte_chars]
+    enc = _bytes_to_unicode()
+    corpus = Counter()
+    for w in words:
+        chars = [enc[b] for b in w.lower().encode("utf-8")]
+        corpus[tuple(chars[:-1] + [chars[-1] + "</w>"])] += 1
+    merges: list[tuple[str, str]] = []
+    for _ in range(num_merges):
+        pairs = Counter()
+        for word, freq in corpus.items():
+            for a, b in zip(word, word[1:], strict=False):
+                pairs[a, b] += freq
+        if not pairs:
+            break
+        (a, b), _count = max(pairs.items(), key=lambda kv: (kv[1], kv[0]))
+        merges.append((a, b))
+        vocab_list.append(a + b)
+        new_corpus = Counter()
+        for word, freq in corpus.items():
+            merged, i = [], 0
+            while i < len(word):
+                if i + 1 < len(word) and word[i] == a and word[i + 1] == b:
+                    merged.append(a + b)
+                    i += 2
+                else:
+                    merged.append(word[i])
+                    i += 1
+            new_corpus[tuple(merged)] += freq
+        corpus = new_corpus
+    vocab_list += ["<|startoftext|>", "<|endoftext|>"]
+    vocab = {tok: i for i, tok in enumerate(dict.fromkeys(vocab_list))}
+    return vocab, merges
