@@ -156,6 +156,42 @@ def _cnn_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", choices=["report", "smoke"], default="report",
+                   help="report: the study as reported (ViT-B/32, full CIFAKE); smoke: every stage on a "
+                   "tiny offline CLIP and a few thousand local images, in minutes on a CPU")
+    p.add_argument("--data", default=None, metavar="SRC",
+                   help="CIFAKE source for every stage (default: [data] data in the config, else "
+                   "$CIFAKE_DATA, else hf)")
+    p.add_argument("--config", default=None, metavar="FILE.toml",
+                   help="TOML whose tables override the preset's (see cifake_lib/presets/report.toml)")
+    p.add_argument("--out", default="study", metavar="DIR", help="folder for every stage's outputs (default: study)")
+    p.add_argument("--notebooks", action="store_true",
+                   help="also execute the four notebooks headless and save executed copies in OUT/notebooks")
+    p.add_argument("--print-config", action="store_true", help="print the merged config as JSON and exit")
+
+
+@command("run", "run the whole study: data, zero-shot, probe, fine-tune, CNN, evaluate, robustness, report; "
+         "finished stages are skipped, interrupted ones resumed", _run_args)
+def _run(args: argparse.Namespace) -> int:
+    import json
+
+    from cifake_lib.pipeline import PipelineError, load_config, run_study
+
+    try:
+        if args.print_config:
+            print(json.dumps(load_config(args.preset, args.config), indent=2))
+            return 0
+        record = run_study(preset=args.preset, data=args.data, config_file=args.config, out=args.out,
+                           notebooks=args.notebooks)
+    except PipelineError as e:
+        raise CliError(str(e)) from None
+    ran = sum(s["status"] == "ran" for s in record["steps"])
+    print(f"study complete in {args.out}: {ran} step(s) ran, {len(record['steps']) - ran} already complete; "
+          f"report: {args.out}/report/report.md")
+    return 0
+
+
 # ---------------------------------------------------------------------------
 
 
