@@ -209,7 +209,7 @@ def build_head(model, processor, prompts: PromptSet | str, *, marginal: str = "l
 # ---------------------------------------------------------------------------
 
 
-def _model_ref(model) -> str:
+def model_reference(model) -> str:
     """How detector.json names a model: an absolute folder path, or the Hub id it came from."""
     name = str(getattr(model, "name_or_path", "") or "")
     if name and Path(name).expanduser().exists():
@@ -254,7 +254,7 @@ class ClipDetector:
         self.threshold = float(threshold)
         self.head = head if head is not None else build_head(model, processor, self.prompts, marginal=marginal)
         self.detector = detector or f"zeroshot:{self.prompts.name}"
-        self.model_ref = model_ref if model_ref is not None else _model_ref(model)
+        self.model_ref = model_ref if model_ref is not None else model_reference(model)
         self.use_known_class = bool(use_known_class)
 
     @property
@@ -325,7 +325,7 @@ class ClipDetector:
                         threshold: float = 0.5, device: str | torch.device | None = None,
                         marginal: str = "logsumexp", **kwargs: Any) -> ClipDetector:
         """Zero-shot detector from a Hub id or a CLIP model folder (half precision on CUDA)."""
-        model, processor = _load(name_or_path, device)
+        model, processor = load_for_inference(name_or_path, device)
         return cls(model, processor, prompts, threshold=threshold, marginal=marginal, **kwargs)
 
     @classmethod
@@ -349,7 +349,7 @@ class ClipDetector:
         except (ValueError, FileNotFoundError) as e:
             raise ValueError(f"{meta_path}: {e}") from None
         model_ref = resolve_model_ref(str(meta.get("model") or ""), folder)
-        model, processor = _load(model_ref, device)
+        model, processor = load_for_inference(model_ref, device)
         head = ZeroShotHead.load(folder / meta["text_embeddings"]) if meta.get("text_embeddings") else None
         return cls(model, processor, prompts, threshold=float(meta.get("threshold", 0.5)), head=head,
                    detector=meta.get("detector"), model_ref=model_ref,
@@ -361,7 +361,8 @@ class ClipDetector:
                 f"threshold={self.threshold:.4f}, device={self.device})")
 
 
-def _load(name_or_path: str | os.PathLike, device: str | torch.device | None):
+def load_for_inference(name_or_path: str | os.PathLike, device: str | torch.device | None = None):
+    """`models.load_clip` on `device` (default: the best available), half precision on CUDA."""
     from cifake_lib.models import inference_dtype, load_clip, pick_device
 
     dev = device if isinstance(device, torch.device) else pick_device(str(device) if device else None)
@@ -532,8 +533,8 @@ def run_zeroshot(data: CifakeData, out_dir: str | os.PathLike, *, model: str | o
     if len(set(names)) != len(names):
         raise ValueError(f"prompt set names collide as folder names: {names}")
     model_name = os.fspath(model) if model is not None else DEFAULT_MODEL
-    clip, processor = _load(model_name, device)
-    model_ref = _model_ref(clip) or model_name
+    clip, processor = load_for_inference(model_name, device)
+    model_ref = model_reference(clip) or model_name
 
     splits = {"test": data.test} | ({"val": data.val} if data.val is not None and len(data.val) else {})
     feats = {k: image_features(clip, processor, s.images, batch_size=batch_size, cache=cache, progress=progress,
@@ -594,4 +595,6 @@ __all__ = [
     "read_summary",
     "write_summary",
     "resolve_model_ref",
+    "model_reference",
+    "load_for_inference",
 ]

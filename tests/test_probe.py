@@ -1,0 +1,105 @@
+"""The linear probe: learns separable features, picks C on validation, matches sklearn, round-trips
+through safetensors, and its detector reproduces its own scores after loading."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from cifake_lib.detectors import load_detector
+from cifake_lib.features import image_features, l2_normalize
+from cifake_lib.models import load_clip
+from cifake_lib.probe import ProbeDetector, ProbeModel, fit_probe
+
+
+def _blobs(n: int, dim: int = 32, sep: float = 3.0, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Two Gaussian clouds, shifted along a random direction, plus a common offset (like CLIP's)."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % 2
+    direction = np.random.default_rng(123).normal(size=dim)
+    direction /= np.linalg.norm(direction)
+    x = rng.normal(size=(n, dim)) + 4.0 + sep * np.outer(2 * y - 1, direction)
+    return x.astype(np.float32), y
+
+
+def test_separable_features_high_accuracy_and_c_on_val():
+    xtr, ytr = _blobs(600, seed=0)
+    xva, yva = _blobs(300, seed=1)
+    xte, yte = _blobs(400, seed=2)
+    fit = fit_probe(xtr, ytr, xva, yva, progress=False)
+    acc = np.mean((fit.probe.predict_proba(xte) >= 0.5) == yte)
+    assert acc > 0.95
+    assert fit.selection_split == "val" and len(fit.val_log_loss) == len(fit.grid)
+    assert fit.best == fit.grid[int(np.argmin(fit.val_log_loss))]
+    # The choice follows the validation data: a val set with flipped labels prefers the weakest fit.
+    flipped = fit_probe(xtr, ytr, xva, 1 - yva, progress=False)
+    assert flipped.best == min(flipped.grid)
+    assert fit.probe.hyper == {"C": fit.best}
+
+
+def test_matches_sklearn_logistic_regression():
+    """Oracle: sklearn on the same (L2-normalised, standardised) features, same C."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    xtr, ytr = _blobs(500, sep=0.6, seed=3)
+    xva, yva = _blobs(200, sep=0.6, seed=4)
+    fit = fit_probe(xtr, ytr, xva, yva, grid=[0.1], progress=False)
+    ntr, nva = (l2_normalize(x).astype(np.float64) for x in (xtr, xva))
+    scaler = StandardScaler().fit(ntr)
+    clf = LogisticRegression(C=0.1, max_iter=2000, tol=1e-6).fit(scaler.transform(ntr), ytr)
+    ref = clf.predict_proba(scaler.transform(nva))[:, 1]
+    np.testing.assert_allclose(fit.probe.predict_proba(xva), ref, atol=1e-6)
+    np.testing.assert_allclose(fit.probe.weights[0][0], clf.coef_[0], rtol=1e-4, atol=1e-6)
+
+
+def test_safetensors_round_trip_identical(tmp_path):
+    xtr, ytr = _blobs(300)
+    xte, _ = _blobs(100, seed=5)
+    for mlp in (False, True):
+        fit = fit_probe(xtr, ytr, mlp=mlp, grid=[1.0] if not mlp else [1e-3], hidden=(16,), progress=False)
+        assert fit.selection_split == "train holdout"
+        path = fit.probe.save(tmp_path / f"probe_{mlp}.safetensors")
+        loaded = ProbeModel.load(path)
+        assert loaded.kind == ("mlp" if mlp else "logreg") and loaded.hyper == fit.probe.hyper
+        np.testing.assert_array_equal(loaded.predict_proba(xte), fit.probe.predict_proba(xte))
+    assert np.mean((fit.probe.predict_proba(xtr) >= 0.5) == ytr) > 0.9  # the MLP learned too
+    (tmp_path / "bad.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(ValueError, match="bad.safetensors"):
+        ProbeModel.load(tmp_path / "bad.safetensors")
+
+
+def test_mlp_matches_sklearn_mlp():
+    from sklearn.neural_network import MLPClassifier
+
+    from cifake_lib.probe import _fit_one, _standardiser
+
+    xtr, ytr = _blobs(300, seed=6)
+    fit = fit_probe(xtr, ytr, xtr[:50], ytr[:50], mlp=True, grid=[1e-3], hidden=(8,), progress=False)
+    mean, scale = _standardiser(l2_normalize(xtr).astype(np.float64))
+    clf = _fit_one((l2_normalize(xtr) - mean) / scale, ytr, 1e-3, True, (8,), 0)
+    assert isinstance(clf, MLPClassifier)
+    ref = clf.predict_proba((l2_normalize(xtr[:50]) - mean) / scale)[:, 1]
+    np.testing.assert_allclose(fit.probe.predict_proba(xtr[:50]), ref, atol=1e-9)
+
+
+def test_probe_detector_save_and_load(tiny_model_dir, tmp_path):
+    model, processor = load_clip(tiny_model_dir, device="cpu")
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (40, 32, 32, 3), dtype=np.uint8)
+    labels = np.arange(40) % 2
+    images[labels == 1] //= 2  # darker FAKE: learnable
+    feats = image_features(model, processor, images, progress=False)
+    fit = fit_probe(feats, labels, grid=[1.0], progress=False)
+    det = ProbeDetector(model, processor, fit.probe, threshold=0.42)
+    p = det.predict_proba(images)
+    np.testing.assert_allclose(p, fit.probe.predict_proba(feats))
+    det.save(tmp_path / "run")
+    meta = json.loads((tmp_path / "run" / "detector.json").read_text())
+    assert meta["kind"] == "probe" and meta["detector"] == "probe" and meta["weights"] == "probe.safetensors"
+    assert meta["C"] == 1.0 and meta["threshold"] == 0.42
+    loaded = load_detector(tmp_path / "run", device="cpu")
+    assert isinstance(loaded, ProbeDetector) and loaded.threshold == 0.42
+    np.testing.assert_array_equal(loaded.predict_proba(images), p)
