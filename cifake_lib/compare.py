@@ -106,10 +106,17 @@ def name_runs(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if counts[name] > 1:
             name = f"{name} ({_short_model(r['metrics'].get('model', ''))})"
         names.append(name)
+    for depth in (1, 2, 3):  # same detector and model: the folder (then its parents) tells them apart
+        dup = [i for i in range(len(runs)) if names.count(names[i]) > 1]
+        if not dup:
+            break
+        for i in dup:
+            base_name = names[i].split(" [")[0]
+            names[i] = f"{base_name} [{'/'.join(Path(runs[i]['path']).parts[-depth:])}]"
+    seen: dict[str, int] = {}
     for i, r in enumerate(runs):
-        if names.count(names[i]) > 1:  # same detector and model: the folder tells them apart
-            names[i] = f"{names[i]} [{Path(r['path']).name}]"
-        r["name"] = names[i]
+        seen[names[i]] = seen.get(names[i], 0) + 1
+        r["name"] = names[i] if seen[names[i]] == 1 else f"{names[i]} #{seen[names[i]]}"
     return runs
 
 
