@@ -49,7 +49,7 @@ def test_matches_sklearn_logistic_regression():
     fit = fit_probe(xtr, ytr, xva, yva, grid=[0.1], progress=False)
     ntr, nva = (l2_normalize(x).astype(np.float64) for x in (xtr, xva))
     scaler = StandardScaler().fit(ntr)
-    clf = LogisticRegression(C=0.1, max_iter=2000, tol=1e-6).fit(scaler.transform(ntr), ytr)
+    clf = LogisticRegression(C=0.1, max_iter=1000, tol=1e-5).fit(scaler.transform(ntr), ytr)
     ref = clf.predict_proba(scaler.transform(nva))[:, 1]
     np.testing.assert_allclose(fit.probe.predict_proba(xva), ref, atol=1e-6)
     np.testing.assert_allclose(fit.probe.weights[0][0], clf.coef_[0], rtol=1e-4, atol=1e-6)
@@ -103,3 +103,24 @@ def test_probe_detector_save_and_load(tiny_model_dir, tmp_path):
     loaded = load_detector(tmp_path / "run", device="cpu")
     assert isinstance(loaded, ProbeDetector) and loaded.threshold == 0.42
     np.testing.assert_array_equal(loaded.predict_proba(images), p)
+
+
+def test_probe_command_end_to_end(sample_dir, tiny_model_dir, tmp_path):
+    from cifake_lib.cli import main
+    from cifake_lib.data import load_cifake
+    from cifake_lib.metrics import read_predictions
+    from cifake_lib.runs import read_run
+
+    out = tmp_path / "probe"
+    assert main(["probe", "--model", str(tiny_model_dir), "--data", str(sample_dir), "--subset", "400:200",
+                 "--out", str(out), "--device", "cpu", "--batch-size", "128"]) == 0
+    run = read_run(out)
+    assert run["metrics"]["detector"] == "probe" and run["metrics"]["n"] == 200
+    assert run["detector"]["weights"] == "probe.safetensors" and run["detector"]["C"] > 0
+    assert run["detector"]["selection"]["split"] == "val"
+    assert (out / "probe.safetensors").is_file() and (out / "roc.png").is_file()
+    preds = read_predictions(out / "predictions.csv")
+    test = load_cifake(str(sample_dir), subset=(400, 200), progress=False).test
+    assert len(preds["id"]) == len(test) == 200
+    p = load_detector(out, device="cpu").predict_proba(test.images)
+    np.testing.assert_allclose(p, preds["p_fake"], atol=1e-9)

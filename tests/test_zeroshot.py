@@ -181,3 +181,58 @@ def test_load_detector_plain_model_folder_and_errors(tiny_model_dir, tmp_path):
 def test_published_anchors_ranges_give_two_lines():
     a = published_anchors("roc_auc", ["zero-shot CLIP ViT-B/32"])
     assert sorted(a.values()) == [0.59, 0.64] and all("zero-shot" in k for k in a)
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+@pytest.fixture(scope="module")
+def zeroshot_run(sample_dir, tiny_model_dir, tmp_path_factory):
+    from cifake_lib.cli import main
+
+    out = tmp_path_factory.mktemp("zeroshot") / "zs"
+    code = main(["zeroshot", "--model", str(tiny_model_dir), "--data", str(sample_dir), "--subset", "400:200",
+                 "--prompts", "all", "--out", str(out), "--batch-size", "128", "--device", "cpu"])
+    assert code == 0
+    return out
+
+
+def test_zeroshot_command_writes_runs_summary_and_figures(zeroshot_run):
+    from cifake_lib.metrics import read_predictions
+    from cifake_lib.runs import read_run
+    from cifake_lib.zeroshot import read_summary
+
+    rows = read_summary(zeroshot_run)
+    assert [r["prompt_set"] for r in rows] == list(PROMPT_SETS)
+    assert sum(r["best_on_val"] for r in rows) == 1
+    for r in rows:
+        run = read_run(zeroshot_run / r["prompt_set"])
+        m = run["metrics"]
+        assert m["detector"] == f"zeroshot:{r['prompt_set']}" and m["split"] == "test" and m["n"] == 200
+        assert m["threshold_source"] == "val"
+        assert r["accuracy"] == pytest.approx(m["accuracy"]) and r["roc_auc"] == pytest.approx(m["roc_auc"])
+        assert r["natural_accuracy"] == pytest.approx(m["natural_threshold"]["accuracy"])
+        preds = read_predictions(zeroshot_run / r["prompt_set"] / "predictions.csv")
+        assert len(preds["id"]) == 200 and len(set(preds["id"])) == 200
+        assert set(preds["label"]) == {0, 1}
+        assert run["detector"]["kind"] == "clip"
+        for fig in ("roc", "pr", "confusion", "histogram", "reliability"):
+            assert (zeroshot_run / r["prompt_set"] / f"{fig}.png").stat().st_size > 1000
+    best = next(r for r in rows if r["best_on_val"])
+    assert best["val_roc_auc"] == max(r["val_roc_auc"] for r in rows)
+    assert (zeroshot_run / "compare_roc_auc.png").is_file()
+
+
+@pytest.mark.parametrize("name", ["plain", "class_aware"])
+def test_load_detector_reproduces_zeroshot_predictions(zeroshot_run, sample_dir, name):
+    from cifake_lib.data import load_cifake
+    from cifake_lib.metrics import read_predictions
+
+    preds = read_predictions(zeroshot_run / name / "predictions.csv")
+    test = load_cifake(str(sample_dir), subset=(400, 200), progress=False).test
+    assert list(test.ids) == list(preds["id"])
+    det = load_detector(zeroshot_run / name, device="cpu")
+    assert det.detector == f"zeroshot:{name}"
+    # Class-aware scoring used each image's CIFAR class, recorded in predictions.csv.
+    p = det.predict_proba(test.images, classes=preds["cifar_class"])
+    np.testing.assert_allclose(p, preds["p_fake"], atol=1e-6)
