@@ -553,6 +553,40 @@ def _predict_run(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+
+# --- report: report.md from run folders (cifake_lib.report) ---------------------
+
+
+def _report_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--runs", nargs="+", required=True, metavar="DIR",
+                   help="run folders, or folders searched recursively for them (and for robustness.json)")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for report.md, its CSVs and figures")
+    p.add_argument("--data", default=None, metavar="SRC",
+                   help="CIFAKE source whose test images the galleries and saliency maps show "
+                   "(default: none, no galleries)")
+    p.add_argument("--n-boot", type=int, default=1000,
+                   help="bootstrap resamples for the CIs of precision/recall/F1/AP/ECE (default 1000)")
+    p.add_argument("--gallery", type=int, default=8, metavar="K",
+                   help="images per gallery row (default 8)")
+    p.add_argument("--no-saliency", action="store_true", help="skip loading detectors for saliency maps")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps, for saliency (default: best available)")
+
+
+@command("report", "write report.md (comparison with published anchors, per-class, calibration, robustness, "
+         "galleries, saliency, generated discussion) from run folders", _report_args)
+def _report(args: argparse.Namespace) -> int:
+    from cifake_lib.report import build_report
+
+    if args.n_boot < 0:
+        raise CliError(f"--n-boot must be >= 0, got {args.n_boot}")
+    if args.gallery < 1:
+        raise CliError(f"--gallery must be >= 1, got {args.gallery}")
+    path = build_report(args.runs, args.out, data=args.data, n_boot=args.n_boot, gallery_k=args.gallery,
+                        saliency=not args.no_saliency, device=args.device)
+    print(path)
+    return 0
+
+
 # ---------------------------------------------------------------------------
 
 

@@ -1,0 +1,102 @@
+"""report.md is generated from tiny runs: the sections, tables and generated discussion are
+there, and every image it links exists and opens with PIL. Also the gallery helpers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from analysis_helpers import make_run, scores, synthetic_split
+from PIL import Image
+
+from cifake_lib import gallery, report
+from cifake_lib.baseline import WEIGHTS_FILE, CifakeCNN, CNNConfig, CNNDetector, save_cnn_weights
+from cifake_lib.robustness import run_battery, write_robustness
+from cifake_lib.runs import write_run
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory, sample_dir):
+    """Runs on real sample images: a CNN with weights (so saliency works) and score-only runs."""
+    from cifake_lib.data import load_cifake
+
+    root = tmp_path_factory.mktemp("report")
+    data = load_cifake(sample_dir, subset=(80, 40), val_fraction=0.25, seed=0, progress=False)
+    torch.manual_seed(0)
+    model = CifakeCNN(CNNConfig()).eval()
+    (root / "runs" / "cnn").mkdir(parents=True)
+    save_cnn_weights(model, root / "runs" / "cnn" / WEIGHTS_FILE)
+    det = CNNDetector(model, device="cpu")
+    write_run(root / "runs" / "cnn", test=data.test, p_test=det.predict_proba(data.test.images), val=data.val,
+              p_val=det.predict_proba(data.val.images),
+              detector={"kind": "cnn", "detector": "cnn", "weights": WEIGHTS_FILE,
+                        "architecture": CNNConfig().to_dict()},
+              model="cifake-cnn", data=data.source, seed=0, args={"epochs": 1, "lr": 0.002}, seconds=1.0, n_boot=100)
+    make_run(root / "runs" / "probe", "probe", strength=2.0, test=data.test)
+    make_run(root / "runs" / "zeroshot" / "plain", "zeroshot:plain", strength=0.3, kind="clip", test=data.test)
+    make_run(root / "runs" / "zeroshot" / "ensemble", "zeroshot:ensemble", strength=0.2, val_strength=0.05,
+             kind="clip", test=data.test)
+    rows = run_battery({"cnn": det}, data.test.take(np.arange(20)), perturbations=["blur"], progress=False)
+    write_robustness(root / "runs" / "robustness", rows, meta={"n": 20, "seed": 0})
+    return root, data
+
+
+def test_report_from_tiny_runs(study):
+    root, data = study
+    path = report.build_report([root / "runs"], root / "out", data=data, n_boot=100, gallery_k=4, device="cpu")
+    text = path.read_text()
+    for section in ("## Quantitative results", "## Qualitative results", "## Analysis", "## Discussion"):
+        assert section in text
+    assert "| published |" in text and "CIFAKE paper CNN" in text
+    assert "zeroshot:plain" in text and "| zeroshot:ensemble | ours" not in text  # one prompt set, on val
+    assert "chosen among 2 on validation" in text
+    assert "### Robustness" in text and "blur sigma=1.5" in text
+    assert "Best detector by ROC AUC" in text and "Temperature scaling fitted on validation" in text
+    assert "Settings: epochs 1, learning rate 0.002" in text  # methods from run.json
+    images = report.linked_images(path)
+    names = {p.name for p in images}
+    assert {"roc.png", "per_class.png", "reliability.png", "robustness.png", "gallery_cnn.png",
+            "saliency_cnn.png"} <= names
+    for p in images:
+        assert p.is_file(), p
+        with Image.open(p) as im:
+            im.verify()
+    for csv in ("comparison.csv", "per_class.csv", "calibration.csv"):
+        assert (root / "out" / csv).is_file()
+
+
+def test_report_cli_without_data(study, tmp_path):
+    from cifake_lib.cli import main
+
+    root, _ = study
+    assert main(["report", "--runs", str(root / "runs" / "probe"), "--out", str(tmp_path), "--n-boot", "0"]) == 0
+    text = (tmp_path / "report.md").read_text()
+    assert "no image galleries" in text and "No robustness results" in text
+    assert all(p.is_file() for p in report.linked_images(tmp_path / "report.md"))
+    assert main(["report", "--runs", str(tmp_path / "empty"), "--out", str(tmp_path)]) == 2
+
+
+def test_gallery_picks_the_most_confident():
+    y = np.array([0, 0, 0, 1, 1, 1, 0, 1])
+    p = np.array([0.1, 0.02, 0.9, 0.95, 0.3, 0.6, 0.7, 0.01])
+    g = gallery.confident_examples(y, p, threshold=0.5, k=2)
+    assert g["real_right"].tolist() == [1, 0]  # lowest p first
+    assert g["real_wrong"].tolist() == [2, 6]  # highest p first
+    assert g["fake_right"].tolist() == [3, 5]
+    assert g["fake_wrong"].tolist() == [7, 4]
+    assert gallery.match_ids(["b", "x", "a"], np.array(["a", "b"])).tolist() == [1, -1, 0]
+    im = np.arange(12, dtype=np.uint8).reshape(2, 2, 3)
+    up = gallery.upsample_nearest(im, 3)
+    assert up.shape == (6, 6, 3) and set(np.unique(up)) == set(np.unique(im))
+
+
+def test_gallery_figure_from_a_run(tmp_path):
+    split = synthetic_split(40, seed=5)
+    make_run(tmp_path / "r", "probe", n=40, test=split)
+    from cifake_lib.runs import read_run
+
+    run = read_run(tmp_path / "r")
+    fig = gallery.run_gallery(run, split, k=3)
+    assert fig is not None and len(fig.axes) == 4 * 3
+    assert gallery.run_gallery(run, synthetic_split(10, seed=1, prefix="other")) is None
+    assert scores(split, 1.0, 0).shape == (40,)
