@@ -316,7 +316,7 @@ def run_notebooks(folder: Path, *, data: str, smoke: bool, log=print, timeout: i
         raise PipelineError(f"{source_dir}: the notebooks are not here (run from a checkout of the repository)")
     folder.mkdir(parents=True, exist_ok=True)
     env = {"CIFAKE_DATA": data, "CIFAKE_SMOKE": "1" if smoke else "0", "CIFAKE_RUNS": str(folder / "runs"),
-           "MPLBACKEND": "Agg"}
+           "MPLBACKEND": "module://matplotlib_inline.backend_inline"}
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)  # the kernels inherit this process's environment
     results = []

@@ -1,0 +1,90 @@
+"""The notebooks run headless in smoke mode, are committed without outputs, and agree on set-up.
+
+The four notebooks share one runs folder (`$CIFAKE_RUNS`), as they do for a user: 02 and 03
+write their runs there and 04 analyses them, so the tests run in file order on one folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from cifake_lib.colab import REPO_URL, colab_badge_url, files_with_url
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = ROOT / "notebooks"
+
+
+def run_notebook(name: str, workdir: Path, timeout: int = 600) -> dict:
+    """Execute `notebooks/<name>.ipynb` with nbclient in smoke mode, cwd = workdir."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
+    env = {"CIFAKE_SMOKE": "1", "CIFAKE_RUNS": str(workdir / "runs"), "MPLBACKEND": "module://matplotlib_inline.backend_inline"}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)  # the kernel inherits this process's environment
+    try:
+        NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                       resources={"metadata": {"path": str(workdir)}}).execute()
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return nb
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("notebooks")
+
+
+def _notebook_names() -> list[str]:
+    return sorted(p.stem for p in NOTEBOOKS.glob("*.ipynb"))
+
+
+@pytest.mark.parametrize("name", _notebook_names())
+def test_committed_without_outputs(name):
+    nb = json.loads((NOTEBOOKS / f"{name}.ipynb").read_text())
+    for cell in nb["cells"]:
+        assert not cell.get("outputs"), f"{name}: a cell has outputs; strip them before committing"
+        assert cell.get("execution_count") is None, f"{name}: a cell has an execution count"
+
+
+@pytest.mark.parametrize("name", _notebook_names())
+def test_first_cell_sets_up_colab_and_smoke_mode(name):
+    nb = json.loads((NOTEBOOKS / f"{name}.ipynb").read_text())
+    first = "".join(nb["cells"][0]["source"]) if nb["cells"][0]["cell_type"] == "code" else \
+        "".join(nb["cells"][1]["source"])
+    assert REPO_URL in first and "colab_setup.sh" in first and "smoke_mode" in first
+
+
+def test_repo_url_copies_agree():
+    """Every file that carries the repository URL carries the current one (see cifake_lib/colab.py)."""
+    for f in files_with_url(ROOT):
+        text = f.read_text()
+        assert "github.com/" in text and REPO_URL in text, f"{f.name} lacks {REPO_URL}"
+    readme = (ROOT / "README.md").read_text()
+    for name in _notebook_names():
+        assert colab_badge_url(name) in readme, f"README lacks the Colab badge of {name}"
+
+
+def test_notebook_01_data_smoke(sample_dir, workdir):
+    nb = run_notebook("01_data", workdir)
+    figures = sum("image/png" in o.get("data", {}) for c in nb.cells for o in c.get("outputs", []))
+    assert figures >= 4
+
+
+def test_notebook_02_smoke(sample_dir, workdir):
+    nb = run_notebook("02_zero_shot", workdir)
+    figures = sum("image/png" in o.get("data", {}) for c in nb.cells for o in c.get("outputs", []))
+    assert figures >= 12  # comparison bar, five figures each for the best set and the probe, the anchors bar
+    assert (workdir / "runs" / "zeroshot" / "summary.csv").is_file()
+    assert (workdir / "runs" / "probe" / "probe.safetensors").is_file()
+    errors = [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    assert not errors
