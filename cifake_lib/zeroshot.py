@@ -40,6 +40,8 @@ from cifake_lib.prompts import (
 )
 
 if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
     from cifake_lib.data import CifakeData, Split
 
 KIND = "clip"
@@ -70,17 +72,28 @@ def published_anchors(metric: str = "roc_auc", names: Sequence[str] | None = Non
     return out
 
 
+def _fmt(v: Any, pct: bool) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, (tuple, list)):
+        return f"{v[0]:.1%}–{v[1]:.1%}" if pct else f"{v[0]:.3f}–{v[1]:.3f}"
+    return f"{v:.2%}" if pct else f"{v:.4f}"
+
+
 def published_table() -> list[dict[str, str]]:
     """The published anchors as rows for a table, every value formatted, marked "published"."""
-    def fmt(v: Any, pct: bool) -> str:
-        if v is None:
-            return "—"
-        if isinstance(v, tuple):
-            return f"{v[0]:.1%}–{v[1]:.1%}" if pct else f"{v[0]:.3f}–{v[1]:.3f}"
-        return f"{v:.2%}" if pct else f"{v:.4f}"
-
-    return [{"detector": name, "accuracy": fmt(m.get("accuracy"), True), "roc_auc": fmt(m.get("roc_auc"), False),
+    return [{"detector": name, "accuracy": _fmt(m.get("accuracy"), True), "roc_auc": _fmt(m.get("roc_auc"), False),
              "source": "published"} for name, m in PUBLISHED.items()]
+
+
+def anchor_table(ours: Mapping[str, Mapping[str, Any]]) -> list[dict[str, str]]:
+    """Our runs ({name: metrics dict}) marked "ours" (with 95% CIs), then the published anchors."""
+    rows = [{"detector": name, "accuracy": _fmt(m.get("accuracy"), True)
+             + (f" [{_fmt(m['accuracy_ci95'], True)}]" if m.get("accuracy_ci95") else ""),
+             "roc_auc": _fmt(m.get("roc_auc"), False)
+             + (f" [{_fmt(m['roc_auc_ci95'], False)}]" if m.get("roc_auc_ci95") else ""),
+             "source": "ours"} for name, m in ours.items()]
+    return rows + published_table()
 
 
 # ---------------------------------------------------------------------------
@@ -376,38 +389,91 @@ def load_for_inference(name_or_path: str | os.PathLike, device: str | torch.devi
 FIGURES = ("roc", "pr", "confusion", "histogram", "reliability")
 
 
-def save_run_figures(out_dir: str | os.PathLike, *, test: Split, p_test: np.ndarray, metrics: Mapping[str, Any],
-                     val: Split | None = None, p_val: np.ndarray | None = None,
-                     name: str = "detector") -> list[Path]:
-    """roc.png, pr.png, confusion.png (at the run's threshold), histogram.png, reliability.png.
+def run_figures(labels: np.ndarray, p_fake: np.ndarray, metrics: Mapping[str, Any], *,
+                val_labels: np.ndarray | None = None, p_val: np.ndarray | None = None,
+                name: str = "detector") -> dict[str, Figure]:
+    """The five figures of a run, {key: Figure} in FIGURES order (a figure that cannot be drawn,
+    e.g. ROC on a one-class subset, is left out with a warning).
 
-    The reliability diagram adds the scores after temperature scaling fitted on validation.
+    roc, pr; confusion and histogram at the run's threshold (metrics["threshold"], from val);
+    reliability, with the scores after temperature scaling fitted on validation when given.
     """
+    import warnings
+
     from cifake_lib import plots
     from cifake_lib.metrics import apply_temperature, fit_temperature
 
-    out = Path(out_dir)
-    y, p = np.asarray(test.labels), np.asarray(p_test, dtype=np.float64)
+    y, p = np.asarray(labels), np.asarray(p_fake, dtype=np.float64)
     threshold = float(metrics.get("threshold", 0.5))
     p_cal = None
-    if val is not None and p_val is not None and len(np.unique(val.labels)) == 2:
-        p_cal = apply_temperature(p, fit_temperature(val.labels, p_val))
-    figs = {
+    if val_labels is not None and p_val is not None and len(np.unique(val_labels)) == 2:
+        p_cal = apply_temperature(p, fit_temperature(val_labels, p_val))
+    makers = {
         "roc": lambda: plots.roc_figure({name: (y, p)}, title=f"ROC — {name} (test)"),
         "pr": lambda: plots.pr_figure({name: (y, p)}, title=f"Precision-recall — {name} (test)"),
         "confusion": lambda: plots.confusion_figure(metrics, title=f"{name}: threshold {threshold:.3f} (from val)"),
         "histogram": lambda: plots.histogram_figure(y, p, threshold=threshold, title=f"p_fake — {name} (test)"),
         "reliability": lambda: plots.reliability_figure(y, p, p_calibrated=p_cal, title=f"Reliability — {name}"),
     }
-    paths = []
+    figs: dict[str, Figure] = {}
     for key in FIGURES:
         try:
-            paths.append(plots.save_figure(figs[key](), out / f"{key}.png"))
-        except ValueError as e:  # e.g. a one-class test subset has no ROC curve
-            import warnings
+            figs[key] = makers[key]()
+        except ValueError as e:
+            warnings.warn(f"{name}: no {key} figure ({e})", stacklevel=2)
+    return figs
 
-            warnings.warn(f"{out}: skipped {key}.png ({e})", stacklevel=2)
-    return paths
+
+def figures_from_run(run_dir: str | os.PathLike, name: str | None = None) -> dict[str, Figure]:
+    """`run_figures` for a run folder, from its predictions.csv, predictions_val.csv and metrics.json."""
+    from cifake_lib.runs import read_run
+
+    run = read_run(run_dir)
+    test, val = run["predictions"], run["predictions_val"]
+    if test is None:
+        raise FileNotFoundError(f"{run['path']}: no predictions.csv")
+    return run_figures(test["label"], test["p_fake"], run["metrics"],
+                       val_labels=val["label"] if val is not None else None,
+                       p_val=val["p_fake"] if val is not None else None,
+                       name=name or run["metrics"].get("detector") or run["path"].name)
+
+
+def save_run_figures(out_dir: str | os.PathLike, *, test: Split, p_test: np.ndarray, metrics: Mapping[str, Any],
+                     val: Split | None = None, p_val: np.ndarray | None = None,
+                     name: str = "detector") -> list[Path]:
+    """Write roc.png, pr.png, confusion.png, histogram.png, reliability.png into `out_dir`."""
+    from cifake_lib import plots
+
+    figs = run_figures(test.labels, p_test, metrics, val_labels=val.labels if val is not None else None,
+                       p_val=p_val, name=name)
+    return [plots.save_figure(fig, Path(out_dir) / f"{key}.png") for key, fig in figs.items()]
+
+
+class TextTable(str):
+    """A plain-text table that notebooks display as itself (no quotes)."""
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
+def table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None, *, digits: int = 4):
+    """Rows as a pandas DataFrame when pandas is installed, else as a plain-text table (str).
+
+    For notebooks: `display(table(rows))` either way.
+    """
+    columns = list(columns) if columns is not None else list(dict.fromkeys(k for r in rows for k in r))
+    data = [[r.get(c) for c in columns] for r in rows]
+    try:
+        import pandas as pd
+    except ImportError:
+        def fmt(v: Any) -> str:
+            return "" if v is None else f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+
+        cells = [columns] + [[fmt(v) for v in row] for row in data]
+        widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+        return TextTable("\n".join("  ".join(v.rjust(w) for v, w in zip(row, widths, strict=True))
+                                   for row in cells))
+    return pd.DataFrame(data, columns=columns).round(digits)
 
 
 # ---------------------------------------------------------------------------
@@ -589,8 +655,12 @@ __all__ = [
     "build_head",
     "run_zeroshot",
     "save_run_figures",
+    "run_figures",
+    "figures_from_run",
+    "table",
     "published_anchors",
     "published_table",
+    "anchor_table",
     "best_on_val",
     "read_summary",
     "write_summary",
