@@ -113,3 +113,24 @@ def test_overlay_and_figure(images):
     assert (ov[:4, :4] == ov[0, 0]).all()  # nearest-neighbour: each pixel becomes a 4x4 block
     fig = explain.saliency_figure(images, {"a": [sal, sal], "b": [sal, 1 - sal]}, titles=["x", "y"])
     assert len(fig.axes) == 6
+
+
+def test_embedding_projections(clip_detector, tiny_model_dir):
+    """PCA and t-SNE of tiny-CLIP embeddings for two models ("before" / "after"), coloured by label."""
+    from cifake_lib import embeddings
+
+    rng = np.random.default_rng(0)
+    ims = rng.integers(0, 256, (30, 32, 32, 3), dtype=np.uint8)
+    labels = np.arange(30) % 2
+    before = embeddings.image_embeddings(clip_detector, ims)
+    after = embeddings.image_embeddings(tiny_model_dir, ims)  # from a model folder this time
+    assert before.shape == after.shape == (30, 64)
+    np.testing.assert_allclose(before, after, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(before, axis=1), 1.0, rtol=1e-5)
+    for method in embeddings.METHODS:
+        xy = embeddings.project(before, method, seed=0)
+        assert xy.shape == (30, 2) and np.isfinite(xy).all()
+        np.testing.assert_array_equal(xy, embeddings.project(before, method, seed=0))  # seeded
+    fig = embeddings.embedding_figure({"before": before, "after": after}, labels)
+    assert len(fig.axes) == 4 and len(fig.axes[0].collections) == 2  # REAL and FAKE scatters
+    assert -1.0 <= embeddings.separation(before, labels) <= 1.0

@@ -1,0 +1,104 @@
+"""The explorer's logic without a browser: both FileUpload value shapes, scoring uploads,
+filtering predictions, and the callbacks called directly."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from analysis_helpers import make_run, synthetic_split
+from PIL import Image
+
+from cifake_lib import widgets
+from cifake_lib.baseline import CifakeCNN, CNNConfig, CNNDetector
+from cifake_lib.runs import read_run
+
+
+def png_bytes(shape=(32, 32), seed=0, mode="RGB") -> bytes:
+    rng = np.random.default_rng(seed)
+    arr = rng.integers(0, 256, (*shape, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr).convert(mode).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def files():
+    return [("a.png", png_bytes(seed=1)), ("big.png", png_bytes((40, 64), seed=2, mode="RGBA"))]
+
+
+def v7(files):  # ipywidgets 7.x: {name: {"metadata": {...}, "content": bytes}}
+    return {name: {"metadata": {"name": name, "type": "image/png", "size": len(c), "lastModified": 0},
+                   "content": c} for name, c in files}
+
+
+def v8(files):  # ipywidgets 8.x: tuple of dicts, content a memoryview
+    return tuple({"name": name, "type": "image/png", "size": len(c), "last_modified": None,
+                  "content": memoryview(c)} for name, c in files)
+
+
+@pytest.fixture(scope="module")
+def detectors():
+    torch.manual_seed(0)
+    return {"cnn": CNNDetector(CifakeCNN(CNNConfig()), threshold=0.4, device="cpu")}
+
+
+def test_uploaded_files_both_versions(files):
+    assert widgets.uploaded_files(v7(files)) == files
+    assert widgets.uploaded_files(v8(files)) == files
+    assert widgets.uploaded_files(list(v8(files))) == files
+    assert widgets.uploaded_files(None) == [] and widgets.uploaded_files(()) == [] and widgets.uploaded_files({}) == []
+    with pytest.raises(TypeError):
+        widgets.uploaded_files(42)
+
+
+def test_score_uploads(detectors, files):
+    rows = widgets.score_uploads(detectors, files + [("broken.png", b"not an image")], saliency=True)
+    assert [r["file"] for r in rows] == ["a.png", "big.png", "broken.png"]
+    good = rows[:2]
+    want = detectors["cnn"].predict_proba(widgets.decode_image("a.png", files[0][1])[None])[0]
+    assert good[0]["p_fake"] == pytest.approx(float(want))
+    for r in good:
+        assert r["error"] is None and r["label"] == ("FAKE" if r["p_fake"] >= 0.4 else "REAL")
+        assert r["saliency"].shape == (r["height"], r["width"]) and r["threshold"] == 0.4
+    assert good[1]["height"] == 40 and good[1]["width"] == 64
+    assert rows[2]["p_fake"] is None and "broken.png" in rows[2]["error"]
+    html = widgets.uploads_html(rows)
+    assert html.count("<tr>") == 4 and "data:image/png;base64," in html
+
+
+def test_filter_predictions():
+    preds = {"id": np.array(list("abcdef")), "label": np.array([0, 0, 1, 1, 1, 0]),
+             "cifar_class": np.array([3, 3, 3, 5, 3, -1]), "p_fake": np.array([0.1, 0.8, 0.95, 0.2, 0.55, 0.5])}
+    assert widgets.filter_predictions(preds).tolist() == [2, 0, 1, 3, 4, 5]  # most confident first
+    assert widgets.filter_predictions(preds, label="FAKE").tolist() == [2, 3, 4]
+    assert widgets.filter_predictions(preds, label=1, cifar_class="cat").tolist() == [2, 4]
+    assert widgets.filter_predictions(preds, correct=False).tolist() == [1, 3, 5]
+    assert widgets.filter_predictions(preds, correct=True, threshold=0.9).tolist() == [0, 5, 1, 2]
+    rows = widgets.prediction_rows(preds, [1, 5], 0.5)
+    assert rows[0] == {"index": 1, "id": "b", "label": "REAL", "cifar_class": "cat", "p_fake": 0.8,
+                       "predicted": "FAKE", "correct": False}
+    assert rows[1]["cifar_class"] == "unknown"
+    with pytest.raises(ValueError):
+        widgets.filter_predictions(preds, label="maybe")
+
+
+def test_explorer_callbacks(detectors, files, tmp_path):
+    split = synthetic_split(60, seed=7)
+    make_run(tmp_path / "probe", "probe", n=60, test=split)
+    run = {**read_run(tmp_path / "probe"), "name": "probe"}
+    ex = widgets.Explorer(detectors, [run], split, saliency=False)
+    r7 = ex.on_upload({"new": v7(files)})
+    r8 = ex.on_upload({"new": v8(files)})
+    assert [(r["file"], r["p_fake"]) for r in r7] == [(r["file"], r["p_fake"]) for r in r8]
+    assert "a.png" in ex.upload_out.value and "big.png" in ex.upload_out.value
+    assert len(ex.browse_rows) == 12  # shown on start
+    ex.label_box.value = "FAKE"  # the observer calls on_filter
+    assert ex.browse_rows and all(r["label"] == "FAKE" for r in ex.browse_rows)
+    ex.correct_box.value = False
+    assert all(not r["correct"] and r["label"] == "FAKE" for r in ex.browse_rows)
+    ex.label_box.value, ex.correct_box.value, ex.class_box.value = "all", None, "dog"
+    assert ex.browse_rows and all(r["cifar_class"] == "dog" for r in ex.browse_rows)
+    assert ex.browse_out.value.count("data:image/png") == len(ex.browse_rows)  # images from the split
