@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -59,7 +60,10 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         raise ValueError(f"{path}: empty file (0 bytes), expected an image")
     limit = Image.MAX_IMAGE_PIXELS
     try:
-        with Image.open(path) as im:  # reads the header only
+        with warnings.catch_warnings():  # PIL warns about big images; we refuse them ourselves
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(path)  # reads the header only
+        with im:
             w, h = im.size
             if limit and w * h > limit:
                 raise ValueError(f"{path}: image too large ({w}x{h} = {w * h:,} pixels; the limit is "
