@@ -199,19 +199,41 @@ def _ensemble(emb: np.ndarray) -> np.ndarray:
     return l2_normalize(l2_normalize(emb).mean(axis=0))
 
 
-def build_head(model, processor, prompts: PromptSet | str, *, marginal: str = "logsumexp") -> ZeroShotHead:
-    """The zero-shot classifier of a prompt set: every unique prompt encoded once."""
-    prompts = get_prompt_set(prompts)
+def _groups(prompts: PromptSet) -> list[list[str]]:
+    """Prompt lists in head order: REAL, FAKE, then (class-aware) REAL per class, FAKE per class."""
     groups: list[list[str]] = [prompts.texts(0), prompts.texts(1)]
-    n_classes = len(prompts.class_names) if prompts.class_aware else 0
-    for label in (0, 1):
-        for c in range(n_classes):
-            groups.append(prompts.texts(label, c))
-    unique = list(dict.fromkeys(t for g in groups for t in g))
-    index = {t: i for i, t in enumerate(unique)}
-    emb = text_features(model, processor, unique)
-    classifiers = [_ensemble(emb[[index[t] for t in g]]) for g in groups]
+    if prompts.class_aware:
+        for label in (0, 1):
+            groups += [prompts.texts(label, c) for c in range(len(prompts.class_names))]
+    return groups
+
+
+def head_texts(prompts: PromptSet | str) -> list[str]:
+    """Every unique prompt a prompt set's head needs encoded."""
+    return list(dict.fromkeys(t for g in _groups(get_prompt_set(prompts)) for t in g))
+
+
+def encode_texts(model, processor, texts: Sequence[str]) -> dict[str, np.ndarray]:
+    """{text: embedding} for unique `texts`, in one batched pass (share it between prompt sets)."""
+    unique = list(dict.fromkeys(texts))
+    return dict(zip(unique, text_features(model, processor, unique), strict=True))
+
+
+def build_head(model, processor, prompts: PromptSet | str, *, marginal: str = "logsumexp",
+               embeddings: Mapping[str, np.ndarray] | None = None) -> ZeroShotHead:
+    """The zero-shot classifier of a prompt set: every unique prompt encoded once.
+
+    embeddings: precomputed {text: embedding} (from `encode_texts`); missing texts are encoded.
+    """
+    prompts = get_prompt_set(prompts)
+    groups = _groups(prompts)
+    emb = dict(embeddings or {})
+    missing = [t for t in head_texts(prompts) if t not in emb]
+    if missing:
+        emb.update(encode_texts(model, processor, missing))
+    classifiers = [_ensemble(np.stack([emb[t] for t in g])) for g in groups]
     weights = np.stack(classifiers[:2])
+    n_classes = len(prompts.class_names) if prompts.class_aware else 0
     class_weights = np.stack(classifiers[2:]).reshape(2, n_classes, -1) if n_classes else None
     logit_scale = float(model.logit_scale.detach().float().exp().item())
     return ZeroShotHead(weights=weights, logit_scale=logit_scale, class_weights=class_weights, marginal=marginal)
@@ -611,9 +633,12 @@ def run_zeroshot(data: CifakeData, out_dir: str | os.PathLike, *, model: str | o
     rows: list[dict[str, Any]] = []
     all_metrics: dict[str, dict[str, Any]] = {}
     scores: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
+    # Every prompt of every set in one text pass: on a CPU, per-call overhead outweighs the work.
+    embeddings = encode_texts(clip, processor, [t for ps in sets for t in head_texts(ps)])
     for ps, folder in zip(sets, names, strict=True):
         t_set = time.perf_counter()
-        det = ClipDetector(clip, processor, ps, marginal=marginal, model_ref=model_ref)
+        head = build_head(clip, processor, ps, marginal=marginal, embeddings=embeddings)
+        det = ClipDetector(clip, processor, ps, head=head, model_ref=model_ref)
         p_test = det.p_fake_from_features(feats["test"], data.test.classes)
         p_val = det.p_fake_from_features(feats["val"], val.classes) if val is not None else None
         m = write_run(out / folder, test=data.test, p_test=p_test, val=val, p_val=p_val, detector=det.to_json(),
@@ -653,6 +678,8 @@ __all__ = [
     "ZeroShotResult",
     "PUBLISHED",
     "build_head",
+    "encode_texts",
+    "head_texts",
     "run_zeroshot",
     "save_run_figures",
     "run_figures",
