@@ -88,3 +88,34 @@ def test_notebook_02_smoke(sample_dir, workdir):
     assert (workdir / "runs" / "probe" / "probe.safetensors").is_file()
     errors = [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors
+
+
+def test_notebook_03_fine_tune_smoke(sample_dir, workdir):
+    """Tiny CLIP, 40 steps in chunks (live plot), test metrics, comparison with 02's runs when present."""
+    nb = run_notebook("03_fine_tune", workdir)
+    errors = [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    assert not errors
+    out = workdir / "runs" / "finetune"
+    assert (out / "metrics.json").is_file() and (out / "model" / "config.json").is_file()
+    assert json.loads((out / "detector.json").read_text())["detector"] == "finetune:both"
+    figures = sum("image/png" in o.get("data", {}) for c in nb.cells for o in c.get("outputs", []))
+    assert figures >= 7  # training curves, five run figures, the comparison bar
+    text = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
+    assert "step 40/40 (finished)" in text
+
+
+def test_notebook_04_analysis_smoke(sample_dir, workdir):
+    """Reads the runs of 02 and 03 (or makes small ones), writes robustness results and report.md."""
+    nb = run_notebook("04_analysis", workdir)
+    errors = [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    assert not errors
+    runs = workdir / "runs"
+    assert (runs / "robustness" / "robustness.json").is_file()
+    report = (runs / "report" / "report.md").read_text()
+    for section in ("## Quantitative results", "## Qualitative results", "## Analysis", "## Discussion"):
+        assert section in report
+    figures = sum("image/png" in o.get("data", {}) for c in nb.cells for o in c.get("outputs", []))
+    assert figures >= 10  # ROC, AUC bars, heatmap, galleries, saliency, embeddings, robustness, reliability
+    widgets = [o for o in nb.cells[-1].get("outputs", []) if "application/vnd.jupyter.widget-view+json" in
+               o.get("data", {})]
+    assert widgets, "the explorer is displayed at the end"
