@@ -350,6 +350,25 @@ def calibrated_predictions(run: Mapping[str, Any]) -> np.ndarray | None:
     return apply_temperature(preds["p_fake"], fit_temperature(val["label"], val["p_fake"]))
 
 
+def reliability_grid(runs: Sequence[Mapping[str, Any]]) -> Figure:
+    """Reliability diagrams of every run with predictions: test scores before and after temperature scaling."""
+    from cifake_lib.plots import reliability_figure
+
+    runs = [r for r in runs if r.get("predictions") is not None]
+    cols = min(3, len(runs))
+    rows = -(-len(runs) // cols)
+    fig = Figure(figsize=(5.2 * cols, 4.4 * rows), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
+    for ax, r in zip(axes, runs, strict=False):
+        p = r["predictions"]
+        reliability_figure(p["label"], p["p_fake"], p_calibrated=calibrated_predictions(r),
+                           title=r["name"], ax=ax)
+        ax.title.set_fontsize("small")
+    for ax in axes[len(runs):]:
+        ax.set_visible(False)
+    return fig
+
+
 def roc_curves(runs: Sequence[Mapping[str, Any]]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """{name: (labels, p_fake)} of every run with test predictions holding both labels (for plots)."""
     curves = {}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -97,3 +98,29 @@ def separation(features: Any, labels: Any) -> float:
     if len(np.unique(y)) < 2:
         raise ValueError("separation: needs both REAL and FAKE")
     return float(silhouette_score(np.asarray(features), y, metric="cosine"))
+
+
+def models_before_after(runs: Sequence[Mapping[str, Any]]) -> dict[str, str]:
+    """{title: model folder, Hub id or run folder} to embed: the pretrained CLIP and the fine-tuned one.
+
+    From a fine-tuning run (finetune:both preferred): its base model (metrics "model") and the
+    run itself. Without one, the pretrained model of the first CLIP run. Local model folders
+    that no longer exist are left out.
+    """
+    def usable(ref: str) -> bool:
+        p = Path(ref).expanduser()
+        return p.exists() or (not p.is_absolute() and ref.count("/") == 1 and not ref.startswith("."))
+
+    ft = [r for r in runs if str(r["metrics"].get("detector", "")).startswith("finetune")]
+    ft.sort(key=lambda r: str(r["metrics"]["detector"]) != "finetune:both")
+    clip = [r for r in runs if (r.get("detector") or {}).get("kind") in ("clip", "probe")]
+    out: dict[str, str] = {}
+    source = ft[0] if ft else (clip[0] if clip else None)
+    if source is None:
+        return out
+    base = str(source["metrics"].get("model", ""))
+    if base and usable(base):
+        out[f"pretrained ({Path(base).name or base})"] = base
+    if ft:
+        out[f"fine-tuned ({ft[0]['metrics']['detector']})"] = str(ft[0]["path"])
+    return out

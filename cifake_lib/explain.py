@@ -429,3 +429,14 @@ def saliency_figure(images: Sequence[np.ndarray], maps: Mapping[str, Sequence[np
     if suptitle:
         fig.suptitle(suptitle)
     return fig
+
+
+def methods_figure(detector: Any, images: Sequence[np.ndarray], *, classes: Sequence[int] | None = None,
+                   methods: Sequence[str] | None = None, titles: Sequence[str] | None = None,
+                   target: str = "predicted", suptitle: str = "") -> Figure:
+    """Every available saliency method (or `methods`) of one detector on the same images, side by side."""
+    methods = list(methods or methods_for(detector))
+    classes = [-1] * len(images) if classes is None else [int(c) for c in classes]
+    maps = {m: [saliency(detector, im, m, cifar_class=c, target=target) for im, c in zip(images, classes, strict=True)]
+            for m in methods}
+    return saliency_figure(images, maps, titles=titles, suptitle=suptitle)

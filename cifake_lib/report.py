@@ -98,6 +98,8 @@ def methods_text(runs: Sequence[Mapping[str, Any]]) -> str:
         m, run_json, det = r["metrics"], r.get("run") or {}, r.get("detector") or {}
         folder = Path(r["path"])
         args = dict(run_json.get("args") or {})
+        if isinstance(args.get("config"), dict):  # fine-tuning records its whole config there
+            args = {**args["config"], **args}
         cfg = _optional_json(folder / "finetune_config.json")
         if isinstance(cfg, dict):
             args = {**cfg, **args}
@@ -242,26 +244,6 @@ def _mean_drop_by_kind(rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
 
 # --------------------------------------------------------------------------- figures
 
-def _reliability_grid(runs: Sequence[Mapping[str, Any]]):
-    from matplotlib.figure import Figure
-
-    from cifake_lib.plots import reliability_figure
-
-    runs = [r for r in runs if r.get("predictions") is not None]
-    cols = min(3, len(runs))
-    rows = -(-len(runs) // cols)
-    fig = Figure(figsize=(5.2 * cols, 4.4 * rows), layout="constrained")
-    axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
-    for ax, r in zip(axes, runs, strict=False):
-        p = r["predictions"]
-        reliability_figure(p["label"], p["p_fake"], p_calibrated=compare.calibrated_predictions(r),
-                           title=r["name"], ax=ax)
-        ax.title.set_fontsize("small")
-    for ax in axes[len(runs):]:
-        ax.set_visible(False)
-    return fig
-
-
 def _load_test_split(data: Any) -> Any:
     """A Split from a Split, a CifakeData, or a data source string (its test split)."""
     if data is None:
@@ -275,37 +257,6 @@ def _load_test_split(data: Any) -> Any:
     return load_cifake(str(data), val_fraction=0.0).test
 
 
-def _saliency_panel(run: Mapping[str, Any], split: Any, per_group: int, device: Any):
-    """Saliency maps of the most confident right/wrong images of one run (None if it cannot load)."""
-    from cifake_lib import explain
-    from cifake_lib.detectors import load_detector
-    from cifake_lib.gallery import GROUPS, confident_examples, match_ids
-
-    preds = run["predictions"]
-    index = match_ids(preds["id"], split.ids)
-    ok = np.flatnonzero(index >= 0)
-    if not len(ok):
-        return None
-    groups = confident_examples(preds["label"][ok], preds["p_fake"][ok], float(run["metrics"]["threshold"]),
-                                per_group)
-    picks = [(g[0], int(ok[i])) for g in GROUPS for i in groups[g[0]]]
-    if not picks:
-        return None
-    detector = load_detector(run["path"], device=device)
-    methods = [m for m in explain.methods_for(detector) if m != "occlusion"][:2] or ["occlusion"]
-    images, titles, maps = [], [], {m: [] for m in methods}
-    for key, i in picks:
-        image = split.images[index[i]]
-        cls = int(preds["cifar_class"][i])
-        images.append(image)
-        titles.append(f"{key.replace('_', ' ')}\np={preds['p_fake'][i]:.3f}")
-        for m in methods:
-            maps[m].append(explain.saliency(detector, image, m, cifar_class=cls))
-    return explain.saliency_figure(images, maps, titles=titles,
-                                   suptitle=f"{run['name']}: saliency ({', '.join(methods)}; target: the "
-                                            "detector's decision)")
-
-
 # --------------------------------------------------------------------------- the report
 
 def _image(md: list[str], out: Path, fig: Any, name: str, alt: str) -> None:
@@ -317,12 +268,14 @@ def _image(md: list[str], out: Path, fig: Any, name: str, alt: str) -> None:
 
 def build_report(run_dirs: str | os.PathLike | Iterable[str | os.PathLike], out_dir: str | os.PathLike, *,
                  data: Any = None, n_boot: int = 1000, gallery_k: int = 8, saliency: bool = True,
-                 saliency_per_group: int = 1, device: Any = None, title: str = "CIFAKE detectors: report"
-                 ) -> Path:
+                 saliency_per_group: int = 1, detectors: Mapping[str, Any] | None = None, device: Any = None,
+                 title: str = "CIFAKE detectors: report") -> Path:
     """Write report.md (and its CSVs and PNGs) into `out_dir`; returns the report's path.
 
     data: a data source (str), a Split or a CifakeData, for galleries and saliency; None skips
-    them. saliency: also load each detector and draw saliency maps of a few gallery images.
+    them. saliency: also draw saliency maps of a few gallery images, with `detectors`
+    ({run name: detector}, e.g. already loaded by a notebook) or else each run's detector
+    loaded from its folder.
     """
     from cifake_lib.plots import compare_bar, roc_figure
     from cifake_lib.robustness import find_robustness, read_robustness, robustness_figure
@@ -408,7 +361,11 @@ def build_report(run_dirs: str | os.PathLike | Iterable[str | os.PathLike], out_
             _image(md, out, fig, f"gallery_{slug(r['name'])}.png", f"{r['name']}: gallery")
             if saliency:
                 try:
-                    sfig = _saliency_panel(r, split, saliency_per_group, device)
+                    from cifake_lib.detectors import load_detector
+                    from cifake_lib.gallery import saliency_gallery
+
+                    det = (detectors or {}).get(r["name"]) or load_detector(r["path"], device=device)
+                    sfig = saliency_gallery(r, split, det, saliency_per_group)
                 except Exception as e:  # a missing or foreign model must not sink the whole report
                     md.append(f"_Saliency for {r['name']} skipped: {type(e).__name__}: {e}_\n")
                     continue
@@ -425,7 +382,7 @@ def build_report(run_dirs: str | os.PathLike | Iterable[str | os.PathLike], out_
            "scores. ECE: top-label, 15 bins. Ranking (AUC) and decisions at 0.5 do not change.\n",
            compare.markdown_table(calibration, compare.CALIBRATION_COLUMNS)]
     if any(r.get("predictions") is not None for r in runs):
-        _image(md, out, _reliability_grid(runs), "reliability.png", "Reliability diagrams before and after")
+        _image(md, out, compare.reliability_grid(runs), "reliability.png", "Reliability diagrams before and after")
     md.append("### Robustness\n")
     robustness_rows: list[dict] = []
     if not robustness:
@@ -454,3 +411,51 @@ def linked_images(report: str | os.PathLike) -> list[Path]:
     report = Path(report)
     text = report.read_text(encoding="utf-8")
     return [report.parent / m for m in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)]
+
+
+def section_text(report: str | os.PathLike, title: str) -> str:
+    """The body of the `## title` section of report.md (up to the next `## `)."""
+    text = Path(report).read_text(encoding="utf-8")
+    match = re.search(rf"^## {re.escape(title)}\n(.*?)(?=^## |\Z)", text, flags=re.S | re.M)
+    if match is None:
+        raise ValueError(f"{report}: no section '## {title}'")
+    return match.group(1).strip() + "\n"
+
+
+def ensure_smoke_runs(runs_dir: str | os.PathLike, data: str | None = None, *, subset: tuple[int, int] = (400, 200),
+                      seed: int = 0) -> list[Path]:
+    """Smoke mode: make the small runs that notebook 04 needs when `runs_dir` lacks them.
+
+    A zero-shot run of a tiny offline CLIP (two prompt sets) when there is no CLIP run, and the
+    CIFAKE paper's CNN (1 epoch) when there is no CNN run; on `subset` of `data`. Returns the
+    run folders it wrote (none when both kinds exist).
+    """
+    import tempfile
+
+    from cifake_lib.runs import find_runs
+
+    runs_dir = Path(runs_dir)
+    kinds = set()
+    if runs_dir.exists():
+        for folder in find_runs(runs_dir):
+            det = _optional_json(folder / "detector.json") or {}
+            kinds.add(det.get("kind"))
+    written: list[Path] = []
+    if {"clip", "cnn"} <= kinds:
+        return written
+    from cifake_lib.data import load_cifake
+
+    small = load_cifake(data, subset=subset, val_fraction=0.2, seed=seed)
+    if "clip" not in kinds:
+        from cifake_lib.models import write_tiny_clip
+        from cifake_lib.zeroshot import run_zeroshot
+
+        model = write_tiny_clip(Path(tempfile.mkdtemp(prefix="cifake_tiny_")) / "tiny_clip", seed=seed)
+        run_zeroshot(small, runs_dir / "zeroshot", model=model, prompts=["plain", "ensemble"])
+        written += [runs_dir / "zeroshot"]
+    if "cnn" not in kinds:
+        from cifake_lib.baseline import TrainConfig, run_cnn
+
+        run_cnn(small, runs_dir / "cnn", train_config=TrainConfig(epochs=1, seed=seed))
+        written.append(runs_dir / "cnn")
+    return written

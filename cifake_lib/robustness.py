@@ -221,11 +221,26 @@ def find_robustness(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> l
     return sorted(found)
 
 
-def load_run_detectors(runs: Sequence[Mapping[str, Any]], device: Any = None) -> dict[str, Any]:
-    """{run name: detector} for read_run dicts (named by compare.load_runs), via load_detector."""
+def load_run_detectors(runs: Sequence[Mapping[str, Any]], device: Any = None, *,
+                       strict: bool = True) -> dict[str, Any]:
+    """{run name: detector} for read_run dicts (named by compare.load_runs), via load_detector.
+
+    strict False: runs whose detector cannot be loaded (weights or model missing) are left out,
+    with a warning, instead of raising.
+    """
+    import warnings
+
     from cifake_lib.detectors import load_detector
 
-    return {r["name"]: load_detector(r["path"], device=device) for r in runs}
+    out = {}
+    for r in runs:
+        try:
+            out[r["name"]] = load_detector(r["path"], device=device)
+        except (OSError, ValueError) as e:
+            if strict:
+                raise
+            warnings.warn(f"{r['name']}: detector not loadable, left out ({e})", stacklevel=2)
+    return out
 
 
 def robustness_from_runs(run_dirs: Sequence[str | os.PathLike], split: Any, out_dir: str | os.PathLike, *,

@@ -100,3 +100,16 @@ def test_gallery_figure_from_a_run(tmp_path):
     assert fig is not None and len(fig.axes) == 4 * 3
     assert gallery.run_gallery(run, synthetic_split(10, seed=1, prefix="other")) is None
     assert scores(split, 1.0, 0).shape == (40,)
+
+
+def test_models_before_after(tmp_path, tiny_model_dir):
+    from cifake_lib.compare import load_runs
+    from cifake_lib.embeddings import models_before_after
+
+    make_run(tmp_path / "zs", "zeroshot:plain", kind="clip", model=str(tiny_model_dir), n=20)
+    assert list(models_before_after(load_runs(tmp_path).copy()).values()) == [str(tiny_model_dir)]
+    make_run(tmp_path / "ft", "finetune:both", kind="clip", model=str(tiny_model_dir), n=20)
+    make_run(tmp_path / "fti", "finetune:image", kind="clip", model="/no/such/model", n=20)
+    pairs = models_before_after(load_runs(tmp_path))
+    assert list(pairs.values()) == [str(tiny_model_dir), str((tmp_path / "ft").resolve())]
+    assert list(pairs)[1] == "fine-tuned (finetune:both)"
