@@ -133,9 +133,8 @@ def _cnn_args(p: argparse.ArgumentParser) -> None:
     d = TrainConfig()
     add_data_args(p)
     p.add_argument("--out", required=True, metavar="DIR", help="run folder to write")
-    p.add_argument("--arch", choices=("recipe", "paper"), default="recipe",
-                   help="recipe: the paper's CNN plus batch norm (default); "
-                   "paper: exactly the paper's best topology")
+    p.add_argument("--batch-norm", action="store_true",
+                   help="add batch norm after each conv (not in the paper; default: the paper's network)")
     p.add_argument("--epochs", type=int, default=d.epochs, help=f"training epochs (default {d.epochs})")
     p.add_argument("--batch-size", type=int, default=d.batch_size,
                    help=f"training batch size (default {d.batch_size})")
@@ -164,7 +163,7 @@ def _cnn_run(args: argparse.Namespace) -> int:
         raise CliError(f"--val-fraction must be in [0, 1), got {args.val_fraction}")
     data = load_cifake(args.data, subset=args.subset, val_fraction=args.val_fraction, seed=args.seed,
                        dedup=args.dedup, skip_bad=args.skip_bad)
-    config = CNNConfig.paper() if args.arch == "paper" else CNNConfig()
+    config = CNNConfig(batch_norm=args.batch_norm)
     tc = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                      flip=not args.no_flip, seed=args.seed, time_limit=args.time_limit)
     m = run_cnn(data, args.out, config=config, train_config=tc, device=args.device,
