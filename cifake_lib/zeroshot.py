@@ -133,12 +133,15 @@ class ZeroShotHead:
     def dim(self) -> int:
         return int(self.weights.shape[1])
 
-    def logits(self, features: np.ndarray, classes: np.ndarray | None = None) -> np.ndarray:
-        """(N, 2) float64 logits (REAL, FAKE) for image features (N, D), normalised here.
+    def logits(self, features: np.ndarray, classes: np.ndarray | None = None, *,
+               normalized: bool = False) -> np.ndarray:
+        """(N, 2) float64 logits (REAL, FAKE) for image features (N, D), L2-normalised here
+        unless `normalized` says they already are.
 
         classes: CIFAR class per image (-1 unknown); used by class-aware heads only.
         """
-        x = l2_normalize(np.asarray(features, dtype=np.float32))
+        x = np.asarray(features, dtype=np.float32)
+        x = x if normalized else l2_normalize(x)
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise ValueError(f"features must be (N, {self.dim}), got {x.shape}")
         scale = float(self.logit_scale)
@@ -146,7 +149,8 @@ class ZeroShotHead:
         if self.class_weights is None:
             return base
         n_classes = self.class_weights.shape[1]
-        per_class = scale * np.einsum("nd,lcd->nlc", x, self.class_weights).astype(np.float64)  # (N, 2, C)
+        flat = self.class_weights.reshape(-1, self.dim)  # (2 * C, D), label-major
+        per_class = scale * (x @ flat.T).astype(np.float64).reshape(len(x), 2, n_classes)
         if self.marginal == "logsumexp":
             m = per_class.max(axis=2, keepdims=True)
             out = (m + np.log(np.exp(per_class - m).mean(axis=2, keepdims=True)))[..., 0]
@@ -161,9 +165,10 @@ class ZeroShotHead:
             out[idx] = per_class[idx, :, classes[idx]]
         return out
 
-    def p_fake(self, features: np.ndarray, classes: np.ndarray | None = None) -> np.ndarray:
+    def p_fake(self, features: np.ndarray, classes: np.ndarray | None = None, *,
+               normalized: bool = False) -> np.ndarray:
         """softmax over (REAL, FAKE) of the logits, FAKE column: sigmoid(logit_fake - logit_real)."""
-        z = self.logits(features, classes)
+        z = self.logits(features, classes, normalized=normalized)
         return 0.5 * (1.0 + np.tanh(0.5 * (z[:, 1] - z[:, 0])))
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -596,8 +601,26 @@ class ZeroShotResult:
     rows: list[dict[str, Any]]  # summary.csv rows, in prompt-set order
     metrics: dict[str, dict[str, Any]]  # prompt set -> test metrics
     best: str | None  # chosen on validation AUC
-    feature_seconds: float
+    feature_seconds: float  # scoring: the image pass (val + test), the text pass and every head
     seconds: float
+
+
+def score_prompt_sets(model, processor, splits: Mapping[str, Split], prompts: str | Sequence[str | PromptSet],
+                      *, batch_size: int = 256, cache: bool = True, marginal: str = "logsumexp",
+                      progress: bool = True) -> tuple[dict[str, ZeroShotHead], dict[str, dict[str, np.ndarray]]]:
+    """p_fake of every prompt set on every split, from one image pass and one text pass.
+
+    Returns ({set: head}, {set: {split: p_fake}}). Class-aware sets use each split's CIFAR classes.
+    """
+    sets = resolve_prompt_sets(prompts)
+    feats = {k: image_features(model, processor, s.images, batch_size=batch_size, cache=cache, progress=progress,
+                               desc=f"CLIP features ({k})", normalize=True) for k, s in splits.items()}
+    # Every prompt of every set in one text pass: on a CPU, per-call overhead outweighs the work.
+    embeddings = encode_texts(model, processor, [t for ps in sets for t in head_texts(ps)])
+    heads = {ps.name: build_head(model, processor, ps, marginal=marginal, embeddings=embeddings) for ps in sets}
+    scores = {name: {k: head.p_fake(feats[k], s.classes, normalized=True) for k, s in splits.items()}
+              for name, head in heads.items()}
+    return heads, scores
 
 
 def run_zeroshot(data: CifakeData, out_dir: str | os.PathLike, *, model: str | os.PathLike | None = None,
@@ -625,22 +648,18 @@ def run_zeroshot(data: CifakeData, out_dir: str | os.PathLike, *, model: str | o
     model_ref = model_reference(clip) or model_name
 
     splits = {"test": data.test} | ({"val": data.val} if data.val is not None and len(data.val) else {})
-    feats = {k: image_features(clip, processor, s.images, batch_size=batch_size, cache=cache, progress=progress,
-                               desc=f"CLIP features ({k})") for k, s in splits.items()}
-    feature_seconds = time.perf_counter() - t0
+    t_feat = time.perf_counter()
+    heads, scores = score_prompt_sets(clip, processor, splits, sets, batch_size=batch_size, cache=cache,
+                                      marginal=marginal, progress=progress)
+    feature_seconds = time.perf_counter() - t_feat
     val = splits.get("val")
 
     rows: list[dict[str, Any]] = []
     all_metrics: dict[str, dict[str, Any]] = {}
-    scores: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
-    # Every prompt of every set in one text pass: on a CPU, per-call overhead outweighs the work.
-    embeddings = encode_texts(clip, processor, [t for ps in sets for t in head_texts(ps)])
     for ps, folder in zip(sets, names, strict=True):
         t_set = time.perf_counter()
-        head = build_head(clip, processor, ps, marginal=marginal, embeddings=embeddings)
-        det = ClipDetector(clip, processor, ps, head=head, model_ref=model_ref)
-        p_test = det.p_fake_from_features(feats["test"], data.test.classes)
-        p_val = det.p_fake_from_features(feats["val"], val.classes) if val is not None else None
+        det = ClipDetector(clip, processor, ps, head=heads[ps.name], model_ref=model_ref)
+        p_test, p_val = scores[ps.name]["test"], scores[ps.name].get("val")
         m = write_run(out / folder, test=data.test, p_test=p_test, val=val, p_val=p_val, detector=det.to_json(),
                       model=model_ref, data=data.source, seed=int((args or {}).get("seed", 0)),
                       args={**(args or {}), "prompt_set": ps.name, "batch_size": batch_size},
@@ -648,7 +667,6 @@ def run_zeroshot(data: CifakeData, out_dir: str | os.PathLike, *, model: str | o
         m_val = read_json(out / folder / "metrics_val.json") if val is not None else None
         rows.append(summary_row(ps, m, m_val, det.use_known_class and ps.class_aware))
         all_metrics[ps.name] = m
-        scores[ps.name] = (p_test, p_val)
         if figures:
             save_run_figures(out / folder, test=data.test, p_test=p_test, metrics=m, val=val, p_val=p_val,
                              name=f"zero-shot: {ps.name}")
@@ -666,7 +684,7 @@ def run_zeroshot(data: CifakeData, out_dir: str | os.PathLike, *, model: str | o
             "accuracy", ["zero-shot CLIP ViT-B/32"]),
             title="Zero-shot CLIP: test accuracy at the validation threshold (95% CI)"),
             out / "compare_accuracy.png")
-        plots.save_figure(plots.roc_figure({n: (data.test.labels, scores[n][0]) for n in scores},
+        plots.save_figure(plots.roc_figure({n: (data.test.labels, scores[n]["test"]) for n in scores},
                                            title="Zero-shot CLIP: ROC per prompt set (test)"), out / "roc_all.png")
     return ZeroShotResult(out_dir=out, rows=rows, metrics=all_metrics, best=best,
                           feature_seconds=feature_seconds, seconds=time.perf_counter() - t0)
@@ -681,6 +699,7 @@ __all__ = [
     "encode_texts",
     "head_texts",
     "run_zeroshot",
+    "score_prompt_sets",
     "save_run_figures",
     "run_figures",
     "figures_from_run",

@@ -124,3 +124,18 @@ def test_probe_command_end_to_end(sample_dir, tiny_model_dir, tmp_path):
     assert len(preds["id"]) == len(test) == 200
     p = load_detector(out, device="cpu").predict_proba(test.images)
     np.testing.assert_allclose(p, preds["p_fake"], atol=1e-9)
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
+def test_probe_detector_on_cuda(tiny_model_dir, tmp_path):
+    model, processor = load_clip(tiny_model_dir, device="cpu")
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (64, 32, 32, 3), dtype=np.uint8)
+    labels = np.arange(64) % 2
+    images[labels == 1] //= 2
+    fit = fit_probe(image_features(model, processor, images, progress=False), labels, grid=[1.0], progress=False)
+    det = ProbeDetector(model, processor, fit.probe)
+    det.save(tmp_path / "run")
+    gpu = load_detector(tmp_path / "run", device="cuda")
+    assert gpu.device.type == "cuda"
+    np.testing.assert_allclose(gpu.predict_proba(images), det.predict_proba(images), atol=2e-2)
