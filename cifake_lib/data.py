@@ -233,10 +233,15 @@ def decode_images(items: Sequence[str | bytes], *, progress: bool = True, desc: 
                 # Python 3.12+ warns about fork in a process with threads (tqdm's monitor, torch);
                 # the workers touch none of their state.
                 warnings.filterwarnings("ignore", category=DeprecationWarning, message=".*fork.*")
-                with _executor(workers) as ex:
+                ex = _executor(min(workers, len(starts)))
+                try:
                     futures = {ex.submit(_decode_chunk, items[s:s + _CHUNK]): s for s in starts}
                     for fut in as_completed(futures):
                         collect(futures[fut], fut.result())
+                except BaseException:  # Ctrl-C in a notebook: stop now, not after every queued chunk
+                    ex.shutdown(wait=False, cancel_futures=True)
+                    raise
+                ex.shutdown()
     return images, errors, _formats(counts)
 
 
@@ -410,6 +415,8 @@ def _load_decoded(source: Source, *, progress: bool) -> _Decoded:
     if source.kind == "folder":
         listing = list_folder(source.location)  # also checks the layout, before any cache is used
         fingerprint = f"{listing.root}\t{listing.fingerprint}"
+        # Keyed by the layout root: `--data DIR` and `--data DIR/DATASET` share one cache.
+        folder = cache_root() / "data" / Source("folder", listing.root).cache_name
     elif source.kind == "archive":
         fingerprint = archive_fingerprint(source.location)
     else:

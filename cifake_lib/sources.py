@@ -228,12 +228,40 @@ def find_layout_root(path: str | os.PathLike, max_depth: int = 3) -> Path:
     )
 
 
+def _scan_image_dir(folder: Path, prefix: str, label: int) -> tuple[list, list[str], list[tuple[str, str]]]:
+    """Rows (id, label, path), fingerprint lines "id size mtime", bad entries of one REAL/FAKE folder.
+
+    The hot loop of a warm load (120,000 entries): cheap string tests, one stat per image.
+    """
+    rows, sig, bad = [], [], []
+    with os.scandir(folder) as it:
+        for e in it:
+            name = e.name
+            if name[0] == "." or name.lower() in IGNORED_NAMES:
+                continue
+            dot = name.rfind(".")
+            if dot > 0 and name[dot:].lower() in IMAGE_EXTENSIONS and not e.is_dir():
+                st = e.stat()
+                rows.append((prefix + name, label, e.path))
+                sig.append(f"{prefix}{name}\t{st.st_size}\t{st.st_mtime_ns}")
+            elif e.is_dir():
+                bad.append((e.path, "unexpected folder; expected image files only"))
+            else:
+                bad.append((e.path, f"not an image file by its extension; expected one of "
+                                    f"{', '.join(sorted(IMAGE_EXTENSIONS))}"))
+    return rows, sig, bad
+
+
 def list_folder(path: str | os.PathLike) -> Listing:
-    """List a local CIFAKE folder (or a folder above it); raise if the layout is wrong."""
+    """List a local CIFAKE folder (or a folder above it); raise if the layout is wrong.
+
+    The fingerprint hashes every image's id, size and modification time (and the bad entries),
+    so changing, adding or removing any file changes it.
+    """
     root = find_layout_root(path)
     files: dict[str, list[tuple[str, int, str | bytes]]] = {}
     bad: list[tuple[str, str]] = []
-    digest = hashlib.sha256()
+    sig: list[str] = []
     for split in SPLIT_NAMES:
         split_dir = _match_dir(root, split)
         if split_dir is None:
@@ -245,30 +273,18 @@ def list_folder(path: str | os.PathLike) -> Listing:
                 raise FileNotFoundError(
                     f"{split_dir / label_name}: missing; expected {split}/REAL and {split}/FAKE folders of images"
                 )
-            label = label_from_name(label_name)
-            prefix = f"{split_dir.name}/{label_dir.name}/"
-            n_before = len(rows) + len(bad)
-            with os.scandir(label_dir) as it:
-                for e in it:
-                    if is_ignored(e.name):
-                        continue
-                    if e.is_dir():
-                        bad.append((e.path, "unexpected folder; expected image files only"))
-                        continue
-                    if not is_image_name(e.name):
-                        bad.append((e.path, f"not an image file by its extension; expected one of "
-                                            f"{', '.join(sorted(IMAGE_EXTENSIONS))}"))
-                        continue
-                    st = e.stat()
-                    rows.append((prefix + e.name, label, e.path))
-                    digest.update(f"{prefix}{e.name}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
-            if len(rows) + len(bad) == n_before:
+            r, s, b = _scan_image_dir(label_dir, f"{split_dir.name}/{label_dir.name}/", label_from_name(label_name))
+            if not r and not b:
                 raise ValueError(f"{label_dir}: empty; expected the {split} {label_name} images (*.jpg)")
+            rows += r
+            sig += s
+            bad += b
         rows.sort()
         files[split] = rows
     bad.sort()
-    digest.update("".join(f"bad\t{p}\n" for p, _ in bad).encode())
-    return Listing(str(root), files, bad, digest.hexdigest())
+    sig.sort()
+    sig += [f"bad\t{p}" for p, _ in bad]
+    return Listing(str(root), files, bad, hashlib.sha256("\n".join(sig).encode()).hexdigest())
 
 
 # ---------------------------------------------------------------------------
