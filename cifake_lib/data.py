@@ -124,7 +124,9 @@ class CifakeData:
     source: str  # the --data value, resolved: absolute path, "hf:REPO", "kaggle:HANDLE", "github"
     cache_path: Path | None  # the decoded-array cache folder used
     skipped: list[str] = field(default_factory=list)  # unreadable files skipped with skip_bad
-    duplicates: dict = field(default_factory=dict)  # pairs, found before anything is dropped
+    # Pairs of identical images, found on the (subset of) train and test before anything is
+    # dropped, plus "dropped_test": test images removed by dedup.
+    duplicates: dict = field(default_factory=dict)
     formats: dict = field(default_factory=dict)  # {"sizes": {"32x32": n}, "modes": {"RGB": n}, "converted": n}
     seconds: float = 0.0  # wall time of load_cifake
 
@@ -410,17 +412,17 @@ def _read_cache(folder: Path, fingerprint: str) -> _Decoded | None:
 
 def _load_decoded(source: Source, *, progress: bool) -> _Decoded:
     """Decoded train and test of a source, from the cache when it still matches the source."""
-    folder = cache_root() / "data" / source.cache_name
     listing = None
     if source.kind == "folder":
         listing = list_folder(source.location)  # also checks the layout, before any cache is used
         fingerprint = f"{listing.root}\t{listing.fingerprint}"
         # Keyed by the layout root: `--data DIR` and `--data DIR/DATASET` share one cache.
-        folder = cache_root() / "data" / Source("folder", listing.root).cache_name
+        source = Source("folder", listing.root)
     elif source.kind == "archive":
         fingerprint = archive_fingerprint(source.location)
     else:
         fingerprint = source.name  # remote: the repository or handle (warm loads work offline)
+    folder = cache_root() / "data" / source.cache_name
     cached = _read_cache(folder, fingerprint)
     if cached is not None:
         logger.info("CIFAKE from cache %s", folder)
@@ -443,10 +445,14 @@ def _load_decoded(source: Source, *, progress: bool) -> _Decoded:
     return decoded
 
 
-def _bad_message(bad: Sequence[tuple[str, str]]) -> str:
+def _bad_list(bad: Sequence[tuple[str, str]]) -> str:
     shown = "; ".join(f"{loc}: {reason}" for loc, reason in bad[:5])
     more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
-    return f"{len(bad)} unreadable or unexpected file(s): {shown}{more}. Fix or remove them, or pass --skip-bad (skip_bad=True) to skip them"
+    return f"{len(bad)} unreadable or unexpected file(s): {shown}{more}"
+
+
+def _bad_message(bad: Sequence[tuple[str, str]]) -> str:
+    return f"{_bad_list(bad)}. Fix or remove them, or pass --skip-bad (skip_bad=True) to skip them"
 
 
 # ---------------------------------------------------------------------------
@@ -620,7 +626,7 @@ def load_cifake(data: str | os.PathLike | None = None, *, subset: tuple[int, int
     if decoded.bad:
         if not skip_bad:
             raise ValueError(_bad_message(decoded.bad))
-        logger.warning("skipped %s", _bad_message(decoded.bad).split(". Fix")[0])
+        logger.warning("skipped %s", _bad_list(decoded.bad))
     train, test = decoded.train, decoded.test
     for name, split in (("train", train), ("test", test)):
         for label, label_name in enumerate(LABEL_NAMES):
@@ -661,8 +667,9 @@ def _split_counts(split: Split) -> dict[str, Any]:
 
 
 def summarize(data: CifakeData) -> dict[str, Any]:
-    """A JSON-ready summary: counts per split, label and CIFAR class (known classes only),
-    duplicate pairs, skipped files, image sizes/modes found, cache folder, load seconds."""
+    """A JSON-ready summary: counts per split ("val" only when there is one), label and CIFAR
+    class (known classes only), duplicate pairs, skipped files, image sizes/modes found, cache
+    folder, load seconds."""
     return {
         "source": data.source,
         "splits": {name: _split_counts(split) for name, split in data.splits().items()},

@@ -15,8 +15,8 @@ from matplotlib.figure import Figure
 
 from cifake_lib import CIFAR_CLASSES, LABEL_NAMES
 from cifake_lib.data import CifakeData, Split, find_duplicates
+from cifake_lib.plots import COLORS  # REAL blue, FAKE red, as in every figure
 
-COLORS = {0: "tab:blue", 1: "tab:red"}  # REAL, FAKE: the same colours as cifake_lib.plots
 _LUMA = np.array([0.299, 0.587, 0.114])  # ITU-R BT.601, as PIL's convert("L")
 
 
