@@ -98,15 +98,16 @@ def methods_text(runs: Sequence[Mapping[str, Any]]) -> str:
         m, run_json, det = r["metrics"], r.get("run") or {}, r.get("detector") or {}
         folder = Path(r["path"])
         args = dict(run_json.get("args") or {})
-        if isinstance(args.get("config"), dict):  # fine-tuning records its whole config there
-            args = {**args["config"], **args}
+        for nested in ("config", "train"):  # fine-tuning's whole config; the CNN's TrainConfig
+            if isinstance(args.get(nested), dict):
+                args = {**args[nested], **{k: v for k, v in args.items() if k != nested}}
         cfg = _optional_json(folder / "finetune_config.json")
         if isinstance(cfg, dict):
             args = {**cfg, **args}
         settings = []
         for key, label in SETTINGS:
             v = args.get(key, det.get(key))
-            if v is not None and v is not False and v != "":
+            if v is not None and v is not False and v != "" and not isinstance(v, dict):
                 settings.append(f"{label} {_fmt_setting(v)}")
         mv = r.get("metrics_val") or {}
         sizes = f"{m['n']:,} test images ({m['n_real']:,} REAL, {m['n_fake']:,} FAKE)"
