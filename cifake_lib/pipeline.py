@@ -160,8 +160,9 @@ def plan(config: dict[str, Any], out: Path, data: str, model: str) -> list[Step]
         detectors.append(o)
     if "evaluate" in stages:
         for det in detectors:
-            o = out / "evaluate" / det.name
-            steps.append(Step("evaluate", f"evaluate:{det.name}",
+            name = det.parent.name if det.name == BEST_ZEROSHOT else det.name
+            o = out / "evaluate" / name
+            steps.append(Step("evaluate", f"evaluate:{name}",
                               ["evaluate", "--model", str(det), *data_argv, *to_argv(opts("evaluate")),
                                "--split", "test", "--out", str(o)], o, "metrics.json"))
     if "robustness" in stages:
@@ -267,13 +268,18 @@ def run_study(
         start = time.perf_counter()
         code = _call(cli_main, argv, step.out / step.capture if step.capture else None)
         seconds = time.perf_counter() - start
-        if code != 0 or not step.is_done():
+        if code != 0:
             record["steps"].append({"name": step.name, "status": "failed", "seconds": seconds})
             write_json(out / "pipeline.json", record)
             raise PipelineError(
                 f"stage {step.name} failed (exit status {code}); fix the cause and run the same command "
                 "again: finished stages are skipped and fine-tuning resumes from its checkpoints"
             )
+        if not step.is_done():  # e.g. fine-tuning with stop_after: a deliberate pause
+            log(f"{label}: stopped before finishing; run the same command again to continue")
+            record["steps"].append({"name": step.name, "status": "stopped", "seconds": round(seconds, 2)})
+            record["stopped_at"] = step.name
+            break
         log(f"{label}: done in {seconds:.1f} s")
         record["steps"].append({"name": step.name, "status": "ran", "seconds": round(seconds, 2)})
         write_json(out / "pipeline.json", record)
