@@ -106,7 +106,8 @@ def methods_text(runs: Sequence[Mapping[str, Any]]) -> str:
             args = {**cfg, **args}
         settings = []
         for key, label in SETTINGS:
-            v = args.get(key, det.get(key))
+            # detector.json knows what was used (e.g. the prompt set); run.json what was asked for
+            v = det.get(key, args.get(key)) if key == "prompts" else args.get(key, det.get(key))
             if v is not None and v is not False and v != "" and not isinstance(v, dict):
                 settings.append(f"{label} {_fmt_setting(v)}")
         mv = r.get("metrics_val") or {}
@@ -165,7 +166,7 @@ def discussion(rows: Sequence[Mapping[str, Any]], calibration: Sequence[Mapping[
         paper = next((r for r in rows if r.get("source") == "published" and r.get("name") == "CIFAKE paper CNN"), None)
         if paper and isinstance(paper.get("accuracy"), float):
             diff = by_acc["accuracy"] - paper["accuracy"]
-            s += (f", {abs(diff):.2%} {'above' if diff >= 0 else 'below'} the CIFAKE paper's CNN "
+            s += (f", {abs(diff) * 100:.2f} percentage points {'above' if diff >= 0 else 'below'} the CIFAKE paper's CNN "
                   f"({paper['accuracy']:.2%}, published; a different test protocol may apply)")
         out.append(s + ".")
     asym = []
@@ -202,7 +203,7 @@ def discussion(rows: Sequence[Mapping[str, Any]], calibration: Sequence[Mapping[
         if kinds and max(kinds.values()) > 0:
             worst = max(kinds, key=kinds.get)
             out.append(f"Averaged over detectors at its strongest level, the most damaging perturbation is "
-                       f"{worst} (mean accuracy drop {kinds[worst]:.2%}).")
+                       f"{worst} (mean accuracy drop {kinds[worst] * 100:.2f} percentage points).")
     if any(str(r.get("detector", "")).startswith("finetune:both") for r in ours):
         out.append("No published result fine-tunes both CLIP encoders on CIFAKE, so the finetune:both row has "
                    "no published counterpart.")
