@@ -108,6 +108,8 @@ def methods_text(runs: Sequence[Mapping[str, Any]]) -> str:
         for key, label in SETTINGS:
             # detector.json knows what was used (e.g. the prompt set); run.json what was asked for
             v = det.get(key, args.get(key)) if key == "prompts" else args.get(key, det.get(key))
+            if isinstance(v, dict) and "name" in v:  # a prompt set
+                v = v["name"]
             if v is not None and v is not False and v != "" and not isinstance(v, dict):
                 settings.append(f"{label} {_fmt_setting(v)}")
         mv = r.get("metrics_val") or {}
