@@ -764,7 +764,11 @@ def train(data: CifakeData, cfg: FinetuneConfig) -> TrainOutcome:
 
         clip.load_state_dict(load_file(str(ckpt / WEIGHTS_FILE)), strict=True)
     if cfg.gradient_checkpointing:
-        clip.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        # transformers >= 5.2x renames it; Colab's 5.15 has only the old name.
+        if hasattr(clip, "activation_checkpointing_enable"):
+            clip.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            clip.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model = ClipClassifier(clip, processor.tokenizer, prompts)
     set_trainable(model, cfg)
     model.to(device).train()

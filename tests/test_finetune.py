@@ -68,7 +68,7 @@ def _data(n_train: int = 64, n_val: int = 32, n_test: int = 32, seed: int = 0):
 
 def _cfg(model_dir, out, **kw) -> FinetuneConfig:
     base = dict(model=str(model_dir), out=str(out), lr=5e-4, batch_size=16, max_steps=6, prompts="plain",
-                progress=False, save_every=1000, patience=None, log_every=2)
+                progress=False, save_every=1000, patience=None, log_every=2, cpu=True)  # CPU: deterministic
     return FinetuneConfig(**{**base, **kw})
 
 
@@ -311,7 +311,7 @@ def test_predict_cli_on_the_run_matches_the_model(sample_run, sample_data, tmp_p
         p = tmp_path / f"img{i}.png"
         Image.fromarray(sample_data.test.images[i]).save(p)
         paths.append(str(p))
-    assert main(["predict", "--model", cfg.out, *paths]) == 0
+    assert main(["predict", "--model", cfg.out, "--device", "cpu", *paths]) == 0
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     assert [x["path"] for x in lines] == paths
     saved = read_run(cfg.out)["predictions"]["p_fake"][:4]
@@ -326,7 +326,7 @@ def test_evaluate_cli_reproduces_the_run_metrics(sample_run, sample_dir, tmp_pat
     r, cfg = sample_run
     out = tmp_path / "eval"
     assert main(["evaluate", "--model", cfg.out, "--data", str(sample_dir), "--split", "test",
-                 "--out", str(out), "--json"]) == 0
+                 "--out", str(out), "--json", "--device", "cpu"]) == 0
     m = json.loads((out / "metrics.json").read_text())
     assert m["threshold"] == pytest.approx(r.metrics["threshold"])
     assert m["accuracy"] == pytest.approx(r.metrics["accuracy"]) and m["detector"] == "finetune:both"
@@ -344,7 +344,7 @@ def test_stop_after_then_resume_equals_a_straight_run(tiny_model_dir, sample_dir
     common = ["finetune", "--model", str(tiny_model_dir), "--data", str(sample_dir), "--subset", "128:64",
               "--val-fraction", "0.25", "--batch-size", "16", "--max-steps", "12", "--lr", "5e-4",
               "--prompts", "plain", "--eval-every", "4", "--save-every", "5", "--log-every", "2",
-              "--patience", "0", "--quiet", "--json", "--keep-checkpoints", "3"]
+              "--patience", "0", "--quiet", "--json", "--keep-checkpoints", "3", "--cpu"]
     straight, split = tmp_path / "straight", tmp_path / "split"
     assert main([*common, "--out", str(straight)]) == 0
     m_straight = json.loads(capsys.readouterr().out)

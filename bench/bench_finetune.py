@@ -1,0 +1,155 @@
+"""Benchmark: fine-tuning throughput end to end vs the model's own forward + backward + step.
+
+End to end is `cifake_lib.finetune.train` itself: a uint8 batch gathered from the array by index,
+augmented on uint8 (random flips), moved to the device, preprocessed there (resize, crop,
+normalise), then the FLYP forward (text and image towers), backward, gradient clipping and the
+AdamW step, with the loop's own checks (NaN, logit-scale clamp, logging). The reference runs the
+same `ClipClassifier`, loss and optimizer on ready `pixel_values` already on the device. The ratio
+(target >= 0.9) says how much the data path and the loop cost on top of the model.
+
+    python bench/bench_finetune.py                      # ViT-B/32-shaped random CLIP, CPU, batch 16
+    python bench/bench_finetune.py --device cuda --batch-size 128 --steps 20
+    python bench/bench_finetune.py --shape tiny --json  # the tiny test model
+
+Steady state only: the first `--warmup` steps of each side are not timed. The model is a
+randomly initialised CLIP written by `models.write_tiny_clip` (ViT-B/32's sizes by default).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+TARGET_RATIO = 0.9
+
+
+def _synthetic_data(n: int, seed: int = 0):
+    import numpy as np
+
+    from cifake_lib.data import CifakeData, Split
+
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % 2
+    images = rng.integers(0, 256, size=(n, 32, 32, 3), dtype=np.uint8)
+    split = Split(images, labels, rng.integers(0, 10, n), np.array([f"train/{i}.jpg" for i in range(n)]))
+    return CifakeData(train=split, test=split.take(slice(0, 2)), val=None, source="synthetic", cache_path=None)
+
+
+def reference(model_dir: str, batch_size: int, steps: int, warmup: int, device: str, mp: str = "no") -> float:
+    """Images/s of forward + backward + clip + AdamW step on ready pixel_values (same model, loss, optimizer)."""
+    import numpy as np
+    import torch
+    from transformers import CLIPModel, CLIPProcessor
+
+    from cifake_lib import finetune as ft
+    from cifake_lib.preprocess import ImagePreprocessor
+
+    cfg = ft.FinetuneConfig(model=model_dir, prompts="plain", mixed_precision="no")
+    torch.manual_seed(0)
+    processor = CLIPProcessor.from_pretrained(model_dir)
+    clip = CLIPModel.from_pretrained(model_dir, dtype=torch.float32)
+    model = ft.ClipClassifier(clip, processor.tokenizer, ft.resolve_prompts(cfg.prompts))
+    ft.set_trainable(model, cfg)
+    model.to(device).train()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(ft.param_groups(model, cfg.weight_decay), lr=1e-5, betas=(cfg.beta1, cfg.beta2),
+                            eps=cfg.eps)
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy(rng.integers(0, 256, size=(batch_size, 32, 32, 3), dtype=np.uint8)).to(device)
+    pixel_values = ImagePreprocessor.from_processor(processor)(x)  # ready tensors, made once
+    labels = torch.arange(batch_size, device=device) % 2
+    classes = torch.zeros(batch_size, dtype=torch.long, device=device)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mp)
+    dev_type = torch.device(device).type
+    scaler = torch.amp.GradScaler(dev_type) if mp == "fp16" else None
+    times = []
+    for i in range(warmup + steps):
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        with torch.autocast(dev_type, dtype=dtype, enabled=dtype is not None):
+            logits = model(pixel_values, classes)[0]
+            loss = ft.flyp_loss(logits, labels)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)
+        else:
+            loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
+        if scaler is not None:
+            scaler.step(opt)
+            scaler.update()
+        else:
+            opt.step()
+        opt.zero_grad(set_to_none=True)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        if i >= warmup:
+            times.append(time.perf_counter() - t)
+    return batch_size * len(times) / sum(times)
+
+
+def end_to_end(model_dir: str, batch_size: int, steps: int, warmup: int, device: str, out: str,
+               mp: str = "no") -> float:
+    """Images/s of `finetune.train` in steady state (per-step log records after the warm-up)."""
+    from cifake_lib import finetune as ft
+
+    data = _synthetic_data(batch_size * (warmup + steps) + batch_size)  # one epoch covers the run
+    cfg = ft.FinetuneConfig(model=model_dir, out=out, prompts="plain", batch_size=batch_size,
+                            max_steps=warmup + steps, lr=1e-5, log_every=1, save_every=10**9, patience=None,
+                            mixed_precision=mp, cpu=device == "cpu", progress=False)
+    outcome = ft.train(data, cfg)
+    records = [r for r in outcome.history if r["kind"] == "train"][warmup:]
+    seconds = sum(batch_size / r["images_per_second"] for r in records)
+    return batch_size * len(records) / seconds
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shape", choices=("vit-b-32", "tiny"), default="vit-b-32")
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--steps", type=int, default=6, help="timed steps per side (default 6)")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed steps first (default 2)")
+    ap.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    ap.add_argument("--mixed-precision", choices=("auto", "no", "fp16", "bf16"), default="auto",
+                    help="auto: bf16/fp16 on a GPU as finetune chooses, none on the CPU (both sides alike)")
+    ap.add_argument("--json", action="store_true", help="print the results as one JSON object")
+    a = ap.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+    import torch
+
+    from cifake_lib.finetune import resolve_mixed_precision
+    from cifake_lib.models import write_tiny_clip
+
+    mp = resolve_mixed_precision(a.mixed_precision, torch.device(a.device))
+    with tempfile.TemporaryDirectory(prefix="bench_finetune_") as tmp:
+        model_dir = str(write_tiny_clip(Path(tmp) / "model", shape=a.shape))
+        ref = reference(model_dir, a.batch_size, a.steps, a.warmup, a.device, mp)
+        e2e = end_to_end(model_dir, a.batch_size, a.steps, a.warmup, a.device, str(Path(tmp) / "run"), mp)
+    ratio = e2e / ref
+    result = {
+        "shape": a.shape, "device": a.device, "mixed_precision": mp, "batch_size": a.batch_size, "steps": a.steps, "warmup": a.warmup,
+        "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+        "reference_images_per_second": round(ref, 2), "end_to_end_images_per_second": round(e2e, 2),
+        "ratio": round(ratio, 3), "target_ratio": TARGET_RATIO, "meets_target": ratio >= TARGET_RATIO,
+    }
+    if a.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"fine-tuning throughput: CLIP {a.shape}, {a.device} ({mp}), batch {a.batch_size}, "
+              f"{a.steps} timed steps after {a.warmup} ({result['threads']} threads)")
+        print(f"{'':32}{'images/s':>10}")
+        print(f"{'model fwd+bwd+step (ready)':32}{ref:>10.2f}")
+        print(f"{'finetune.train end to end':32}{e2e:>10.2f}")
+        print(f"{'ratio (target >= 0.9)':32}{ratio:>10.3f}  {'OK' if ratio >= TARGET_RATIO else 'BELOW TARGET'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
