@@ -92,11 +92,14 @@ class TrainConfig:
     batch_size: int = 128
     lr: float = 2e-3  # peak learning rate (Adam)
     min_lr_ratio: float = 0.02  # cosine decays to lr * min_lr_ratio
-    warmup_fraction: float = 0.03  # linear warm-up over this share of all steps
+    warmup_fraction: float = 0.03  # linear warm-up over this share of training
     weight_decay: float = 0.0
     flip: bool = True  # random horizontal flips
     seed: int = 0
-    time_limit: float | None = None  # seconds; skip epochs that would end past it
+    # Seconds of training (validation included). The schedule then runs on whichever is further
+    # along, steps or time, so the learning rate has annealed when the time is up; the result then
+    # depends on the machine's speed (not deterministic).
+    time_limit: float | None = None
     eval_batch_size: int = 1024
 
     def to_dict(self) -> dict[str, Any]:
@@ -236,13 +239,13 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------------
 
 
-def get_lr(step: int, total_steps: int, cfg: TrainConfig) -> float:
-    """Linear warm-up, then cosine decay to lr * min_lr_ratio at the last step."""
-    warmup = math.ceil(cfg.warmup_fraction * total_steps)
-    if step < warmup:
-        return cfg.lr * (step + 1) / warmup
-    span = max(1, total_steps - warmup)
-    progress = min(1.0, (step - warmup) / span)
+def get_lr(progress: float, cfg: TrainConfig) -> float:
+    """Learning rate at `progress` in [0, 1] of training: linear warm-up, then cosine decay to
+    lr * min_lr_ratio at the end."""
+    progress = min(max(progress, 0.0), 1.0)
+    if progress < cfg.warmup_fraction:
+        return cfg.lr * max(progress / cfg.warmup_fraction, 1e-3)
+    progress = (progress - cfg.warmup_fraction) / max(1e-9, 1.0 - cfg.warmup_fraction)
     min_lr = cfg.lr * cfg.min_lr_ratio
     return min_lr + 0.5 * (cfg.lr - min_lr) * (1.0 + math.cos(math.pi * progress))
 
@@ -304,6 +307,8 @@ def train_cnn(train: Split, val: Split | None = None, *, config: CNNConfig | Non
     best_epoch = 0
     step = 0
     train_seconds = 0.0
+    eval_seconds = 0.0  # the last validation pass: reserved at the end of a time-limited run
+    out_of_time = False
     t_start = time.perf_counter()
     for epoch in range(1, tc.epochs + 1):
         model.train()
@@ -320,7 +325,14 @@ def train_cnn(train: Split, val: Split | None = None, *, config: CNNConfig | Non
                 f = flips[idx].to(device)
                 x = torch.where(f[:, None, None, None], x.flip(3), x)
             y = y_all[idx.to(device)]
-            lr = get_lr(step, total_steps, tc)
+            frac = step / total_steps
+            if tc.time_limit is not None:
+                used = (time.perf_counter() - t_start) / max(1e-9, tc.time_limit - eval_seconds)
+                if used >= 1.0:
+                    out_of_time = True
+                    break
+                frac = max(frac, used)
+            lr = get_lr(frac, tc)
             for group in opt.param_groups:
                 group["lr"] = lr
             loss = F.binary_cross_entropy_with_logits(model(x), y)
@@ -338,14 +350,20 @@ def train_cnn(train: Split, val: Split | None = None, *, config: CNNConfig | Non
         bar.close()
         epoch_train_s = time.perf_counter() - t_epoch
         train_seconds += epoch_train_s
+        if seen == 0:  # out of time before this epoch's first batch
+            if history:
+                history[-1]["stopped_by_time_limit"] = True
+            break
         record: dict[str, Any] = {
             "epoch": epoch,
+            "images": seen,
             "train_loss": loss_sum / seen,
             "lr_end": lr,
             "train_seconds": round(epoch_train_s, 3),
             "images_per_second": round(seen / max(1e-9, epoch_train_s), 1),
         }
         if val is not None and len(val):
+            t_eval = time.perf_counter()
             logits = predict_logits(model, _check_images(val.images), tc.eval_batch_size, device)
             y_val = np.asarray(val.labels)
             acc, auc = _val_scores(y_val, logits)
@@ -358,6 +376,7 @@ def train_cnn(train: Split, val: Split | None = None, *, config: CNNConfig | Non
                 # Keep the best weights in memory: test accuracy swings between epochs, and
                 # only validation may pick the epoch.
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            eval_seconds = time.perf_counter() - t_eval
         else:
             best_epoch = epoch
         record["best_epoch"] = best_epoch
@@ -368,19 +387,16 @@ def train_cnn(train: Split, val: Split | None = None, *, config: CNNConfig | Non
                 msg += f", val acc {record['val_accuracy']:.4f}, val AUC {record['val_auc']:.4f}"
             msg += f", {record['images_per_second']:.0f} img/s"
             print(msg, file=sys.stderr, flush=True)
-        if tc.time_limit is not None and epoch < tc.epochs:
-            # Stop before an epoch that would end past the limit (judged by the slowest so far).
-            elapsed = time.perf_counter() - t_start
-            per_epoch = max(elapsed / epoch, max(r["train_seconds"] for r in history))
-            if elapsed + per_epoch > tc.time_limit:
-                if progress:
-                    print(f"cnn: stopping after epoch {epoch}: another would pass the time limit "
-                          f"({tc.time_limit:g}s)", file=sys.stderr, flush=True)
-                break
+        if out_of_time:
+            record["stopped_by_time_limit"] = True
+            if progress:
+                print(f"cnn: time limit ({tc.time_limit:g}s) reached in epoch {epoch} "
+                      f"({seen:,}/{n:,} images)", file=sys.stderr, flush=True)
+            break
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
-    total_images = sum(r["images_per_second"] * r["train_seconds"] for r in history)
+    total_images = sum(r["images"] for r in history)
     return TrainResult(model=model, best_epoch=best_epoch, history=history,
                        seconds=time.perf_counter() - t_start,
                        images_per_second=total_images / max(1e-9, train_seconds))

@@ -22,6 +22,7 @@ from cifake_lib.baseline import (
     CNNDetector,
     TrainConfig,
     describe_deviations,
+    get_lr,
     load_cnn_detector,
     load_cnn_model,
     run_cnn,
@@ -118,6 +119,25 @@ def test_training_is_deterministic_on_cpu_and_learns_synthetic_data():
     c = train_cnn(train, None, train_config=TrainConfig(epochs=1, batch_size=64, seed=4),
                   device="cpu", progress=False)
     assert c.best_epoch == 1  # no validation: the last epoch
+
+
+def test_learning_rate_schedule():
+    tc = TrainConfig(lr=1e-3, warmup_fraction=0.1, min_lr_ratio=0.01)
+    assert get_lr(0.0, tc) < 1e-5
+    assert get_lr(0.05, tc) == pytest.approx(5e-4)
+    assert get_lr(0.1, tc) == pytest.approx(1e-3)
+    assert get_lr(1.0, tc) == pytest.approx(1e-5) == get_lr(2.0, tc)
+    after = [get_lr(p, tc) for p in np.linspace(0.1, 1, 20)]
+    assert (np.diff(after) <= 0).all()
+
+
+def test_time_limit_stops_training_with_an_annealed_model():
+    train = _synthetic(2048, 0)
+    tc = TrainConfig(epochs=1000, batch_size=32, time_limit=1.0, seed=0)
+    r = train_cnn(train, _synthetic(64, 1), train_config=tc, device="cpu", progress=False)
+    assert len(r.history) < 1000 and r.history[-1].get("stopped_by_time_limit")
+    assert r.seconds < 10
+    assert r.history[-1]["lr_end"] < 0.5 * tc.lr  # the schedule followed the clock
 
 
 def test_weights_file_round_trips_without_a_config(tmp_path):
@@ -227,7 +247,7 @@ def test_cli_cnn_end_to_end(sample_dir, tmp_path, capsys):
     assert run  # arguments, versions, device, seconds
 
 
-@pytest.mark.parametrize("bad", [["--epochs", "0"], ["--batch-size", "0"], ["--lr", "-1"]])
+@pytest.mark.parametrize("bad", [["--epochs", "0"], ["--batch-size", "0"], ["--lr", "-1"], ["--time-limit", "0"]])
 def test_cli_cnn_rejects_bad_arguments(bad, tmp_path, capsys):
     from cifake_lib.cli import main
 
