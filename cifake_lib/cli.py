@@ -141,7 +141,8 @@ def _cnn_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=d.lr, help=f"peak Adam learning rate (default {d.lr:g})")
     p.add_argument("--no-flip", action="store_true", help="no random horizontal flips")
     p.add_argument("--time-limit", type=float, default=None, metavar="SECONDS",
-                   help="stop training after the epoch that crosses this many seconds")
+                   help="train for at most this many seconds; the learning-rate schedule then "
+                   "follows the clock, so the model is annealed when time is up (not deterministic)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: best available)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
 
@@ -159,6 +160,8 @@ def _cnn_run(args: argparse.Namespace) -> int:
         raise CliError(f"--batch-size must be >= 1, got {args.batch_size}")
     if not args.lr > 0:
         raise CliError(f"--lr must be > 0, got {args.lr}")
+    if args.time_limit is not None and not args.time_limit > 0:
+        raise CliError(f"--time-limit must be > 0 seconds, got {args.time_limit}")
     if not 0 <= args.val_fraction < 1:
         raise CliError(f"--val-fraction must be in [0, 1), got {args.val_fraction}")
     data = load_cifake(args.data, subset=args.subset, val_fraction=args.val_fraction, seed=args.seed,
