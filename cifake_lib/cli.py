@@ -430,6 +430,7 @@ def _finetune_args(p: argparse.ArgumentParser) -> None:
          "checkpoints, resume, best model exported", _finetune_args)
 def _finetune_run(args: argparse.Namespace) -> int:
     import json
+    import os
 
     from cifake_lib.data import load_cifake
     from cifake_lib.finetune import FinetuneConfig, OutOfMemory, TrainingDiverged, finetune
@@ -463,8 +464,8 @@ def _finetune_run(args: argparse.Namespace) -> int:
         print(f"cifake finetune: {e}", file=sys.stderr)
         return 1
     o = r.outcome
-    if r.metrics is None:
-        if o.status == "stopped":
+    if r.metrics is None:  # stopped by --stop-after, or not the main process of a multi-process run
+        if o.status == "stopped" and os.environ.get("RANK", "0") == "0":
             print(f"finetune: stopped after step {o.step}/{o.total_steps} (--stop-after); continue with "
                   f"--resume -> {args.out}", file=sys.stderr)
         return 0

@@ -26,10 +26,19 @@ fits the head on fixed image features; the second phase trains what `train` says
 has its own warm-up and cosine decay (two runs back to back).
 
 The loop (`train`) reads top to bottom: evaluate, checkpoint, forward, backward, clip, step,
-log. It runs through Hugging Face Accelerate, so one code path serves CPU, one GPU and several
-(`accelerate launch`): every process draws the same seeded permutation and takes its shard of
-each batch. Data stay a uint8 array; a batch is gathered by index, augmented on uint8
+log. It runs through Hugging Face Accelerate, so one code path serves CPU, one GPU and several:
+every process draws the same seeded permutation and takes its shard of each batch, and
+validation is scored shard by shard and gathered, so every process takes the same decisions.
+Data stay a uint8 array; a batch is gathered by index, augmented on uint8
 (`perturb.augment_batch`), moved to the device and preprocessed there (`ImagePreprocessor`).
+
+    accelerate launch --multi_gpu --num_processes 2 -m cifake_lib.cli finetune ...        # 2 GPUs
+    accelerate launch --multi_gpu --num_processes 2 -m cifake_lib.cli finetune --cpu ...  # 2 CPU processes (gloo)
+    torchrun --standalone --nproc_per_node 2 -m cifake_lib.cli finetune ...                # the same with torchrun
+
+(`accelerate launch --cpu --num_processes 2` starts several CPU processes only through MPI;
+without an MPI host file it runs one process.) Gradient accumulation is explicit (`no_sync` on
+all micro-batches but the last), so the loop can check the loss before the optimizer steps.
 
 Checkpoints (OUT/checkpoints/step-XXXXXXX/, written to a .tmp folder then renamed, newest K
 kept): model.safetensors, optimizer.pt and scaler.pt (tensors and plain containers only, read
