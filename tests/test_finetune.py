@@ -293,8 +293,11 @@ def test_exported_model_loads_and_scores_like_the_in_memory_model(sample_run, sa
     logits = ft.predict_logits(model, ImagePreprocessor.from_processor(processor), sample_data.val.images,
                                sample_data.val.classes, 256, torch.device("cpu"))
     p_mem = ft._p_fake(logits)
-    # ... reproduces the validation AUC recorded at the best step, and the run's saved scores.
+    # ... reproduces the validation scores recorded at the best step, and the run's saved scores.
     assert roc_auc_score(sample_data.val.labels, p_mem) == pytest.approx(r.outcome.best_val_auc, abs=1e-9)
+    best = next(h for h in ft.load_history(cfg.out) if h["kind"] == "val" and h["step"] == r.outcome.best_step)
+    assert ft._val_scores(sample_data.val.labels, logits) == pytest.approx(
+        {k: best[k] for k in ("val_loss", "val_accuracy", "val_auc")}, abs=1e-6)
     run = read_run(cfg.out)
     np.testing.assert_allclose(run["predictions_val"]["p_fake"], p_mem, atol=1e-5)
 
@@ -406,6 +409,27 @@ def test_interrupted_checkpoint_folder_is_ignored(tiny_model_dir, tmp_path):
     outcome = train(data, replace(cfg, resume=True, stop_after=None))
     assert outcome.step == 4
     assert not (Path(cfg.out) / "checkpoints" / "step-0000003.tmp").exists()
+
+
+def test_early_stopping_on_validation_auc(tiny_model_dir, tmp_path):
+    """A learning rate too small to change anything: no better validation AUC, so patience runs out."""
+    data = _data()
+    r = finetune(data, _cfg(tiny_model_dir, tmp_path / "es", lr=1e-12, max_steps=20, eval_every=1, patience=2))
+    assert r.outcome.status == "early_stopped" and r.outcome.step == 3 and r.outcome.best_step == 1
+    state = json.loads((latest_checkpoint(r.out) / "state.json").read_text())
+    assert state["status"] == "early_stopped" and state["evals_since_best"] == 2
+    assert r.metrics is not None and json.loads((r.out / "detector.json").read_text())["best_step"] == 1
+
+
+def test_prompts_from_a_zero_shot_run_folder(tmp_path):
+    from cifake_lib.fileio import write_json
+    from cifake_lib.prompts import get_prompt_set
+
+    write_json(tmp_path / "detector.json", {"kind": "clip", "prompts": get_prompt_set("ensemble").to_dict()})
+    assert ft.resolve_prompts(tmp_path) == get_prompt_set("ensemble")
+    assert ft.resolve_prompts("class_aware").class_aware
+    with pytest.raises(FileNotFoundError, match="detector.json"):
+        ft.resolve_prompts(tmp_path / "missing_folder" / "detector.json")
 
 
 # --- faults -----------------------------------------------------------------------------------
