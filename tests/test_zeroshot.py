@@ -265,3 +265,19 @@ def test_cuda_half_precision_matches_cpu(tiny_model_dir, tmp_path):
     gpu.save(tmp_path / "run", model_subdir=None)
     again = load_detector(tmp_path / "run", device="cuda")
     np.testing.assert_allclose(again.predict_proba(images, classes=classes), p_gpu, atol=1e-3)
+
+
+def test_run_zeroshot_without_validation_split(tiny_model_dir, tmp_path):
+    """No val: threshold 0.5 (recorded as "default"), no best set, summary still one row per set."""
+    from cifake_lib.data import CifakeData, Split
+    from cifake_lib.zeroshot import read_summary, run_zeroshot
+
+    rng = np.random.default_rng(0)
+    test = Split(rng.integers(0, 256, (24, 32, 32, 3), dtype=np.uint8), np.arange(24) % 2,
+                 np.arange(24) % 10, [f"test/{i}.jpg" for i in range(24)])
+    data = CifakeData(train=test, test=test, val=None, source="synthetic", cache_path=None)
+    r = run_zeroshot(data, tmp_path / "zs", model=tiny_model_dir, prompts="plain,class_aware", device="cpu",
+                     cache=False, figures=False, n_boot=50, progress=False)
+    assert r.best is None and [row["prompt_set"] for row in read_summary(tmp_path / "zs")] == ["plain", "class_aware"]
+    assert all(m["threshold"] == 0.5 and m["threshold_source"] == "default" for m in r.metrics.values())
+    assert not (tmp_path / "zs" / "plain" / "predictions_val.csv").exists()
