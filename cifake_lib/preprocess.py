@@ -107,6 +107,7 @@ class ImagePreprocessor:
         self.mean = tuple(float(m) for m in mean) if do_normalize else (0.0, 0.0, 0.0)
         self.std = tuple(float(s) for s in std) if do_normalize else (1.0, 1.0, 1.0)
         self.rescale_factor = float(rescale_factor) if do_rescale else 1.0
+        self._device_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @classmethod
     def from_processor(cls, processor) -> ImagePreprocessor:
@@ -156,8 +157,7 @@ class ImagePreprocessor:
         h, w = x.shape[-2:]
         out_h, out_w = self.resized_shape(h, w)
         if (out_h, out_w) != (h, w):
-            rows = torch.as_tensor(resize_matrix(h, out_h, self.resample), dtype=torch.float32, device=device)
-            cols = torch.as_tensor(resize_matrix(w, out_w, self.resample), dtype=torch.float32, device=device)
+            rows, cols = self._resize_weights(h, w, out_h, out_w, device)
             # PIL resizes 8-bit images in two passes, horizontal then vertical, rounding and
             # clipping to 8 bits after each; doing the same keeps overshoot identical.
             x = (x @ cols.T).round_().clamp_(0, 255)
@@ -165,10 +165,27 @@ class ImagePreprocessor:
         if self.crop_size:
             ch, cw = self.crop_size["height"], self.crop_size["width"]
             x = _center_crop(x, ch, cw)
-        mean = torch.tensor(self.mean, device=device).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, device=device).view(1, 3, 1, 1)
-        x = (x * self.rescale_factor - mean) / std
-        return x.to(dtype)
+        scale, shift = self._affine(device)
+        return torch.addcmul(shift, x, scale).to(dtype)  # (x * rescale - mean) / std
+
+    # Constants live on the device once: a host-to-device copy per batch would stall the GPU.
+    def _resize_weights(self, h: int, w: int, out_h: int, out_w: int, device: torch.device):
+        key = (h, w, out_h, out_w, str(device))
+        cached = self._device_cache.get(key)
+        if cached is None:
+            rows = torch.as_tensor(resize_matrix(h, out_h, self.resample), dtype=torch.float32).to(device)
+            cols = torch.as_tensor(resize_matrix(w, out_w, self.resample), dtype=torch.float32).to(device)
+            cached = self._device_cache[key] = (rows, cols)
+        return cached
+
+    def _affine(self, device: torch.device):
+        key = ("affine", str(device))
+        cached = self._device_cache.get(key)
+        if cached is None:
+            mean = torch.tensor(self.mean, dtype=torch.float32).view(1, 3, 1, 1)
+            std = torch.tensor(self.std, dtype=torch.float32).view(1, 3, 1, 1)
+            cached = self._device_cache[key] = ((self.rescale_factor / std).to(device), (-mean / std).to(device))
+        return cached
 
 
 def _center_crop(x: torch.Tensor, ch: int, cw: int) -> torch.Tensor:
