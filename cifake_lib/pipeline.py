@@ -310,42 +310,60 @@ def _tiny_model(folder: Path, seed: int) -> Path:
     return folder
 
 
-def run_notebooks(folder: Path, *, data: str, smoke: bool, log=print, timeout: int = 3600) -> list[dict]:
-    """Execute the four notebooks headless with the run's settings; save executed copies in `folder`."""
+def execute_notebook(path: Path, workdir: Path, env: dict[str, str], *, timeout: int = 3600):
+    """Execute one notebook with nbclient, cwd = `workdir`, the kernel seeing `env`.
+
+    Returns the notebook with its outputs; on failure the exception carries the partial notebook
+    in `.notebook`, since its outputs show where it stopped.
+    """
     try:
         import nbformat
         from nbclient import NotebookClient
     except ImportError:
-        raise PipelineError("--notebooks needs nbclient and ipykernel: pip install -e '.[dev]'") from None
-    source_dir = Path(__file__).resolve().parent.parent / "notebooks"
-    if not source_dir.is_dir():
-        raise PipelineError(f"{source_dir}: the notebooks are not here (run from a checkout of the repository)")
-    folder.mkdir(parents=True, exist_ok=True)
-    env = {"CIFAKE_DATA": data, "CIFAKE_SMOKE": "1" if smoke else "0", "CIFAKE_RUNS": str(folder / "runs"),
-           "MPLBACKEND": "module://matplotlib_inline.backend_inline"}
+        raise PipelineError("running notebooks needs nbclient and ipykernel: pip install -e '.[dev]'") from None
+    nb = nbformat.read(path, as_version=4)
+    env = {"MPLBACKEND": "module://matplotlib_inline.backend_inline", **env}
     old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)  # the kernels inherit this process's environment
-    results = []
+    os.environ.update(env)  # the kernel inherits this process's environment
     try:
-        for name in NOTEBOOKS:
-            nb = nbformat.read(source_dir / f"{name}.ipynb", as_version=4)
-            log(f"notebook {name}: running")
-            start = time.perf_counter()
-            try:
-                NotebookClient(nb, timeout=timeout, kernel_name="python3",
-                               resources={"metadata": {"path": str(folder)}}).execute()
-                status = "ran"
-            except Exception as e:  # keep the partial notebook: its outputs show where it stopped
-                status = f"failed: {type(e).__name__}"
-            nbformat.write(nb, folder / f"{name}.ipynb")
-            results.append({"name": name, "status": status, "seconds": round(time.perf_counter() - start, 1)})
-            log(f"notebook {name}: {status}")
-            if status != "ran":
-                raise PipelineError(f"notebook {name} failed; its executed copy is {folder / (name + '.ipynb')}")
+        NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                       resources={"metadata": {"path": str(workdir)}}).execute()
+    except Exception as e:
+        e.notebook = nb
+        raise
     finally:
         for k, v in old.items():
             if v is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+    return nb
+
+
+def run_notebooks(folder: Path, *, data: str, smoke: bool, log=print, timeout: int = 3600) -> list[dict]:
+    """Execute the four notebooks headless with the run's settings; save executed copies in `folder`."""
+    import nbformat
+
+    source_dir = Path(__file__).resolve().parent.parent / "notebooks"
+    if not source_dir.is_dir():
+        raise PipelineError(f"{source_dir}: the notebooks are not here (run from a checkout of the repository)")
+    folder.mkdir(parents=True, exist_ok=True)
+    env = {"CIFAKE_DATA": data, "CIFAKE_SMOKE": "1" if smoke else "0", "CIFAKE_RUNS": str(folder / "runs")}
+    results = []
+    for name in NOTEBOOKS:
+        log(f"notebook {name}: running")
+        start = time.perf_counter()
+        try:
+            nb = execute_notebook(source_dir / f"{name}.ipynb", folder, env, timeout=timeout)
+            status = "ran"
+        except PipelineError:
+            raise
+        except Exception as e:
+            nb, status = getattr(e, "notebook", None), f"failed: {type(e).__name__}"
+        if nb is not None:
+            nbformat.write(nb, folder / f"{name}.ipynb")
+        results.append({"name": name, "status": status, "seconds": round(time.perf_counter() - start, 1)})
+        log(f"notebook {name}: {status}")
+        if status != "ran":
+            raise PipelineError(f"notebook {name} failed; its executed copy is {folder / (name + '.ipynb')}")
     return results

@@ -27,7 +27,6 @@ import numpy as np
 import torch
 
 from cifake_lib.features import image_features, l2_normalize
-from cifake_lib.fileio import read_json
 
 if TYPE_CHECKING:
     from cifake_lib.data import CifakeData
@@ -313,16 +312,11 @@ class ProbeDetector:
     @classmethod
     def from_run(cls, run_dir: str | os.PathLike, device: str | torch.device | None = None) -> ProbeDetector:
         """Load from a run folder (or its detector.json) with kind "probe"."""
+        from cifake_lib.runs import read_detector_json
         from cifake_lib.zeroshot import load_for_inference, resolve_model_ref
 
-        path = Path(run_dir)
-        meta_path = path if path.suffix == ".json" else path / DETECTOR_FILE
-        if not meta_path.is_file():
-            raise FileNotFoundError(f"{meta_path}: detector.json not found (not a run folder?)")
-        folder = meta_path.parent
-        meta = read_json(meta_path)
-        if meta.get("kind") != KIND:
-            raise ValueError(f"{meta_path}: kind is {meta.get('kind')!r}, not {KIND!r}")
+        folder, meta = read_detector_json(run_dir, KIND)
+        meta_path = folder / DETECTOR_FILE
         probe = ProbeModel.load(folder / str(meta.get("weights") or WEIGHTS_FILE))
         model_ref = resolve_model_ref(str(meta.get("model") or ""), folder)
         model, processor = load_for_inference(model_ref, device)

@@ -177,6 +177,22 @@ def write_run(out_dir: str | os.PathLike, *, test: Any, p_test: Any, val: Any | 
     return metrics
 
 
+def read_detector_json(run_dir: str | os.PathLike, kind: str) -> tuple[Path, dict[str, Any]]:
+    """(run folder, parsed detector.json) of a run folder (or its detector.json) of this `kind`.
+
+    Every detector's `from_run` starts here, so a wrong folder gets the same clear error.
+    """
+    path = Path(run_dir)
+    meta_path = path if path.suffix == ".json" else path / DETECTOR
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"{meta_path}: detector.json not found (not a run folder?)")
+    meta = read_json(meta_path)
+    if not isinstance(meta, dict) or meta.get("kind") != kind:
+        found = meta.get("kind") if isinstance(meta, dict) else None
+        raise ValueError(f"{meta_path}: kind is {found!r}, not {kind!r}")
+    return meta_path.parent, meta
+
+
 def check_metrics(record: Any, source: str = METRICS) -> dict[str, Any]:
     """Raise ValueError naming `source` unless `record` has every metrics.json field (DESIGN.md)."""
     if not isinstance(record, dict):

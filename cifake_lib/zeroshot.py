@@ -371,14 +371,10 @@ class ClipDetector:
     @classmethod
     def from_run(cls, run_dir: str | os.PathLike, device: str | torch.device | None = None) -> ClipDetector:
         """Load from a run folder (or its detector.json) with kind "clip"."""
-        path = Path(run_dir)
-        meta_path = path if path.suffix == ".json" else path / DETECTOR_FILE
-        if not meta_path.is_file():
-            raise FileNotFoundError(f"{meta_path}: detector.json not found (not a run folder?)")
-        folder = meta_path.parent
-        meta = read_json(meta_path)
-        if meta.get("kind") != KIND:
-            raise ValueError(f"{meta_path}: kind is {meta.get('kind')!r}, not {KIND!r}")
+        from cifake_lib.runs import read_detector_json
+
+        folder, meta = read_detector_json(run_dir, KIND)
+        meta_path = folder / DETECTOR_FILE
         if "prompts" not in meta and "text_embeddings" not in meta:
             raise ValueError(f"{meta_path}: needs \"prompts\" ({{\"REAL\": [...], \"FAKE\": [...]}}) "
                              "or \"text_embeddings\"")

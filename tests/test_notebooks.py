@@ -7,12 +7,12 @@ write their runs there and 04 analyses them, so the tests run in file order on o
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 
 from cifake_lib.colab import REPO_URL, colab_badge_url, files_with_url
+from cifake_lib.pipeline import execute_notebook
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"
@@ -20,23 +20,8 @@ NOTEBOOKS = ROOT / "notebooks"
 
 def run_notebook(name: str, workdir: Path, timeout: int = 600) -> dict:
     """Execute `notebooks/<name>.ipynb` with nbclient in smoke mode, cwd = workdir."""
-    import nbformat
-    from nbclient import NotebookClient
-
-    nb = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
-    env = {"CIFAKE_SMOKE": "1", "CIFAKE_RUNS": str(workdir / "runs"), "MPLBACKEND": "module://matplotlib_inline.backend_inline"}
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)  # the kernel inherits this process's environment
-    try:
-        NotebookClient(nb, timeout=timeout, kernel_name="python3",
-                       resources={"metadata": {"path": str(workdir)}}).execute()
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-    return nb
+    env = {"CIFAKE_SMOKE": "1", "CIFAKE_RUNS": str(workdir / "runs")}
+    return execute_notebook(NOTEBOOKS / f"{name}.ipynb", workdir, env, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
