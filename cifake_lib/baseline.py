@@ -472,19 +472,12 @@ class CNNDetector:
 
 def load_cnn_detector(run_dir: str | Path, device: str | torch.device | None = None) -> CNNDetector:
     """Load a CNN from a run folder (or its detector.json) written by `run_cnn`."""
-    from cifake_lib.fileio import read_json
+    from cifake_lib.runs import read_detector_json
 
-    run_dir = Path(run_dir)
-    meta_path = run_dir if run_dir.suffix == ".json" else run_dir / "detector.json"
-    run_dir = meta_path.parent
-    if not meta_path.is_file():
-        raise FileNotFoundError(f"{meta_path}: detector.json not found (not a run folder?)")
-    meta = read_json(meta_path)
-    if meta.get("kind") != KIND:
-        raise ValueError(f"{meta_path}: kind is {meta.get('kind')!r}, not {KIND!r}")
+    run_dir, meta = read_detector_json(run_dir, KIND)
     weights = meta.get("weights")
     if not weights:
-        raise ValueError(f"{meta_path}: no \"weights\" entry")
+        raise ValueError(f"{run_dir / 'detector.json'}: no \"weights\" entry")
     model = load_cnn_model(run_dir / weights, meta.get("architecture"), device)
     return CNNDetector(model, threshold=float(meta.get("threshold", 0.5)), device=device)
 
