@@ -487,7 +487,8 @@ def _load_detector_or_fail(name: str, device: str | None):
     try:
         return load_detector(name, device=device)
     except (OSError, ValueError, RuntimeError, KeyError) as e:
-        raise CliError(f"--model {name}: {e}") from None
+        msg = str(e)  # library errors usually start with the path already
+        raise CliError(f"--model {msg}" if msg.startswith(name) else f"--model {name}: {msg}") from None
 
 
 def _evaluate_args(p: argparse.ArgumentParser) -> None:
