@@ -38,6 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cifake_lib.preprocess import check_uint8_images
+
 if TYPE_CHECKING:
     from cifake_lib.data import CifakeData, Split
 
@@ -192,13 +194,6 @@ def to_input(images: torch.Tensor, size: int = 32) -> torch.Tensor:
     return x.div_(255.0)
 
 
-def _check_images(images: np.ndarray) -> np.ndarray:
-    images = np.asarray(images)
-    if images.ndim != 4 or images.shape[-1] != 3:
-        raise ValueError(f"images must be a (N, H, W, 3) array, got shape {images.shape}")
-    if images.dtype != np.uint8:
-        raise ValueError(f"images must be uint8, got {images.dtype}")
-    return images
 
 
 def _pick_device(device: str | torch.device | None) -> torch.device:
@@ -283,7 +278,7 @@ def train_cnn(train: Split, val: Split | None = None, *, config: CNNConfig | Non
         raise ValueError(f"batch size must be >= 1, got {tc.batch_size}")
     if len(train) == 0:
         raise ValueError("the train split is empty")
-    images = _check_images(train.images)
+    images = check_uint8_images(train.images)
     labels = np.asarray(train.labels)
     device = _pick_device(device)
 
@@ -365,7 +360,7 @@ def train_cnn(train: Split, val: Split | None = None, *, config: CNNConfig | Non
         }
         if val is not None and len(val):
             t_eval = time.perf_counter()
-            logits = predict_logits(model, _check_images(val.images), tc.eval_batch_size, device)
+            logits = predict_logits(model, check_uint8_images(val.images), tc.eval_batch_size, device)
             y_val = np.asarray(val.labels)
             acc, auc = _val_scores(y_val, logits)
             record.update(val_accuracy=acc, val_auc=auc,
@@ -460,7 +455,7 @@ class CNNDetector:
         return self.model.config
 
     def predict_logits(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-        return predict_logits(self.model, _check_images(images), batch_size, self.device)
+        return predict_logits(self.model, check_uint8_images(images), batch_size, self.device)
 
     def predict_proba(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """uint8 (N, H, W, 3) -> p_fake (N,) float32; any size, resized to the network's input."""

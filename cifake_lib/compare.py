@@ -9,12 +9,11 @@ Rules that keep the comparison honest:
 - published results are separate rows with `source = "published"`, never mixed into ours;
 - every figure at a threshold uses the detector's own threshold (chosen on validation).
 
-Tables are lists of dicts (one per row); `markdown_table` and `write_csv` render them.
+Tables are lists of dicts (one per row); `markdown_table` and `fileio.write_csv` render them.
 """
 
 from __future__ import annotations
 
-import csv
 import math
 import os
 import warnings
@@ -26,7 +25,6 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from cifake_lib import CIFAR_CLASSES, LABEL_NAMES
-from cifake_lib.fileio import atomic_write
 from cifake_lib.metrics import (
     CI_LEVEL,
     ECE_BINS,
@@ -421,28 +419,6 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[st
     for r in rows:
         lines.append("| " + " | ".join(format_cell(r, k, kind, digits) for k, _, kind in columns) + " |")
     return "\n".join(lines) + "\n"
-
-
-def write_csv(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]],
-              columns: Sequence[str] | None = None) -> Path:
-    """Rows as CSV (atomically); lists (CIs, ranges) become `lo;hi`, None an empty cell."""
-    columns = list(columns or dict.fromkeys(k for r in rows for k in r))
-
-    def cell(v: Any) -> Any:
-        if v is None:
-            return ""
-        if isinstance(v, (list, tuple)):
-            return ";".join(repr(float(x)) if isinstance(x, float) else str(x) for x in v)
-        return repr(v) if isinstance(v, float) else v
-
-    def write(tmp: Path) -> None:
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
-            w = csv.writer(f, lineterminator="\n")
-            w.writerow(columns)
-            for r in rows:
-                w.writerow([cell(r.get(c)) for c in columns])
-
-    return atomic_write(path, write)
 
 
 PER_CLASS_COLUMNS = (("name", "detector", "text"), ("cifar_class", "class", "text"),

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import csv
 import json
+import math
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +61,29 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
     """Write `obj` as indented JSON, atomically."""
     return write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def write_csv(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]],
+              columns: Sequence[str] | None = None) -> Path:
+    """Rows as CSV, atomically. Floats keep full precision (repr); None and NaN are empty cells;
+    lists (CIs, ranges) become `lo;hi`. Columns default to every key, in first-seen order."""
+    columns = list(columns or dict.fromkeys(k for r in rows for k in r))
+
+    def cell(v: Any) -> Any:
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            return ""
+        if isinstance(v, list | tuple):
+            return ";".join(repr(float(x)) if isinstance(x, float) else str(x) for x in v)
+        return repr(v) if isinstance(v, float) else v
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f, lineterminator="\n")
+            w.writerow(columns)
+            for r in rows:
+                w.writerow([cell(r.get(c)) for c in columns])
+
+    return atomic_write(path, write)
 
 
 def read_json(path: str | os.PathLike) -> Any:

@@ -25,18 +25,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cifake_lib.preprocess import resize_matrix
+from cifake_lib.preprocess import check_uint8_images, resize_matrix
 
 _BICUBIC = 3
 
 
-def _check(images: np.ndarray, name: str = "images") -> np.ndarray:
-    images = np.asarray(images)
-    if images.ndim != 4 or images.shape[-1] != 3:
-        raise ValueError(f"{name} must be a (N, H, W, 3) array, got shape {images.shape}")
-    if images.dtype != np.uint8:
-        raise ValueError(f"{name} must be uint8, got {images.dtype}")
-    return images
 
 
 def _to_uint8(x: np.ndarray) -> np.ndarray:
@@ -50,7 +43,7 @@ def _to_uint8(x: np.ndarray) -> np.ndarray:
 
 def hflip(images: np.ndarray) -> np.ndarray:
     """Mirror every image left-right."""
-    return np.ascontiguousarray(_check(images)[:, :, ::-1])
+    return np.ascontiguousarray(check_uint8_images(images)[:, :, ::-1])
 
 
 def jpeg(images: np.ndarray, quality: int) -> np.ndarray:
@@ -61,7 +54,7 @@ def jpeg(images: np.ndarray, quality: int) -> np.ndarray:
     """
     from PIL import Image
 
-    images = _check(images)
+    images = check_uint8_images(images)
     quality = int(quality)
     if not 1 <= quality <= 100:
         raise ValueError(f"JPEG quality must be in 1..100, got {quality}")
@@ -97,7 +90,7 @@ def _convolve_axis(x: np.ndarray, kernel: np.ndarray, axis: int) -> np.ndarray:
 
 def gaussian_blur(images: np.ndarray, sigma: float) -> np.ndarray:
     """Blur each image with a Gaussian of standard deviation `sigma` pixels (0: unchanged)."""
-    images = _check(images)
+    images = check_uint8_images(images)
     sigma = float(sigma)
     if sigma < 0:
         raise ValueError(f"blur sigma must be >= 0, got {sigma}")
@@ -115,7 +108,7 @@ def gaussian_noise(images: np.ndarray, std: float, seed: int = 0) -> np.ndarray:
     The noise is drawn for the whole array from `seed`: apply it to the whole set at once (or
     give each batch its own seed) so that batches do not share one noise pattern.
     """
-    images = _check(images)
+    images = check_uint8_images(images)
     std = float(std)
     if std < 0:
         raise ValueError(f"noise std must be >= 0, got {std}")
@@ -137,7 +130,7 @@ def _resize(images: np.ndarray, height: int, width: int) -> np.ndarray:
 
 def downscale_upscale(images: np.ndarray, factor: float) -> np.ndarray:
     """Shrink each side by `factor` (0 < factor <= 1), then resize back to the original size."""
-    images = _check(images)
+    images = check_uint8_images(images)
     factor = float(factor)
     if not 0 < factor <= 1:
         raise ValueError(f"downscale factor must be in (0, 1], got {factor}")
@@ -148,7 +141,7 @@ def downscale_upscale(images: np.ndarray, factor: float) -> np.ndarray:
 
 def center_crop_resize(images: np.ndarray, fraction: float) -> np.ndarray:
     """Keep the central `fraction` (0 < fraction <= 1) of each side, then resize back (bicubic)."""
-    images = _check(images)
+    images = check_uint8_images(images)
     fraction = float(fraction)
     if not 0 < fraction <= 1:
         raise ValueError(f"crop fraction must be in (0, 1], got {fraction}")
@@ -236,7 +229,7 @@ def augment_batch(
     probability `blur_prob` (sigma uniform in `blur_sigma`). All randomness comes from `rng`,
     drawn in a fixed order whatever the options, so a seeded generator gives the same batch.
     """
-    images = _check(images)
+    images = check_uint8_images(images)
     n = len(images)
     for name, p in (("jpeg_prob", jpeg_prob), ("blur_prob", blur_prob)):
         if not 0.0 <= p <= 1.0:

@@ -198,6 +198,16 @@ def _center_crop(x: torch.Tensor, ch: int, cw: int) -> torch.Tensor:
     return x[..., top : top + ch, left : left + cw]
 
 
+def check_uint8_images(images: np.ndarray, name: str = "images") -> np.ndarray:
+    """`images` as an array, if it is a (N, H, W, 3) uint8 batch; else a ValueError naming `name`."""
+    images = np.asarray(images)
+    if images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"{name} must be a (N, H, W, 3) array, got shape {images.shape}")
+    if images.dtype != np.uint8:
+        raise ValueError(f"{name} must be uint8, got {images.dtype}")
+    return images
+
+
 def load_image_rgb(path: str | os.PathLike) -> np.ndarray:
     """Read any image PIL can open (any size, grayscale, RGBA, palette, 16-bit) as (H, W, 3) uint8.
 

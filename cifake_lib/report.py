@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from cifake_lib import compare
-from cifake_lib.fileio import read_json, write_text_atomic
+from cifake_lib.fileio import read_json, write_csv, write_text_atomic
 from cifake_lib.metrics import utc_now
 
 REPORT = "report.md"
@@ -297,9 +297,9 @@ def build_report(run_dirs: str | os.PathLike | Iterable[str | os.PathLike], out_
     rows = compare.comparison_rows(runs, n_boot=n_boot)
     per_class = compare.per_class_rows(runs)
     calibration = compare.calibration_rows(runs)
-    compare.write_csv(out / "comparison.csv", rows)
-    compare.write_csv(out / "per_class.csv", per_class)
-    compare.write_csv(out / "calibration.csv", calibration)
+    write_csv(out / "comparison.csv", rows)
+    write_csv(out / "per_class.csv", per_class)
+    write_csv(out / "calibration.csv", calibration)
     robustness = []
     for path in find_robustness(run_dirs):
         try:

@@ -180,7 +180,7 @@ def robustness_figure(rows: Sequence[Mapping[str, Any]], *, title: str = "Robust
 def write_robustness(out_dir: str | os.PathLike, rows: Sequence[Mapping[str, Any]], *,
                      meta: Mapping[str, Any] | None = None) -> dict[str, Path]:
     """Write robustness.csv, robustness.json (rows + meta), robustness.md and robustness.png."""
-    from cifake_lib.compare import write_csv
+    from cifake_lib.fileio import write_csv
     from cifake_lib.plots import save_figure
 
     out = Path(out_dir)

@@ -17,7 +17,6 @@ every prompt set scored from the same features; one run folder per set plus summ
 from __future__ import annotations
 
 import csv
-import math
 import os
 import re
 import time
@@ -547,23 +546,9 @@ def best_on_val(rows: Sequence[Mapping[str, Any]]) -> str | None:
 
 def write_summary(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]]) -> Path:
     """summary.csv: one row per prompt set (SUMMARY_COLUMNS), atomically."""
-    from cifake_lib.fileio import atomic_write
+    from cifake_lib.fileio import write_csv
 
-    def cell(v: Any) -> str:
-        if v is None:
-            return ""
-        if isinstance(v, float):
-            return "" if math.isnan(v) else repr(v)
-        return str(v)
-
-    def write(tmp: Path) -> None:
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
-            w = csv.writer(f, lineterminator="\n")
-            w.writerow(SUMMARY_COLUMNS)
-            for r in rows:
-                w.writerow([cell(r.get(c)) for c in SUMMARY_COLUMNS])
-
-    return atomic_write(path, write)
+    return write_csv(path, rows, SUMMARY_COLUMNS)
 
 
 def read_summary(path: str | os.PathLike) -> list[dict[str, Any]]:
