@@ -573,6 +573,9 @@ def _report_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gallery", type=int, default=8, metavar="K",
                    help="images per gallery row (default 8)")
     p.add_argument("--no-saliency", action="store_true", help="skip loading detectors for saliency maps")
+    p.add_argument("--embeddings", type=int, default=1000, metavar="N",
+                   help="test images in the PCA/t-SNE embedding figure, pretrained vs fine-tuned CLIP "
+                   "(with --data; 0: none; default 1000)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps, for saliency (default: best available)")
 
 
@@ -585,8 +588,11 @@ def _report(args: argparse.Namespace) -> int:
         raise CliError(f"--n-boot must be >= 0, got {args.n_boot}")
     if args.gallery < 1:
         raise CliError(f"--gallery must be >= 1, got {args.gallery}")
+    if args.embeddings < 0:
+        raise CliError(f"--embeddings must be >= 0, got {args.embeddings}")
     path = build_report(args.runs, args.out, data=args.data, n_boot=args.n_boot, gallery_k=args.gallery,
-                        saliency=not args.no_saliency, device=args.device)
+                        saliency=not args.no_saliency, device=args.device,
+                        embeddings=args.embeddings > 0, embedding_limit=args.embeddings)
     print(path)
     return 0
 

@@ -273,13 +273,15 @@ def _image(md: list[str], out: Path, fig: Any, name: str, alt: str) -> None:
 def build_report(run_dirs: str | os.PathLike | Iterable[str | os.PathLike], out_dir: str | os.PathLike, *,
                  data: Any = None, n_boot: int = 1000, gallery_k: int = 8, saliency: bool = True,
                  saliency_per_group: int = 1, detectors: Mapping[str, Any] | None = None, device: Any = None,
+                 embeddings: bool = True, embedding_limit: int = 1000,
                  title: str = "CIFAKE detectors: report") -> Path:
     """Write report.md (and its CSVs and PNGs) into `out_dir`; returns the report's path.
 
     data: a data source (str), a Split or a CifakeData, for galleries and saliency; None skips
     them. saliency: also draw saliency maps of a few gallery images, with `detectors`
     ({run name: detector}, e.g. already loaded by a notebook) or else each run's detector
-    loaded from its folder.
+    loaded from its folder. embeddings: with data, a PCA/t-SNE figure of test image embeddings of
+    the pretrained and the fine-tuned CLIP (`embedding_limit` images).
     """
     from cifake_lib.plots import compare_bar, roc_figure
     from cifake_lib.robustness import find_robustness, read_robustness, robustness_figure
@@ -381,7 +383,10 @@ def build_report(run_dirs: str | os.PathLike | Iterable[str | os.PathLike], out_
                       "decision; see `cifake_lib.explain`.\n")
 
     # -- Analysis
-    md += ["## Analysis\n", "### Calibration\n",
+    md.append("## Analysis\n")
+    if split is not None and embeddings:
+        _embeddings_section(md, out, runs, split, limit=embedding_limit, device=device)
+    md += ["### Calibration\n",
            "Temperature scaling: T fitted on the validation predictions (never test), then applied to the test "
            "scores. ECE: top-label, 15 bins. Ranking (AUC) and decisions at 0.5 do not change.\n",
            compare.markdown_table(calibration, compare.CALIBRATION_COLUMNS)]
@@ -408,6 +413,37 @@ def build_report(run_dirs: str | os.PathLike | Iterable[str | os.PathLike], out_
     path = out / REPORT
     write_text_atomic(path, "\n".join(md))
     return path
+
+
+def _embeddings_section(md: list[str], out: Path, runs: Sequence[Mapping[str, Any]], split: Any, *,
+                        limit: int, device: Any) -> None:
+    """PCA and t-SNE of test image embeddings, pretrained vs fine-tuned CLIP, with silhouette scores."""
+    from cifake_lib.embeddings import (
+        embedding_figure,
+        image_embeddings,
+        models_before_after,
+        separation,
+    )
+
+    models = models_before_after(runs)
+    if not models:
+        return
+    rng = np.random.default_rng(0)
+    idx = np.sort(rng.choice(len(split), size=min(limit, len(split)), replace=False))
+    images, labels = split.images[idx], split.labels[idx]
+    try:
+        features = {name: image_embeddings(ref, images, device=device) for name, ref in models.items()}
+    except Exception as e:  # a model that cannot be loaded here must not sink the whole report
+        md.append(f"_Embeddings skipped: {type(e).__name__}: {e}_\n")
+        return
+    md.append("### Image embeddings\n")
+    md.append(f"CLIP image embeddings of {len(idx)} test images (seeded sample), projected to 2-D. "
+              "Silhouette score (cosine) of the REAL/FAKE labels in the full embedding space: higher means "
+              "better separated.\n")
+    rows = [{"model": name, "silhouette": separation(f, labels)} for name, f in features.items()]
+    md.append(compare.markdown_table(rows, [("model", "model", "text"), ("silhouette", "silhouette", "num")]))
+    _image(md, out, embedding_figure(features, labels), "embeddings.png",
+           "Test image embeddings before and after fine-tuning (PCA, t-SNE)")
 
 
 def linked_images(report: str | os.PathLike) -> list[Path]:

@@ -79,6 +79,8 @@ def test_report_links_only_existing_images(study):
         assert f"## {section}" in text
     images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
     assert len(images) >= 5
+    # pretrained vs fine-tuned CLIP embeddings, from the fine-tuning run's base model
+    assert "embeddings.png" in images and "fine-tuned (finetune:both)" in text
     for name in images:
         with Image.open(report.parent / name) as im:
             im.verify()
