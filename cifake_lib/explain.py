@@ -203,15 +203,20 @@ def _grad_mode(model: torch.nn.Module):
 
 # --------------------------------------------------------------------------- CLIP methods
 
-def clip_gradcam(detector: Any, image: Any, *, cifar_class: int = -1, target: str = "predicted") -> np.ndarray:
-    """Grad-CAM on the patch tokens entering the last vision block, for the target logit. (H, W) in [0, 1]."""
+def _gradient_inputs(detector: Any, image: Any):
+    """(image, head, model, pixel_values needing grad, preprocessor) for a gradient-based CLIP map."""
     image = _check_image(image)
     head = _head_fn(detector)
     if head is None:
         raise ValueError(f"{type(detector).__name__}: no differentiable CLIP head; use method='occlusion'")
-    model = detector.model
     pv, pre = _pixel_values(detector, image)
-    pv = pv.detach().requires_grad_(True)  # parameters are frozen: the graph starts at the input
+    # parameters are frozen: the graph starts at the input
+    return image, head, detector.model, pv.detach().requires_grad_(True), pre
+
+
+def clip_gradcam(detector: Any, image: Any, *, cifar_class: int = -1, target: str = "predicted") -> np.ndarray:
+    """Grad-CAM on the patch tokens entering the last vision block, for the target logit. (H, W) in [0, 1]."""
+    image, head, model, pv, pre = _gradient_inputs(detector, image)
     store: dict[str, torch.Tensor] = {}
 
     def hook(_module, _inputs, output):
@@ -270,13 +275,7 @@ def attention_rollout(detector: Any, image: Any) -> np.ndarray:
 
 def gradient_x_input(detector: Any, image: Any, *, cifar_class: int = -1, target: str = "predicted") -> np.ndarray:
     """|sum_c grad x input| on pixel_values for the target logit, pooled to the image. (H, W) in [0, 1]."""
-    image = _check_image(image)
-    head = _head_fn(detector)
-    if head is None:
-        raise ValueError(f"{type(detector).__name__}: no differentiable CLIP head; use method='occlusion'")
-    model = detector.model
-    pv, pre = _pixel_values(detector, image)
-    pv = pv.detach().requires_grad_(True)
+    image, head, model, pv, pre = _gradient_inputs(detector, image)
     with _grad_mode(model):
         feats = model.get_image_features(pixel_values=pv).pooler_output
         z = head(feats, int(cifar_class)).sum()
