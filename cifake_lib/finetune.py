@@ -56,7 +56,6 @@ import math
 import os
 import random
 import re
-import shutil
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -69,6 +68,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cifake_lib.checkpoints import (
+    CHECKPOINTS,
+    HISTORY_FILE,
+    OPTIMIZER_FILE,
+    RNG_FILE,
+    SCALER_FILE,
+    STATE_FILE,
+    WEIGHTS_FILE,
+    TrainingDiverged,
+    all_finite,
+    export_model,
+    latest_checkpoint,
+    list_checkpoints,
+    load_tensors,
+    save_checkpoint,
+    set_rng_state,
+)
 from cifake_lib.fileio import read_json, write_json
 from cifake_lib.prompts import PromptSet, get_prompt_set
 
@@ -77,28 +93,16 @@ if TYPE_CHECKING:
 
     from cifake_lib.data import CifakeData, Split
 
-CHECKPOINTS = "checkpoints"
 MODEL_DIR = "model"
-HISTORY_FILE = "history.json"
 CURVES_FILE = "training_curves.png"
-STATE_FILE = "state.json"
-WEIGHTS_FILE = "model.safetensors"
-OPTIMIZER_FILE = "optimizer.pt"
-SCALER_FILE = "scaler.pt"
-RNG_FILE = "rng.pt"
 TRAIN_CHOICES = ("both", "image", "text")
 LOSSES = ("flyp", "clip-label-aware")
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
 MAX_LOGIT_SCALE = math.log(100.0)  # CLIP's own clamp
-_CKPT_RE = re.compile(r"^step-(\d{7,})$")
 
 # Fields that say how to run, not what to train: they may change on --resume.
 RUNTIME_FIELDS = frozenset({"out", "resume", "stop_after", "progress", "keep_checkpoints", "cpu",
                             "eval_batch_size", "data"})
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss or the weights became NaN/infinite; the last good checkpoint is kept."""
 
 
 class OutOfMemory(RuntimeError):
@@ -496,119 +500,6 @@ def _shard(idx: np.ndarray, rank: int, world: int) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------
-# Checkpoints (atomic folders) and the best-model export
-# ---------------------------------------------------------------------------
-
-
-def checkpoint_dir(out: str | os.PathLike, step: int) -> Path:
-    return Path(out) / CHECKPOINTS / f"step-{step:07d}"
-
-
-def list_checkpoints(out: str | os.PathLike) -> list[Path]:
-    """Complete checkpoints under OUT/checkpoints, oldest first (.tmp folders are not complete)."""
-    folder = Path(out) / CHECKPOINTS
-    if not folder.is_dir():
-        return []
-    found = []
-    for p in folder.iterdir():
-        m = _CKPT_RE.match(p.name)
-        if m and p.is_dir() and (p / STATE_FILE).is_file() and (p / WEIGHTS_FILE).is_file():
-            found.append((int(m.group(1)), p))
-    return [p for _, p in sorted(found)]
-
-
-def latest_checkpoint(out: str | os.PathLike) -> Path | None:
-    ckpts = list_checkpoints(out)
-    return ckpts[-1] if ckpts else None
-
-
-def _replace_dir(tmp: Path, final: Path) -> None:
-    """Move a finished folder into place by renames only (no symlinks: works on Google Drive)."""
-    old = final.with_name(final.name + ".old")
-    if old.exists():
-        shutil.rmtree(old)
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    if old.exists():
-        shutil.rmtree(old)
-
-
-def _rng_state() -> dict[str, Any]:
-    """Every RNG as tensors and plain values (loadable with weights_only=True)."""
-    np_state = np.random.get_state()
-    state: dict[str, Any] = {
-        "python": random.getstate(),
-        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: Mapping[str, Any]) -> None:
-    py = state["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
-    n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                         n["cached_gaussian"]))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _all_finite(params: Sequence[torch.Tensor]) -> bool:
-    return all(bool(torch.isfinite(p).all()) for p in params)
-
-
-def save_checkpoint(out: str | os.PathLike, *, clip: nn.Module, optimizer, scaler, state: Mapping[str, Any],
-                    history: list[dict[str, Any]], keep: int) -> Path:
-    """Write OUT/checkpoints/step-XXXXXXX/ atomically (a .tmp folder, then a rename); keep the newest `keep`."""
-    from safetensors.torch import save_file
-
-    if not _all_finite(list(clip.parameters())):
-        raise TrainingDiverged(f"the weights hold NaN/inf at step {state['step']}: no checkpoint written")
-    final = checkpoint_dir(out, int(state["step"]))
-    tmp = final.with_name(final.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    weights = {k: v.detach().cpu().contiguous() for k, v in clip.state_dict().items()}
-    save_file(weights, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
-    torch.save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
-    if scaler is not None:
-        torch.save(scaler.state_dict(), tmp / SCALER_FILE)
-    torch.save(_rng_state(), tmp / RNG_FILE)
-    write_json(tmp / HISTORY_FILE, history)
-    write_json(tmp / STATE_FILE, dict(state))  # last inside the folder
-    _replace_dir(tmp, final)
-    for old in list_checkpoints(out)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
-    for stale in (Path(out) / CHECKPOINTS).glob("*.tmp"):
-        if stale != tmp:
-            shutil.rmtree(stale, ignore_errors=True)
-    return final
-
-
-def _load_tensors(path: Path) -> Any:
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def export_model(clip: nn.Module, processor, path: str | os.PathLike) -> Path:
-    """save_pretrained (safetensors) of model and processor into `path`, swapped in by renames."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    clip.save_pretrained(tmp, safe_serialization=True)
-    processor.save_pretrained(tmp)
-    _replace_dir(tmp, path)
-    return path
-
-
-# ---------------------------------------------------------------------------
 # Evaluation during training
 # ---------------------------------------------------------------------------
 
@@ -785,13 +676,13 @@ def train(data: CifakeData, cfg: FinetuneConfig) -> TrainOutcome:
     optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr,
                                   betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
     if ckpt is not None:
-        optimizer.load_state_dict(_load_tensors(ckpt / OPTIMIZER_FILE))
+        optimizer.load_state_dict(load_tensors(ckpt / OPTIMIZER_FILE))
     ddp_model, optimizer = accelerator.prepare(model, optimizer)
     scaler = getattr(accelerator, "scaler", None)
     if ckpt is not None:
         if scaler is not None and (ckpt / SCALER_FILE).is_file():
-            scaler.load_state_dict(_load_tensors(ckpt / SCALER_FILE))
-        _set_rng_state(_load_tensors(ckpt / RNG_FILE))
+            scaler.load_state_dict(load_tensors(ckpt / SCALER_FILE))
+        set_rng_state(load_tensors(ckpt / RNG_FILE))
     preprocess = ImagePreprocessor.from_processor(processor)
 
     state: dict[str, Any] = {"step": 0, "epoch": 0, "step_in_epoch": 0, "seed": cfg.seed,
@@ -824,7 +715,7 @@ def train(data: CifakeData, cfg: FinetuneConfig) -> TrainOutcome:
         best = state["best_val_auc"]
         improved = best is None or (not math.isnan(auc) and auc > best)
         if improved:
-            if not _all_finite(trainable):
+            if not all_finite(trainable):
                 raise TrainingDiverged(f"the weights hold NaN/inf at step {state['step']}")
             state.update(best_val_auc=None if math.isnan(auc) else auc, best_step=state["step"],
                          evals_since_best=0)

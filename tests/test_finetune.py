@@ -21,6 +21,7 @@ import pytest
 import torch
 
 from cifake_lib import finetune as ft
+from cifake_lib.checkpoints import latest_checkpoint, list_checkpoints
 from cifake_lib.finetune import (
     ClipClassifier,
     FinetuneConfig,
@@ -30,8 +31,6 @@ from cifake_lib.finetune import (
     finetune,
     get_lr,
     label_aware_clip_loss,
-    latest_checkpoint,
-    list_checkpoints,
     param_groups,
     parse_train,
     train,
