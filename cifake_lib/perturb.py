@@ -25,11 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cifake_lib.preprocess import check_uint8_images, resize_matrix
-
-_BICUBIC = 3
-
-
+from cifake_lib.preprocess import check_uint8_images, resize_uint8
 
 
 def _to_uint8(x: np.ndarray) -> np.ndarray:
@@ -116,18 +112,6 @@ def gaussian_noise(images: np.ndarray, std: float, seed: int = 0) -> np.ndarray:
     return _to_uint8(images.astype(np.float64) + rng.normal(0.0, std, size=images.shape))
 
 
-def _resize(images: np.ndarray, height: int, width: int) -> np.ndarray:
-    """PIL-style bicubic resize (antialiased when shrinking), rounding after each pass like PIL."""
-    n, h, w, _ = images.shape
-    if (h, w) == (height, width):
-        return images.copy()
-    rows = resize_matrix(h, height, _BICUBIC)
-    cols = resize_matrix(w, width, _BICUBIC)
-    x = _to_uint8(np.einsum("nhwc,pw->nhpc", images.astype(np.float64), cols))
-    x = _to_uint8(np.einsum("oh,nhpc->nopc", rows, x.astype(np.float64)))
-    return x
-
-
 def downscale_upscale(images: np.ndarray, factor: float) -> np.ndarray:
     """Shrink each side by `factor` (0 < factor <= 1), then resize back to the original size."""
     images = check_uint8_images(images)
@@ -135,8 +119,8 @@ def downscale_upscale(images: np.ndarray, factor: float) -> np.ndarray:
     if not 0 < factor <= 1:
         raise ValueError(f"downscale factor must be in (0, 1], got {factor}")
     _, h, w, _ = images.shape
-    small = _resize(images, max(1, round(h * factor)), max(1, round(w * factor)))
-    return _resize(small, h, w)
+    small = resize_uint8(images, max(1, round(h * factor)), max(1, round(w * factor)))
+    return resize_uint8(small, h, w)
 
 
 def center_crop_resize(images: np.ndarray, fraction: float) -> np.ndarray:
@@ -148,7 +132,7 @@ def center_crop_resize(images: np.ndarray, fraction: float) -> np.ndarray:
     _, h, w, _ = images.shape
     ch, cw = max(1, round(h * fraction)), max(1, round(w * fraction))
     top, left = (h - ch) // 2, (w - cw) // 2
-    return _resize(np.ascontiguousarray(images[:, top:top + ch, left:left + cw]), h, w)
+    return resize_uint8(np.ascontiguousarray(images[:, top:top + ch, left:left + cw]), h, w)
 
 
 # ---------------------------------------------------------------------------

@@ -251,18 +251,27 @@ def pil_to_rgb(im) -> np.ndarray:
     return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
 
 
+def resize_uint8(images: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Resize a (N, H, W, 3) uint8 batch with PIL-style bicubic (antialiased when shrinking).
+
+    Two passes, horizontal then vertical, rounding and clipping to 8 bits after each, as PIL
+    does; a new array even when the size already matches.
+    """
+    h, w = images.shape[1:3]
+    if (h, w) == (height, width):
+        return images.copy()
+    rows = resize_matrix(h, height, _BICUBIC)
+    cols = resize_matrix(w, width, _BICUBIC)
+    x = np.clip(np.rint(np.einsum("nhwc,pw->nhpc", images.astype(np.float64), cols)), 0, 255)
+    x = np.clip(np.rint(np.einsum("oh,nhpc->nopc", rows, x)), 0, 255)
+    return x.astype(np.uint8)
+
+
 def fit_to_square(image: np.ndarray, size: int) -> np.ndarray:
     """Resize an (H, W, 3) uint8 image to (size, size, 3) with PIL-style bicubic (antialiased).
 
     For detectors with a fixed native input (the 32x32 CNN) and for stacking user images of
     different sizes into one batch.
     """
-    h, w = image.shape[:2]
-    if (h, w) == (size, size):
-        return image
-    rows = resize_matrix(h, size, _BICUBIC)
-    cols = resize_matrix(w, size, _BICUBIC)
-    x = np.clip(np.rint(np.einsum("hwc,pw->hpc", image.astype(np.float64), cols)), 0, 255)
-    x = np.clip(np.rint(np.einsum("oh,hpc->opc", rows, x)), 0, 255)
-    return x.astype(np.uint8)
+    return resize_uint8(image[None], size, size)[0]
 
