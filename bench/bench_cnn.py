@@ -38,7 +38,7 @@ DEFAULT_ARCHIVE = "/work/shared/data/cifake/CIFAKE.tar.gz"
 
 
 def main(argv: list[str] | None = None) -> int:
-    from cifake_lib.baseline import CNNConfig, TrainConfig
+    from cifake_lib.methods.cnn import CNNConfig, TrainConfig
 
     d = TrainConfig()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -60,9 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
 
     os.environ.setdefault("CIFAKE_CACHE", str(Path(tempfile.gettempdir()) / "cifake_bench_cache"))
-    from cifake_lib.baseline import run_cnn
-    from cifake_lib.cli import parse_subset
-    from cifake_lib.data import load_cifake
+    from cifake_lib.app.cli import parse_subset
+    from cifake_lib.data.load import load_cifake
+    from cifake_lib.methods.cnn import run_cnn
 
     if a.threads:
         import torch

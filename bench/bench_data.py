@@ -50,7 +50,7 @@ def measure(kind: str, source: str) -> dict:
     t0 = time.perf_counter()
     out: dict = {}
     if kind == "cifake":
-        from cifake_lib.data import load_cifake
+        from cifake_lib.data.load import load_cifake
 
         data = load_cifake(source, progress=False)
         out["seconds"] = time.perf_counter() - t0

@@ -1,6 +1,6 @@
 """Benchmark: fine-tuning throughput end to end vs the model's own forward + backward + step.
 
-End to end is `cifake_lib.finetune.train` itself: a uint8 batch gathered from the array by index,
+End to end is `cifake_lib.methods.finetune.train` itself: a uint8 batch gathered from the array by index,
 augmented on uint8 (random flips), moved to the device, preprocessed there (resize, crop,
 normalise), then the FLYP forward (text and image towers), backward, gradient clipping and the
 AdamW step, with the loop's own checks (NaN, logit-scale clamp, logging). The reference runs the
@@ -31,7 +31,7 @@ TARGET_RATIO = 0.9
 def _synthetic_data(n: int, seed: int = 0):
     import numpy as np
 
-    from cifake_lib.data import CifakeData, Split
+    from cifake_lib.data.load import CifakeData, Split
 
     rng = np.random.default_rng(seed)
     labels = np.arange(n) % 2
@@ -46,8 +46,8 @@ def reference(model_dir: str, batch_size: int, steps: int, warmup: int, device: 
     import torch
     from transformers import CLIPModel, CLIPProcessor
 
-    from cifake_lib import finetune as ft
-    from cifake_lib.preprocess import ImagePreprocessor
+    from cifake_lib.methods import finetune as ft
+    from cifake_lib.data.preprocess import ImagePreprocessor
 
     cfg = ft.FinetuneConfig(model=model_dir, prompts="plain", mixed_precision="no")
     torch.manual_seed(0)
@@ -97,7 +97,7 @@ def reference(model_dir: str, batch_size: int, steps: int, warmup: int, device: 
 def end_to_end(model_dir: str, batch_size: int, steps: int, warmup: int, device: str, out: str,
                mp: str = "no") -> float:
     """Images/s of `finetune.train` in steady state (per-step log records after the warm-up)."""
-    from cifake_lib import finetune as ft
+    from cifake_lib.methods import finetune as ft
 
     data = _synthetic_data(batch_size * (warmup + steps) + batch_size)  # one epoch covers the run
     cfg = ft.FinetuneConfig(model=model_dir, out=out, prompts="plain", batch_size=batch_size,
@@ -124,8 +124,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from cifake_lib.finetune import resolve_mixed_precision
-    from cifake_lib.models import write_tiny_clip
+    from cifake_lib.clip.models import write_tiny_clip
+    from cifake_lib.methods.finetune import resolve_mixed_precision
 
     mp = resolve_mixed_precision(a.mixed_precision, torch.device(a.device))
     with tempfile.TemporaryDirectory(prefix="bench_finetune_") as tmp:

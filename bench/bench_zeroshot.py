@@ -40,7 +40,7 @@ DEFAULT_SAMPLE = "/work/shared/data/cifake_sample"
 
 def _data(n_images: int, seed: int):
     """CifakeData with `n_images` test images and n/8 validation images (real sample if present)."""
-    from cifake_lib.data import CifakeData, Split, load_cifake
+    from cifake_lib.data.load import CifakeData, Split, load_cifake
 
     n_val = max(2, n_images // 8)
     folder = os.environ.get("CIFAKE_DATA") or DEFAULT_SAMPLE
@@ -63,8 +63,8 @@ def bench_prompt_sets(model_dir: Path, data, *, batch_size: int, device: str, re
     """Scoring (`score_prompt_sets`: image pass, text pass, heads, p_fake for val and test; the
     target) and the whole stage (`run_zeroshot`: also loading the model and writing one run folder
     per set with bootstrap CIs; reported, no target), each for one set and for five."""
-    from cifake_lib.prompts import PROMPT_SETS
-    from cifake_lib.zeroshot import load_for_inference, run_zeroshot, score_prompt_sets
+    from cifake_lib.clip.prompts import PROMPT_SETS
+    from cifake_lib.methods.zeroshot import load_for_inference, run_zeroshot, score_prompt_sets
 
     five = list(PROMPT_SETS)[:5]
     splits = {"test": data.test, "val": data.val}
@@ -102,9 +102,9 @@ def bench_throughput(model_dir: Path, images: np.ndarray, *, batch_size: int, de
                      repeats: int) -> dict:
     import torch
 
-    from cifake_lib.features import image_features
-    from cifake_lib.preprocess import ImagePreprocessor
-    from cifake_lib.zeroshot import load_for_inference
+    from cifake_lib.clip.features import image_features
+    from cifake_lib.data.preprocess import ImagePreprocessor
+    from cifake_lib.methods.zeroshot import load_for_inference
 
     model, processor = load_for_inference(model_dir, device)
     dev = next(model.parameters()).device
@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
 
-    from cifake_lib.models import pick_device, write_tiny_clip
+    from cifake_lib.clip.models import pick_device, write_tiny_clip
 
     if a.threads:
         torch.set_num_threads(a.threads)

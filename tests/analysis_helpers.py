@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cifake_lib.data import Split
-from cifake_lib.runs import write_run
+from cifake_lib.data.load import Split
+from cifake_lib.evaluation.runs import write_run
 
 
 def synthetic_split(n: int, *, seed: int = 0, prefix: str = "test") -> Split:

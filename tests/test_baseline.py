@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from cifake_lib.baseline import (
+from cifake_lib.methods.cnn import (
     HISTORY_FILE,
     WEIGHTS_FILE,
     CifakeCNN,
@@ -159,7 +159,7 @@ def test_weights_file_round_trips_without_a_config(tmp_path):
 
 @pytest.fixture(scope="module")
 def sample_data(sample_dir):
-    from cifake_lib.data import load_cifake
+    from cifake_lib.data.load import load_cifake
 
     return load_cifake(str(sample_dir), val_fraction=0.1, seed=0, progress=False)
 
@@ -200,7 +200,7 @@ def test_run_folder_and_detector_json(sample_run, sample_data):
 
 
 def test_export_round_trips(sample_run, sample_data):
-    from cifake_lib.metrics import read_predictions
+    from cifake_lib.evaluation.metrics import read_predictions
 
     out, _ = sample_run
     det = load_cnn_detector(out, device="cpu")
@@ -233,7 +233,7 @@ def test_missing_or_wrong_weights_give_clear_errors(sample_run, tmp_path):
 
 
 def test_cli_cnn_end_to_end(sample_dir, tmp_path, capsys):
-    from cifake_lib.cli import main
+    from cifake_lib.app.cli import main
 
     out = tmp_path / "run"
     code = main(["cnn", "--data", str(sample_dir), "--subset", "400:100", "--epochs", "1",
@@ -249,7 +249,7 @@ def test_cli_cnn_end_to_end(sample_dir, tmp_path, capsys):
 
 @pytest.mark.parametrize("bad", [["--epochs", "0"], ["--batch-size", "0"], ["--lr", "-1"], ["--time-limit", "0"]])
 def test_cli_cnn_rejects_bad_arguments(bad, tmp_path, capsys):
-    from cifake_lib.cli import main
+    from cifake_lib.app.cli import main
 
     assert main(["cnn", "--data", str(tmp_path), "--out", str(tmp_path / "o"), *bad]) == 2
     assert bad[0] in capsys.readouterr().err

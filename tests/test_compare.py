@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from analysis_helpers import make_run
 
-from cifake_lib import CIFAR_CLASSES, compare
-from cifake_lib.metrics import (
+from cifake_lib import CIFAR_CLASSES
+from cifake_lib.analysis import compare
+from cifake_lib.evaluation.metrics import (
     apply_temperature,
     compute_metrics,
     expected_calibration_error,

@@ -22,8 +22,8 @@ import pytest
 from PIL import Image
 
 from cifake_lib import CIFAR_CLASSES
-from cifake_lib import data as D
-from cifake_lib.data import (
+from cifake_lib.data import load as D
+from cifake_lib.data.load import (
     CifakeData,
     DataSourceError,
     Split,
@@ -39,7 +39,7 @@ from cifake_lib.data import (
     summarize,
     validation_split,
 )
-from cifake_lib.sources import (
+from cifake_lib.data.sources import (
     KAGGLE_URL,
     cifar_class_from_name,
     fetch_github,
@@ -505,7 +505,7 @@ def test_github_source_is_a_shallow_clone(tmp_path):
 
 
 def test_summarize_and_cli_json(tree, capsys):
-    from cifake_lib.cli import main
+    from cifake_lib.app.cli import main
 
     assert main(["data", "--data", str(tree), "--val-fraction", "0.25", "--json"]) == 0
     out, err = capsys.readouterr()

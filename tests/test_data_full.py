@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from cifake_lib import CIFAR_CLASSES
-from cifake_lib.data import load_cifake
+from cifake_lib.data.load import load_cifake
 
 pytestmark = pytest.mark.full
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
-from cifake_lib.data import Split
-from cifake_lib.dataviz import (
+from cifake_lib.data.load import Split
+from cifake_lib.viz.dataviz import (
     class_balance_figure,
     duplicates_figure,
     examples_figure,
@@ -101,7 +101,7 @@ def test_spectrum_figure_needs_both_labels():
 
 
 def test_figures_on_the_real_sample(sample_dir):
-    from cifake_lib.data import load_cifake
+    from cifake_lib.data.load import load_cifake
 
     data = load_cifake(str(sample_dir), val_fraction=0, progress=False)
     _png(class_balance_figure(data))

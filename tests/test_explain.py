@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from cifake_lib import explain
-from cifake_lib.baseline import CifakeCNN, CNNConfig, CNNDetector
+from cifake_lib.analysis import explain
+from cifake_lib.methods.cnn import CifakeCNN, CNNConfig, CNNDetector
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +21,7 @@ def images():
 
 @pytest.fixture(scope="module")
 def clip_detector(tiny_model_dir):
-    from cifake_lib.zeroshot import ClipDetector
+    from cifake_lib.methods.zeroshot import ClipDetector
 
     return ClipDetector.from_pretrained(tiny_model_dir, "class_aware", device="cpu")
 
@@ -71,7 +71,7 @@ def test_cnn_maps(cnn_detector, images, method):
 
 def test_torch_heads_match_the_detectors(clip_detector, tiny_model_dir, images):
     """Gradients flow through a torch copy of each head: it must score exactly like the detector."""
-    from cifake_lib.probe import ProbeDetector, ProbeModel
+    from cifake_lib.methods.probe import ProbeDetector, ProbeModel
 
     feats = clip_detector.image_features(images)
     for cls in (-1, 4):
@@ -117,7 +117,7 @@ def test_overlay_and_figure(images):
 
 def test_embedding_projections(clip_detector, tiny_model_dir):
     """PCA and t-SNE of tiny-CLIP embeddings for two models ("before" / "after"), coloured by label."""
-    from cifake_lib import embeddings
+    from cifake_lib.analysis import embeddings
 
     rng = np.random.default_rng(0)
     ims = rng.integers(0, 256, (30, 32, 32, 3), dtype=np.uint8)

@@ -6,15 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from cifake_lib.features import (
+from cifake_lib.clip.features import (
     array_hash,
     cache_dir,
     image_features,
     model_fingerprint,
     text_features,
 )
-from cifake_lib.models import load_clip, write_tiny_clip
-from cifake_lib.preprocess import ImagePreprocessor
+from cifake_lib.clip.models import load_clip, write_tiny_clip
+from cifake_lib.data.preprocess import ImagePreprocessor
 
 
 @pytest.fixture()

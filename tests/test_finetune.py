@@ -1,4 +1,4 @@
-"""Fine-tuning both CLIP encoders (cifake_lib.finetune): objective, loop, checkpoints, resume, export.
+"""Fine-tuning both CLIP encoders (cifake_lib.methods.finetune): objective, loop, checkpoints, resume, export.
 
 Everything runs on the tiny offline CLIP on the CPU. The real-data run trains once (module
 fixture) and the export, predict and evaluate tests reuse it, to keep this file near two
@@ -20,9 +20,9 @@ import numpy as np
 import pytest
 import torch
 
-from cifake_lib import finetune as ft
-from cifake_lib.checkpoints import latest_checkpoint, list_checkpoints
-from cifake_lib.finetune import (
+from cifake_lib.methods import finetune as ft
+from cifake_lib.methods.checkpoints import latest_checkpoint, list_checkpoints
+from cifake_lib.methods.finetune import (
     ClipClassifier,
     FinetuneConfig,
     OutOfMemory,
@@ -51,7 +51,7 @@ def _one_thread():
 
 def _data(n_train: int = 64, n_val: int = 32, n_test: int = 32, seed: int = 0):
     """Synthetic CIFAKE-shaped data: FAKE images are brighter (learnable in a few steps)."""
-    from cifake_lib.data import CifakeData, Split
+    from cifake_lib.data.load import CifakeData, Split
 
     rng = np.random.default_rng(seed)
 
@@ -110,8 +110,8 @@ def test_parse_train_and_config_validation():
 @pytest.mark.parametrize("prompts", ["plain", "ensemble", "class_aware"])
 def test_classifier_logits_equal_the_zero_shot_head(tiny_model_dir, prompts):
     """Oracle: the training-time logits are exactly what ClipDetector (zero-shot) computes."""
-    from cifake_lib.preprocess import ImagePreprocessor
-    from cifake_lib.zeroshot import ClipDetector
+    from cifake_lib.data.preprocess import ImagePreprocessor
+    from cifake_lib.methods.zeroshot import ClipDetector
 
     det = ClipDetector.from_pretrained(tiny_model_dir, prompts, device="cpu")
     model = ClipClassifier(det.model, det.processor.tokenizer, det.prompts).eval()
@@ -202,7 +202,7 @@ def test_gradient_accumulation_matches_one_big_batch(tiny_model_dir, tmp_path):
 
 def test_overfits_64_real_images(tiny_model_dir, sample_dir, tmp_path):
     """From scratch (random tiny CLIP), both encoders: 64 real CIFAKE images memorised."""
-    from cifake_lib.data import load_cifake
+    from cifake_lib.data.load import load_cifake
 
     d = load_cifake(str(sample_dir), subset=(64, 32), val_fraction=0.0, seed=0, progress=False)
     data = replace(d, val=None, test=d.train)  # score the training images themselves
@@ -215,7 +215,7 @@ def test_overfits_64_real_images(tiny_model_dir, sample_dir, tmp_path):
 
 @pytest.fixture(scope="module")
 def sample_data(sample_dir):
-    from cifake_lib.data import load_cifake
+    from cifake_lib.data.load import load_cifake
 
     return load_cifake(str(sample_dir), val_fraction=0.1, seed=0, progress=False)
 
@@ -230,8 +230,8 @@ def sample_run(tiny_model_dir, sample_data, tmp_path_factory):
 
 
 def test_real_sample_beats_untrained(sample_run, sample_data, tiny_model_dir):
-    from cifake_lib.metrics import choose_threshold, compute_metrics
-    from cifake_lib.zeroshot import ClipDetector
+    from cifake_lib.evaluation.metrics import choose_threshold, compute_metrics
+    from cifake_lib.methods.zeroshot import ClipDetector
 
     r, cfg = sample_run
     untrained = ClipDetector.from_pretrained(tiny_model_dir, "plain", device="cpu")
@@ -279,8 +279,8 @@ def test_exported_model_loads_and_scores_like_the_in_memory_model(sample_run, sa
     from sklearn.metrics import roc_auc_score
     from transformers import CLIPModel, CLIPProcessor
 
-    from cifake_lib.preprocess import ImagePreprocessor
-    from cifake_lib.runs import read_run
+    from cifake_lib.data.preprocess import ImagePreprocessor
+    from cifake_lib.evaluation.runs import read_run
 
     r, cfg = sample_run
     model_dir = Path(cfg.out) / "model"
@@ -304,8 +304,8 @@ def test_exported_model_loads_and_scores_like_the_in_memory_model(sample_run, sa
 def test_predict_cli_on_the_run_matches_the_model(sample_run, sample_data, tmp_path, capsys):
     from PIL import Image
 
-    from cifake_lib.cli import main
-    from cifake_lib.runs import read_run
+    from cifake_lib.app.cli import main
+    from cifake_lib.evaluation.runs import read_run
 
     r, cfg = sample_run
     paths = []
@@ -323,7 +323,7 @@ def test_predict_cli_on_the_run_matches_the_model(sample_run, sample_data, tmp_p
 
 
 def test_evaluate_cli_reproduces_the_run_metrics(sample_run, sample_dir, tmp_path, capsys):
-    from cifake_lib.cli import main
+    from cifake_lib.app.cli import main
 
     r, cfg = sample_run
     out = tmp_path / "eval"
@@ -341,7 +341,7 @@ def test_evaluate_cli_reproduces_the_run_metrics(sample_run, sample_dir, tmp_pat
 
 def test_stop_after_then_resume_equals_a_straight_run(tiny_model_dir, sample_dir, tmp_path, capsys):
     """2N steps straight == N steps (--stop-after) + --resume: same weights, history and metrics."""
-    from cifake_lib.cli import main
+    from cifake_lib.app.cli import main
 
     common = ["finetune", "--model", str(tiny_model_dir), "--data", str(sample_dir), "--subset", "128:64",
               "--val-fraction", "0.25", "--batch-size", "16", "--max-steps", "12", "--lr", "5e-4",
@@ -421,8 +421,8 @@ def test_early_stopping_on_validation_auc(tiny_model_dir, tmp_path):
 
 
 def test_prompts_from_a_zero_shot_run_folder(tmp_path):
-    from cifake_lib.fileio import write_json
-    from cifake_lib.prompts import get_prompt_set
+    from cifake_lib.clip.prompts import get_prompt_set
+    from cifake_lib.core.files import write_json
 
     write_json(tmp_path / "detector.json", {"kind": "clip", "prompts": get_prompt_set("ensemble").to_dict()})
     assert ft.resolve_prompts(tmp_path) == get_prompt_set("ensemble")
@@ -463,7 +463,7 @@ def test_out_of_memory_names_the_batch_size(tiny_model_dir, tmp_path, monkeypatc
 
 
 def test_cli_reports_bad_arguments(tiny_model_dir, tmp_path, capsys):
-    from cifake_lib.cli import main
+    from cifake_lib.app.cli import main
 
     base = ["finetune", "--model", str(tiny_model_dir), "--out", str(tmp_path / "x"), "--data", str(tmp_path)]
     assert main([*base, "--train", "vision"]) == 2
@@ -482,7 +482,7 @@ def test_two_processes_with_accelerate_launch(tiny_model_dir, sample_dir, tmp_pa
     out = tmp_path / "mp"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CIFAKE_CACHE": str(tmp_path / "cache")}
     cmd = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "cifake_lib.cli", "finetune",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "cifake_lib.app.cli", "finetune",
            "--cpu", "--model", str(tiny_model_dir), "--data", str(sample_dir), "--subset", "64:32",
            "--val-fraction", "0.25", "--batch-size", "16", "--max-steps", "3", "--lr", "5e-4",
            "--prompts", "plain", "--quiet", "--out", str(out)]
@@ -498,4 +498,4 @@ def test_public_names():
     for name in ft.__all__:
         assert hasattr(ft, name)
     assert math.isclose(ft.MAX_LOGIT_SCALE, math.log(100))
-    assert sys.modules["cifake_lib.finetune"] is ft
+    assert sys.modules["cifake_lib.methods.finetune"] is ft

@@ -10,7 +10,7 @@ import pytest
 from sklearn import metrics as skm
 
 from cifake_lib import CIFAR_CLASSES
-from cifake_lib.metrics import (
+from cifake_lib.evaluation.metrics import (
     METRIC_FIELDS,
     RECORD_FIELDS,
     _Resampler,

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from cifake_lib.colab import REPO_URL, colab_badge_url, files_with_url
-from cifake_lib.pipeline import execute_notebook
+from cifake_lib.app.colab import REPO_URL, colab_badge_url, files_with_url
+from cifake_lib.app.pipeline import execute_notebook
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"

@@ -1,12 +1,12 @@
-"""Image perturbations (cifake_lib.perturb): deterministic, shape-preserving, stronger with severity."""
+"""Image perturbations (cifake_lib.data.perturb): deterministic, shape-preserving, stronger with severity."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from cifake_lib import perturb
-from cifake_lib.perturb import (
+from cifake_lib.data import perturb
+from cifake_lib.data.perturb import (
     PERTURBATIONS,
     apply_perturbation,
     augment_batch,

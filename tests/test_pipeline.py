@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from cifake_lib.cli import main as cli_main
-from cifake_lib.pipeline import PipelineError, load_config, plan, run_study, to_argv
+from cifake_lib.app.cli import main as cli_main
+from cifake_lib.app.pipeline import PipelineError, load_config, plan, run_study, to_argv
 
 DETECTORS = ("zeroshot", "probe", "finetune", "cnn")
 

@@ -10,8 +10,8 @@ import pytest
 from matplotlib.figure import Figure
 from PIL import Image
 
-from cifake_lib import plots
-from cifake_lib.metrics import apply_temperature, compute_metrics
+from cifake_lib.evaluation.metrics import apply_temperature, compute_metrics
+from cifake_lib.viz import plots
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +25,7 @@ def scores():
 def test_no_pyplot_so_no_backend_change():
     """Neither importing plots nor drawing and saving touches pyplot (hence no backend switch)."""
     code = (
-        "import io, sys; from cifake_lib import plots; "
+        "import io, sys; from cifake_lib.viz import plots; "
         "fig = plots.histogram_figure([0, 1, 1], [0.2, 0.7, 0.9]); fig.savefig(io.BytesIO(), format='png'); "
         "assert 'matplotlib.pyplot' not in sys.modules, 'pyplot imported'"
     )

@@ -1,4 +1,4 @@
-"""`cifake predict` / `cifake evaluate` on any detector, and bad input to predict (cifake_lib.predict).
+"""`cifake predict` / `cifake evaluate` on any detector, and bad input to predict (cifake_lib.methods.predict).
 
 The detector here is the tiny CLIP folder itself (a zero-shot detector) and a CNN run folder;
 the fine-tuned run is covered in test_finetune.py.
@@ -14,8 +14,8 @@ import pytest
 import torch
 from PIL import Image
 
-from cifake_lib.cli import main
-from cifake_lib.predict import expand_inputs, predict_paths, read_image
+from cifake_lib.app.cli import main
+from cifake_lib.methods.predict import expand_inputs, predict_paths, read_image
 
 
 @pytest.fixture(scope="module")
@@ -83,8 +83,8 @@ def test_predict_gives_every_input_an_answer_in_order(tiny_model_dir, images_dir
 
 
 def test_predict_scores_equal_the_detector_on_the_same_pixels(tiny_model_dir, images_dir):
-    from cifake_lib.detectors import load_detector
-    from cifake_lib.preprocess import load_image_rgb
+    from cifake_lib.data.preprocess import load_image_rgb
+    from cifake_lib.methods.detectors import load_detector
 
     det = load_detector(str(tiny_model_dir), device="cpu")
     recs = list(predict_paths(det, [images_dir / "a_rgb.png", images_dir / "c_gray.png"], batch_size=1))
@@ -110,8 +110,8 @@ def test_predict_all_good_exits_0_and_bad_model_exits_2(tiny_model_dir, images_d
 @pytest.fixture(scope="module")
 def cnn_run(tmp_path_factory) -> Path:
     """A CNN run folder (untrained weights are enough to check loading and scoring)."""
-    from cifake_lib.baseline import CifakeCNN, CNNConfig, save_cnn_weights
-    from cifake_lib.fileio import write_json
+    from cifake_lib.core.files import write_json
+    from cifake_lib.methods.cnn import CifakeCNN, CNNConfig, save_cnn_weights
 
     out = tmp_path_factory.mktemp("cnn_run")
     torch.manual_seed(0)
@@ -132,6 +132,6 @@ def test_predict_and_evaluate_work_for_a_cnn_run(cnn_run, images_dir, sample_dir
     m = json.loads((out / "metrics.json").read_text())
     assert m["split"] == "val" and m["detector"] == "cnn" and m["threshold"] == 0.3 and m["n"] == 32
     assert m["threshold_source"] == "detector"
-    from cifake_lib.metrics import read_predictions
+    from cifake_lib.evaluation.metrics import read_predictions
 
     assert len(read_predictions(out / "predictions.csv")["p_fake"]) == 32

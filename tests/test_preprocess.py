@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 from transformers import CLIPImageProcessor, CLIPProcessor
 
-from cifake_lib.preprocess import ImagePreprocessor, fit_to_square, load_image_rgb
+from cifake_lib.data.preprocess import ImagePreprocessor, fit_to_square, load_image_rgb
 
 # One 8-bit level after normalisation by CLIP's smallest std: our resize rounds like PIL's
 # but with float rather than fixed-point weights, so a pixel may land one level away.
@@ -28,7 +28,7 @@ def test_matches_clip_image_processor_vit_b_32_settings(shape):
 
 
 def test_matches_on_real_cifake_with_tiny_model(sample_dir, tiny_model_dir):
-    from cifake_lib.data import load_cifake
+    from cifake_lib.data.load import load_cifake
 
     data = load_cifake(str(sample_dir), subset=(100, 50), val_fraction=0, progress=False)
     processor = CLIPProcessor.from_pretrained(tiny_model_dir)

@@ -8,10 +8,10 @@ import json
 import numpy as np
 import pytest
 
-from cifake_lib.detectors import load_detector
-from cifake_lib.features import image_features, l2_normalize
-from cifake_lib.models import load_clip
-from cifake_lib.probe import ProbeDetector, ProbeModel, fit_probe
+from cifake_lib.clip.features import image_features, l2_normalize
+from cifake_lib.clip.models import load_clip
+from cifake_lib.methods.detectors import load_detector
+from cifake_lib.methods.probe import ProbeDetector, ProbeModel, fit_probe
 
 
 def _blobs(n: int, dim: int = 32, sep: float = 3.0, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -74,7 +74,7 @@ def test_safetensors_round_trip_identical(tmp_path):
 def test_mlp_matches_sklearn_mlp():
     from sklearn.neural_network import MLPClassifier
 
-    from cifake_lib.probe import _fit_one, _standardiser
+    from cifake_lib.methods.probe import _fit_one, _standardiser
 
     xtr, ytr = _blobs(300, seed=6)
     fit = fit_probe(xtr, ytr, xtr[:50], ytr[:50], mlp=True, grid=[1e-3], hidden=(8,), progress=False)
@@ -106,10 +106,10 @@ def test_probe_detector_save_and_load(tiny_model_dir, tmp_path):
 
 
 def test_probe_command_end_to_end(sample_dir, tiny_model_dir, tmp_path):
-    from cifake_lib.cli import main
-    from cifake_lib.data import load_cifake
-    from cifake_lib.metrics import read_predictions
-    from cifake_lib.runs import read_run
+    from cifake_lib.app.cli import main
+    from cifake_lib.data.load import load_cifake
+    from cifake_lib.evaluation.metrics import read_predictions
+    from cifake_lib.evaluation.runs import read_run
 
     out = tmp_path / "probe"
     assert main(["probe", "--model", str(tiny_model_dir), "--data", str(sample_dir), "--subset", "400:200",

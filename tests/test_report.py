@@ -9,16 +9,17 @@ import torch
 from analysis_helpers import make_run, scores, synthetic_split
 from PIL import Image
 
-from cifake_lib import gallery, report
-from cifake_lib.baseline import WEIGHTS_FILE, CifakeCNN, CNNConfig, CNNDetector, save_cnn_weights
-from cifake_lib.robustness import run_battery, write_robustness
-from cifake_lib.runs import write_run
+from cifake_lib.analysis import report
+from cifake_lib.analysis.robustness import run_battery, write_robustness
+from cifake_lib.evaluation.runs import write_run
+from cifake_lib.methods.cnn import WEIGHTS_FILE, CifakeCNN, CNNConfig, CNNDetector, save_cnn_weights
+from cifake_lib.viz import gallery
 
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory, sample_dir):
     """Runs on real sample images: a CNN with weights (so saliency works) and score-only runs."""
-    from cifake_lib.data import load_cifake
+    from cifake_lib.data.load import load_cifake
 
     root = tmp_path_factory.mktemp("report")
     data = load_cifake(sample_dir, subset=(80, 40), val_fraction=0.25, seed=0, progress=False)
@@ -66,7 +67,7 @@ def test_report_from_tiny_runs(study):
 
 
 def test_report_cli_without_data(study, tmp_path):
-    from cifake_lib.cli import main
+    from cifake_lib.app.cli import main
 
     root, _ = study
     assert main(["report", "--runs", str(root / "runs" / "probe"), "--out", str(tmp_path), "--n-boot", "0"]) == 0
@@ -93,7 +94,7 @@ def test_gallery_picks_the_most_confident():
 def test_gallery_figure_from_a_run(tmp_path):
     split = synthetic_split(40, seed=5)
     make_run(tmp_path / "r", "probe", n=40, test=split)
-    from cifake_lib.runs import read_run
+    from cifake_lib.evaluation.runs import read_run
 
     run = read_run(tmp_path / "r")
     fig = gallery.run_gallery(run, split, k=3)
@@ -103,8 +104,8 @@ def test_gallery_figure_from_a_run(tmp_path):
 
 
 def test_models_before_after(tmp_path, tiny_model_dir):
-    from cifake_lib.compare import load_runs
-    from cifake_lib.embeddings import models_before_after
+    from cifake_lib.analysis.compare import load_runs
+    from cifake_lib.analysis.embeddings import models_before_after
 
     make_run(tmp_path / "zs", "zeroshot:plain", kind="clip", model=str(tiny_model_dir), n=20)
     assert list(models_before_after(load_runs(tmp_path).copy()).values()) == [str(tiny_model_dir)]

@@ -13,11 +13,11 @@ import pytest
 import torch
 from analysis_helpers import synthetic_split
 
-from cifake_lib import robustness
-from cifake_lib.baseline import WEIGHTS_FILE, CifakeCNN, CNNConfig, CNNDetector, save_cnn_weights
-from cifake_lib.metrics import compute_metrics
-from cifake_lib.perturb import PERTURBATIONS, battery
-from cifake_lib.runs import write_run
+from cifake_lib.analysis import robustness
+from cifake_lib.data.perturb import PERTURBATIONS, battery
+from cifake_lib.evaluation.metrics import compute_metrics
+from cifake_lib.evaluation.runs import write_run
+from cifake_lib.methods.cnn import WEIGHTS_FILE, CifakeCNN, CNNConfig, CNNDetector, save_cnn_weights
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +91,7 @@ def test_from_run_folders_writes_results(cnn_run, tmp_path):
 
 def test_cli(cnn_run, tmp_path, sample_dir):
     """`cifake robustness` on real sample images (the CNN takes any 32x32 data)."""
-    from cifake_lib.cli import main
+    from cifake_lib.app.cli import main
 
     run_dir, _ = cnn_run
     out = tmp_path / "cli"

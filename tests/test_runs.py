@@ -10,8 +10,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from cifake_lib.metrics import RECORD_FIELDS, choose_threshold, read_predictions
-from cifake_lib.runs import find_runs, package_versions, read_run, write_run
+from cifake_lib.evaluation.metrics import RECORD_FIELDS, choose_threshold, read_predictions
+from cifake_lib.evaluation.runs import find_runs, package_versions, read_run, write_run
 
 
 def make_split(labels, classes=None, ids=None):
@@ -23,7 +23,7 @@ def make_split(labels, classes=None, ids=None):
                                                   for i, y in enumerate(labels)])
     images = np.zeros((n, 32, 32, 3), np.uint8)
     try:
-        from cifake_lib.data import Split
+        from cifake_lib.data.load import Split
 
         return Split(images=images, labels=labels, classes=classes, ids=ids)
     except Exception:  # data.py absent or still changing: the stand-in is all write_run needs

@@ -11,9 +11,9 @@ import torch
 from analysis_helpers import make_run, synthetic_split
 from PIL import Image
 
-from cifake_lib import widgets
-from cifake_lib.baseline import CifakeCNN, CNNConfig, CNNDetector
-from cifake_lib.runs import read_run
+from cifake_lib.app import widgets
+from cifake_lib.evaluation.runs import read_run
+from cifake_lib.methods.cnn import CifakeCNN, CNNConfig, CNNDetector
 
 
 def png_bytes(shape=(32, 32), seed=0, mode="RGB") -> bytes:

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from cifake_lib.detectors import load_detector
-from cifake_lib.features import image_features, l2_normalize, text_features
-from cifake_lib.models import load_clip
-from cifake_lib.prompts import PROMPT_SETS, PromptSet, get_prompt_set, resolve_prompt_sets
-from cifake_lib.zeroshot import ClipDetector, ZeroShotHead, build_head, published_anchors
+from cifake_lib.clip.features import image_features, l2_normalize, text_features
+from cifake_lib.clip.models import load_clip
+from cifake_lib.clip.prompts import PROMPT_SETS, PromptSet, get_prompt_set, resolve_prompt_sets
+from cifake_lib.methods.detectors import load_detector
+from cifake_lib.methods.zeroshot import ClipDetector, ZeroShotHead, build_head, published_anchors
 
 
 @pytest.fixture(scope="module")
@@ -188,7 +188,7 @@ def test_published_anchors_ranges_give_two_lines():
 
 @pytest.fixture(scope="module")
 def zeroshot_run(sample_dir, tiny_model_dir, tmp_path_factory):
-    from cifake_lib.cli import main
+    from cifake_lib.app.cli import main
 
     out = tmp_path_factory.mktemp("zeroshot") / "zs"
     code = main(["zeroshot", "--model", str(tiny_model_dir), "--data", str(sample_dir), "--subset", "400:200",
@@ -198,9 +198,9 @@ def zeroshot_run(sample_dir, tiny_model_dir, tmp_path_factory):
 
 
 def test_zeroshot_command_writes_runs_summary_and_figures(zeroshot_run):
-    from cifake_lib.metrics import read_predictions
-    from cifake_lib.runs import read_run
-    from cifake_lib.zeroshot import read_summary
+    from cifake_lib.evaluation.metrics import read_predictions
+    from cifake_lib.evaluation.runs import read_run
+    from cifake_lib.methods.zeroshot import read_summary
 
     rows = read_summary(zeroshot_run)
     assert [r["prompt_set"] for r in rows] == list(PROMPT_SETS)
@@ -225,8 +225,8 @@ def test_zeroshot_command_writes_runs_summary_and_figures(zeroshot_run):
 
 @pytest.mark.parametrize("name", ["plain", "class_aware"])
 def test_load_detector_reproduces_zeroshot_predictions(zeroshot_run, sample_dir, name):
-    from cifake_lib.data import load_cifake
-    from cifake_lib.metrics import read_predictions
+    from cifake_lib.data.load import load_cifake
+    from cifake_lib.evaluation.metrics import read_predictions
 
     preds = read_predictions(zeroshot_run / name / "predictions.csv")
     test = load_cifake(str(sample_dir), subset=(400, 200), progress=False).test
@@ -269,8 +269,8 @@ def test_cuda_half_precision_matches_cpu(tiny_model_dir, tmp_path):
 
 def test_run_zeroshot_without_validation_split(tiny_model_dir, tmp_path):
     """No val: threshold 0.5 (recorded as "default"), no best set, summary still one row per set."""
-    from cifake_lib.data import CifakeData, Split
-    from cifake_lib.zeroshot import read_summary, run_zeroshot
+    from cifake_lib.data.load import CifakeData, Split
+    from cifake_lib.methods.zeroshot import read_summary, run_zeroshot
 
     rng = np.random.default_rng(0)
     test = Split(rng.integers(0, 256, (24, 32, 32, 3), dtype=np.uint8), np.arange(24) % 2,

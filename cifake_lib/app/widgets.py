@@ -1,0 +1,303 @@
+"""The interactive explorer (ipywidgets 7.7, as on Colab, and 8).
+
+Two panes:
+- Upload: one or more images; each loaded detector gives its p_fake, its decision at its own
+  threshold and a saliency overlay.
+- Browse: a run's test predictions filtered by true label, CIFAR class and right/wrong, most
+  confident first, with the images when the test split is loaded.
+
+The widgets only call plain functions, which the tests call directly, without a browser:
+`uploaded_files(value)` (the one place where ipywidgets 7 and 8 differ: FileUpload.value is
+{name: {"metadata": ..., "content": bytes}} in 7 and a tuple of {"name", "content"
+(memoryview), ...} dicts in 8), `decode_image`, `score_uploads`, `filter_predictions` and
+`prediction_rows`. `Explorer.on_upload` / `Explorer.on_filter` are the callbacks.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from cifake_lib import CIFAR_CLASSES, LABEL_NAMES
+
+MAX_SIDE = 1024  # uploads larger than this are shrunk (aspect kept) before scoring
+
+
+# --------------------------------------------------------------------------- plain functions
+
+def uploaded_files(value: Any) -> list[tuple[str, bytes]]:
+    """FileUpload.value of ipywidgets 7 or 8 -> [(file name, bytes)], in upload order.
+
+    7: {name: {"metadata": {...}, "content": bytes}}; 8: tuple/list of {"name": ..., "content":
+    memoryview | bytes, ...}. None or empty -> [].
+    """
+    if not value:
+        return []
+    out = []
+    if isinstance(value, Mapping):  # ipywidgets 7
+        items = [(name, entry) for name, entry in value.items()]
+        for name, entry in items:
+            content = entry.get("content") if isinstance(entry, Mapping) else entry
+            meta = entry.get("metadata", {}) if isinstance(entry, Mapping) else {}
+            out.append((str(meta.get("name") or name), bytes(content)))
+        return out
+    if isinstance(value, (list, tuple)):  # ipywidgets 8
+        for i, entry in enumerate(value):
+            if not isinstance(entry, Mapping) or "content" not in entry:
+                raise ValueError(f"upload entry {i}: expected a dict with 'content', got {type(entry).__name__}")
+            out.append((str(entry.get("name") or f"upload {i + 1}"), bytes(entry["content"])))
+        return out
+    raise TypeError(f"unrecognised FileUpload value of type {type(value).__name__}")
+
+
+def decode_image(name: str, content: bytes, max_side: int = MAX_SIDE) -> np.ndarray:
+    """Bytes of any image PIL reads -> (H, W, 3) uint8 (alpha on white; huge images shrunk)."""
+    from PIL import Image, UnidentifiedImageError
+
+    from cifake_lib.data.preprocess import pil_to_rgb
+
+    if not content:
+        raise ValueError(f"{name}: empty file")
+    try:
+        with Image.open(io.BytesIO(content)) as im:
+            im.load()
+            if max(im.size) > max_side:
+                im.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
+            return pil_to_rgb(im)
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        raise ValueError(f"{name}: not a readable image ({e})") from None
+
+
+def score_uploads(detectors: Mapping[str, Any], files: Sequence[tuple[str, bytes]], *,
+                  saliency: bool = False, method: str | None = None) -> list[dict[str, Any]]:
+    """One row per (file, detector): p_fake, decision at the detector's threshold, optional saliency.
+
+    Rows: file, detector, p_fake, label ("FAKE"/"REAL"), threshold, height, width, image,
+    saliency (an (H, W) map or None), error (None, or why the file/detector failed). A bad file
+    gives one error row and does not stop the others.
+    """
+    rows: list[dict[str, Any]] = []
+    for name, content in files:
+        try:
+            image = decode_image(name, content)
+        except ValueError as e:
+            rows.append({"file": name, "detector": None, "p_fake": None, "label": None, "threshold": None,
+                         "height": None, "width": None, "image": None, "saliency": None, "error": str(e)})
+            continue
+        for det_name, det in detectors.items():
+            row = {"file": name, "detector": det_name, "threshold": float(det.threshold),
+                   "height": image.shape[0], "width": image.shape[1], "image": image, "saliency": None,
+                   "error": None}
+            try:
+                p = float(np.asarray(det.predict_proba(image[None]))[0])
+                row.update(p_fake=p, label=LABEL_NAMES[int(p >= det.threshold)])
+                if saliency:
+                    from cifake_lib.analysis import explain
+
+                    m = method if method in explain.methods_for(det) else None
+                    row["saliency"] = explain.saliency(det, image, m)
+            except Exception as e:  # one failing detector must not hide the others' answers
+                row.update(p_fake=row.get("p_fake"), label=row.get("label"), error=f"{type(e).__name__}: {e}")
+            rows.append(row)
+    return rows
+
+
+def _label_value(label: Any) -> int | None:
+    if label is None or label == "all":
+        return None
+    if isinstance(label, str):
+        if label.upper() not in LABEL_NAMES:
+            raise ValueError(f"label must be REAL, FAKE, 0, 1 or None, got {label!r}")
+        return LABEL_NAMES.index(label.upper())
+    if int(label) not in (0, 1):
+        raise ValueError(f"label must be REAL, FAKE, 0, 1 or None, got {label!r}")
+    return int(label)
+
+
+def _class_value(cifar_class: Any) -> int | None:
+    if cifar_class is None or cifar_class == "all":
+        return None
+    if isinstance(cifar_class, str):
+        if cifar_class not in CIFAR_CLASSES:
+            raise ValueError(f"cifar_class must be one of {CIFAR_CLASSES}, an index or None, got {cifar_class!r}")
+        return CIFAR_CLASSES.index(cifar_class)
+    return int(cifar_class)
+
+
+def filter_predictions(preds: Mapping[str, np.ndarray], *, label: Any = None, cifar_class: Any = None,
+                       correct: bool | None = None, threshold: float = 0.5) -> np.ndarray:
+    """Indices of predictions.csv rows (read_predictions dict) matching every given filter.
+
+    label: "REAL"/"FAKE"/0/1; cifar_class: a name or 0..9; correct: True (right at `threshold`)
+    or False (wrong); None means any. Ordered most confident first (distance of p_fake from
+    the threshold), ties in file order.
+    """
+    y, p, c = np.asarray(preds["label"]), np.asarray(preds["p_fake"], dtype=np.float64), np.asarray(preds["cifar_class"])
+    keep = np.ones(len(y), bool)
+    lv, cv = _label_value(label), _class_value(cifar_class)
+    if lv is not None:
+        keep &= y == lv
+    if cv is not None:
+        keep &= c == cv
+    if correct is not None:
+        right = (p >= threshold).astype(np.int64) == y
+        keep &= right if correct else ~right
+    idx = np.flatnonzero(keep)
+    return idx[np.argsort(-np.abs(p[idx] - threshold), kind="stable")]
+
+
+def prediction_rows(preds: Mapping[str, np.ndarray], index: Sequence[int], threshold: float) -> list[dict[str, Any]]:
+    """Display rows for the given prediction indices: id, label, class, p_fake, decision, right."""
+    rows = []
+    for i in index:
+        y, p, c = int(preds["label"][i]), float(preds["p_fake"][i]), int(preds["cifar_class"][i])
+        pred = int(p >= threshold)
+        rows.append({"index": int(i), "id": str(preds["id"][i]), "label": LABEL_NAMES[y],
+                     "cifar_class": CIFAR_CLASSES[c] if 0 <= c < len(CIFAR_CLASSES) else "unknown",
+                     "p_fake": p, "predicted": LABEL_NAMES[pred], "correct": pred == y})
+    return rows
+
+
+# --------------------------------------------------------------------------- rendering (HTML)
+
+def png_data_uri(image: np.ndarray, scale: int = 1) -> str:
+    """An (H, W, 3) uint8 image as a data: URI (nearest-neighbour enlarged by `scale`)."""
+    from PIL import Image
+
+    from cifake_lib.viz.gallery import upsample_nearest
+
+    buf = io.BytesIO()
+    Image.fromarray(upsample_nearest(np.asarray(image, dtype=np.uint8), scale)).save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _scale_for(image: np.ndarray, target: int = 128) -> int:
+    return max(1, target // max(image.shape[:2]))
+
+
+def uploads_html(rows: Sequence[Mapping[str, Any]]) -> str:
+    """A table: file, detector, p_fake, decision, and the image with its saliency overlay."""
+    from cifake_lib.analysis.explain import overlay
+
+    if not rows:
+        return "<p>No images uploaded yet.</p>"
+    cells = ["<table><tr><th>file</th><th>detector</th><th>p_fake</th><th>decision (threshold)</th>"
+             "<th>image</th><th>saliency</th></tr>"]
+    for r in rows:
+        if r.get("image") is None or r.get("p_fake") is None:
+            cells.append(f"<tr><td>{html.escape(str(r['file']))}</td><td>{html.escape(str(r.get('detector') or ''))}"
+                         f"</td><td colspan='4' style='color:#b00'>{html.escape(str(r['error']))}</td></tr>")
+            continue
+        im = r["image"]
+        scale = _scale_for(im)
+        sal = (f"<img src='{png_data_uri(overlay(im, r['saliency']), scale)}' width=128>"
+               if r.get("saliency") is not None else (html.escape(r["error"]) if r.get("error") else "–"))
+        cells.append(f"<tr><td>{html.escape(r['file'])}</td><td>{html.escape(r['detector'])}</td>"
+                     f"<td>{r['p_fake']:.4f}</td><td><b>{r['label']}</b> ({r['threshold']:.3f})</td>"
+                     f"<td><img src='{png_data_uri(im, scale)}' width=128></td><td>{sal}</td></tr>")
+    cells.append("</table>")
+    return "".join(cells)
+
+
+def browse_html(rows: Sequence[Mapping[str, Any]], images: Sequence[np.ndarray | None] | None = None,
+                total: int | None = None) -> str:
+    """A table of prediction rows, with each image (or "–" when it is not loaded)."""
+    head = f"<p>{len(rows)} shown" + (f" of {total} matching" if total is not None else "") + "</p>"
+    if not rows:
+        return head
+    cells = [head, "<table><tr><th>id</th><th>label</th><th>class</th><th>p_fake</th><th>predicted</th>"
+                   "<th>image</th></tr>"]
+    for k, r in enumerate(rows):
+        im = images[k] if images is not None else None
+        pic = f"<img src='{png_data_uri(im, _scale_for(im, 96))}' width=96>" if im is not None else "–"
+        colour = "#070" if r["correct"] else "#b00"
+        cells.append(f"<tr><td>{html.escape(r['id'])}</td><td>{r['label']}</td><td>{r['cifar_class']}</td>"
+                     f"<td>{r['p_fake']:.4f}</td><td style='color:{colour}'>{r['predicted']}</td>"
+                     f"<td>{pic}</td></tr>")
+    cells.append("</table>")
+    return "".join(cells)
+
+
+# --------------------------------------------------------------------------- the widget
+
+class Explorer:
+    """Upload images to every detector; browse each run's test predictions.
+
+    detectors: {name: Detector} for uploads; runs: read_run dicts (e.g. compare.load_runs) to
+    browse; split: the test Split whose images the browser shows (optional).
+    """
+
+    def __init__(self, detectors: Mapping[str, Any] | None = None, runs: Sequence[Mapping[str, Any]] = (),
+                 split: Any = None, *, saliency: bool = True, method: str | None = None, page: int = 24):
+        import ipywidgets as w
+
+        self.detectors = dict(detectors or {})
+        self.runs = {r.get("name") or r["metrics"]["detector"]: r for r in runs if r.get("predictions") is not None}
+        self.split = split
+        self.saliency = saliency
+        self.method = method
+        self.upload_rows: list[dict[str, Any]] = []
+        self.browse_rows: list[dict[str, Any]] = []
+        self._id_index = ({str(s): i for i, s in enumerate(np.asarray(split.ids).tolist())}
+                          if split is not None else {})
+
+        self.upload = w.FileUpload(accept="image/*", multiple=True, description="Upload images")
+        self.upload_out = w.HTML(uploads_html([]))
+        self.upload.observe(self.on_upload, names="value")
+
+        self.run_box = w.Dropdown(options=list(self.runs), description="run")
+        self.label_box = w.Dropdown(options=[("all", "all"), ("REAL", "REAL"), ("FAKE", "FAKE")],
+                                    description="label")
+        self.class_box = w.Dropdown(options=[("all", "all")] + [(c, c) for c in CIFAR_CLASSES],
+                                    description="class")
+        self.correct_box = w.Dropdown(options=[("all", None), ("right", True), ("wrong", False)],
+                                      description="decision")
+        self.count_box = w.IntSlider(value=12, min=1, max=max(1, page * 4), description="show")
+        self.browse_out = w.HTML()
+        for box in (self.run_box, self.label_box, self.class_box, self.correct_box, self.count_box):
+            box.observe(self.on_filter, names="value")
+
+        upload_pane = w.VBox([w.HTML(f"<b>Detectors:</b> {html.escape(', '.join(self.detectors) or 'none loaded')}"),
+                              self.upload, self.upload_out])
+        browse_pane = w.VBox([w.HBox([self.run_box, self.label_box]),
+                              w.HBox([self.class_box, self.correct_box]), self.count_box, self.browse_out])
+        self.widget = w.Tab(children=[upload_pane, browse_pane])
+        for i, title in enumerate(("Upload", "Browse test predictions")):
+            self.widget.set_title(i, title)  # ipywidgets 7 and 8 both have set_title
+        if self.runs:
+            self.on_filter(None)
+
+    # -- callbacks: plain functions in, HTML out
+    def on_upload(self, change: Any) -> list[dict[str, Any]]:
+        value = change["new"] if isinstance(change, Mapping) and "new" in change else self.upload.value
+        self.upload_rows = score_uploads(self.detectors, uploaded_files(value), saliency=self.saliency,
+                                         method=self.method)
+        self.upload_out.value = uploads_html(self.upload_rows)
+        return self.upload_rows
+
+    def on_filter(self, change: Any = None) -> list[dict[str, Any]]:
+        run = self.runs.get(self.run_box.value)
+        if run is None:
+            self.browse_rows = []
+            self.browse_out.value = "<p>No run with test predictions.</p>"
+            return self.browse_rows
+        preds, t = run["predictions"], float(run["metrics"]["threshold"])
+        idx = filter_predictions(preds, label=self.label_box.value, cifar_class=self.class_box.value,
+                                 correct=self.correct_box.value, threshold=t)
+        self.browse_rows = prediction_rows(preds, idx[: self.count_box.value], t)
+        images = None
+        if self.split is not None:
+            images = [self.split.images[self._id_index[r["id"]]] if r["id"] in self._id_index else None
+                      for r in self.browse_rows]
+        self.browse_out.value = browse_html(self.browse_rows, images, total=len(idx))
+        return self.browse_rows
+
+    def _ipython_display_(self) -> None:
+        from IPython.display import display
+
+        display(self.widget)

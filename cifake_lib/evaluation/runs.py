@@ -1,0 +1,264 @@
+"""The run folder (DESIGN.md): what every evaluating stage writes, and how to find and read it back.
+
+    DIR/metrics.json         test metrics (metrics_record, split "test"); written last
+    DIR/predictions.csv      test predictions: id,label,cifar_class,p_fake
+    DIR/predictions_val.csv  validation predictions (when there is a validation split)
+    DIR/metrics_val.json     validation metrics at the same threshold (idem)
+    DIR/run.json             arguments, package versions, python, platform, device, seconds
+    DIR/detector.json        the detector dict + the chosen "threshold"
+
+metrics.json is written last, so a folder that holds it is a complete run (find_runs
+relies on this). The threshold is chosen on validation predictions only: the test
+predictions never influence it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import platform
+import sys
+import warnings
+from collections.abc import Iterable
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import cifake_lib
+from cifake_lib.core.files import read_json, write_json
+from cifake_lib.evaluation.metrics import (
+    RECORD_FIELDS,
+    choose_threshold,
+    metrics_record,
+    read_predictions,
+    utc_now,
+    write_predictions,
+)
+
+METRICS = "metrics.json"
+METRICS_VAL = "metrics_val.json"
+PREDICTIONS = "predictions.csv"
+PREDICTIONS_VAL = "predictions_val.csv"
+RUN = "run.json"
+DETECTOR = "detector.json"
+
+# Distribution names of the packages whose versions a run records (key -> distribution).
+_PACKAGES = {
+    "torch": "torch",
+    "transformers": "transformers",
+    "datasets": "datasets",
+    "numpy": "numpy",
+    "sklearn": "scikit-learn",
+    "safetensors": "safetensors",
+    "accelerate": "accelerate",
+    "matplotlib": "matplotlib",
+}
+
+
+def package_versions() -> dict[str, str | None]:
+    """Versions of python, cifake_lib and the packages that shape results (None: not installed)."""
+    versions: dict[str, str | None] = {"python": platform.python_version(), "cifake_lib": cifake_lib.__version__}
+    for key, dist in _PACKAGES.items():
+        try:
+            versions[key] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            versions[key] = None
+    return versions
+
+
+def device_info() -> dict[str, Any]:
+    """What the run ran on: CPU count, CUDA devices (names, CUDA version), MPS."""
+    info: dict[str, Any] = {"cpu_count": os.cpu_count(), "cuda": False, "cuda_devices": [], "mps": False}
+    try:
+        import torch
+    except ImportError:
+        return info
+    if torch.cuda.is_available():
+        info["cuda"] = True
+        info["cuda_devices"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        info["cuda_version"] = torch.version.cuda
+    mps = getattr(torch.backends, "mps", None)
+    info["mps"] = bool(mps is not None and mps.is_available())
+    return info
+
+
+def _jsonable(obj: Any) -> Any:
+    """Arguments as JSON: containers recursed, numpy/Path via tolist/fspath, anything else as str."""
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if isinstance(obj, (np.generic, np.ndarray)):
+        return obj.tolist()
+    if isinstance(obj, argparse.Namespace):  # private entries (e.g. the CLI's _run) are not arguments
+        return _jsonable({k: v for k, v in vars(obj).items() if not k.startswith("_")})
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return _jsonable(dataclasses.asdict(obj))
+    return str(obj)
+
+
+def _check_split(split: Any, p: Any, name: str) -> np.ndarray:
+    for attr in ("labels", "classes", "ids"):
+        if not hasattr(split, attr):
+            raise TypeError(f"write_run: {name} must be a Split (with .labels .classes .ids), lacks .{attr}")
+    p = np.asarray(p, dtype=np.float64).ravel()
+    if len(p) != len(split.labels):
+        raise ValueError(f"write_run: p_{name} has {len(p)} scores but {name} has {len(split.labels)} images")
+    return p
+
+
+def write_run(out_dir: str | os.PathLike, *, test: Any, p_test: Any, val: Any | None, p_val: Any | None,
+              detector: dict, model: str, data: str, seed: int, args: dict | Any, seconds: float,
+              threshold: float | None = None, n_boot: int = 1000) -> dict[str, Any]:
+    """Write a complete run folder for one detector and return its test metrics dict.
+
+    test, val: `cifake_lib.data.load.Split`s (anything with .labels .classes .ids); p_test,
+    p_val: their p_fake scores. threshold None -> chosen on val (choose_threshold), or 0.5
+    when there is no val; the source is recorded as metrics["threshold_source"]
+    ("val" | "default" | "given"). `detector` needs at least "detector" (e.g. "probe") and
+    should carry "kind"; detector.json is it plus "threshold" (the chosen one wins).
+    """
+    out = Path(out_dir)
+    if not isinstance(detector, dict) or not isinstance(detector.get("detector"), str):
+        raise ValueError("write_run: detector must be a dict with a 'detector' name, e.g. {'kind': 'probe', "
+                         f"'detector': 'probe'}}; got {detector!r}")
+    p_test = _check_split(test, p_test, "test")
+    if (val is None) != (p_val is None):
+        raise ValueError("write_run: give both val and p_val, or neither")
+    if val is not None:
+        p_val = _check_split(val, p_val, "val")
+    if threshold is not None:
+        source = "given"
+    elif val is not None:
+        threshold, source = choose_threshold(val.labels, p_val), "val"
+    else:
+        threshold, source = 0.5, "default"
+    threshold = float(threshold)
+
+    common = dict(threshold=threshold, detector=detector["detector"], model=str(model), data=str(data),
+                  seed=int(seed), n_boot=n_boot, threshold_source=source)
+    # Compute before writing anything, so bad inputs leave no half-written folder.
+    metrics = metrics_record(test.labels, p_test, classes=test.classes, split="test", **common)
+    metrics_val = (metrics_record(val.labels, p_val, classes=val.classes, split="val", **common)
+                   if val is not None else None)
+
+    out.mkdir(parents=True, exist_ok=True)
+    # A previous run in the same folder must not leave a stale metrics.json that looks complete.
+    (out / METRICS).unlink(missing_ok=True)
+    write_predictions(out / PREDICTIONS, test.ids, test.labels, test.classes, p_test)
+    if val is not None:
+        write_predictions(out / PREDICTIONS_VAL, val.ids, val.labels, val.classes, p_val)
+        write_json(out / METRICS_VAL, metrics_val)
+    else:
+        (out / PREDICTIONS_VAL).unlink(missing_ok=True)
+        (out / METRICS_VAL).unlink(missing_ok=True)
+    write_json(out / DETECTOR, {**_jsonable(detector), "threshold": threshold})
+    write_json(out / RUN, {
+        "args": _jsonable(args),
+        "seconds": float(seconds),
+        "created": utc_now(),
+        "detector": detector["detector"],
+        "model": str(model),
+        "data": str(data),
+        "seed": int(seed),
+        "versions": package_versions(),
+        "python": sys.version,
+        "platform": platform.platform(),
+        "device": device_info(),
+    })
+    write_json(out / METRICS, metrics)  # last: its presence marks a complete run
+    return metrics
+
+
+def read_detector_json(run_dir: str | os.PathLike, kind: str) -> tuple[Path, dict[str, Any]]:
+    """(run folder, parsed detector.json) of a run folder (or its detector.json) of this `kind`.
+
+    Every detector's `from_run` starts here, so a wrong folder gets the same clear error.
+    """
+    path = Path(run_dir)
+    meta_path = path if path.suffix == ".json" else path / DETECTOR
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"{meta_path}: detector.json not found (not a run folder?)")
+    meta = read_json(meta_path)
+    if not isinstance(meta, dict) or meta.get("kind") != kind:
+        found = meta.get("kind") if isinstance(meta, dict) else None
+        raise ValueError(f"{meta_path}: kind is {found!r}, not {kind!r}")
+    return meta_path.parent, meta
+
+
+def check_metrics(record: Any, source: str = METRICS) -> dict[str, Any]:
+    """Raise ValueError naming `source` unless `record` has every metrics.json field (DESIGN.md)."""
+    if not isinstance(record, dict):
+        raise ValueError(f"{source}: expected a JSON object, got {type(record).__name__}")
+    missing = [f for f in RECORD_FIELDS if f not in record]
+    if missing:
+        raise ValueError(f"{source}: not a metrics.json record, missing field(s) {missing}")
+    return record
+
+
+def read_run(path: str | os.PathLike, *, predictions: bool = True) -> dict[str, Any]:
+    """Read a run folder (or its metrics.json) back.
+
+    Returns {"path", "metrics", "metrics_val", "run", "detector", "predictions",
+    "predictions_val"}; optional files that are absent are None, as are the predictions
+    when `predictions` is False. A missing or malformed metrics.json raises, naming the file.
+    """
+    path = Path(path)
+    folder = path.parent if path.is_file() else path
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: no such run folder")
+    if not (folder / METRICS).is_file():
+        raise FileNotFoundError(f"{folder}: not a run folder (no {METRICS})")
+
+    def optional_json(name: str) -> Any:
+        return read_json(folder / name) if (folder / name).is_file() else None
+
+    def optional_csv(name: str) -> dict[str, np.ndarray] | None:
+        return read_predictions(folder / name) if predictions and (folder / name).is_file() else None
+
+    metrics_val = optional_json(METRICS_VAL)
+    if metrics_val is not None:
+        check_metrics(metrics_val, str(folder / METRICS_VAL))
+    return {
+        "path": folder,
+        "metrics": check_metrics(read_json(folder / METRICS), str(folder / METRICS)),
+        "metrics_val": metrics_val,
+        "run": optional_json(RUN),
+        "detector": optional_json(DETECTOR),
+        "predictions": optional_csv(PREDICTIONS),
+        "predictions_val": optional_csv(PREDICTIONS_VAL),
+    }
+
+
+def find_runs(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Path]:
+    """Run folders under `paths` (searched recursively) whose metrics.json is a test record.
+
+    A path may also name a metrics.json directly. Unreadable or non-test metrics.json
+    files are skipped (with a warning for unreadable ones). Sorted, without duplicates.
+    """
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    found: set[Path] = set()
+    for root in map(Path, paths):
+        if root.is_file():
+            candidates = [root]
+        elif root.is_dir():
+            candidates = sorted(root.rglob(METRICS))
+        else:
+            raise FileNotFoundError(f"{root}: no such file or folder")
+        for file in candidates:
+            try:
+                record = read_json(file)
+            except (OSError, ValueError) as e:
+                warnings.warn(f"skipping {file}: {e}", stacklevel=2)
+                continue
+            if isinstance(record, dict) and record.get("split") == "test":
+                found.add(file.parent.resolve())
+    return sorted(found)

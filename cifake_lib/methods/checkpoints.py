@@ -1,0 +1,146 @@
+"""Fine-tuning checkpoints: atomic folders under OUT/checkpoints, RNG state, the best-model export.
+
+A checkpoint is a folder `step-XXXXXXX/` written as `step-XXXXXXX.tmp/` and renamed into place
+(renames only, no symlinks, so it works on Google Drive); `state.json` is written last inside
+it, so a folder without it is incomplete. Tensors are saved as safetensors or plain tensor
+dicts that `torch.load(weights_only=True)` reads; nothing is pickled.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from cifake_lib.core.files import write_json
+
+CHECKPOINTS = "checkpoints"
+HISTORY_FILE = "history.json"
+STATE_FILE = "state.json"
+WEIGHTS_FILE = "model.safetensors"
+OPTIMIZER_FILE = "optimizer.pt"
+SCALER_FILE = "scaler.pt"
+RNG_FILE = "rng.pt"
+_CKPT_RE = re.compile(r"^step-(\d{7,})$")
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or the weights became NaN/infinite; the last good checkpoint is kept."""
+
+
+
+
+def checkpoint_dir(out: str | os.PathLike, step: int) -> Path:
+    return Path(out) / CHECKPOINTS / f"step-{step:07d}"
+
+
+def list_checkpoints(out: str | os.PathLike) -> list[Path]:
+    """Complete checkpoints under OUT/checkpoints, oldest first (.tmp folders are not complete)."""
+    folder = Path(out) / CHECKPOINTS
+    if not folder.is_dir():
+        return []
+    found = []
+    for p in folder.iterdir():
+        m = _CKPT_RE.match(p.name)
+        if m and p.is_dir() and (p / STATE_FILE).is_file() and (p / WEIGHTS_FILE).is_file():
+            found.append((int(m.group(1)), p))
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(out: str | os.PathLike) -> Path | None:
+    ckpts = list_checkpoints(out)
+    return ckpts[-1] if ckpts else None
+
+
+def _replace_dir(tmp: Path, final: Path) -> None:
+    """Move a finished folder into place by renames only (no symlinks: works on Google Drive)."""
+    old = final.with_name(final.name + ".old")
+    if old.exists():
+        shutil.rmtree(old)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG as tensors and plain values (loadable with weights_only=True)."""
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def all_finite(params: Sequence[torch.Tensor]) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in params)
+
+
+def save_checkpoint(out: str | os.PathLike, *, clip: nn.Module, optimizer, scaler, state: Mapping[str, Any],
+                    history: list[dict[str, Any]], keep: int) -> Path:
+    """Write OUT/checkpoints/step-XXXXXXX/ atomically (a .tmp folder, then a rename); keep the newest `keep`."""
+    from safetensors.torch import save_file
+
+    if not all_finite(list(clip.parameters())):
+        raise TrainingDiverged(f"the weights hold NaN/inf at step {state['step']}: no checkpoint written")
+    final = checkpoint_dir(out, int(state["step"]))
+    tmp = final.with_name(final.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    weights = {k: v.detach().cpu().contiguous() for k, v in clip.state_dict().items()}
+    save_file(weights, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+    torch.save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
+    if scaler is not None:
+        torch.save(scaler.state_dict(), tmp / SCALER_FILE)
+    torch.save(rng_state(), tmp / RNG_FILE)
+    write_json(tmp / HISTORY_FILE, history)
+    write_json(tmp / STATE_FILE, dict(state))  # last inside the folder
+    _replace_dir(tmp, final)
+    for old in list_checkpoints(out)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    for stale in (Path(out) / CHECKPOINTS).glob("*.tmp"):
+        if stale != tmp:
+            shutil.rmtree(stale, ignore_errors=True)
+    return final
+
+
+def load_tensors(path: Path) -> Any:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def export_model(clip: nn.Module, processor, path: str | os.PathLike) -> Path:
+    """save_pretrained (safetensors) of model and processor into `path`, swapped in by renames."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    clip.save_pretrained(tmp, safe_serialization=True)
+    processor.save_pretrained(tmp)
+    _replace_dir(tmp, path)
+    return path

@@ -1,0 +1,153 @@
+"""Scoring with any saved detector: `evaluate` (a CIFAKE split -> metrics.json) and `predict` (files).
+
+Both load the detector with `detectors.load_detector` (a fine-tuned CLIP run folder, a zero-shot
+or probe run, a CNN run, or a plain CLIP folder / Hub id) and use its saved threshold and prompts.
+
+`predict_paths` takes files and folders (a folder stands for its image files, sorted by name)
+and yields one record per image in input order: {"path", "p_fake", "label"} with label "FAKE" or
+"REAL" at the detector's threshold, or {"path", "error"} for a file that cannot be read. One bad
+file never stops the others. Images above PIL's decompression-bomb limit get an error without
+being decoded; very large ones below it are first reduced by an integer factor (box filter) so
+that their shorter side stays >= `REDUCE_TO` pixels, which keeps memory bounded and changes
+p_fake very little (every detector then shrinks them much further, with antialiasing).
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cifake_lib import LABEL_NAMES
+
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+REDUCE_ABOVE = 2048  # shorter side (pixels) above which an image is pre-reduced
+REDUCE_TO = 1024  # ... to a shorter side of at least this
+
+
+def expand_inputs(paths: Iterable[str | os.PathLike]) -> list[Path]:
+    """Files as given; each folder replaced by its image files (by extension), sorted by name."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out += sorted((f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS),
+                          key=lambda f: f.name)
+        else:
+            out.append(p)
+    return out
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """An (H, W, 3) uint8 image via `preprocess.load_image_rgb`, refusing decompression bombs.
+
+    Raises ValueError (or FileNotFoundError) naming the file.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    from cifake_lib.data.preprocess import load_image_rgb, pil_to_rgb
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file")
+    if path.is_dir():
+        raise ValueError(f"{path}: is a folder, expected an image file")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path}: empty file (0 bytes), expected an image")
+    limit = Image.MAX_IMAGE_PIXELS
+    try:
+        with warnings.catch_warnings():  # PIL warns about big images; we refuse them ourselves
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(path)  # reads the header only
+        with im:
+            w, h = im.size
+            if limit and w * h > limit:
+                raise ValueError(f"{path}: image too large ({w}x{h} = {w * h:,} pixels; the limit is "
+                                 f"{limit:,}, PIL's decompression-bomb guard)")
+            factor = min(w, h) // REDUCE_TO if min(w, h) > REDUCE_ABOVE else 1
+            if factor > 1:
+                im.load()
+                return pil_to_rgb(im.reduce(factor))
+    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as e:
+        raise ValueError(f"{path}: not a readable image ({e})") from None
+    return load_image_rgb(path)
+
+
+def _accepts_classes(detector: Any) -> bool:
+    try:
+        return "classes" in inspect.signature(detector.predict_proba).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def score(detector: Any, images: np.ndarray, batch_size: int = 256, classes: np.ndarray | None = None) -> np.ndarray:
+    """p_fake (N,) float64; the CIFAR classes go to detectors that use them (class-aware prompts)."""
+    if classes is not None and _accepts_classes(detector):
+        p = detector.predict_proba(images, batch_size, classes=classes)
+    else:
+        p = detector.predict_proba(images, batch_size)
+    return np.asarray(p, dtype=np.float64).ravel()
+
+
+def label_of(p_fake: float, threshold: float) -> str:
+    return LABEL_NAMES[int(p_fake >= threshold)]
+
+
+def predict_paths(detector: Any, paths: Sequence[str | os.PathLike], *, batch_size: int = 64,
+                  chunk: int = 256) -> Iterator[dict[str, Any]]:
+    """One record per image, in input order (see the module docstring); folders are expanded."""
+    files = expand_inputs(paths)
+    threshold = float(detector.threshold)
+    for start in range(0, len(files), chunk):
+        part = files[start:start + chunk]
+        records: list[dict[str, Any]] = [{"path": str(f)} for f in part]
+        by_shape: dict[tuple[int, ...], list[tuple[int, np.ndarray]]] = {}
+        for i, f in enumerate(part):
+            try:
+                im = read_image(f)
+            except (OSError, ValueError) as e:
+                records[i]["error"] = str(e)
+                continue
+            by_shape.setdefault(im.shape, []).append((i, im))
+        for group in by_shape.values():
+            try:
+                p = score(detector, np.stack([im for _, im in group]), batch_size)
+            except (RuntimeError, ValueError, MemoryError) as e:  # one bad group never stops the rest
+                for i, _ in group:
+                    records[i]["error"] = f"{records[i]['path']}: scoring failed ({type(e).__name__}: {e})"
+                continue
+            for (i, _), pi in zip(group, p, strict=True):
+                records[i]["p_fake"] = float(pi)
+                records[i]["label"] = label_of(float(pi), threshold)
+        yield from records
+
+
+def evaluate_detector(detector: Any, split: Any, out_dir: str | os.PathLike, *, split_name: str, model: str,
+                      data: str, seed: int, batch_size: int = 256, n_boot: int = 1000,
+                      args: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Score `split` at the detector's own threshold; write metrics.json and predictions.csv.
+
+    Returns the metrics dict (metrics.json: `metrics.metrics_record`, split = `split_name`).
+    """
+    from cifake_lib.core.files import write_json
+    from cifake_lib.evaluation.metrics import metrics_record, write_predictions
+
+    out = Path(out_dir)
+    p = score(detector, split.images, batch_size, classes=np.asarray(split.classes))
+    metrics = metrics_record(split.labels, p, threshold=float(detector.threshold), classes=split.classes,
+                             detector=str(detector.detector), model=str(model), data=str(data),
+                             split=split_name, seed=int(seed), n_boot=n_boot, threshold_source="detector",
+                             **({"args": args} if args else {}))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").unlink(missing_ok=True)  # written last: its presence marks a complete folder
+    write_predictions(out / "predictions.csv", split.ids, split.labels, split.classes, p)
+    write_json(out / "metrics.json", metrics)
+    return metrics
+
+
+__all__ = ["IMAGE_EXTENSIONS", "expand_inputs", "read_image", "score", "predict_paths", "evaluate_detector",
+           "label_of"]

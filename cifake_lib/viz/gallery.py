@@ -1,0 +1,149 @@
+"""Qualitative results: the most confident right and wrong test images, shown with p_fake.
+
+Images come from the data split, matched to predictions.csv by id (`match_ids`). They are
+enlarged by pixel repetition (nearest neighbour) only, so every 32x32 pixel stays visible
+as it is; no smoothing invents detail.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from cifake_lib import CIFAR_CLASSES
+
+# Gallery groups: (key, true label, whether the detector was right, heading)
+GROUPS: tuple[tuple[str, int, bool, str], ...] = (
+    ("real_right", 0, True, "REAL, called REAL (most confident)"),
+    ("real_wrong", 0, False, "REAL, called FAKE (most confident)"),
+    ("fake_right", 1, True, "FAKE, called FAKE (most confident)"),
+    ("fake_wrong", 1, False, "FAKE, called REAL (most confident)"),
+)
+
+
+def match_ids(pred_ids: Sequence[str], split_ids: Sequence[str]) -> np.ndarray:
+    """Index into the split for each prediction id; -1 where the split lacks that id."""
+    where = {str(s): i for i, s in enumerate(np.asarray(split_ids).tolist())}
+    return np.array([where.get(str(p), -1) for p in np.asarray(pred_ids).tolist()], dtype=np.int64)
+
+
+def confident_examples(labels: Any, p_fake: Any, threshold: float, k: int = 8) -> dict[str, np.ndarray]:
+    """Indices of the k most confident examples of each group in GROUPS.
+
+    "Confident" is distance from the threshold on the side the detector chose: the REAL
+    images it called REAL with the lowest p_fake, the REAL images it called FAKE with the
+    highest, and so on. Ties keep the input order.
+    """
+    y = np.asarray(labels)
+    p = np.asarray(p_fake, dtype=np.float64)
+    called_fake = p >= threshold
+    out = {}
+    for key, label, right, _ in GROUPS:
+        mask = (y == label) & (called_fake == (label == 1) if right else called_fake != (label == 1))
+        idx = np.flatnonzero(mask)
+        high_first = called_fake[idx] if len(idx) else np.zeros(0, bool)
+        # called FAKE: most confident = highest p; called REAL: lowest p
+        score = np.where(high_first, -p[idx], p[idx])
+        out[key] = idx[np.argsort(score, kind="stable")[:k]]
+    return out
+
+
+def upsample_nearest(image: np.ndarray, scale: int) -> np.ndarray:
+    """Repeat each pixel `scale` x `scale` times: (H, W, C) -> (H*scale, W*scale, C), no new values."""
+    if scale < 1:
+        raise ValueError(f"scale must be >= 1, got {scale}")
+    return np.repeat(np.repeat(np.asarray(image), scale, axis=0), scale, axis=1)
+
+
+def gallery_figure(images: np.ndarray, groups: Mapping[str, np.ndarray], p_fake: Any, *,
+                   classes: Any = None, scale: int = 4, title: str = "") -> Figure:
+    """One row per group of GROUPS: its images (nearest-neighbour enlarged) titled with p_fake.
+
+    images: (N, H, W, 3) uint8 aligned with p_fake (and classes, when given); groups: the
+    output of `confident_examples`. Empty groups show "none".
+    """
+    keys = [g for g in GROUPS if g[0] in groups]
+    cols = max([1] + [len(groups[g[0]]) for g in keys])
+    fig = Figure(figsize=(1.25 * cols + 0.4, 1.55 * len(keys) + 0.5), layout="constrained")
+    axes = np.atleast_2d(fig.subplots(len(keys), cols, squeeze=False))
+    p = np.asarray(p_fake, dtype=np.float64)
+    for row, (key, _, _, heading) in enumerate(keys):
+        idx = groups[key]
+        for col in range(cols):
+            ax = axes[row, col]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_visible(False)
+            if col < len(idx):
+                i = int(idx[col])
+                ax.imshow(upsample_nearest(images[i], scale), interpolation="nearest")
+                label = f"p={p[i]:.3f}"
+                if classes is not None and 0 <= int(classes[i]) < len(CIFAR_CLASSES):
+                    label += f"\n{CIFAR_CLASSES[int(classes[i])]}"
+                ax.set_title(label, fontsize="x-small")
+            elif col == 0:
+                ax.text(0.5, 0.5, "none", ha="center", va="center", transform=ax.transAxes)
+        axes[row, 0].set_ylabel(heading.replace(", ", ",\n", 1), fontsize="x-small")
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def run_gallery(run: Mapping[str, Any], split: Any, *, k: int = 8, scale: int = 4) -> Figure | None:
+    """The gallery of one run (read_run dict) from its test predictions and the test `split`.
+
+    Predictions whose ids the split lacks are left out; None when none match (e.g. the run
+    was made on other data) or the run has no predictions.
+    """
+    preds = run.get("predictions")
+    if preds is None:
+        return None
+    index = match_ids(preds["id"], split.ids)
+    ok = index >= 0
+    if not ok.any():
+        return None
+    images = np.asarray(split.images)[index[ok]]
+    groups = confident_examples(preds["label"][ok], preds["p_fake"][ok], float(run["metrics"]["threshold"]), k)
+    name = run.get("name") or run["metrics"].get("detector")
+    return gallery_figure(images, groups, preds["p_fake"][ok], classes=preds["cifar_class"][ok], scale=scale,
+                          title=f"{name}: most confident right and wrong test images "
+                                f"(threshold {float(run['metrics']['threshold']):.3f})")
+
+
+def saliency_gallery(run: Mapping[str, Any], split: Any, detector: Any, per_group: int = 1,
+                     methods: Sequence[str] | None = None) -> Figure | None:
+    """Saliency of the run's most confident right and wrong test images (`per_group` of each group).
+
+    detector: the run's detector (detectors.load_detector(run["path"])); methods: default the
+    first two gradient/attention methods available (explain.methods_for). None when no
+    prediction id is in `split`.
+    """
+    from cifake_lib.analysis import explain
+
+    preds = run["predictions"]
+    index = match_ids(preds["id"], split.ids)
+    ok = np.flatnonzero(index >= 0)
+    if not len(ok):
+        return None
+    groups = confident_examples(preds["label"][ok], preds["p_fake"][ok], float(run["metrics"]["threshold"]),
+                                per_group)
+    picks = [(g[0], int(ok[i])) for g in GROUPS for i in groups[g[0]]]
+    if not picks:
+        return None
+    if methods is None:
+        methods = [m for m in explain.methods_for(detector) if m != "occlusion"][:2] or ["occlusion"]
+    images, titles, maps = [], [], {m: [] for m in methods}
+    for key, i in picks:
+        image = split.images[index[i]]
+        cls = int(preds["cifar_class"][i])
+        images.append(image)
+        titles.append(f"{key.replace('_', ' ')}\np={preds['p_fake'][i]:.3f}")
+        for m in methods:
+            maps[m].append(explain.saliency(detector, image, m, cifar_class=cls))
+    return explain.saliency_figure(images, maps, titles=titles,
+                                   suptitle=f"{run.get('name') or run['metrics']['detector']}: saliency ({', '.join(methods)}; target: the "
+                                            "detector's decision)")
