@@ -87,7 +87,9 @@ def gallery_figure(images: np.ndarray, groups: Mapping[str, np.ndarray], p_fake:
                 ax.set_title(label, fontsize="x-small")
             elif col == 0:
                 ax.text(0.5, 0.5, "none", ha="center", va="center", transform=ax.transAxes)
-        axes[row, 0].set_ylabel(heading.replace(", ", ",\n", 1), fontsize="x-small")
+        # Horizontal, on three short lines: a vertical label is taller than its row of images.
+        axes[row, 0].set_ylabel(heading.replace(", ", ",\n", 1).replace(" (", "\n("), fontsize="x-small",
+                                rotation=0, ha="right", va="center")
     if title:
         fig.suptitle(title)
     return fig
