@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from figure_checks import checked_figures
 from PIL import Image
 
 from cifake_lib.app.cli import main as cli_main
@@ -26,14 +27,15 @@ def study(sample_dir, tmp_path_factory):
     pause = root / "pause.toml"
     pause.write_text("[finetune]\nstop_after = 10\n")
     first_log: list[str] = []
-    first = run_study(preset="smoke", data=str(sample_dir), config_file=pause, out=out, log=first_log.append)
-    finished = {p: p.stat().st_mtime_ns for p in [out / "data" / "summary.json", out / "zeroshot" / "summary.csv",
-                                                  out / "probe" / "metrics.json"]}
-    time.sleep(0.01)
-    second_log: list[str] = []
-    second = run_study(preset="smoke", data=str(sample_dir), out=out, log=second_log.append)
+    with checked_figures() as figures:
+        first = run_study(preset="smoke", data=str(sample_dir), config_file=pause, out=out, log=first_log.append)
+        finished = {p: p.stat().st_mtime_ns for p in [out / "data" / "summary.json",
+                                                      out / "zeroshot" / "summary.csv", out / "probe" / "metrics.json"]}
+        time.sleep(0.01)
+        second_log: list[str] = []
+        second = run_study(preset="smoke", data=str(sample_dir), out=out, log=second_log.append)
     return {"out": out, "first": first, "second": second, "finished": finished,
-            "first_log": first_log, "second_log": second_log}
+            "first_log": first_log, "second_log": second_log, "figures": figures}
 
 
 def _status(record: dict) -> dict[str, str]:
@@ -84,6 +86,15 @@ def test_report_links_only_existing_images(study):
     for name in images:
         with Image.open(report.parent / name) as im:
             im.verify()
+
+
+def test_every_figure_keeps_its_text_inside_and_no_legend_covers_a_bar(study):
+    """Each figure the smoke study saves, checked as saved: text inside the image, legends clear of bars."""
+    pngs = {str(p) for p in study["out"].rglob("*.png")}
+    assert pngs and pngs <= set(study["figures"]), f"saved outside save_figure: {pngs - set(study['figures'])}"
+    assert any(p.endswith("compare_auc.png") for p in pngs) and any("saliency" in p for p in pngs)
+    problems = {path: found for path, found in study["figures"].items() if found}
+    assert not problems, "\n".join(f"{p}: {f}" for p, f in problems.items())
 
 
 def test_smoke_preset_without_local_data_fails_at_once(tmp_path):

@@ -224,7 +224,7 @@ def compare_bar(rows: Sequence[Mapping[str, Any]], metric: str = "roc_auc", *,
                         ecolor="black", capsize=3)
         ends.append(max(heights[i], float(ci[1])) if has_ci else heights[i])
     ay = len(rows) + 0.5 + np.arange(len(anchors))  # half a row of space between ours and theirs
-    for k, (label, lo, hi) in enumerate(anchors):
+    for k, (_, lo, hi) in enumerate(anchors):
         line = ax.plot([lo, hi], [ay[k], ay[k]], color="tab:orange", marker="D", markersize=6, linewidth=2,
                        label="published (not ours)")[0]
         handles += [line] if k == 0 else []
