@@ -124,9 +124,9 @@ def test_explorer_callbacks(detectors, files, tmp_path):
     assert len(ex.browse_rows) == 12  # shown on start
     ex.label_box.value = "FAKE"  # the observer calls on_filter
     assert ex.browse_rows and all(r["label"] == "FAKE" for r in ex.browse_rows)
-    ex.correct_box.value = False
+    ex.correct_box.value = "wrong"
     assert all(not r["correct"] and r["label"] == "FAKE" for r in ex.browse_rows)
-    ex.label_box.value, ex.correct_box.value, ex.class_box.value = "all", None, "dog"
+    ex.label_box.value, ex.correct_box.value, ex.class_box.value = "all", "all", "dog"
     assert ex.browse_rows and all(r["cifar_class"] == "dog" for r in ex.browse_rows)
     assert ex.browse_out.value.count("data:image/png") == len(ex.browse_rows)  # images from the split
     titles = [ex.widget.get_title(i) for i in range(2)]

@@ -287,7 +287,8 @@ class Explorer:
                                     description="label")
         self.class_box = w.Dropdown(options=[("all", "all")] + [(c, c) for c in CIFAR_CLASSES],
                                     description="class")
-        self.correct_box = w.Dropdown(options=[("all", None), ("right", True), ("wrong", False)],
+        # String values: ipywidgets 7 shows an option whose value is None as an empty box.
+        self.correct_box = w.Dropdown(options=[("all", "all"), ("right", "right"), ("wrong", "wrong")],
                                       description="decision")
         self.count_box = w.IntSlider(value=12, min=1, max=max(1, page * 4), description="show")
         self.browse_out = w.HTML()
@@ -322,7 +323,7 @@ class Explorer:
             return self.browse_rows
         preds, t = run["predictions"], float(run["metrics"]["threshold"])
         idx = filter_predictions(preds, label=self.label_box.value, cifar_class=self.class_box.value,
-                                 correct=self.correct_box.value, threshold=t)
+                                 correct={"right": True, "wrong": False}.get(self.correct_box.value), threshold=t)
         self.browse_rows = prediction_rows(preds, idx[: self.count_box.value], t)
         images = None
         if self.split is not None:
