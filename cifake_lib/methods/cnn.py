@@ -26,6 +26,7 @@ bicubic interpolation. p_fake = sigmoid(logit); label 1 = FAKE.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import sys
 import time
@@ -39,6 +40,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from cifake_lib.data.preprocess import check_uint8_images
+
+logger = logging.getLogger(__name__)  # epoch lines; progress goes through tqdm
 
 if TYPE_CHECKING:
     from cifake_lib.data.load import CifakeData, Split
@@ -382,12 +385,12 @@ def train_cnn(train: Split, val: Split | None = None, *, config: CNNConfig | Non
             if "val_accuracy" in record:
                 msg += f", val acc {record['val_accuracy']:.4f}, val AUC {record['val_auc']:.4f}"
             msg += f", {record['images_per_second']:.0f} img/s"
-            print(msg, file=sys.stderr, flush=True)
+            logger.info(msg)
         if out_of_time:
             record["stopped_by_time_limit"] = True
             if progress:
-                print(f"cnn: time limit ({tc.time_limit:g}s) reached in epoch {epoch} "
-                      f"({seen:,}/{n:,} images)", file=sys.stderr, flush=True)
+                logger.info("cnn: time limit (%gs) reached in epoch %d (%s/%s images)", tc.time_limit, epoch,
+                            f"{seen:,}", f"{n:,}")
             break
     if best_state is not None:
         model.load_state_dict(best_state)

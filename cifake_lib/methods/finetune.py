@@ -605,8 +605,9 @@ def train(data: CifakeData, cfg: FinetuneConfig) -> TrainOutcome:
     Raises TrainingDiverged on a NaN/infinite loss or gradient (the last good checkpoint stays),
     OutOfMemory on CUDA OOM, ValueError on a bad config or a refused resume.
     """
-    from transformers import CLIPModel, CLIPProcessor
+    from transformers import CLIPModel
 
+    from cifake_lib.clip.models import load_processor, quiet_transformers
     from cifake_lib.data.perturb import augment_batch
     from cifake_lib.data.preprocess import ImagePreprocessor
 
@@ -657,8 +658,9 @@ def train(data: CifakeData, cfg: FinetuneConfig) -> TrainOutcome:
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed % 2**32)
-    processor = CLIPProcessor.from_pretrained(cfg.model)
-    clip = CLIPModel.from_pretrained(cfg.model, dtype=torch.float32)  # fp32 master weights
+    with quiet_transformers():
+        processor = load_processor(cfg.model)
+        clip = CLIPModel.from_pretrained(cfg.model, dtype=torch.float32)  # fp32 master weights
     if ckpt is not None:
         from safetensors.torch import load_file
 
