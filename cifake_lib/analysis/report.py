@@ -329,10 +329,10 @@ def build_report(run_dirs: str | os.PathLike | Iterable[str | os.PathLike], out_
         _image(md, out, roc_figure(curves, title="ROC curves, test split"), "roc.png", "ROC curves of every detector")
     ours = [r for r in rows if r["source"] == "ours"]
     _image(md, out, compare_bar(ours, "roc_auc", published=published_anchors("roc_auc"),
-                                title="ROC AUC (95% CI), published anchors dashed"),
+                                title="ROC AUC (95% CI), published results as diamonds"),
            "compare_auc.png", "ROC AUC of every detector with published anchors")
     _image(md, out, compare_bar(ours, "accuracy", published=published_anchors("accuracy"),
-                                title="Accuracy (95% CI), published anchors dashed"),
+                                title="Accuracy (95% CI), published results as diamonds"),
            "compare_accuracy.png", "Accuracy of every detector with published anchors")
     md.append("### Accuracy per CIFAR-10 class\n")
     if per_class:

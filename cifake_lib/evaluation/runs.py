@@ -20,7 +20,7 @@ import os
 import platform
 import sys
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -262,3 +262,20 @@ def find_runs(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Pa
             if isinstance(record, dict) and record.get("split") == "test":
                 found.add(file.parent.resolve())
     return sorted(found)
+
+
+# The study's detectors, by the prefix of metrics.json's "detector", and the notebook that makes each.
+STUDY_DETECTORS = {"zeroshot": ("zero-shot CLIP", "02"), "probe": ("linear probe", "02"),
+                   "finetune": ("fine-tuned CLIP", "03"), "cnn": ("CIFAKE paper's CNN", "cifake cnn / smoke mode")}
+
+
+def runs_found_note(runs: Iterable[Mapping[str, Any]]) -> str:
+    """Which of the study's detectors have a run among `runs` (read_run dicts) and which have none.
+
+    "found: zero-shot CLIP, linear probe | not found: fine-tuned CLIP (run notebook 03), ..."
+    """
+    kinds = {str(r["metrics"].get("detector", "")).split(":")[0] for r in runs}
+    found = [name for key, (name, _) in STUDY_DETECTORS.items() if key in kinds]
+    missing = [f"{name} (run {'notebook ' if src[0].isdigit() else ''}{src})"
+               for key, (name, src) in STUDY_DETECTORS.items() if key not in kinds]
+    return f"found: {', '.join(found) or 'none'} | not found: {', '.join(missing) or 'none'}"

@@ -60,7 +60,8 @@ PUBLISHED: dict[str, dict[str, float | tuple[float, float]]] = {
 
 
 def published_anchors(metric: str = "roc_auc", names: Sequence[str] | None = None) -> dict[str, float]:
-    """{label: value} for `plots.compare_bar(published=...)`; a range gives two lines (low, high)."""
+    """{label: value} for `plots.compare_bar(published=...)`; a range gives "NAME, low" and "NAME, high",
+    which compare_bar draws as one row."""
     out: dict[str, float] = {}
     for name in names if names is not None else PUBLISHED:
         value = PUBLISHED[name].get(metric)
