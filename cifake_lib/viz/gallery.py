@@ -14,6 +14,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from cifake_lib import CIFAR_CLASSES
+from cifake_lib.core.formatting import format_metric
 
 # Gallery groups: (key, true label, whether the detector was right, heading)
 GROUPS: tuple[tuple[str, int, bool, str], ...] = (
@@ -81,7 +82,7 @@ def gallery_figure(images: np.ndarray, groups: Mapping[str, np.ndarray], p_fake:
             if col < len(idx):
                 i = int(idx[col])
                 ax.imshow(upsample_nearest(images[i], scale), interpolation="nearest")
-                label = f"p={p[i]:.3f}"
+                label = f"p={format_metric(p[i], digits=3)}"
                 if classes is not None and 0 <= int(classes[i]) < len(CIFAR_CLASSES):
                     label += f"\n{CIFAR_CLASSES[int(classes[i])]}"
                 ax.set_title(label, fontsize="x-small")
@@ -143,7 +144,7 @@ def saliency_gallery(run: Mapping[str, Any], split: Any, detector: Any, per_grou
         image = split.images[index[i]]
         cls = int(preds["cifar_class"][i])
         images.append(image)
-        titles.append(f"{key.replace('_', ' ')}\np={preds['p_fake'][i]:.3f}")
+        titles.append(f"{key.replace('_', ' ')}\np={format_metric(preds['p_fake'][i], digits=3)}")
         for m in methods:
             maps[m].append(explain.saliency(detector, image, m, cifar_class=cls))
     return explain.saliency_figure(images, maps, titles=titles,

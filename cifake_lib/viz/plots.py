@@ -67,7 +67,7 @@ def roc_figure(curves: Curves, *, title: str = "ROC curve", ax: Axes | None = No
     fig, ax = _axes(ax)
     for name, y, p in _checked_curves(curves):
         fpr, tpr, _ = roc_curve(y, p)
-        ax.plot(fpr, tpr, label=f"{name} (AUC {roc_auc_score(y, p):.3f})")
+        ax.plot(fpr, tpr, label=f"{name} (AUC {format_metric(roc_auc_score(y, p), digits=3)})")
     ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, label="chance")
     ax.set(xlabel="false positive rate (REAL called FAKE)", ylabel="true positive rate (FAKE caught)",
            xlim=(0, 1), ylim=(0, 1.01), title=title)
@@ -85,7 +85,7 @@ def pr_figure(curves: Curves, *, title: str = "Precision-recall curve (FAKE posi
     for name, y, p in _checked_curves(curves):
         precision, recall, _ = precision_recall_curve(y, p)
         ax.plot(recall, precision, drawstyle="steps-post",
-                label=f"{name} (AP {average_precision_score(y, p):.3f})")
+                label=f"{name} (AP {format_metric(average_precision_score(y, p), digits=3)})")
     ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.01), title=title)
     ax.legend(loc="lower left", fontsize="small")
     return fig
@@ -117,7 +117,7 @@ def confusion_figure(metrics: Mapping[str, Any] | None = None, *, labels: Any = 
     ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
     for i in range(2):
         for j in range(2):
-            ax.text(j, i, f"{cm[i, j]:,}\n{share[i, j]:.1%}", ha="center", va="center",
+            ax.text(j, i, f"{cm[i, j]:,}\n{format_metric(share[i, j], percent=True, digits=3)}", ha="center", va="center",
                     color="white" if share[i, j] > 0.5 else "black")
     ax.set_xticks([0, 1], LABEL_NAMES)
     ax.set_yticks([0, 1], LABEL_NAMES)
@@ -159,9 +159,9 @@ def reliability_figure(labels: Any, p_fake: Any, *, p_calibrated: Any = None, n_
         full = bins["count"] > 0
         ece = expected_calibration_error(labels, p, n_bins)
         eces.append(ece)
-        ax.plot(bins["confidence"][full], bins["accuracy"][full], marker="o", label=f"{name} (ECE {ece:.3f})")
+        ax.plot(bins["confidence"][full], bins["accuracy"][full], marker="o", label=f"{name} (ECE {format_metric(ece, digits=3)})")
     ax.set(xlabel="confidence of the predicted label", ylabel="accuracy", xlim=(0.45, 1.0), ylim=(0, 1.02),
-           title=f"{title} (ECE {' → '.join(f'{e:.3f}' for e in eces)}, {n_bins} bins)")
+           title=f"{title} (ECE {' → '.join(format_metric(e, digits=3) for e in eces)}, {n_bins} bins)")
     ax.legend(loc="upper left", fontsize="small")
     return fig
 
