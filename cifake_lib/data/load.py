@@ -17,7 +17,6 @@ Images that are not 32x32 RGB are converted to RGB and resized to 32x32 (bicubic
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import multiprocessing as mp
@@ -34,10 +33,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from cifake_lib import CIFAR_CLASSES, LABEL_NAMES
 from cifake_lib.core.files import atomic_write, cache_root, write_json
+from cifake_lib.data.decode import ImageDecodeError, decode_image_info
 from cifake_lib.data.sources import (
     SPLIT_NAMES,
     DataSourceError,
@@ -144,24 +143,9 @@ class CifakeData:
 # ---------------------------------------------------------------------------
 
 
-class _Unreadable(ValueError):
-    """A file we can tell is not an image without asking PIL (its message is the whole reason)."""
-
-
 def _decode_one(item: str | bytes) -> tuple[np.ndarray, str, str]:
     """One image file (path) or its bytes -> (32,32,3) uint8, original size "WxH", original mode."""
-    data = item if isinstance(item, bytes | bytearray | memoryview) else Path(item).read_bytes()
-    if not data:
-        raise _Unreadable("empty file (0 bytes)")
-    with Image.open(io.BytesIO(data)) as im:
-        size, mode = f"{im.width}x{im.height}", im.mode
-        if im.size != (IMAGE_SIZE, IMAGE_SIZE) and im.format == "JPEG":
-            im.draft("RGB", (IMAGE_SIZE, IMAGE_SIZE))  # DCT scaling: a big JPEG decodes small
-        im.load()  # raises on truncated or corrupt data (PIL's LOAD_TRUNCATED_IMAGES stays off)
-        out = im if im.mode == "RGB" else im.convert("RGB")
-        if out.size != (IMAGE_SIZE, IMAGE_SIZE):
-            out = out.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BICUBIC)
-        return np.asarray(out), size, mode
+    return decode_image_info(item, str(item) if isinstance(item, str) else None, size=IMAGE_SIZE)
 
 
 def _decode_chunk(items: Sequence[str | bytes]) -> tuple[np.ndarray, dict[int, str], Counter]:
@@ -175,9 +159,11 @@ def _decode_chunk(items: Sequence[str | bytes]) -> tuple[np.ndarray, dict[int, s
     for i, item in enumerate(items):
         try:
             out[i], size, mode = _decode_one(item)
-        except Exception as e:  # any failure to read or decode makes the file bad, whatever raised
-            why = str(e) if isinstance(e, _Unreadable) else f"cannot read image ({type(e).__name__}: {e})"
-            errors[i] = f"{why}; expected a JPEG or PNG image"
+        except ImageDecodeError as e:
+            errors[i] = e.reason
+            continue
+        except Exception as e:  # noqa: BLE001 - e.g. MemoryError: a bad row, not a crashed load
+            errors[i] = f"cannot read image ({type(e).__name__}: {e})"
             continue
         counts["size", size] += 1
         counts["mode", mode] += 1
