@@ -68,6 +68,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cifake_lib.clip.models import check_model_source
 from cifake_lib.clip.prompts import PromptSet, get_prompt_set
 from cifake_lib.core.errors import out_of_memory_kind
 from cifake_lib.core.files import read_json, write_json
@@ -655,6 +656,7 @@ def train(data: CifakeData, cfg: FinetuneConfig) -> TrainOutcome:
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed % 2**32)
+    check_model_source(cfg.model)  # a CNN run, a pickle-only folder: a clear error, not an OSError
     processor = CLIPProcessor.from_pretrained(cfg.model)
     clip = CLIPModel.from_pretrained(cfg.model, dtype=torch.float32)  # fp32 master weights
     if ckpt is not None:
