@@ -88,8 +88,9 @@ def check_model_source(name_or_path: str | os.PathLike) -> None:
                 kind = json.loads((path / "detector.json").read_text(encoding="utf-8")).get("kind")
             except (OSError, ValueError, AttributeError):
                 kind = "unreadable"
-        what = f"a {kind} run folder (detector.json), not a CLIP model" if kind else "not a CLIP model folder (no config.json)"
-        raise CifakeError(f"{path}: {what}; {wanted}")
+        if kind:
+            raise CifakeError(f"{path}: a {kind} run folder (detector.json), not a CLIP model; {wanted}")
+        raise FileNotFoundError(f"{path}: not a CLIP model folder (no config.json); {wanted}")
     files = [f.name for f in path.iterdir() if f.is_file()]
     if not any(f.endswith(".safetensors") for f in files):
         pickles = sorted(f for f in files if Path(f).suffix.lower() in PICKLE_SUFFIXES)
