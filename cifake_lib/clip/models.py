@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from cifake_lib.core.errors import CifakeError
+from cifake_lib.core.files import follow_umask
 
 DEFAULT_MODEL = "openai/clip-vit-base-patch32"
 KNOWN_MODELS = (
@@ -198,6 +199,7 @@ def write_tiny_clip(
     processor = CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer)
     model.save_pretrained(out)
     processor.save_pretrained(out)
+    follow_umask(out)  # save_pretrained's safetensors file is 0600 whatever the umask
     (out / "TINY_MODEL.json").write_text(json.dumps({"shape": shape, "seed": seed}, indent=2) + "\n")
     return out
 

@@ -37,7 +37,8 @@ def is_disk_full(e: BaseException) -> bool:
 
     if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
         return True
-    return isinstance(e, OSError | RuntimeError) and any(t in str(e).lower() for t in _DISK_FULL_TEXT[:3])
+    text = str(e).lower()  # safetensors: "IoError(Os { code: 28, kind: StorageFull, ... })"
+    return any(t in text for t in _DISK_FULL_TEXT) or "storagefull" in text
 
 
 def out_of_memory_kind(e: BaseException) -> str | None:

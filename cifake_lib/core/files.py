@@ -53,6 +53,20 @@ def current_umask() -> int:
     return mask
 
 
+def follow_umask(path: str | os.PathLike) -> Path:
+    """Give a file (or every file under a folder) the mode a new file gets under the umask.
+
+    For writers that create private 0600 files whatever the umask (safetensors' `save_file`,
+    hence `save_pretrained`, and mkstemp).
+    """
+    path = Path(path)
+    mode = 0o666 & ~current_umask()
+    for f in (path.rglob("*") if path.is_dir() else [path]):
+        if f.is_file() and not f.is_symlink():
+            os.chmod(f, mode)
+    return path
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
     """Call `write(tmp_path)`, then rename onto `path`, so readers never see a partial file.
 

@@ -76,6 +76,8 @@ def _open(data: bytes, name: str) -> Image.Image:
                                      "expected a JPEG, PNG, BMP, GIF, WebP or TIFF file") from None
     except Image.DecompressionBombError as e:
         raise ImageDecodeError(name, f"image too large ({e})") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as e:  # a header cut short or corrupt
+        raise ImageDecodeError(name, f"truncated or corrupt image header ({e})") from None
 
 
 def decode_image(source: str | os.PathLike | bytes, name: str | None = None, *,

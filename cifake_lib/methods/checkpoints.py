@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from cifake_lib.core.errors import CifakeError, NoSpaceLeft, is_disk_full, out_of_memory_kind
-from cifake_lib.core.files import write_json
+from cifake_lib.core.files import follow_umask, write_json
 
 CHECKPOINTS = "checkpoints"
 HISTORY_FILE = "history.json"
@@ -105,6 +105,7 @@ def all_finite(params: Sequence[torch.Tensor]) -> bool:
 def save_checkpoint(out: str | os.PathLike, *, clip: nn.Module, optimizer, scaler, state: Mapping[str, Any],
                     history: list[dict[str, Any]], keep: int) -> Path:
     """Write OUT/checkpoints/step-XXXXXXX/ atomically (a .tmp folder, then a rename); keep the newest `keep`."""
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     if not all_finite(list(clip.parameters())):
@@ -119,6 +120,7 @@ def save_checkpoint(out: str | os.PathLike, *, clip: nn.Module, optimizer, scale
         weights = {k: v.detach().cpu().contiguous() for k, v in clip.state_dict().items()}
         current = tmp / WEIGHTS_FILE
         save_file(weights, str(current), metadata={"format": "pt"})
+        follow_umask(current)  # safetensors writes 0600 whatever the umask
         for name, obj in ((OPTIMIZER_FILE, optimizer.state_dict()),
                           (SCALER_FILE, scaler.state_dict() if scaler is not None else None), (RNG_FILE, rng_state())):
             if obj is not None:
@@ -130,7 +132,7 @@ def save_checkpoint(out: str | os.PathLike, *, clip: nn.Module, optimizer, scale
         write_json(current, dict(state))  # last inside the folder
         current = final
         _replace_dir(tmp, final)
-    except (OSError, RuntimeError) as e:
+    except (OSError, RuntimeError, SafetensorError) as e:
         shutil.rmtree(tmp, ignore_errors=True)  # a partial checkpoint is worth nothing; free its space
         if out_of_memory_kind(e):
             raise
@@ -166,5 +168,6 @@ def export_model(clip: nn.Module, processor, path: str | os.PathLike) -> Path:
         shutil.rmtree(tmp)
     clip.save_pretrained(tmp, safe_serialization=True)
     processor.save_pretrained(tmp)
+    follow_umask(tmp)  # save_pretrained's safetensors file is 0600 whatever the umask
     _replace_dir(tmp, path)
     return path
