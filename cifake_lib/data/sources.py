@@ -12,7 +12,16 @@ Files inside a REAL/FAKE folder: hidden files (`.DS_Store`, macOS `._x.jpg` fork
 starting with a dot), `Thumbs.db`, `desktop.ini` and `__MACOSX/` folders are ignored. Anything else
 that is not an image by its extension (`notes.txt`, a sub-folder) is reported as a bad entry,
 exactly like an unreadable image: an error naming it, or skipped and listed with `skip_bad`.
-Silently ignoring it could hide images saved under an unexpected name.
+Silently ignoring it could hide images saved under an unexpected name. The same holds beside
+REAL/FAKE: `train/OTHER/`, a second spelling such as `train/fake` next to `train/FAKE`, a symbolic
+link loop or a dangling link are bad entries, named in the error and skippable with `skip_bad`.
+
+Archives are read whole or refused (`ArchiveError`, naming the archive and the damage): a zip
+through its central directory (member CRCs checked as they are read), a tar (any compression)
+header by header in non-stream mode, with its end-of-archive block checked, so a damaged header
+or a cut download is an error instead of a silently shorter dataset. Only members under the
+split/label folders with image extensions are read, and each is first checked against
+`MAX_MEMBER_BYTES` and `MAX_RATIO` (archive bombs).
 """
 
 from __future__ import annotations
