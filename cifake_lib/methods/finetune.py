@@ -593,6 +593,9 @@ def _oom_message(cfg: FinetuneConfig, world: int, where: str, kind: str = "CUDA"
             + (f"; for evaluation lower --eval-batch-size ({cfg.eval_batch_size})" if where == "evaluation" else ""))
 
 
+_OOM = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)  # CUDA's; CPU's: see out_of_memory_kind
+
+
 def _write_history(out: Path, history: list[dict[str, Any]], extra: Mapping[str, Any]) -> None:
     write_json(out / HISTORY_FILE, {**extra, "records": history})
 
