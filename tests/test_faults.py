@@ -417,7 +417,6 @@ def test_unexpected_folders_beside_real_and_fake(tree, tmp_path, kind):
     ("threshold", 1.5, "a finite number in"),
     ("threshold", "0.5", "a finite number in"),
     ("threshold", True, "a finite number in"),
-    ("kind", "svm", "one of clip, probe, cnn"),
     ("model", 7, "a string"),
     ("weights", "../../etc/passwd", "a file name inside the run folder"),
     ("use_known_class", "yes", "true or false"),
@@ -438,6 +437,14 @@ def test_bad_detector_json_is_refused_naming_file_and_field(tmp_path, field, val
     Image.fromarray(_gray8()).save(img)
     assert cli("predict", "--model", str(run), str(img)) == 2
     assert "detector.json" in capsys.readouterr().err
+
+
+def test_unknown_detector_kind_is_refused(tmp_path):
+    from cifake_lib.methods.detectors import load_detector
+
+    (tmp_path / "detector.json").write_text(json.dumps({"kind": "svm", "threshold": 0.5}))
+    with pytest.raises(CifakeError, match=r"detector\.json: unknown detector kind 'svm'; expected one of clip"):
+        load_detector(tmp_path)
 
 
 def test_pickle_only_model_folder_is_refused_with_how_to_convert(tmp_path, tiny_model_dir, capsys):

@@ -181,7 +181,7 @@ def write_run(out_dir: str | os.PathLike, *, test: Any, p_test: Any, val: Any | 
 
 
 DETECTOR_KINDS = ("clip", "probe", "cnn")
-_TEXT_FIELDS = ("detector", "model", "prompt_set", "probe", "base_model", "train")
+_TEXT_FIELDS = ("detector", "model", "prompt_set", "probe", "base_model")
 
 
 def _bad_field(meta_path: Path, field: str, value: Any, expected: str) -> CifakeError:
@@ -196,20 +196,24 @@ def _check_file_field(meta_path: Path, meta: dict[str, Any], field: str) -> None
     if not isinstance(value, str) or not value or Path(value).is_absolute() or ".." in Path(value).parts:
         raise _bad_field(meta_path, field, value, "a file name inside the run folder")
     if not (meta_path.parent / value).is_file():
-        raise CifakeError(f"{meta_path}: \"{field}\" names {value}, which is not in {meta_path.parent}")
+        raise FileNotFoundError(f"{meta_path}: \"{field}\" names {value}, which is not in {meta_path.parent}")
 
 
-def check_detector_meta(meta: Any, meta_path: Path) -> dict[str, Any]:
+def check_detector_meta(meta: Any, meta_path: Path, kind: str | None = None) -> dict[str, Any]:
     """Check every field detector.json may hold; raise CifakeError naming the file and the field.
 
     kind one of DETECTOR_KINDS; threshold a finite number in [0, 1]; text fields strings; files
     (weights, text_embeddings) inside the run folder; use_known_class a boolean; prompts a set
     name or {"REAL": [...], "FAKE": [...]}; architecture an object. Other keys are kept as notes.
+    `kind`, when given, must match (checked first: a run of another kind is the likelier mistake).
     """
     if not isinstance(meta, dict):
         raise CifakeError(f"{meta_path}: expected a JSON object, got {type(meta).__name__}")
     if meta.get("kind") not in DETECTOR_KINDS:
-        raise _bad_field(meta_path, "kind", meta.get("kind"), f"one of {', '.join(DETECTOR_KINDS)}")
+        raise CifakeError(f"{meta_path}: unknown detector kind {meta.get('kind')!r}; expected one of "
+                          f"{', '.join(DETECTOR_KINDS)}. Fix the file or re-run the stage that wrote it")
+    if kind is not None and meta["kind"] != kind:
+        raise CifakeError(f"{meta_path}: kind is {meta['kind']!r}, not {kind!r}")
     if "threshold" in meta:
         t = meta["threshold"]
         if isinstance(t, bool) or not isinstance(t, int | float) or not math.isfinite(t) or not 0 <= t <= 1:
@@ -237,13 +241,13 @@ def check_detector_meta(meta: Any, meta_path: Path) -> dict[str, Any]:
     return meta
 
 
-def read_detector_meta(path: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
-    """(run folder, checked detector.json) of a run folder or its detector.json (any kind)."""
+def read_detector_meta(path: str | os.PathLike, kind: str | None = None) -> tuple[Path, dict[str, Any]]:
+    """(run folder, checked detector.json) of a run folder or its detector.json (of `kind`, if given)."""
     path = Path(path)
     meta_path = path if path.suffix == ".json" else path / DETECTOR
     if not meta_path.is_file():
         raise FileNotFoundError(f"{meta_path}: detector.json not found (not a run folder?)")
-    return meta_path.parent, check_detector_meta(read_json(meta_path), meta_path)
+    return meta_path.parent, check_detector_meta(read_json(meta_path), meta_path, kind)
 
 
 def read_detector_json(run_dir: str | os.PathLike, kind: str) -> tuple[Path, dict[str, Any]]:
@@ -252,10 +256,7 @@ def read_detector_json(run_dir: str | os.PathLike, kind: str) -> tuple[Path, dic
     Every detector's `from_run` starts here, so a wrong folder or a bad field gets the same
     clear error.
     """
-    folder, meta = read_detector_meta(run_dir)
-    if meta["kind"] != kind:
-        raise CifakeError(f"{folder / DETECTOR}: kind is {meta['kind']!r}, not {kind!r}")
-    return folder, meta
+    return read_detector_meta(run_dir, kind)
 
 
 def check_metrics(record: Any, source: str = METRICS) -> dict[str, Any]:
