@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from cifake_lib.core.files import read_json
+from cifake_lib.evaluation.runs import read_detector_meta
 
 DETECTOR_FILE = "detector.json"
 STUDY_FILES = ("study.json", "config.json")  # a study's own settings; config.json in older studies
@@ -110,8 +111,8 @@ def load_detector(path_or_id: str | os.PathLike, device: str | torch.device | No
     path = resolve_detector_path(Path(name).expanduser(), note)
     meta_path = path if path.is_file() and path.suffix == ".json" else path / DETECTOR_FILE
     if meta_path.is_file():
-        meta = read_json(meta_path)
-        kind = meta.get("kind") if isinstance(meta, dict) else None
+        _, meta = read_detector_meta(meta_path)  # every field checked, the file named in errors
+        kind = meta["kind"]
         if kind == "clip":
             from cifake_lib.methods.zeroshot import ClipDetector
 
