@@ -239,6 +239,11 @@ def methods_text(runs: Sequence[Mapping[str, Any]]) -> str:
         settings = _settings(r)
         if settings:
             text += " Settings: " + ", ".join(settings) + "."
+        sel = det.get("selection") if isinstance(det.get("selection"), dict) else None
+        if sel and sel.get("grid"):
+            text += (f" {sel.get('parameter', 'C')} chosen by validation {sel.get('metric', 'log loss')} among "
+                     f"{len(sel['grid'])} values, {min(sel['grid']):g} to {max(sel['grid']):g}"
+                     + (" (at the edge of that grid: a wider grid may fit better)." if sel.get("at_edge") else "."))
         training = _training(Path(r["path"]), det)
         if training:
             text += f" Ran: {training}."
