@@ -62,7 +62,8 @@ def _finetune(r: dict) -> list[tuple]:
 
 def _cnn(r: dict) -> list[tuple]:
     return [
-        ("CIFAKE paper CNN: test accuracy (full 100k/20k)", r["accuracy"], "", ">= 0.93", r["accuracy"] >= 0.93),
+        # Information only: the recipe is chosen on validation (bench/sweep_cnn.py), never against test.
+        ("CIFAKE paper CNN: test accuracy (full 100k/20k)", r["accuracy"], "", "", None),
         ("CIFAKE paper CNN: test ROC AUC", r["roc_auc"], "", "", None),
         ("CIFAKE paper CNN: training time", r["train_seconds"], "s", "<= 900", r["train_seconds"] <= 900),
     ]
