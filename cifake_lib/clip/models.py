@@ -13,7 +13,8 @@ from pathlib import Path
 
 import torch
 
-DEFAULT_MODEL = "openai/clip-vit-base-patch32"
+from cifake_lib.core.settings import DEFAULT_MODEL
+
 KNOWN_MODELS = (
     "openai/clip-vit-base-patch32",
     "openai/clip-vit-base-patch16",

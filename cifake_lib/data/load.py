@@ -37,7 +37,8 @@ import numpy as np
 from PIL import Image
 
 from cifake_lib import CIFAR_CLASSES, LABEL_NAMES
-from cifake_lib.core.files import atomic_write, cache_root, write_json
+from cifake_lib.core.files import atomic_write, write_json
+from cifake_lib.core.settings import cache_root
 from cifake_lib.data.sources import (
     SPLIT_NAMES,
     DataSourceError,

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from cifake_lib import LABEL_NAMES
-from cifake_lib.core.files import (
+from cifake_lib.core.settings import (
     DEFAULT_HF_REPO,
     DEFAULT_KAGGLE_HANDLE,
     cache_root,
