@@ -41,8 +41,6 @@ class ReportConfig:
     runs: list[str] = setting(default_factory=list, help="run folders, or folders searched recursively for "
                               "them (and for robustness.json), or a `cifake run` study folder",
                               nargs="+", metavar="DIR", required=True)
-    data: str | None = setting(None, "CIFAKE source whose test images the galleries and saliency maps show",
-                               metavar="SRC", show_default="none, no galleries")
     n_boot: int = setting(1000, "bootstrap resamples for the CIs of precision/recall/F1/AP/ECE", low=0)
     gallery: int = setting(8, "images per gallery row", low=1, metavar="K")
     saliency: bool = setting(True, "skip loading detectors for saliency maps")
@@ -55,4 +53,12 @@ class ReportConfig:
             raise ValueError("runs: at least one run folder is required")
 
 
-__all__ = ["ReportConfig", "RobustnessConfig"]
+@dataclass
+class ReportData:
+    """The report's images: `data` of `run_report(data, cfg, out)`, given as `--data`."""
+
+    data: str | None = setting(None, "CIFAKE source whose test images the galleries and saliency maps show",
+                               metavar="SRC", show_default="none, no galleries")
+
+
+__all__ = ["ReportConfig", "ReportData", "RobustnessConfig"]

@@ -295,7 +295,8 @@ def run_checks(obj: Any, where: str = "") -> None:
 
 
 def _prefix(where: str) -> str:
-    return f"{where}: " if where else ""
+    # "[cnn] epochs must be ...", "cifake cnn: --epochs must be ..."
+    return "" if not where else f"{where} " if where.startswith("[") else f"{where}: "
 
 
 def to_mapping(obj: Any) -> dict[str, Any]:
@@ -371,6 +372,8 @@ def to_argv(classes: type | Sequence[type], values: Mapping[str, Any]) -> list[s
     argv: list[str] = []
     positional: list[str] = []
     for key, value in values.items():
+        if key not in known and key.startswith("no_") and known.get(key[3:], (None, None))[1] is not None:
+            key, value = key[3:], not value  # `no_flip = true` == `flip = false`
         if key not in known:
             raise SettingError(f"unknown setting {key!r}")
         o = known[key][1]
