@@ -14,7 +14,15 @@ import pytest
 
 from cifake_lib.app.cli import COMMANDS, build_parser, main, read_inputs
 from cifake_lib.app.pipeline import FinetunePlan, RunConfig, split_table
-from cifake_lib.core.config import SettingError, build, option_map, options, setting, to_argv, to_mapping
+from cifake_lib.core.config import (
+    SettingError,
+    build,
+    option_map,
+    options,
+    setting,
+    to_argv,
+    to_mapping,
+)
 from cifake_lib.data.config import DataConfig
 from cifake_lib.methods.cnn_config import CnnStageConfig
 from cifake_lib.methods.finetune_config import FinetuneConfig

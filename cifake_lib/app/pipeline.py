@@ -238,10 +238,11 @@ class Planner:
         own = {**(parts[classes[0]] if classes else {}), **(extra or {})}
         return {**self.data_values, **parts.get(DataConfig, {})}, own, parts
 
-    def add(self, stage: str, name: str, done: str, extra: Mapping[str, Any] | None = None, **kw: Any) -> Step:
+    def add(self, stage: str, name: str, done: str, extra: Mapping[str, Any] | None = None, *,
+            folder: str | None = None, **kw: Any) -> Step:
         data_values, own, parts = self.tables(stage, extra)
-        out = self.out / name
-        where = f"[{stage}]" + (f" ({name})" if name != stage else "")
+        out = self.out / (folder or name)
+        where = f"[{stage}]" + (f" ({name})" if name != stage else "")  # e.g. "[finetune] (finetune_text)"
         data = build(DataConfig, data_values, where=where) if stages.STAGES[stage].reads_data else None
         cfg = stages.stage_config(stage, own, data, where=where)
         classes = stages.STAGES[stage].classes
@@ -297,8 +298,8 @@ def plan_study(config: Mapping[str, Any], out: Path, data: str, model: str) -> P
     primary = ([zeroshot] if zeroshot else []) + [d for d, s in p.detectors if s == p.seeds[0]]
     if "evaluate" in todo:
         for det in ([zeroshot] if zeroshot else []) + [d for d, _ in p.detectors]:
-            p.add("evaluate", f"evaluate/{det.name}", "metrics.json", {"split": "test", "model": str(det)},
-                  best_zeroshot=det if det == zeroshot else None)
+            p.add("evaluate", f"evaluate:{det.name}", "metrics.json", {"split": "test", "model": str(det)},
+                  folder=f"evaluate/{det.name}", best_zeroshot=det if det == zeroshot else None)
     report_runs = list(primary)
     if "robustness" in todo:
         runs = [str(d / BEST_ZEROSHOT) if d == zeroshot else str(d) for d in primary]

@@ -42,10 +42,10 @@ def _data(data: DataConfig | CifakeData, *, progress: bool = True) -> tuple[Cifa
     return data, None
 
 
-def _record(dcfg: DataConfig | None, cfg: Any, out: Path | None) -> dict[str, Any]:
+def _record(stage: str, dcfg: DataConfig | None, cfg: Any, out: Path | None) -> dict[str, Any]:
     """The settings a run folder's run.json records: data, the stage's own, the output folder."""
-    return {**(to_mapping(dcfg) if dcfg is not None else {}), **(to_mapping(cfg) if cfg is not None else {}),
-            "out": None if out is None else str(out)}
+    return {"command": stage, **(to_mapping(dcfg) if dcfg is not None else {}),
+            **(to_mapping(cfg) if cfg is not None else {}), "out": None if out is None else str(out)}
 
 
 def run_data(data: DataConfig | CifakeData, cfg: None = None, out: str | os.PathLike | None = None) -> StageResult:
@@ -74,7 +74,7 @@ def run_zeroshot(data: DataConfig | CifakeData, cfg: ZeroshotConfig, out: str | 
     loaded, dcfg = _data(data)
     out = Path(out)
     r = zeroshot(loaded, out, model=cfg.model, prompts=cfg.prompts, batch_size=cfg.batch_size, device=cfg.device,
-                 cache=cfg.cache, figures=cfg.figures, marginal=cfg.marginal, args=_record(dcfg, cfg, out))
+                 cache=cfg.cache, figures=cfg.figures, marginal=cfg.marginal, args=_record("zeroshot", dcfg, cfg, out))
     runs = [out / folder_name(row["prompt_set"]) for row in r.rows]
     return StageResult("zeroshot", out, runs=runs, metrics=r.metrics, seconds=r.seconds,
                        info={"best": r.best, "rows": r.rows})
@@ -89,7 +89,7 @@ def run_probe(data: DataConfig | CifakeData, cfg: ProbeConfig, out: str | os.Pat
     out = Path(out)
     m = probe(loaded, out, model=cfg.model, mlp=cfg.mlp, hidden=(cfg.hidden,), batch_size=cfg.batch_size,
               device=cfg.device, cache=cfg.cache, figures=cfg.figures, seed=cfg.train_seed,
-              args=_record(dcfg, cfg, out))
+              args=_record("probe", dcfg, cfg, out))
     key = "alpha" if cfg.mlp else "C"
     return StageResult("probe", out, runs=[out], metrics={m["detector"]: m}, seconds=time.perf_counter() - t0,
                        info={key: m[key], "selection": m["selection"], "feature_seconds": m["feature_seconds"]})
@@ -109,7 +109,7 @@ def run_finetune(data: DataConfig | CifakeData, cfg: FinetuneConfig, out: str | 
     cfg.validate()
     resolve_prompts(cfg.prompts)  # a bad prompt set fails before data or model load
     loaded, dcfg = _data(data, progress=cfg.progress)
-    r = finetune(loaded, cfg, args=_record(dcfg, cfg, out))
+    r = finetune(loaded, cfg, args=_record("finetune", dcfg, cfg, out))
     o = r.outcome
     outcome = {"status": o.status, "step": o.step, "total_steps": o.total_steps, "best_step": o.best_step,
                "best_val_auc": o.best_val_auc, "images_per_second": o.images_per_second}
@@ -127,7 +127,7 @@ def run_cnn(data: DataConfig | CifakeData, cfg: CnnStageConfig, out: str | os.Pa
     t0 = time.perf_counter()
     loaded, dcfg = _data(data)
     out = Path(out)
-    m = cnn(loaded, out, config=cfg.net, train_config=cfg.train, device=cfg.device, args=_record(dcfg, cfg, out))
+    m = cnn(loaded, out, config=cfg.net, train_config=cfg.train, device=cfg.device, args=_record("cnn", dcfg, cfg, out))
     extra = ("best_epoch", "epochs_run", "train_seconds", "images_per_second")
     return StageResult("cnn", out, runs=[out], metrics={"cnn": {k: v for k, v in m.items() if k not in extra}},
                        seconds=time.perf_counter() - t0, info={k: m[k] for k in extra})
@@ -158,7 +158,7 @@ def run_evaluate(data: DataConfig | CifakeData, cfg: EvaluateConfig, out: str | 
         raise CifakeError("--split val: the data has no validation split (--val-fraction 0)")
     out = Path(out)
     m = evaluate_detector(detector, split, out, split_name=cfg.split, model=cfg.model, data=loaded.source,
-                          seed=dcfg.seed if dcfg else 0, batch_size=cfg.batch_size, args=_record(dcfg, cfg, out))
+                          seed=dcfg.seed if dcfg else 0, batch_size=cfg.batch_size, args=_record("evaluate", dcfg, cfg, out))
     return StageResult("evaluate", out, runs=[out], metrics={m["detector"]: m}, seconds=time.perf_counter() - t0)
 
 
