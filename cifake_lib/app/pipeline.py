@@ -132,7 +132,7 @@ def split_table(table: str, values: Mapping[str, Any]) -> dict[type, dict[str, A
             raise PipelineError(f"[{table}] {key}: set by the study itself, not by the config")
         if bare not in known:
             hint = difflib.get_close_matches(key, list(known), n=1)
-            raise SettingError(f"[{table}]: unknown setting {key!r}" + (f" (did you mean {hint[0]!r}?)" if hint
+            raise SettingError(f"[{table}] unknown setting {key!r}" + (f" (did you mean {hint[0]!r}?)" if hint
                                else "") + f"; known: {', '.join(known)}")
         out[known[bare][0]][key] = value
     return out
