@@ -161,7 +161,7 @@ def test_help_imports_no_torch():
         "        main(argv)\n"
         "    except SystemExit:\n"
         "        pass\n"
-        "heavy = [m for m in ('torch', 'transformers', 'sklearn', 'matplotlib') if m in sys.modules]\n"
+        "heavy = [m for m in ('torch', 'transformers', 'sklearn', 'matplotlib', 'numpy') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)

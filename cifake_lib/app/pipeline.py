@@ -37,7 +37,7 @@ from cifake_lib.core.errors import CifakeError
 from cifake_lib.core.files import read_json, write_json
 from cifake_lib.core.settings import DEFAULT_MODEL, default_data_source
 from cifake_lib.data.config import DataConfig
-from cifake_lib.evaluation.runs import OLD_STUDY, STUDY, read_study
+from cifake_lib.evaluation.study import OLD_STUDY, STUDY, read_study
 from cifake_lib.methods.finetune_config import TRAIN_CHOICES
 
 if sys.version_info >= (3, 11):

@@ -24,7 +24,7 @@ from cifake_lib.analysis.config import ReportConfig, ReportData, RobustnessConfi
 from cifake_lib.core.config import build, to_mapping
 from cifake_lib.core.errors import CifakeError
 from cifake_lib.data.config import DataConfig, load_data
-from cifake_lib.evaluation.runs import StageResult, read_study
+from cifake_lib.evaluation.study import StageResult, read_study
 from cifake_lib.methods.cnn_config import CnnStageConfig
 from cifake_lib.methods.config import EvaluateConfig, ProbeConfig, ZeroshotConfig
 from cifake_lib.methods.finetune_config import FinetuneConfig

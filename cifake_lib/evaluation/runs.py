@@ -7,8 +7,8 @@
     DIR/run.json             arguments, package versions, python, platform, device, seconds
     DIR/detector.json        the detector dict + the chosen "threshold"
 
-`StageResult` is what every stage function returns (`app/stages.py`); `read_study` reads a
-`cifake run` output folder's own settings (OUT/study.json) and where its runs are.
+`StageResult` (what every stage function returns) and `read_study` (a `cifake run` output
+folder's own settings, OUT/study.json) are defined in `study.py` and importable from here.
 
 metrics.json is written last, so a folder that holds it is a complete run (find_runs
 relies on this). The threshold is chosen on validation predictions only: the test
@@ -19,13 +19,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import platform
 import sys
 import warnings
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -49,46 +47,8 @@ PREDICTIONS = "predictions.csv"
 PREDICTIONS_VAL = "predictions_val.csv"
 RUN = "run.json"
 DETECTOR = "detector.json"
-STUDY = "study.json"  # a `cifake run` output folder's own settings and layout
-OLD_STUDY = "config.json"  # its name before: read for existing studies (a model folder has one too)
-
-
-@dataclass
-class StageResult:
-    """What one stage did: the run folders it wrote, their test metrics, its wall time.
-
-    status: "complete", or "stopped" when a run paused on purpose (fine-tuning's stop_after)
-    and will continue on resume. info: the stage's own facts (the prompt set chosen on
-    validation, the probe's C, the training outcome, the data summary, robustness rows...).
-    """
-
-    stage: str
-    out: Path | None
-    runs: list[Path] = field(default_factory=list)
-    metrics: dict[str, dict[str, Any]] = field(default_factory=dict)  # run name -> metrics.json record
-    seconds: float = 0.0
-    status: str = "complete"
-    info: dict[str, Any] = field(default_factory=dict)
-
-
-def read_study(folder: str | os.PathLike) -> dict[str, Any] | None:
-    """A study folder's study.json (or, for studies written before, its config.json); None if not a study.
-
-    Keys: preset, config_file, data, model, config (the merged TOML tables) and, from this
-    version on, "layout": {"detectors": [...], "seed_runs": {seed: [...]}, "evaluated": [...],
-    "robustness": ...}, paths relative to the folder.
-    """
-    folder = Path(folder)
-    for name in (STUDY, OLD_STUDY):
-        path = folder / name
-        if path.is_file():
-            try:
-                record = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                continue
-            if isinstance(record, dict) and "preset" in record and "config" in record:
-                return record
-    return None
+# The study folder and the stage result live in `study.py` (no numpy: `cifake --help` imports them).
+from cifake_lib.evaluation.study import OLD_STUDY, STUDY, StageResult, read_study  # noqa: E402,F401
 
 # Distribution names of the packages whose versions a run records (key -> distribution).
 _PACKAGES = {
