@@ -6,10 +6,10 @@ import csv
 import statistics
 
 import pytest
+from analysis_helpers import scores, synthetic_split
 
 from cifake_lib.analysis.seeds import SEED_METRICS, seed_rows, write_seed_table
 from cifake_lib.evaluation.runs import write_run
-from tests.analysis_helpers import scores, synthetic_split
 
 
 def _record(detector: str, seed: int, acc: float, auc: float | None, natural: float) -> dict:
