@@ -123,7 +123,7 @@ def test_bad_values_are_refused_with_the_setting_named(cls, values, message):
 
 def test_cli_errors_name_the_flag_and_exit_2(tmp_path, capsys):
     assert main(["cnn", "--data", str(tmp_path), "--out", str(tmp_path / "o"), "--epochs", "0"]) == 2
-    assert "cifake cnn: --epochs must be >= 1, got 0" in capsys.readouterr().err
+    assert "cifake cnn: error: --epochs must be >= 1, got 0" in capsys.readouterr().err
     assert main(["finetune", "--out", str(tmp_path), "--mixed-precision", "fp8"]) == 2
     assert "--mixed-precision must be one of" in capsys.readouterr().err
 

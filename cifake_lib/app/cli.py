@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _configs(name: str, args: argparse.Namespace) -> tuple[DataConfig | None, Any]:
-    where = f"cifake {name}"
+    where = ""  # main() prefixes "cifake <command>: error:"
     s = stages.STAGES[name]
     data = build(DataConfig, given(args, DataConfig), where=where, flag_names=True) if s.reads_data else None
     cfg = stages.stage_config(name, given(args, s.classes[0]), data, where=where, flag_names=True) \
@@ -174,7 +174,7 @@ def _stage_runner(name: str) -> Callable[[argparse.Namespace], int]:
         data, cfg = _configs(name, args)
         out = getattr(args, "out", None)
         if name == "report":
-            source = build(ReportData, given(args, ReportData), where="cifake report", flag_names=True).data
+            source = build(ReportData, given(args, ReportData), flag_names=True).data
             r = stages.run_report(source, cfg, out)
         else:
             r = stages.STAGES[name].run(data, cfg, out)
@@ -202,7 +202,7 @@ def _finetune(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from cifake_lib.app.pipeline import run_study, study_config
 
-    opts = build(StudyOptions, given(args, StudyOptions), where="cifake run", flag_names=True)
+    opts = build(StudyOptions, given(args, StudyOptions), flag_names=True)
     overrides = given(args, RunConfig)
     if opts.print_config:
         config = study_config(opts.preset, opts.config, run_overrides=overrides, data=opts.data, out=opts.out)
@@ -230,7 +230,7 @@ def read_inputs(inputs: list[str], stdin=None) -> list[str]:
 def _predict(args: argparse.Namespace) -> int:
     from cifake_lib.methods.predict import predict_paths
 
-    cfg = build(PredictConfig, given(args, PredictConfig), where="cifake predict", flag_names=True)
+    cfg = build(PredictConfig, given(args, PredictConfig), flag_names=True)
     detector = stages.load_detector_or_fail(cfg.model, cfg.device)
     failed = 0
     for record in predict_paths(detector, read_inputs(cfg.inputs), batch_size=cfg.batch_size):
@@ -244,7 +244,7 @@ def _predict(args: argparse.Namespace) -> int:
 def _tiny_model(args: argparse.Namespace) -> int:
     from cifake_lib.clip.models import write_tiny_clip
 
-    cfg = build(TinyModelConfig, given(args, TinyModelConfig), where="cifake tiny-model", flag_names=True)
+    cfg = build(TinyModelConfig, given(args, TinyModelConfig), flag_names=True)
     print(write_tiny_clip(cfg.out_dir, seed=cfg.seed, shape=cfg.shape))
     return 0
 
