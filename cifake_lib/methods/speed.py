@@ -236,6 +236,18 @@ def _register_cpu_sdpa_flops() -> None:
             return 2 * attn(query, key, value)  # dS, dV, dQ, dK: twice the forward's matmuls
 
 
+def count_flops(fn: Callable[[], Any]) -> dict[str, int]:
+    """FLOPs of `fn()` (e.g. a forward, or a forward and its backward): {"total": ..., op name: ...}."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    _register_cpu_sdpa_flops()
+    counter = FlopCounterMode(display=False)
+    with counter:
+        fn()
+    by_op = {str(op): int(n) for op, n in counter.get_flop_counts().get("Global", {}).items()}
+    return {"total": int(counter.get_total_flops()), **by_op}
+
+
 def train_step_flops(model: nn.Module, batch: Sequence[Any], loss_fn: Callable[[nn.Module, Sequence[Any]], torch.Tensor]
                      ) -> dict[str, int]:
     """FLOPs of one forward + backward of `loss_fn(model, batch)`, counted by FlopCounterMode.
@@ -243,15 +255,9 @@ def train_step_flops(model: nn.Module, batch: Sequence[Any], loss_fn: Callable[[
     Returns {"total": ..., op name: ...}. Gradients it makes are cleared. Run it on the eager model:
     the compiled one does the same arithmetic.
     """
-    from torch.utils.flop_counter import FlopCounterMode
-
-    _register_cpu_sdpa_flops()
-    counter = FlopCounterMode(display=False)
-    with counter:
-        loss_fn(model, batch).backward()
+    counts = count_flops(lambda: loss_fn(model, batch).backward())
     model.zero_grad(set_to_none=True)
-    by_op = {str(op): int(n) for op, n in counter.get_flop_counts().get("Global", {}).items()}
-    return {"total": int(counter.get_total_flops()), **by_op}
+    return counts
 
 
 def flops_per_image(model: nn.Module, batch: Sequence[Any],
