@@ -84,22 +84,29 @@ def part_study(a, out: Path) -> dict:
     config = out / "standin.toml"
     config.write_text(f'[run]\nmodel = "{Path(a.standin).resolve()}"\n')
     peaks: list[float | None] = []
-    call = pipeline._call
+    # Until the pipeline records peak memory itself: wrap the function that runs one step
+    # (run_step, or _call in older pipelines); skipped steps do not reach it.
+    name = "run_step" if hasattr(pipeline, "run_step") else "_call"
+    original = getattr(pipeline, name)
 
-    def measured_call(cli_main, argv, capture):  # until the pipeline records peak memory itself
+    def measured(*args, **kwargs):
         with peak_gpu_memory() as mem:
-            code = call(cli_main, argv, capture)
+            result = original(*args, **kwargs)
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         peaks.append(mem.peak_mb)
-        return code
+        return result
 
-    pipeline._call = measured_call
+    setattr(pipeline, name, measured)
     start = time.perf_counter()
     try:
         record = pipeline.run_study(preset=a.preset, data=a.data, config_file=config, out=out / "study")
+    except Exception as e:  # a failed stage (e.g. out of memory): keep the steps that ran, and why
+        saved = out / "study" / "pipeline.json"
+        record = json.loads(saved.read_text()) if saved.is_file() else {"steps": []}
+        record["error"] = f"{type(e).__name__}: {e}"
     finally:
-        pipeline._call = call
+        setattr(pipeline, name, original)
     ran = [s for s in record["steps"] if s["status"] != "skipped"]
     for step, peak in zip(ran, peaks, strict=False):
         step.setdefault("peak_gpu_mb", peak)
