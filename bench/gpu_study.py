@@ -117,6 +117,19 @@ def part_study(a, out: Path) -> dict:
     return record
 
 
+def compile_speedup(r: dict, device: str) -> str:
+    """Compiled over eager end-to-end img/s (same optimizer and loss): the figure "auto" compiles on."""
+    rows = {(v["compile"], v["optimizer"], v["loss"]): v["end_to_end_images_per_second"] for v in r["variants"]}
+    ratios = [rows[("on", o, loss)] / rows[("off", o, loss)] for c, o, loss in rows
+              if c == "off" and rows.get(("on", o, loss)) and rows[("off", o, loss)]]
+    if not ratios:
+        return "compile speed-up: not measured (no end-to-end pair of eager and compiled runs)"
+    low = min(ratios)
+    return (f"compile speed-up, end to end: {', '.join(f'{x:.2f}x' for x in ratios)}; for `--compile auto` to "
+            f"compile on this GPU, add {{r\"\\b{device.replace('NVIDIA ', '')}\\b\": {low:.2f}}} to "
+            "cifake_lib.methods.speed.COMPILE_SPEEDUP when it is at least AUTO_COMPILE_MIN")
+
+
 def markdown(result: dict) -> str:
     lines = [f"# GPU study: {result['device']}, torch {result['torch']}", ""]
     for batch, r in result.get("bench", {}).items():
@@ -131,7 +144,7 @@ def markdown(result: dict) -> str:
             lines.append(f"| {v['variant']} | {v['model_only_images_per_second']} | "
                          f"{v['end_to_end_images_per_second']} | {v['gflops_per_image']} | {v['model_only_tflops']} | "
                          f"{v['model_only_mfu']} | {v['end_to_end_mfu']} | {v['peak_gpu_mb']} |")
-        lines.append("")
+        lines += [compile_speedup(r, result["device"]), ""]
     if "embed" in result:
         e = result["embed"]
         lines += ["## Embedding extraction (fp16)", "", "```", json.dumps(e, indent=1), "```", ""]
