@@ -150,7 +150,8 @@ def markdown(result: dict) -> str:
         lines += ["## Embedding extraction (fp16)", "", "```", json.dumps(e, indent=1), "```", ""]
     if "study" in result:
         s = result["study"]
-        lines += [f"## `cifake run --preset report`, full data, stand-in: {s.get('total_seconds')} s in all", "",
+        lines += [f"## `cifake run --preset {s.get('preset')}`, data {s.get('data')}, stand-in: "
+                  f"{s.get('total_seconds')} s in all" + (f" (stopped: {s['error']})" if s.get("error") else ""), "",
                   "| stage | status | seconds | peak GPU MB | fits T4 |", "|---|---|---:|---:|---|"]
         lines += [f"| {x['name']} | {x['status']} | {x['seconds']} | {x.get('peak_gpu_mb')} | {x.get('fits_t4')} |"
                   for x in s["steps"]]
