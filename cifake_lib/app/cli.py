@@ -189,7 +189,9 @@ def _finetune(args: argparse.Namespace) -> int:
 
     try:
         return _stage_runner("finetune")(args)
-    except (TrainingDiverged, OutOfMemory) as e:
+    except OutOfMemory as e:  # the user's fix is a smaller --batch-size: a usage error, exit 2
+        raise CliError(str(e)) from None
+    except TrainingDiverged as e:
         print(f"cifake finetune: {e}", file=sys.stderr)
         return 1
 

@@ -65,7 +65,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cifake_lib.clip.models import check_model_source
 from cifake_lib.clip.prompts import PromptSet, get_prompt_set
+from cifake_lib.core.errors import out_of_memory_kind
 from cifake_lib.core.files import read_json, write_json
 from cifake_lib.methods.checkpoints import (
     CHECKPOINTS,
@@ -105,7 +107,7 @@ MAX_LOGIT_SCALE = math.log(100.0)  # CLIP's own clamp
 
 
 class OutOfMemory(RuntimeError):
-    """CUDA ran out of memory; the message names the batch size and what to change."""
+    """CUDA or CPU memory ran out; the message names the batch size and what to change."""
 
 
 # ---------------------------------------------------------------------------
@@ -458,16 +460,16 @@ def _check_split(split: Any, name: str) -> None:
         raise ValueError(f"{name}: images must be a uint8 (N, H, W, 3) array")
 
 
-def _oom_message(cfg: FinetuneConfig, world: int, where: str) -> str:
+def _oom_message(cfg: FinetuneConfig, world: int, where: str, kind: str = "CUDA") -> str:
     per = math.ceil(cfg.batch_size / world)
-    return (f"CUDA out of memory during {where} with --batch-size {cfg.batch_size} ({per} images per "
+    return (f"{kind} out of memory during {where} with --batch-size {cfg.batch_size} ({per} images per "
             f"process per forward pass, --grad-accum {cfg.grad_accum}). Lower --batch-size and raise "
             f"--grad-accum to keep the effective batch (e.g. --batch-size {max(1, cfg.batch_size // 2)} "
             f"--grad-accum {cfg.grad_accum * 2}), or add --gradient-checkpointing"
             + (f"; for evaluation lower --eval-batch-size ({cfg.eval_batch_size})" if where == "evaluation" else ""))
 
 
-_OOM = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+_OOM = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)  # CUDA's; CPU's: see out_of_memory_kind
 
 
 def _write_history(out: Path, history: list[dict[str, Any]], extra: Mapping[str, Any]) -> None:
@@ -533,6 +535,7 @@ def train(data: CifakeData, cfg: FinetuneConfig) -> TrainOutcome:
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed % 2**32)
+    check_model_source(cfg.model)  # a CNN run, a pickle-only folder: a clear error, not an OSError
     processor = CLIPProcessor.from_pretrained(cfg.model)
     clip = CLIPModel.from_pretrained(cfg.model, dtype=torch.float32)  # fp32 master weights
     if ckpt is not None:
@@ -585,8 +588,10 @@ def train(data: CifakeData, cfg: FinetuneConfig) -> TrainOutcome:
         """Score val; export the model when its AUC is the best so far; count patience."""
         try:
             scores = _evaluate(accelerator, model, preprocess, val, cfg.eval_batch_size)
-        except _OOM:
-            raise OutOfMemory(_oom_message(cfg, world, "evaluation")) from None
+        except (RuntimeError, MemoryError) as e:  # CUDA's OutOfMemoryError is a RuntimeError
+            if not out_of_memory_kind(e):
+                raise
+            raise OutOfMemory(_oom_message(cfg, world, "evaluation", out_of_memory_kind(e))) from None
         auc = scores["val_auc"]
         best = state["best_val_auc"]
         improved = best is None or (not math.isnan(auc) and auc > best)
@@ -672,8 +677,10 @@ def train(data: CifakeData, cfg: FinetuneConfig) -> TrainOutcome:
                                        f"The last good checkpoint is {latest_checkpoint(out) or 'none yet'}.")
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-        except _OOM:
-            raise OutOfMemory(_oom_message(cfg, world, "training")) from None
+        except (RuntimeError, MemoryError) as e:  # CUDA's OutOfMemoryError is a RuntimeError
+            if not out_of_memory_kind(e):
+                raise
+            raise OutOfMemory(_oom_message(cfg, world, "training", out_of_memory_kind(e))) from None
         if not cfg.freeze_logit_scale:
             with torch.no_grad():
                 clip.logit_scale.clamp_(0.0, MAX_LOGIT_SCALE)
