@@ -53,7 +53,7 @@ class CNNConfig:
 
 @dataclass
 class TrainConfig:
-    """How to train (what the paper leaves open). Defaults: the recipe that beats the paper."""
+    """How to train (what the paper leaves open). Defaults: chosen on validation (bench/sweep_cnn.py)."""
 
     epochs: int = setting(15, "training epochs", low=1, group=TRAIN)
     # lr and batch size chosen on validation accuracy by bench/sweep_cnn.py (best of 6: 0.9283)
