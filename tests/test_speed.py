@@ -139,11 +139,16 @@ def test_resolve_compile(monkeypatch):
     assert on is False and "C++ compiler" in why
 
 
-def test_compile_towers_noop_logs_why(tiny_model_dir):
+def test_compile_towers_noop_logs_why(tiny_model_dir, monkeypatch):
     model = _classifier(tiny_model_dir)
     lines = []
     assert speed.compile_towers(model, "off", log=lines.append) is model
-    assert lines == ["speed: compile off"] and not any(speed.is_compiled(t) for t in speed.towers(model))
+    assert speed.compile_towers(model, "auto", log=lines.append) is model  # auto: off on the CPU, quietly
+    assert lines == [] and not any(speed.is_compiled(t) for t in speed.towers(model))
+    monkeypatch.setattr(speed.shutil, "which", lambda name: None)
+    speed.compile_towers(model, "on", log=lines.append)  # asked for, cannot: says why
+    assert len(lines) == 1 and "C++ compiler" in lines[0]
+    assert not any(speed.is_compiled(t) for t in speed.towers(model))
     with pytest.raises(TypeError, match="not a CLIP model"):
         speed.compile_towers(nn.Linear(2, 2), "on")
 

@@ -95,6 +95,7 @@ from cifake_lib.methods.finetune_config import (  # noqa: F401 (re-exported: the
     config_changes,
     parse_train,
 )
+from cifake_lib.methods.speed import compile_towers, make_adamw
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -537,7 +538,7 @@ def train(data: CifakeData, cfg: FinetuneConfig) -> TrainOutcome:
     np.random.seed(cfg.seed % 2**32)
     check_model_source(cfg.model)  # a CNN run, a pickle-only folder: a clear error, not an OSError
     processor = CLIPProcessor.from_pretrained(cfg.model)
-    clip = CLIPModel.from_pretrained(cfg.model, dtype=torch.float32)  # fp32 master weights
+    clip = CLIPModel.from_pretrained(cfg.model, dtype=torch.float32, attn_implementation="sdpa")  # fp32 master weights
     if ckpt is not None:
         from safetensors.torch import load_file
 
@@ -552,8 +553,9 @@ def train(data: CifakeData, cfg: FinetuneConfig) -> TrainOutcome:
     set_trainable(model, cfg)
     model.to(device).train()
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr,
-                                  betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
+    compile_towers(model, cfg.compile)
+    optimizer = make_adamw(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+                           eps=cfg.eps, weight_decay=cfg.weight_decay, device=device)
     if ckpt is not None:
         optimizer.load_state_dict(load_tensors(ckpt / OPTIMIZER_FILE))
     ddp_model, optimizer = accelerator.prepare(model, optimizer)

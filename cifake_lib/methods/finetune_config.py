@@ -20,10 +20,11 @@ from cifake_lib.core.settings import DEFAULT_MODEL
 TRAIN_CHOICES = ("both", "image", "text")
 LOSSES = ("flyp", "clip-label-aware")
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
+COMPILE = ("auto", "on", "off")
 
 # Fields that say how to run, not what to train: they may change on --resume.
 RUNTIME_FIELDS = frozenset({"out", "resume", "stop_after", "progress", "keep_checkpoints", "cpu",
-                            "eval_batch_size", "data"})
+                            "eval_batch_size", "data", "compile"})
 
 WHAT = "what to train"
 OPTIM = "optimisation"
@@ -89,6 +90,8 @@ class FinetuneConfig:
     mixed_precision: str = setting("auto", "auto: bf16 on Ampere+ GPUs, fp16 with loss scaling on older "
                                    "ones (T4), no on CPU", choices=MIXED_PRECISION, group=OPTIM)
     gradient_checkpointing: bool = setting(False, "trade compute for memory", group=OPTIM)
+    compile: str = setting("auto", "torch.compile the vision and text towers: on, off, or auto (on only for "
+                           "GPUs where it was measured to help; see methods/speed.py)", choices=COMPILE, group=OPTIM)
     eval_every: int | None = setting(None, "also evaluate on validation every N steps (always at each "
                                      "epoch end)", low=1, metavar="N", group=EVAL)
     save_every: int = setting(500, "checkpoint every N steps (also at each epoch end)", low=1, metavar="N",
