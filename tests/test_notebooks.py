@@ -65,8 +65,9 @@ def test_repo_url_copies_agree():
         assert colab_badge_url(name) in readme, f"README lacks the Colab badge of {name}"
 
 
-def test_notebook_01_data_smoke(sample_dir, workdir):
+def test_notebook_01_data_smoke(sample_dir, workdir, capfd):
     nb = run_notebook("01_data", workdir)
+    assert "without encryption" not in capfd.readouterr().err  # the kernel runs on local sockets
     figures = sum("image/png" in o.get("data", {}) for c in nb.cells for o in c.get("outputs", []))
     assert figures >= 4
     assert stderr_of(nb) == ""

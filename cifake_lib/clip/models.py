@@ -18,8 +18,8 @@ import torch
 
 from cifake_lib.core.errors import CifakeError
 from cifake_lib.core.files import follow_umask
+from cifake_lib.core.settings import DEFAULT_MODEL
 
-DEFAULT_MODEL = "openai/clip-vit-base-patch32"
 KNOWN_MODELS = (
     "openai/clip-vit-base-patch32",
     "openai/clip-vit-base-patch16",
@@ -128,7 +128,8 @@ def load_clip(
     try:
         with quiet_transformers():
             processor = load_processor(source)
-            model = CLIPModel.from_pretrained(source, dtype=dtype or torch.float32)
+            # SDPA: fused attention kernels, never the (tokens x tokens) scores in memory (speed.check_sdpa).
+            model = CLIPModel.from_pretrained(source, dtype=dtype or torch.float32, attn_implementation="sdpa")
     except OSError as e:
         if local:
             raise FileNotFoundError(f"{path}: could not load a CLIP model from this folder ({e})") from None

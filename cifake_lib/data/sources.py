@@ -43,7 +43,7 @@ from pathlib import Path, PurePosixPath
 
 from cifake_lib import LABEL_NAMES
 from cifake_lib.core.errors import CifakeError
-from cifake_lib.core.files import (
+from cifake_lib.core.settings import (
     DEFAULT_HF_REPO,
     DEFAULT_KAGGLE_HANDLE,
     cache_root,

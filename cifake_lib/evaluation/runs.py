@@ -7,6 +7,9 @@
     DIR/run.json             arguments, package versions, python, platform, device, seconds
     DIR/detector.json        the detector dict + the chosen "threshold"
 
+`StageResult` (what every stage function returns) and `read_study` (a `cifake run` output
+folder's own settings, OUT/study.json) are defined in `study.py` and importable from here.
+
 metrics.json is written last, so a folder that holds it is a complete run (find_runs
 relies on this). The threshold is chosen on validation predictions only: the test
 predictions never influence it.
@@ -47,6 +50,8 @@ PREDICTIONS = "predictions.csv"
 PREDICTIONS_VAL = "predictions_val.csv"
 RUN = "run.json"
 DETECTOR = "detector.json"
+# The study folder and the stage result live in `study.py` (no numpy: `cifake --help` imports them).
+from cifake_lib.evaluation.study import OLD_STUDY, STUDY, StageResult, read_study  # noqa: E402,F401
 
 # Distribution names of the packages whose versions a run records (key -> distribution).
 _PACKAGES = {
