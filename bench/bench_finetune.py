@@ -46,8 +46,8 @@ def reference(model_dir: str, batch_size: int, steps: int, warmup: int, device: 
     import torch
     from transformers import CLIPModel, CLIPProcessor
 
-    from cifake_lib.methods import finetune as ft
     from cifake_lib.data.preprocess import ImagePreprocessor
+    from cifake_lib.methods import finetune as ft
 
     cfg = ft.FinetuneConfig(model=model_dir, prompts="plain", mixed_precision="no")
     torch.manual_seed(0)
