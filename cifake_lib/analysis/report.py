@@ -367,8 +367,8 @@ def build_report(run_dirs: str | os.PathLike | Iterable[str | os.PathLike], out_
             _image(md, out, fig, f"gallery_{slug(r['name'])}.png", f"{r['name']}: gallery")
             if saliency:
                 try:
+                    from cifake_lib.analysis.explain import saliency_gallery
                     from cifake_lib.methods.detectors import load_detector
-                    from cifake_lib.viz.gallery import saliency_gallery
 
                     det = (detectors or {}).get(r["name"]) or load_detector(r["path"], device=device)
                     sfig = saliency_gallery(r, split, det, saliency_per_group)
