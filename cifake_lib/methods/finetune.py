@@ -59,6 +59,7 @@ import math
 import os
 import random
 import re
+import shutil
 import sys
 import time
 from collections.abc import Mapping
@@ -71,8 +72,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cifake_lib.clip.coop import CONTEXT_FILE, PromptContext
 from cifake_lib.clip.head import ZeroShotHead, encode_rows, normalize, p_fake, prompt_index
-from cifake_lib.clip.prompts import PromptSet, get_prompt_set
+from cifake_lib.clip.prompts import CLASS_FIELD, PromptSet, get_prompt_set
 from cifake_lib.core.files import read_json, write_json
 from cifake_lib.data.perturb import augment_batch
 from cifake_lib.methods.checkpoints import (
@@ -101,15 +103,21 @@ if TYPE_CHECKING:
     from cifake_lib.data.load import CifakeData, Split
 
 MODEL_DIR = "model"
+FINETUNED_DIR = "model_finetuned"  # with WiSE-FT at alpha < 1: the fine-tuned model itself
 CURVES_FILE = "training_curves.png"
-TRAIN_CHOICES = ("both", "image", "text")
-LOSSES = ("flyp", "clip-label-aware")
+TRAIN_CHOICES = ("both", "image", "text", "prompt")
+LOSSES = ("flyp", "ce", "clip-label-aware")
+LOSS_NAMES = {
+    "flyp": "FLYP: symmetric in-batch contrastive loss, each image paired with a caption of its label",
+    "ce": "cross-entropy over class-prompt embeddings (FLYP's CE ablation)",
+    "clip-label-aware": "in-batch CLIP loss with targets spread over same-label pairs",
+}
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
 MAX_LOGIT_SCALE = math.log(100.0)  # CLIP's own clamp
 
 # Fields that say how to run, not what to train: they may change on --resume.
 RUNTIME_FIELDS = frozenset({"out", "resume", "stop_after", "progress", "keep_checkpoints", "cpu",
-                            "eval_batch_size", "data"})
+                            "eval_batch_size", "data", "wise_ft"})
 
 
 class OutOfMemory(RuntimeError):
@@ -122,13 +130,28 @@ class OutOfMemory(RuntimeError):
 
 
 def parse_train(value: str) -> str:
-    """"both" | "image" | "text", also accepting "text,image", "image+text", "all"."""
+    """"both" | "image" | "text" | "prompt", also accepting "text,image", "image+text", "all"."""
     parts = {p.strip().lower() for p in re.split(r"[,+ ]", str(value)) if p.strip()}
     if parts in ({"both"}, {"all"}, {"text", "image"}):
         return "both"
-    if parts in ({"image"}, {"text"}):
+    if parts in ({"image"}, {"text"}, {"prompt"}):
         return parts.pop()
-    raise ValueError(f"train must be both, image, text or text,image; got {value!r}")
+    raise ValueError(f"train must be both, image, text, prompt or text,image; got {value!r}")
+
+
+def parse_alphas(value: Any) -> list[float] | None:
+    """WiSE-FT mixing weights from "0,0.5,1" or a list; None or "" for none. Each in [0, 1]."""
+    if value is None or value == "" or value == []:
+        return None
+    items = value.split(",") if isinstance(value, str) else list(value)
+    try:
+        alphas = [float(a) for a in items]
+    except (TypeError, ValueError):
+        raise ValueError(f"wise_ft must be numbers in [0, 1] separated by commas, e.g. 0,0.5,1; got {value!r}") from None
+    bad = [a for a in alphas if not 0.0 <= a <= 1.0]
+    if bad:
+        raise ValueError(f"wise_ft: every alpha must be in [0, 1]; got {bad}")
+    return sorted(set(alphas))
 
 
 @dataclass
@@ -146,7 +169,7 @@ class FinetuneConfig:
     out: str = ""
     train: str = "both"  # both | image | text: which encoder(s) learn
     prompts: str = "ensemble"  # prompt set name, .json/.toml file, or a zero-shot run folder
-    loss: str = "flyp"  # flyp | clip-label-aware
+    loss: str = "flyp"  # flyp (FLYP's contrastive loss) | ce (FLYP's CE ablation) | clip-label-aware
     epochs: int = 3
     max_steps: int | None = None
     batch_size: int = 128
@@ -179,9 +202,23 @@ class FinetuneConfig:
     resume: bool = False
     stop_after: int | None = None
     progress: bool = True
+    # --train prompt (CoOp): learned context vectors before the label word; encoders frozen.
+    n_ctx: int = 16  # number of context vectors (CoOp's default)
+    prompt_lr: float = 2e-3  # AdamW learning rate of the context vectors (CoOp: SGD, 2e-3)
+    # WiSE-FT: mixing weights alpha of (1 - alpha) * zero-shot + alpha * fine-tuned weights,
+    # each scored on validation; the best validation AUC becomes the exported model.
+    wise_ft: list[float] | None = None
 
     def __post_init__(self) -> None:
         self.train = parse_train(self.train)
+        self.wise_ft = parse_alphas(self.wise_ft)
+        if self.train == "prompt" and self.loss == "flyp":
+            self.loss = "ce"  # CoOp's objective: the default loss means CoOp's own with --train prompt
+
+    @property
+    def base_lr(self) -> float:
+        """The peak learning rate of what trains: the context vectors' with --train prompt."""
+        return self.prompt_lr if self.train == "prompt" else self.lr
 
     def validate(self) -> FinetuneConfig:
         def positive(name: str, allow_none: bool = False) -> None:
@@ -213,6 +250,14 @@ class FinetuneConfig:
         for name in ("jpeg_prob", "blur_prob"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        positive("n_ctx")
+        if not self.prompt_lr > 0:
+            raise ValueError(f"prompt_lr must be > 0, got {self.prompt_lr}")
+        if self.train == "prompt" and (self.lp_ft or self.loss != "ce"):
+            raise ValueError("train=prompt (CoOp) learns context vectors with the cross-entropy over the "
+                             f"class prompts (loss=ce), without lp_ft; got loss={self.loss}, lp_ft={self.lp_ft}")
+        if self.train == "prompt" and self.wise_ft:
+            raise ValueError("wise_ft interpolates encoder weights; train=prompt leaves them unchanged")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -266,7 +311,7 @@ def get_lr(step: int, cfg: FinetuneConfig, total_steps: int) -> float:
     warmup = cfg.warmup_steps if cfg.warmup_steps is not None else round(0.05 * length)
     warmup = min(warmup, length - 1) if length > 1 else 0
     i = step - start
-    return warmup_cosine(cfg.lr, cfg.min_lr_ratio, warmup=(i + 1) / (warmup + 1) if i < warmup else 1.0,
+    return warmup_cosine(cfg.base_lr, cfg.min_lr_ratio, warmup=(i + 1) / (warmup + 1) if i < warmup else 1.0,
                          progress=(i - warmup) / max(1, length - 1 - warmup))
 
 
@@ -302,25 +347,30 @@ def resolve_prompts(spec: str | os.PathLike | PromptSet | Mapping[str, Any]) -> 
 class ClassifierOutput(NamedTuple):
     """What `ClipClassifier.forward` returns (float32, with gradients where enabled)."""
 
-    logits: torch.Tensor  # (B, 2): REAL, FAKE
+    logits: torch.Tensor | None  # (B, 2): REAL, FAKE; None when captions were given
     image_embeds: torch.Tensor  # (B, D) unit vectors
-    head: ZeroShotHead  # the label (and per-class) embeddings and the logit scale of this step
+    head: ZeroShotHead | None  # the label (and per-class) embeddings and the logit scale of this step
+    text_embeds: torch.Tensor | None  # (B, D) unit embeddings of the batch's captions (FLYP)
+    logit_scale: torch.Tensor  # exp(CLIP's logit_scale parameter)
 
 
 class ClipClassifier(nn.Module):
     """CLIPModel + tokenised prompts -> (REAL, FAKE) logits; both towers differentiable.
 
     The head is `clip.head.ZeroShotHead`, recomputed through the text tower at every call, so the
-    text encoder learns. `image_grad` / `text_grad` False run that tower without gradients (the
-    phases of LP-FT).
+    text encoder learns; with `context` (CoOp) the label prompts are the learned context vectors
+    before a label word. `forward(..., captions=idx)` instead encodes the captions `idx` (indices
+    into the prompt set's texts, as FLYP pairs each image with one) and returns their embeddings.
+    `image_grad` / `text_grad` False run that tower without gradients (the phases of LP-FT).
     """
 
-    def __init__(self, clip: nn.Module, tokenizer, prompts: PromptSet):
+    def __init__(self, clip: nn.Module, tokenizer, prompts: PromptSet, context: PromptContext | None = None):
         super().__init__()
         self.clip = clip
         self.prompts = prompts
-        texts, self.rows, self.n_classes = prompt_index(prompts)
-        enc = tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
+        self.context = context
+        self.texts, self.rows, self.n_classes = prompt_index(prompts)
+        enc = tokenizer(self.texts, padding=True, truncation=True, return_tensors="pt")
         self.register_buffer("input_ids", enc["input_ids"], persistent=False)
         self.register_buffer("attention_mask", enc["attention_mask"], persistent=False)
         self.image_grad = True
@@ -333,13 +383,27 @@ class ClipClassifier(nn.Module):
     def image_parameters(self) -> list[nn.Parameter]:
         return list(self.clip.vision_model.parameters()) + list(self.clip.visual_projection.parameters())
 
+    def _text_grad(self) -> bool:
+        params = self.text_parameters() + ([self.context.ctx] if self.context is not None else [])
+        return torch.is_grad_enabled() and self.text_grad and any(p.requires_grad for p in params)
+
     def head(self) -> ZeroShotHead:
-        """The zero-shot head of the prompts through the current text tower."""
-        grad = torch.is_grad_enabled() and self.text_grad and any(
-            p.requires_grad for p in self.text_parameters())
-        with torch.set_grad_enabled(grad):
-            rows = encode_rows(self.clip, self.input_ids, self.attention_mask, self.rows)
-        return ZeroShotHead.from_rows(rows, self.n_classes, self.logit_scale())
+        """The zero-shot head of the prompts (or of the learned context) through the current text tower."""
+        with torch.set_grad_enabled(self._text_grad()):
+            if self.context is not None:
+                rows = self.context.rows(self.clip)
+            else:
+                rows = encode_rows(self.clip, self.input_ids, self.attention_mask, self.rows)
+        return ZeroShotHead.from_rows(rows, self.n_classes if self.context is None else 0, self.logit_scale())
+
+    def caption_embeddings(self, captions: torch.Tensor) -> torch.Tensor:
+        """(B, D) unit embeddings of texts[captions]: each distinct caption encoded once."""
+        unique, inverse = torch.unique(captions, return_inverse=True)
+        ids, mask = self.input_ids[unique], self.attention_mask[unique]
+        length = int(mask.sum(dim=1).max())  # drop the padding no caption of this batch needs
+        with torch.set_grad_enabled(self._text_grad()):
+            out = self.clip.text_model(input_ids=ids[:, :length], attention_mask=mask[:, :length])
+            return normalize(self.clip.text_projection(out.pooler_output).float())[inverse]
 
     def image_embeddings(self, pixel_values: torch.Tensor) -> torch.Tensor:
         grad = torch.is_grad_enabled() and self.image_grad and any(
@@ -351,14 +415,30 @@ class ClipClassifier(nn.Module):
     def logit_scale(self) -> torch.Tensor:
         return self.clip.logit_scale.float().exp()
 
-    def forward(self, pixel_values: torch.Tensor, classes: torch.Tensor | None = None) -> ClassifierOutput:
-        head = self.head()
+    def forward(self, pixel_values: torch.Tensor, classes: torch.Tensor | None = None,
+                captions: torch.Tensor | None = None) -> ClassifierOutput:
         image_embeds = self.image_embeddings(pixel_values)
-        return ClassifierOutput(head.logits(image_embeds, classes, normalized=True), image_embeds, head)
+        if captions is not None:
+            return ClassifierOutput(None, image_embeds, None, self.caption_embeddings(captions), self.logit_scale())
+        head = self.head()
+        logits = head.logits(image_embeds, classes, normalized=True)
+        return ClassifierOutput(logits, image_embeds, head, None, head.logit_scale)
 
 
-def flyp_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of the (REAL, FAKE) logits against the label (1 = FAKE)."""
+def flyp_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+    """FLYP's loss (Goyal et al. 2023; open_clip's ClipLoss): the symmetric in-batch contrastive loss.
+
+    image_emb, text_emb: (B, D) unit vectors, text_emb[i] the caption of image i. Image i's
+    target is caption i (arange targets) and caption i's is image i; every other caption in the
+    batch is a negative, also one of the same label (as FLYP does on its binary tasks).
+    """
+    logits = logit_scale * image_emb @ text_emb.T  # (B, B)
+    targets = torch.arange(len(logits), device=logits.device)
+    return 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets))
+
+
+def ce_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of the (REAL, FAKE) logits over class-prompt embeddings (FLYP's CE ablation)."""
     return F.cross_entropy(logits.float(), labels)
 
 
@@ -386,22 +466,58 @@ def label_text_embeddings(head: ZeroShotHead, labels: torch.Tensor, classes: tor
     return text
 
 
+def caption_choices(prompts: PromptSet) -> tuple[np.ndarray, np.ndarray]:
+    """FLYP's captions of a prompt set: (options (K, M) indices into `prompt_index` texts, counts (K,)).
+
+    Row key = label * (C + 1) + (class + 1), class -1 for unknown (C = 0 for sets without
+    `{class}`): a known class fills `{class}` with it; an unknown one takes the label's templates
+    without a class slot when there are any, else every class's.
+    """
+    texts, rows, n_classes = prompt_index(prompts)
+    index = {t: i for i, t in enumerate(texts)}
+    lists = []
+    for label in (0, 1):
+        slotless = [index[t] for t in prompts.templates(label) if CLASS_FIELD not in t]
+        lists.append(slotless if n_classes and slotless else rows[label])
+        lists += [rows[2 + label * n_classes + c] for c in range(n_classes)]
+    width = max(len(x) for x in lists)
+    options = np.array([x + [x[0]] * (width - len(x)) for x in lists], dtype=np.int64)
+    return options, np.array([len(x) for x in lists], dtype=np.int64)
+
+
+def draw_captions(choices: tuple[np.ndarray, np.ndarray], labels: np.ndarray, classes: np.ndarray,
+                  seed: int, epoch: int) -> np.ndarray:
+    """One caption per image for an epoch: a template of its label chosen uniformly, seeded by
+    (seed, epoch), so over the epochs an image meets its label's templates as in FLYP's data."""
+    options, counts = choices
+    n_classes = len(options) // 2 - 1
+    labels = np.asarray(labels, dtype=np.int64)
+    classes = np.asarray(classes, dtype=np.int64)
+    known = (classes >= 0) & (classes < n_classes)
+    key = labels * (n_classes + 1) + np.where(known, classes + 1, 0)
+    u = np.random.default_rng([seed, epoch, 0xF1F9]).random(len(labels))
+    return options[key, (u * counts[key]).astype(np.int64)]
+
+
 def compute_loss(cfg: FinetuneConfig, out: ClassifierOutput, labels: torch.Tensor,
                  classes: torch.Tensor | None) -> torch.Tensor:
     """The training objective named by `cfg.loss` for one batch's `ClipClassifier` output."""
     if cfg.loss == "flyp":
-        return flyp_loss(out.logits, labels)
+        return flyp_loss(out.image_embeds, out.text_embeds, out.logit_scale)
+    if cfg.loss == "ce":
+        return ce_loss(out.logits, labels)
     text = label_text_embeddings(out.head, labels, classes)
-    return label_aware_clip_loss(out.image_embeds, text, labels, torch.as_tensor(out.head.logit_scale))
+    return label_aware_clip_loss(out.image_embeds, text, labels, out.logit_scale)
 
 
 def param_groups(model: ClipClassifier, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW groups: decay on weight matrices only; none on biases, norms, embeddings, logit_scale."""
+    """AdamW groups: decay on weight matrices only; none on biases, norms, embeddings (CoOp's context
+    vectors are token embeddings), logit_scale."""
     decay, no_decay = [], []
-    for name, p in model.clip.named_parameters():
+    for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        if p.ndim < 2 or "embedding" in name or "logit_scale" in name or "norm" in name:
+        if p.ndim < 2 or "embedding" in name or "logit_scale" in name or "norm" in name or name.startswith("context."):
             no_decay.append(p)
         else:
             decay.append(p)
@@ -410,12 +526,15 @@ def param_groups(model: ClipClassifier, weight_decay: float) -> list[dict[str, A
 
 
 def set_trainable(model: ClipClassifier, cfg: FinetuneConfig) -> None:
-    """requires_grad per --train / --freeze-logit-scale (LP-FT switches sides at run time)."""
+    """requires_grad per --train / --freeze-logit-scale (LP-FT switches sides at run time).
+
+    --train prompt (CoOp) freezes all of CLIP, logit scale included: only the context learns.
+    """
     for p in model.text_parameters():
         p.requires_grad_(cfg.train in ("both", "text") or cfg.lp_ft)
     for p in model.image_parameters():
         p.requires_grad_(cfg.train in ("both", "image"))
-    model.clip.logit_scale.requires_grad_(not cfg.freeze_logit_scale)
+    model.clip.logit_scale.requires_grad_(not cfg.freeze_logit_scale and cfg.train != "prompt")
 
 
 # ---------------------------------------------------------------------------
@@ -580,6 +699,20 @@ class Setup:
     steps_per_epoch: int
     total_steps: int
     fingerprint: str
+    captions: tuple[np.ndarray, np.ndarray] | None = None  # FLYP: caption_choices of the prompts
+    _epoch_captions: tuple[int, np.ndarray] | None = None
+
+    @property
+    def trained(self) -> nn.Module:
+        """What learns, hence what a checkpoint holds: CLIP, or only the context vectors (CoOp)."""
+        return self.model.context if self.model.context is not None else self.clip
+
+    def epoch_captions(self, epoch: int) -> np.ndarray:
+        """FLYP: each train image's caption (index into the prompt texts) in this epoch."""
+        if self._epoch_captions is None or self._epoch_captions[0] != epoch:
+            self._epoch_captions = (epoch, draw_captions(self.captions, self.train.labels, self.train.classes,
+                                                         self.cfg.seed, epoch))
+        return self._epoch_captions[1]
 
     @property
     def main(self) -> bool:
@@ -601,9 +734,18 @@ class Setup:
                 "world_size": self.world, "mixed_precision": self.accelerator.mixed_precision}
 
     def export(self) -> None:
-        """The current model to OUT/model/ (main process), every process waiting for it."""
+        """The current model to OUT/model/ (main process), every process waiting for it.
+
+        CoOp: the learned context to OUT/prompt_context.safetensors; model/ is the unchanged
+        input model, written once.
+        """
         if self.main:
-            export_model(self.clip, self.processor, self.out / MODEL_DIR)
+            if self.model.context is None:
+                export_model(self.clip, self.processor, self.out / MODEL_DIR)
+            else:
+                self.model.context.save(self.out / CONTEXT_FILE)
+                if not (self.out / MODEL_DIR / "config.json").is_file():
+                    export_model(self.clip, self.processor, self.out / MODEL_DIR)
         self.accelerator.wait_for_everyone()
 
 
@@ -677,7 +819,8 @@ def build(data: CifakeData, cfg: FinetuneConfig) -> tuple[Setup, Path | None]:
     random.seed(cfg.seed)
     np.random.seed(cfg.seed % 2**32)
     clip, processor = _load_clip(cfg)
-    model = ClipClassifier(clip, processor.tokenizer, prompts)
+    context = PromptContext.create(clip, processor.tokenizer, cfg.n_ctx, seed=cfg.seed) if cfg.train == "prompt" else None
+    model = ClipClassifier(clip, processor.tokenizer, prompts, context)
     set_trainable(model, cfg)
     model.to(accelerator.device).train()
     optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr,
@@ -685,14 +828,15 @@ def build(data: CifakeData, cfg: FinetuneConfig) -> tuple[Setup, Path | None]:
     if ckpt is not None:  # before prepare: the weights and the optimiser as they were
         from safetensors.torch import load_file
 
-        clip.load_state_dict(load_file(str(ckpt / WEIGHTS_FILE)), strict=True)
+        (context if context is not None else clip).load_state_dict(load_file(str(ckpt / WEIGHTS_FILE)), strict=True)
         optimizer.load_state_dict(load_tensors(ckpt / OPTIMIZER_FILE))
     ddp_model, optimizer = accelerator.prepare(model, optimizer)
     setup = Setup(cfg=cfg, out=Path(cfg.out), accelerator=accelerator, clip=clip, processor=processor,
                   model=model, ddp_model=ddp_model, optimizer=optimizer,
                   trainable=[p for p in model.parameters() if p.requires_grad],
                   preprocess=ImagePreprocessor.from_processor(processor), prompts=prompts, train=data.train,
-                  val=val, steps_per_epoch=steps_per_epoch, total_steps=total_steps, fingerprint=fingerprint)
+                  val=val, steps_per_epoch=steps_per_epoch, total_steps=total_steps, fingerprint=fingerprint,
+                  captions=caption_choices(prompts) if cfg.loss == "flyp" else None)
     return setup, ckpt
 
 
@@ -734,7 +878,10 @@ def _batch(setup: Setup, state: TrainState, perm: np.ndarray, micro: int):
     x = torch.from_numpy(x).to(device, non_blocking=True)
     y = torch.from_numpy(np.asarray(setup.train.labels, dtype=np.int64)[idx]).to(device)
     c = torch.from_numpy(np.asarray(setup.train.classes, dtype=np.int64)[idx]).to(device)
-    return x, y, c
+    captions = None  # FLYP: each image's caption of its label, as indices into the prompt texts
+    if setup.captions is not None:
+        captions = torch.from_numpy(setup.epoch_captions(state.epoch)[idx]).to(device)
+    return x, y, c, captions
 
 
 def train_step(setup: Setup, state: TrainState, perm: np.ndarray) -> StepStats:
@@ -754,14 +901,15 @@ def train_step(setup: Setup, state: TrainState, perm: np.ndarray) -> StepStats:
     seen = 0
     try:
         for micro in range(cfg.grad_accum):
-            x, y, c = _batch(setup, state, perm, micro)
+            x, y, c, captions = _batch(setup, state, perm, micro)
             sync = micro == cfg.grad_accum - 1
             with contextlib.nullcontext() if sync else accelerator.no_sync(setup.ddp_model):
-                out = setup.ddp_model(setup.preprocess(x), c)
+                out = setup.ddp_model(setup.preprocess(x), c, captions)
                 loss = compute_loss(cfg, out, y, c)
                 accelerator.backward(loss / cfg.grad_accum)
             loss_sum += loss.detach()
-            correct += (out.logits.detach().argmax(dim=1) == y).sum()
+            if out.logits is not None:
+                correct += (out.logits.detach().argmax(dim=1) == y).sum()
             seen += len(y)
         # Check before stepping: a NaN loss must not reach the weights.
         loss_mean = accelerator.reduce(loss_sum / cfg.grad_accum, "mean")
@@ -777,7 +925,7 @@ def train_step(setup: Setup, state: TrainState, perm: np.ndarray) -> StepStats:
         setup.optimizer.zero_grad(set_to_none=True)
     except _OOM:
         raise OutOfMemory(_oom_message(cfg, setup.world, "training")) from None
-    if not cfg.freeze_logit_scale:
+    if setup.clip.logit_scale.requires_grad:  # frozen (CoOp, --freeze-logit-scale): left byte-identical
         with torch.no_grad():
             setup.clip.logit_scale.clamp_(0.0, MAX_LOGIT_SCALE)
     return StepStats(phase=phase, lr=lr, loss=loss_mean, correct=int(accelerator.reduce(correct, "sum")),
@@ -805,7 +953,7 @@ def evaluate(setup: Setup, state: TrainState) -> None:
 def checkpoint(setup: Setup, state: TrainState) -> None:
     """OUT/checkpoints/step-XXXXXXX/ (main process), every process waiting for it."""
     if setup.main:
-        save_checkpoint(setup.out, clip=setup.clip, optimizer=setup.optimizer, scaler=setup.scaler,
+        save_checkpoint(setup.out, clip=setup.trained, optimizer=setup.optimizer, scaler=setup.scaler,
                         state=setup.snapshot(state), history=state.history, keep=setup.cfg.keep_checkpoints)
     setup.accelerator.wait_for_everyone()
 
@@ -837,7 +985,8 @@ def log_record(setup: Setup, state: TrainState, stats: StepStats, images_per_sec
     w = state.window
     record = {"kind": "train", "step": state.step, "epoch": state.step / setup.steps_per_epoch,
               "phase": stats.phase, "loss": w["loss"] / w["steps"],
-              "train_accuracy": w["correct"] / max(1, w["seen"]), "lr": stats.lr, "grad_norm": stats.grad_norm,
+              # FLYP scores captions, not labels: no train accuracy without an extra text pass
+              "train_accuracy": None if setup.cfg.loss == "flyp" else w["correct"] / max(1, w["seen"]), "lr": stats.lr, "grad_norm": stats.grad_norm,
               "logit_scale": float(setup.model.logit_scale().detach()), "images_per_second": images_per_second}
     state.history.append(record)
     state.reset_window()
@@ -939,37 +1088,137 @@ def load_history(path: str | os.PathLike) -> list[dict[str, Any]]:
     return h["records"] if isinstance(h, dict) else h
 
 
+# FLYP's own settings (locuslab/FLYP: src/args.py defaults and the README's commands) and ours.
+FLYP_SETTINGS = {
+    "source": "locuslab/FLYP src/args.py and README.md (Goyal et al., CVPR 2023)",
+    "batch_size": "512 (ImageNet), 256 (iWILDCam, FMoW, transfer and few-shot)",
+    "lr": 1e-5,
+    "warmup_steps": 500,
+    "min_lr_ratio": 0.0,  # --min_lr 0
+    "weight_decay": "0.1 (ImageNet), 0.2 (iWILDCam, FMoW)",
+    "betas": [0.9, 0.999],  # torch.optim.AdamW's defaults: FLYP passes none
+    "eps": 1e-8,
+    "epochs": "10 (ImageNet), 20 (iWILDCam, FMoW)",
+}
+WHY_OURS = ("batch 128: a ViT-B/32 fine-tune of both towers must fit a 15 GB T4 (Colab's GPU) with fp16 "
+            "activations; warm-up 5% of the run and a cosine floor of 0.1 x lr: our runs are a few hundred "
+            "to a few thousand steps, where FLYP's 500 warm-up steps would be most of the run; AdamW beta2 "
+            "0.98 and eps 1e-6: CLIP's pre-training values, stabler in fp16 than PyTorch's defaults")
+
+
+def hyperparameters_vs_flyp(cfg: FinetuneConfig) -> dict[str, Any]:
+    """detector.json's record: our settings beside FLYP's own, and why ours differ."""
+    ours = {"batch_size": cfg.batch_size * cfg.grad_accum, "lr": cfg.base_lr,
+            "warmup_steps": cfg.warmup_steps if cfg.warmup_steps is not None else "5% of the run",
+            "min_lr_ratio": cfg.min_lr_ratio, "weight_decay": cfg.weight_decay, "betas": [cfg.beta1, cfg.beta2],
+            "eps": cfg.eps, "epochs": cfg.max_steps and f"{cfg.max_steps} steps" or cfg.epochs}
+    return {"ours": ours, "flyp": FLYP_SETTINGS, "why": WHY_OURS}
+
+
+def methods_text(cfg: FinetuneConfig) -> str:
+    """One paragraph for a methods section: the loss by its name, with its source and settings."""
+    if cfg.train == "prompt":
+        return (f"CoOp prompt tuning (Zhou et al., IJCV 2022): {cfg.n_ctx} context vectors shared by both labels, "
+                f"placed before the label word, learned with the cross-entropy over the two label prompts; "
+                f"both CLIP encoders frozen. AdamW at {cfg.prompt_lr:g} with warm-up and cosine decay "
+                "(CoOp: SGD at 2e-3, momentum 0.9, cosine).")
+    if cfg.loss == "flyp":
+        s = (f"FLYP (Goyal et al., CVPR 2023): each training image is paired with a caption of its label (one of "
+             f"the {cfg.prompts!r} prompt set's templates, drawn per image and epoch, the CIFAR class filled in "
+             "where the set has {class} templates), and both encoders are trained with the symmetric in-batch "
+             "contrastive loss (arange targets, logit scale clamped at 100); same-label captions in a batch are "
+             "negatives, as in FLYP's binary tasks. The model is evaluated as a zero-shot classifier.")
+    else:
+        s = f"{LOSS_NAMES[cfg.loss]}, training {cfg.train} encoder(s)."
+    h = hyperparameters_vs_flyp(cfg)["ours"]
+    return (s + f" Settings: batch {h['batch_size']}, lr {h['lr']:g}, warm-up {h['warmup_steps']}, cosine floor "
+            f"{h['min_lr_ratio']:g} x lr, AdamW betas {tuple(h['betas'])}, eps {h['eps']:g}, weight decay "
+            f"{h['weight_decay']:g} (FLYP: batch 512/256, warm-up 500 steps, floor 0, betas (0.9, 0.999), "
+            f"eps 1e-8; ours differ because {WHY_OURS}).")
+
+
+def _detector(cfg: FinetuneConfig, model_dir: Path, prompts: PromptSet, device):
+    from cifake_lib.methods.zeroshot import ClipDetector, load_for_inference
+
+    model, processor = load_for_inference(model_dir, device)
+    context_file = Path(cfg.out) / CONTEXT_FILE
+    context = PromptContext.load(context_file, processor.tokenizer) if cfg.train == "prompt" else None
+    return ClipDetector(model, processor, prompts, detector=f"finetune:{cfg.train}", model_ref=MODEL_DIR,
+                        context=context)
+
+
+def apply_wise_ft(data: CifakeData, cfg: FinetuneConfig, device=None) -> float:
+    """WiSE-FT over cfg.wise_ft: OUT/wise_ft.csv, and the alpha with the best validation AUC
+    exported as OUT/model/ (the fine-tuned model then kept in OUT/model_finetuned/). Returns alpha."""
+    from transformers import CLIPModel
+
+    from cifake_lib.core.files import write_csv
+    from cifake_lib.methods.wise_ft import COLUMNS, WISE_FT_FILE, interpolate, wise_ft_curve
+
+    val = data.val if data.val is not None and len(data.val) else None
+    if val is None:
+        raise ValueError("wise_ft chooses alpha on validation: the data has no validation split")
+    out = Path(cfg.out)
+    ft_dir = out / FINETUNED_DIR if (out / FINETUNED_DIR / "config.json").is_file() else out / MODEL_DIR
+    zero_shot = CLIPModel.from_pretrained(cfg.model, dtype=torch.float32).state_dict()
+    fine_tuned = CLIPModel.from_pretrained(ft_dir, dtype=torch.float32).state_dict()
+    det = _detector(cfg, ft_dir, resolve_prompts(cfg.prompts), device)
+
+    def make_detector(state: Mapping[str, torch.Tensor]):
+        det.model.load_state_dict(state, strict=True)  # copies into the loaded model (its dtype/device)
+        det.head = type(det)(det.model, det.processor, det.prompts).head  # the prompts through this text tower
+        return det
+
+    rows = wise_ft_curve(zero_shot, fine_tuned, cfg.wise_ft, make_detector=make_detector, val=val,
+                         test=data.test, batch_size=cfg.eval_batch_size)
+    write_csv(out / WISE_FT_FILE, rows, COLUMNS)
+    alpha = next(r["alpha"] for r in rows if r["chosen"])
+    if alpha != 1.0:
+        if ft_dir == out / MODEL_DIR:
+            os.replace(out / MODEL_DIR, out / FINETUNED_DIR)
+        clip = CLIPModel.from_pretrained(out / FINETUNED_DIR, dtype=torch.float32)
+        clip.load_state_dict(interpolate(zero_shot, fine_tuned, alpha))
+        export_model(clip, det.processor, out / MODEL_DIR)
+    elif ft_dir != out / MODEL_DIR:  # an earlier call chose alpha < 1: the fine-tuned model is the one
+        shutil.rmtree(out / MODEL_DIR, ignore_errors=True)
+        os.replace(ft_dir, out / MODEL_DIR)
+    return alpha
+
+
 def evaluate_run(data: CifakeData, cfg: FinetuneConfig, outcome: TrainOutcome, *, seconds: float,
-                 args: Mapping[str, Any] | None = None, device: str | torch.device | None = None) -> dict[str, Any]:
-    """Score the exported best model on val (threshold) and test with `ClipDetector`; write the run folder."""
+                 args: Mapping[str, Any] | None = None, device: str | torch.device | None = None,
+                 wise_ft_alpha: float | None = None) -> dict[str, Any]:
+    """Score the exported model on val (threshold) and test with `ClipDetector`; write the run folder."""
     from cifake_lib.evaluation.runs import write_run
-    from cifake_lib.methods.zeroshot import ClipDetector
     from cifake_lib.viz.plots import save_figure
 
     out = Path(cfg.out)
     prompts = resolve_prompts(cfg.prompts)
     if device is None and cfg.cpu:
         device = "cpu"
-    det = ClipDetector.from_pretrained(out / MODEL_DIR, prompts, device=device,
-                                       detector=f"finetune:{cfg.train}", model_ref=MODEL_DIR)
+    det = _detector(cfg, out / MODEL_DIR, prompts, device)
     val = data.val if data.val is not None and len(data.val) else None
     bs = cfg.eval_batch_size
     p_test = det.predict_proba(data.test.images, bs, classes=data.test.classes)
     p_val = det.predict_proba(val.images, bs, classes=val.classes) if val is not None else None
     meta = {**det.to_json(MODEL_DIR), "prompt_set": prompts.name, "base_model": cfg.model, "train": cfg.train,
-            "loss": cfg.loss, "best_step": outcome.best_step, "best_val_auc": outcome.best_val_auc,
+            "loss": cfg.loss, "loss_name": LOSS_NAMES[cfg.loss], "method": methods_text(cfg),
+            "hyperparameters": hyperparameters_vs_flyp(cfg), "wise_ft_alpha": wise_ft_alpha,
+            "best_step": outcome.best_step, "best_val_auc": outcome.best_val_auc,
             "steps": outcome.step, "total_steps": outcome.total_steps, "status": outcome.status}
+    if (out / FINETUNED_DIR / "config.json").is_file() and wise_ft_alpha not in (None, 1.0):
+        meta["finetuned_model"] = FINETUNED_DIR  # alpha = 1, for comparisons with the chosen alpha
     meta.pop("threshold", None)  # chosen on validation by write_run
     metrics = write_run(out, test=data.test, p_test=p_test, val=val, p_val=p_val, detector=meta,
                         model=cfg.model, data=data.source, seed=cfg.seed,
-                        args={**(args or {}), "config": cfg.to_dict()}, seconds=seconds)
+                        args={**(args or {}), "config": cfg.to_dict(), "loss": cfg.loss}, seconds=seconds)
     if outcome.history:
         save_figure(training_curves_figure(outcome.history, title=f"finetune:{cfg.train}"), out / CURVES_FILE)
     return metrics
 
 
 def finetune(data: CifakeData, cfg: FinetuneConfig, *, args: Mapping[str, Any] | None = None) -> FinetuneResult:
-    """The stage: train (or resume), then evaluate the best model and write the run folder.
+    """The stage: train (or resume), WiSE-FT when asked, then evaluate the model and write the run folder.
 
     When `cfg.stop_after` ends the run early, no metrics are written (status "stopped"): run
     again with `resume=True` to continue.
@@ -980,7 +1229,10 @@ def finetune(data: CifakeData, cfg: FinetuneConfig, *, args: Mapping[str, Any] |
         return FinetuneResult(outcome=outcome, metrics=None, out=outcome.out)
     if int(os.environ.get("RANK", "0")) != 0:  # under `accelerate launch` only the main process reports
         return FinetuneResult(outcome=outcome, metrics=None, out=outcome.out)
-    metrics = evaluate_run(data, cfg, outcome, seconds=time.perf_counter() - t0, args=args)
+    device = "cpu" if cfg.cpu else None
+    alpha = apply_wise_ft(data, cfg, device) if cfg.wise_ft else None
+    metrics = evaluate_run(data, cfg, outcome, seconds=time.perf_counter() - t0, args=args, device=device,
+                           wise_ft_alpha=alpha)
     return FinetuneResult(outcome=outcome, metrics=metrics, out=outcome.out)
 
 

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from cifake_lib.clip.coop import CONTEXT_FILE, PromptContext
 from cifake_lib.clip.features import image_features
 from cifake_lib.clip.head import ZeroShotHead, build_head, encode_texts, head_texts
 from cifake_lib.clip.prompts import (
@@ -136,11 +137,16 @@ class ClipDetector:
 
     def __init__(self, model, processor, prompts: PromptSet | str | Mapping[str, Any] = DEFAULT_PROMPT_SET, *,
                  threshold: float = 0.5, head: ZeroShotHead | None = None, detector: str | None = None,
-                 model_ref: str | None = None, marginal: str = "logsumexp", use_known_class: bool = True):
+                 model_ref: str | None = None, marginal: str = "logsumexp", use_known_class: bool = True,
+                 context: PromptContext | None = None):
         self.model = model
         self.processor = processor
         self.prompts = get_prompt_set(prompts)
         self.threshold = float(threshold)
+        self.context = context  # CoOp: learned prompts replace the prompt set's texts
+        if head is None and context is not None:
+            with torch.no_grad():
+                head = context.to(self.device).head(model, marginal)
         self.head = head if head is not None else build_head(model, processor, self.prompts, marginal=marginal)
         self.detector = detector or f"zeroshot:{self.prompts.name}"
         self.model_ref = model_ref if model_ref is not None else model_reference(model)
@@ -186,7 +192,8 @@ class ClipDetector:
             "marginal": self.head.marginal,
             "use_known_class": self.use_known_class and self.prompts.class_aware,
             "threshold": self.threshold,
-        }
+        } | ({"prompt_context": CONTEXT_FILE, "n_ctx": self.context.n_ctx,
+              "label_words": list(self.context.label_words)} if self.context is not None else {})
 
     def save(self, out_dir: str | os.PathLike, *, model_subdir: str | None = "model",
              text_embeddings: bool = False, extra: Mapping[str, Any] | None = None) -> Path:
@@ -205,6 +212,8 @@ class ClipDetector:
             self.processor.save_pretrained(out / model_subdir)
             ref = model_subdir
         meta = {**self.to_json(ref), **(extra or {})}
+        if self.context is not None:
+            self.context.save(out / CONTEXT_FILE)
         if text_embeddings:
             self.head.save(out / TEXT_EMBEDDINGS_FILE)
             meta["text_embeddings"] = TEXT_EMBEDDINGS_FILE
@@ -238,7 +247,10 @@ class ClipDetector:
         model_ref = resolve_model_ref(str(meta.get("model") or ""), folder)
         model, processor = load_for_inference(model_ref, device)
         head = ZeroShotHead.load(folder / meta["text_embeddings"]) if meta.get("text_embeddings") else None
+        context = PromptContext.load(folder / meta["prompt_context"], processor.tokenizer) \
+            if meta.get("prompt_context") else None
         return cls(model, processor, prompts, threshold=float(meta.get("threshold", 0.5)), head=head,
+                   context=context,
                    detector=meta.get("detector"), model_ref=model_ref,
                    marginal=meta.get("marginal", "logsumexp"),
                    use_known_class=bool(meta.get("use_known_class", True)))
