@@ -189,9 +189,10 @@ def test_train_image_or_text_freezes_the_other_encoder(tiny_model_dir, tmp_path)
 
 
 def test_gradient_accumulation_matches_one_big_batch(tiny_model_dir, tmp_path):
+    # A per-image loss: FLYP's in-batch negatives differ between one batch of 32 and two of 16.
     data = _data(n_val=0)
-    train(data, _cfg(tiny_model_dir, tmp_path / "big", batch_size=32, grad_accum=1, max_steps=3, flip=False))
-    train(data, _cfg(tiny_model_dir, tmp_path / "acc", batch_size=16, grad_accum=2, max_steps=3, flip=False))
+    train(data, _cfg(tiny_model_dir, tmp_path / "big", batch_size=32, grad_accum=1, max_steps=3, flip=False, loss="ce"))
+    train(data, _cfg(tiny_model_dir, tmp_path / "acc", batch_size=16, grad_accum=2, max_steps=3, flip=False, loss="ce"))
     a = _weights(tmp_path / "big" / "model" / "model.safetensors")
     b = _weights(tmp_path / "acc" / "model" / "model.safetensors")
     for k in a:
@@ -208,7 +209,7 @@ def test_overfits_64_real_images(tiny_model_dir, sample_dir, tmp_path):
     d = load_cifake(str(sample_dir), subset=(64, 32), val_fraction=0.0, seed=0, progress=False)
     data = replace(d, val=None, test=d.train)  # score the training images themselves
     r = finetune(data, _cfg(tiny_model_dir, tmp_path / "of", batch_size=32, max_steps=100, flip=False,
-                            log_every=10))
+                            log_every=10, loss="ce"))
     train_acc = r.metrics["natural_threshold"]["accuracy"]
     assert train_acc >= 0.95, r.outcome.history[-3:]
     assert r.outcome.history[-1]["loss"] < 0.5 * r.outcome.history[0]["loss"]
@@ -223,10 +224,11 @@ def sample_data(sample_dir):
 
 @pytest.fixture(scope="module")
 def sample_run(tiny_model_dir, sample_data, tmp_path_factory):
-    """The tiny CLIP trained from scratch on the real sample: ~200 steps, about a CPU minute."""
+    """The tiny CLIP trained from scratch on the real sample with the CE loss: ~200 steps, about a
+    CPU minute (FLYP's own test is in test_finetune_methods.py)."""
     out = tmp_path_factory.mktemp("finetune") / "run"
     cfg = _cfg(tiny_model_dir, out, batch_size=64, max_steps=SAMPLE_STEPS, eval_every=100, log_every=10,
-               save_every=100, patience=None)
+               save_every=100, patience=None, loss="ce")
     return finetune(sample_data, cfg, args={"test": "sample_run"}), cfg
 
 

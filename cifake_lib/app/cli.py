@@ -372,13 +372,22 @@ def _finetune_args(p: argparse.ArgumentParser) -> None:
                    help="run folder: checkpoints/, model/, metrics.json, history.json (may be on Google Drive)")
     g = p.add_argument_group("what to train")
     g.add_argument("--train", default="both", metavar="PARTS",
-                   help="encoders that learn: both (= text,image; default), image, text")
+                   help="what learns: both encoders (= text,image; default), image, text, or prompt (CoOp: "
+                   "context vectors before the label word, CLIP frozen, loss ce)")
     g.add_argument("--prompts", default=d.prompts, metavar="NAME",
                    help=f"class prompts: a prompt set name (default {d.prompts}), a .json/.toml file, or a "
                    "zero-shot run folder (its detector.json prompts)")
-    g.add_argument("--loss", choices=("flyp", "clip-label-aware"), default=d.loss,
-                   help="flyp: cross-entropy over the class prompts (default); clip-label-aware: in-batch "
-                   "CLIP loss with targets spread over same-label pairs")
+    g.add_argument("--loss", choices=("flyp", "ce", "clip-label-aware"), default=d.loss,
+                   help="flyp (default): FLYP, each image paired with a caption of its label, symmetric in-batch "
+                   "contrastive loss; ce: cross-entropy over class-prompt embeddings (FLYP's CE ablation); "
+                   "clip-label-aware: in-batch CLIP loss with targets spread over same-label pairs")
+    g.add_argument("--n-ctx", type=int, default=d.n_ctx, metavar="N",
+                   help=f"--train prompt: number of learned context vectors (default {d.n_ctx}, CoOp's)")
+    g.add_argument("--prompt-lr", type=float, default=d.prompt_lr, metavar="LR",
+                   help=f"--train prompt: AdamW learning rate of the context (default {d.prompt_lr:g}; CoOp: SGD 2e-3)")
+    g.add_argument("--wise-ft", default=None, metavar="A,B,...",
+                   help="WiSE-FT: mix zero-shot and fine-tuned weights at each alpha (e.g. 0,0.25,0.5,0.75,1), "
+                   "score each on validation, export the best (OUT/wise_ft.csv)")
     g.add_argument("--lp-ft", action="store_true",
                    help="LP-FT: first train only the text side (the class embeddings) with the image "
                    "encoder frozen, then fine-tune as --train says")
@@ -449,7 +458,7 @@ def _finetune_run(args: argparse.Namespace) -> int:
             save_every=args.save_every, keep_checkpoints=args.keep_checkpoints,
             patience=args.patience or None, eval_batch_size=args.eval_batch_size, log_every=args.log_every,
             seed=args.seed, cpu=args.cpu, data=args.data, resume=args.resume, stop_after=args.stop_after,
-            progress=not args.quiet,
+            progress=not args.quiet, n_ctx=args.n_ctx, prompt_lr=args.prompt_lr, wise_ft=args.wise_ft,
         ).validate()
         from cifake_lib.methods.finetune import resolve_prompts
 
