@@ -435,7 +435,7 @@ def _finetune_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
-@command("finetune", "fine-tune CLIP's text and image encoders on CIFAKE (contrastive, FLYP-style); "
+@command("finetune", "fine-tune CLIP's text and image encoders on CIFAKE (FLYP; CE ablation; CoOp); "
          "checkpoints, resume, best model exported", _finetune_args)
 def _finetune_run(args: argparse.Namespace) -> int:
     import json

@@ -1,23 +1,41 @@
-"""Contrastive fine-tuning of both CLIP encoders on CIFAKE (FLYP-style), with checkpoints and resume.
+"""Fine-tuning CLIP on CIFAKE: FLYP, its CE ablation, CoOp prompt tuning, WiSE-FT; checkpoints and resume.
 
-The objective (Goyal et al., "Finetune like you pretrain", 2022, adapted to two classes): the
-text encoder embeds the class prompts of a prompt set (each label's templates encoded,
-normalised, averaged, normalised again: the zero-shot head of `clip.head`), the image
-encoder embeds the batch, and
+The losses (`loss`), named for what they are:
 
-    logits = logit_scale * cos(image, class embedding)        (B, 2): REAL, FAKE
-    loss   = cross_entropy(logits, label)                      label 1 = FAKE
+- "flyp" (default): FLYP (Goyal et al., "Finetune like you pretrain", CVPR 2023; locuslab/FLYP
+  `src/models/flyp_loss.py`, open_clip's ClipLoss). Each image is paired with a caption of its
+  label: one of the prompt set's templates for that label, drawn per image and epoch (seeded),
+  with the image's CIFAR class filled in where the set has `{class}` templates. Loss: the
+  symmetric in-batch contrastive loss, image->text and text->image, `arange` targets, the learned
+  logit scale clamped at 100; both encoders learn. Same-label captions in a batch are negatives,
+  as on FLYP's own binary tasks (PatchCamelyon, SST2). The text tower encodes only the batch's
+  distinct captions. With several processes, each process's shard is its in-batch set.
+- "ce": cross-entropy over class-prompt embeddings (FLYP's CE ablation, `src/models/ce_ablation.py`):
+  the text encoder embeds every prompt of the set (each label's templates encoded, normalised,
+  averaged, normalised again: the zero-shot head of `clip.head`), and
 
-Both encoders get gradients: the class embeddings are recomputed from the prompts through the
-text encoder at every step. The plain in-batch CLIP loss would treat two images of the same
-class as negatives of each other's caption, which is wrong with two classes; it is offered only
-with label-aware targets (`loss="clip-label-aware"`: the target of each image spreads over every
-caption of its label, and vice versa). The fine-tuned model therefore stays a zero-shot
-classifier: `zeroshot.ClipDetector` with the same prompts and head scores it, and that is what the run
-exports (detector.json kind "clip", the model in OUT/model/).
+      logits = logit_scale * cos(image, label embedding)       (B, 2): REAL, FAKE
+      loss   = cross_entropy(logits, label)                     label 1 = FAKE
 
-Class-aware prompt sets (`{class}` templates) use each image's own CIFAR class when it is known
-and the log-mean-exp over classes otherwise (`clip.head.ZeroShotHead`).
+- "clip-label-aware": the in-batch CLIP loss with targets spread over every caption of the label.
+
+Whatever the loss, the fine-tuned model stays a zero-shot classifier: `zeroshot.ClipDetector`
+with the run's prompts scores it (validation during training, the run's metrics after), and
+that is what the run exports (detector.json kind "clip", the model in OUT/model/). Class-aware
+prompt sets use each image's own CIFAR class when it is known and the log-mean-exp over classes
+otherwise (`clip.head.ZeroShotHead`). detector.json records the loss, a methods paragraph
+(`methods_text`) and our settings beside FLYP's own (`hyperparameters_vs_flyp`: FLYP uses
+batch 512/256, 500 warm-up steps, a cosine to 0, AdamW (0.9, 0.999), eps 1e-8; ours and why).
+
+`train="prompt"`: CoOp (Zhou et al., IJCV 2022; `clip.coop`): n_ctx context vectors shared by
+both labels before the label word, CLIP frozen and byte-identical, the cross-entropy over the
+two label prompts. AdamW at `prompt_lr` (default 2e-3) against CoOp's SGD at 2e-3 (momentum 0.9):
+AdamW needs no momentum or gradient-scale tuning across models, and the loop already uses it.
+The context is saved as OUT/prompt_context.safetensors, read back by `ClipDetector.from_run`.
+
+`wise_ft=[alphas]`: WiSE-FT (Wortsman et al., CVPR 2022; `methods.wise_ft`) after training:
+each mix of the starting and the fine-tuned weights scored on validation, OUT/wise_ft.csv, the
+best validation AUC exported as OUT/model/ (`wise_ft_alpha` in detector.json).
 
 LP-FT (Kumar et al. 2022), for CLIP: the "linear head" of a CLIP classifier is its class text
 embeddings. With `lp_ft`, a first phase (`lp_steps`, default 10% of the run) trains only the
@@ -44,7 +62,7 @@ without an MPI host file it runs one process.) Gradient accumulation is explicit
 all micro-batches but the last), so the loop can check the loss before the optimizer steps.
 
 Checkpoints (OUT/checkpoints/step-XXXXXXX/, written to a .tmp folder then renamed, newest K
-kept): model.safetensors, optimizer.pt and scaler.pt (tensors and plain containers only, read
+kept): model.safetensors (CoOp: the context vectors only), optimizer.pt and scaler.pt (tensors and plain containers only, read
 back with torch.load(weights_only=True)), rng.pt, history.json and state.json (step, epoch,
 position in the epoch, seed, best validation AUC, patience, the config). Nothing is pickled.
 """
