@@ -469,7 +469,9 @@ def _finetune_run(args: argparse.Namespace) -> int:
                        dedup=args.dedup, skip_bad=args.skip_bad, progress=not args.quiet)
     try:
         r = finetune(data, cfg, args={k: v for k, v in vars(args).items() if not k.startswith("_")})
-    except (TrainingDiverged, OutOfMemory) as e:
+    except OutOfMemory as e:  # the user's fix is a smaller --batch-size: a usage error, exit 2
+        raise CliError(str(e)) from None
+    except TrainingDiverged as e:
         print(f"cifake finetune: {e}", file=sys.stderr)
         return 1
     o = r.outcome

@@ -13,6 +13,9 @@ from pathlib import Path
 
 import torch
 
+from cifake_lib.core.errors import CifakeError
+from cifake_lib.core.files import follow_umask
+
 DEFAULT_MODEL = "openai/clip-vit-base-patch32"
 KNOWN_MODELS = (
     "openai/clip-vit-base-patch32",
@@ -65,6 +68,42 @@ def inference_dtype(device: torch.device | str) -> torch.dtype:
     return torch.float16 if torch.device(device).type == "cuda" else torch.float32
 
 
+PICKLE_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle"})
+
+
+def check_model_source(name_or_path: str | os.PathLike) -> None:
+    """Refuse, saying why and what to pass instead, a local folder CLIP cannot be loaded from:
+    a run folder of another kind (a CNN run), a folder without config.json, or one whose weights
+    are pickle files only (loading them could run code). Hub ids pass unchecked."""
+    path = Path(os.fspath(name_or_path)).expanduser()
+    if not path.exists():
+        return
+    wanted = ("--model wants a CLIP model folder written by save_pretrained (a fine-tune run's model/ "
+              "folder, one from `cifake tiny-model`) or a Hub id such as openai/clip-vit-base-patch32")
+    if not path.is_dir():
+        raise CifakeError(f"{path}: a file, not a CLIP model folder; {wanted}")
+    if not (path / "config.json").is_file():
+        kind = None
+        if (path / "detector.json").is_file():
+            try:
+                kind = json.loads((path / "detector.json").read_text(encoding="utf-8")).get("kind")
+            except (OSError, ValueError, AttributeError):
+                kind = "unreadable"
+        if kind:
+            raise CifakeError(f"{path}: a {kind} run folder (detector.json), not a CLIP model; {wanted}")
+        raise FileNotFoundError(f"{path}: not a CLIP model folder (no config.json); {wanted}")
+    files = [f.name for f in path.iterdir() if f.is_file()]
+    if not any(f.endswith(".safetensors") for f in files):
+        pickles = sorted(f for f in files if Path(f).suffix.lower() in PICKLE_SUFFIXES)
+        if pickles:
+            raise CifakeError(
+                f"{path}: only pickle weights found ({', '.join(pickles)}); cifake loads safetensors only, because "
+                "loading a pickle can run code hidden in the file. If you trust its origin, convert it once: "
+                f"python -c \"from transformers import CLIPModel; m = CLIPModel.from_pretrained(r'{path}'); "
+                f"m.save_pretrained(r'{path}', safe_serialization=True)\"")
+        raise CifakeError(f"{path}: no weights (*.safetensors) in this model folder; {wanted}")
+
+
 def load_clip(
     name_or_path: str | os.PathLike = DEFAULT_MODEL,
     *,
@@ -80,11 +119,7 @@ def load_clip(
     name = os.fspath(name_or_path)
     path = Path(name).expanduser()
     local = path.exists()
-    if local and not (path / "config.json").is_file():
-        raise FileNotFoundError(
-            f"{path}: not a CLIP model folder (no config.json); expected a folder written by "
-            "save_pretrained, e.g. a run's model/ folder or one from `cifake tiny-model`"
-        )
+    check_model_source(name)
     source = str(path) if local else name
     device = pick_device(str(device)) if device is not None else pick_device()
     try:
@@ -164,6 +199,7 @@ def write_tiny_clip(
     processor = CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer)
     model.save_pretrained(out)
     processor.save_pretrained(out)
+    follow_umask(out)  # save_pretrained's safetensors file is 0600 whatever the umask
     (out / "TINY_MODEL.json").write_text(json.dumps({"shape": shape, "seed": seed}, indent=2) + "\n")
     return out
 

@@ -11,6 +11,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from cifake_lib.core.errors import NoSpaceLeft, is_disk_full
+
 DEFAULT_HF_REPO = "dragonintelligence/CIFAKE-image-dataset"
 DEFAULT_KAGGLE_HANDLE = "birdy654/cifake-real-and-ai-generated-synthetic-images"
 
@@ -34,11 +36,44 @@ def smoke_mode() -> bool:
     return os.environ.get("CIFAKE_SMOKE", "").strip().lower() in {"1", "true", "yes", "on"}
 
 
+def current_umask() -> int:
+    """The process's umask, read without changing it where the OS allows (Linux /proc).
+
+    Changing it to read it (os.umask twice) would race with threads creating files meanwhile.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def follow_umask(path: str | os.PathLike) -> Path:
+    """Give a file (or every file under a folder) the mode a new file gets under the umask.
+
+    For writers that create private 0600 files whatever the umask (safetensors' `save_file`,
+    hence `save_pretrained`, and mkstemp).
+    """
+    path = Path(path)
+    mode = 0o666 & ~current_umask()
+    for f in (path.rglob("*") if path.is_dir() else [path]):
+        if f.is_file() and not f.is_symlink():
+            os.chmod(f, mode)
+    return path
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
     """Call `write(tmp_path)`, then rename onto `path`, so readers never see a partial file.
 
     The temporary file lives in the same folder (rename is atomic only within one
-    file system, which matters when the target is on Google Drive).
+    file system, which matters when the target is on Google Drive). The file gets the mode any
+    new file would get (0644 under umask 022), not mkstemp's private 0600, so colleagues on a
+    shared machine can read reports and load models.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -47,7 +82,12 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
     tmp_path = Path(tmp)
     try:
         write(tmp_path)
+        os.chmod(tmp_path, 0o666 & ~current_umask())
         os.replace(tmp_path, path)
+    except OSError as e:
+        if is_disk_full(e) and not isinstance(e, NoSpaceLeft):
+            raise NoSpaceLeft(f"no space left writing {path}; free space and try again") from e
+        raise
     finally:
         if tmp_path.exists():
             tmp_path.unlink()

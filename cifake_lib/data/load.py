@@ -2,23 +2,25 @@
 
     load_cifake(SRC) -> CifakeData(train, val, test: Split)
 
-Every image is decoded once, in parallel, into one uint8 array (N, 32, 32, 3) with its label
-(1 = FAKE), CIFAR-10 class (-1 unknown) and id. The arrays are cached as .npy files under
-`fileio.cache_root()/data/`, keyed by the source's identity (folder: path plus a hash of file
-names, sizes and modification times; archive: path, size and modification time; Hub, Kaggle,
-GitHub: the repository or handle, so a warm load needs no network), so the second load of the
-full 120,000 images takes about a second. Subsets and the validation split are seeded and
-stratified by label and CIFAR class; validation is carved from train, never from test.
+Every image is decoded once, in parallel, by the one image decoder (`cifake_lib.data.decode`,
+shared with `predict`) into one uint8 array (N, 32, 32, 3) with its label (1 = FAKE), CIFAR-10
+class (-1 unknown) and id. The arrays are cached (`cifake_lib.data.cache`: checksummed, verified
+on every warm load) under `fileio.cache_root()/data/`, keyed by the source's identity (folder:
+path plus a hash of file names, sizes and modification times; archive: path, size and
+modification time; Hub, Kaggle, GitHub: the repository or handle, so a warm load needs no
+network), so the second load of the full 120,000 images takes about a second. Files that failed
+to decode are tried again on every warm load: a failure is not cached as a fact. Subsets and the
+validation split are seeded and stratified by label and CIFAR class; validation is carved from
+train, never from test.
 
 Images that are not 32x32 RGB are converted to RGB and resized to 32x32 (bicubic, no crop);
-`CifakeData.formats` reports the sizes and modes found. Where sources are found and read:
-`cifake_lib.data.sources`.
+`CifakeData.formats` reports the sizes and modes found. A source whose files are named like
+CIFAKE's but that holds fewer images than CIFAKE gets a warning (`CifakeData.warnings`). Where
+sources are found and read: `cifake_lib.data.sources`.
 """
 
 from __future__ import annotations
 
-import io
-import json
 import logging
 import multiprocessing as mp
 import os
@@ -34,10 +36,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from cifake_lib import CIFAR_CLASSES, LABEL_NAMES
-from cifake_lib.core.files import atomic_write, cache_root, write_json
+from cifake_lib.core.files import cache_root
+from cifake_lib.data.cache import read_arrays, write_arrays
+from cifake_lib.data.decode import ImageDecodeError, decode_image_info
 from cifake_lib.data.sources import (
     SPLIT_NAMES,
     DataSourceError,
@@ -74,7 +77,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 IMAGE_SIZE = 32
-CACHE_VERSION = 1
+_TRANSIENT = "cannot read image ("  # how a failure that is not about the file's bytes starts
 _CHUNK = 500  # images per worker task: big enough to amortise pickling, small enough for a smooth bar
 _ARRAYS = ("images", "labels", "classes", "ids")
 
@@ -129,6 +132,7 @@ class CifakeData:
     duplicates: dict = field(default_factory=dict)
     formats: dict = field(default_factory=dict)  # {"sizes": {"32x32": n}, "modes": {"RGB": n}, "converted": n}
     seconds: float = 0.0  # wall time of load_cifake
+    warnings: list[str] = field(default_factory=list)  # e.g. fewer images than the full CIFAKE
 
     def splits(self) -> dict[str, Split]:
         """{"train", "val" (if any), "test"}."""
@@ -144,24 +148,9 @@ class CifakeData:
 # ---------------------------------------------------------------------------
 
 
-class _Unreadable(ValueError):
-    """A file we can tell is not an image without asking PIL (its message is the whole reason)."""
-
-
 def _decode_one(item: str | bytes) -> tuple[np.ndarray, str, str]:
     """One image file (path) or its bytes -> (32,32,3) uint8, original size "WxH", original mode."""
-    data = item if isinstance(item, bytes | bytearray | memoryview) else Path(item).read_bytes()
-    if not data:
-        raise _Unreadable("empty file (0 bytes)")
-    with Image.open(io.BytesIO(data)) as im:
-        size, mode = f"{im.width}x{im.height}", im.mode
-        if im.size != (IMAGE_SIZE, IMAGE_SIZE) and im.format == "JPEG":
-            im.draft("RGB", (IMAGE_SIZE, IMAGE_SIZE))  # DCT scaling: a big JPEG decodes small
-        im.load()  # raises on truncated or corrupt data (PIL's LOAD_TRUNCATED_IMAGES stays off)
-        out = im if im.mode == "RGB" else im.convert("RGB")
-        if out.size != (IMAGE_SIZE, IMAGE_SIZE):
-            out = out.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BICUBIC)
-        return np.asarray(out), size, mode
+    return decode_image_info(item, str(item) if isinstance(item, str) else None, size=IMAGE_SIZE)
 
 
 def _decode_chunk(items: Sequence[str | bytes]) -> tuple[np.ndarray, dict[int, str], Counter]:
@@ -175,9 +164,11 @@ def _decode_chunk(items: Sequence[str | bytes]) -> tuple[np.ndarray, dict[int, s
     for i, item in enumerate(items):
         try:
             out[i], size, mode = _decode_one(item)
-        except Exception as e:  # any failure to read or decode makes the file bad, whatever raised
-            why = str(e) if isinstance(e, _Unreadable) else f"cannot read image ({type(e).__name__}: {e})"
-            errors[i] = f"{why}; expected a JPEG or PNG image"
+        except ImageDecodeError as e:
+            errors[i] = e.reason
+            continue
+        except Exception as e:  # noqa: BLE001 - e.g. MemoryError: a bad row, not a crashed load
+            errors[i] = f"{_TRANSIENT}{type(e).__name__}: {e})"
             continue
         counts["size", size] += 1
         counts["mode", mode] += 1
@@ -352,62 +343,60 @@ def _decode_hf_source(repo: str, *, progress: bool) -> _Decoded:
 # ---------------------------------------------------------------------------
 
 
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    with open(path, "wb") as f:  # a file object: np.save would append ".npy" to a bare path
-        np.save(f, np.ascontiguousarray(array), allow_pickle=False)
-        f.flush()
-        os.fsync(f.fileno())
+def _write_cache(folder: Path, fingerprint: str, source: Source, decoded: _Decoded, seconds: float) -> bool:
+    """Cache the decoded arrays (see `cifake_lib.data.cache`), unless a failure may be passing.
 
-
-def _write_cache(folder: Path, fingerprint: str, source: Source, decoded: _Decoded, seconds: float) -> None:
-    """Arrays first, meta.json last: a crash leaves no meta.json, so a half-written cache is never read."""
-    meta_path = folder / "meta.json"
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        meta_path.unlink(missing_ok=True)
-        files = {}
-        for name, split in (("train", decoded.train), ("test", decoded.test)):
-            for key in _ARRAYS:
-                fname = f"{name}_{key}.npy"
-                array = getattr(split, key)
-                atomic_write(folder / fname, lambda p, a=array: _save_npy(p, a))
-                files[fname] = (folder / fname).stat().st_size
-        write_json(meta_path, {
-            "version": CACHE_VERSION, "source": source.name, "fingerprint": fingerprint, "files": files,
-            "n": {"train": len(decoded.train), "test": len(decoded.test)}, "bad": decoded.bad,
-            "formats": decoded.formats, "decode_seconds": round(seconds, 2),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        })
-    except OSError as e:  # a read-only or full disk costs speed next time, not this load
-        logger.warning("could not write the CIFAKE cache in %s (%s); continuing without it", folder, e)
+    A file that failed for a reason other than its bytes (out of memory, say) is not a fact
+    about the source, so such a result is not cached at all.
+    """
+    if any(reason.startswith(_TRANSIENT) for _, reason in decoded.bad):
+        logger.warning("not caching %s: some files failed for a reason that may pass", source.name)
+        return False
+    arrays = {f"{name}_{key}": getattr(split, key)
+              for name, split in (("train", decoded.train), ("test", decoded.test)) for key in _ARRAYS}
+    return write_arrays(folder, arrays, {
+        "source": source.name, "fingerprint": fingerprint,
+        "n": {"train": len(decoded.train), "test": len(decoded.test)}, "bad": decoded.bad,
+        "formats": decoded.formats, "decode_seconds": round(seconds, 2)})
 
 
 def _read_cache(folder: Path, fingerprint: str) -> _Decoded | None:
-    """The cached arrays (images memory-mapped) if they match `fingerprint` and look whole, else None."""
+    """The cached arrays if they match `fingerprint` and pass their checksums, else None."""
+    found = read_arrays(folder, fingerprint, [f"{name}_{key}" for name in SPLIT_NAMES for key in _ARRAYS])
+    if found is None:
+        return None
+    arrays, meta = found
     try:
-        meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        parts = {name: Split(**{key: arrays[f"{name}_{key}"] for key in _ARRAYS}) for name in SPLIT_NAMES}
+        shape_ok = all(p.images.shape[1:] == (IMAGE_SIZE, IMAGE_SIZE, 3) and p.images.dtype == np.uint8
+                       and len(p) == meta["n"][name] for name, p in parts.items())
+    except (ValueError, KeyError, TypeError) as e:
+        shape_ok, parts = False, {}
+        logger.warning("ignoring the CIFAKE cache in %s (%s)", folder, e)
+    if not shape_ok:
         return None
-    if meta.get("version") != CACHE_VERSION or meta.get("fingerprint") != fingerprint:
+    bad = [tuple(b) for b in meta.get("bad", [])]
+    if _readable_again(bad):
+        logger.info("files that failed before are readable now; rebuilding the CIFAKE cache in %s", folder)
         return None
-    try:
-        for fname, size in meta["files"].items():
-            if (folder / fname).stat().st_size != size:
-                return None
-        parts = {}
-        for name in SPLIT_NAMES:
-            arrays = {key: np.load(folder / f"{name}_{key}.npy", allow_pickle=False,
-                                   mmap_mode="r" if key == "images" else None) for key in _ARRAYS}
-            if arrays["images"].shape[1:] != (IMAGE_SIZE, IMAGE_SIZE, 3) or arrays["images"].dtype != np.uint8:
-                return None
-            parts[name] = Split(**arrays)
-            if len(parts[name]) != meta["n"][name]:
-                return None
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        logger.warning("ignoring unreadable CIFAKE cache %s (%s)", folder, e)
-        return None
-    return _Decoded(parts["train"], parts["test"], [tuple(b) for b in meta.get("bad", [])],
-                    meta.get("formats", {}), folder)
+    return _Decoded(parts["train"], parts["test"], bad, meta.get("formats", {}), folder)
+
+
+def _readable_again(bad: Sequence[tuple[str, str]]) -> bool:
+    """True when a local file that failed to decode last time decodes now (fixed permissions, say).
+
+    Failures are not facts: a file's size and modification time, which the fingerprint covers,
+    need not change when it is fixed. Archive members (`archive:member`) cannot change without
+    the archive changing, so only local files are tried again.
+    """
+    for loc, _ in bad:
+        if os.path.isfile(loc):
+            try:
+                _decode_one(loc)
+            except Exception:  # noqa: BLE001 - still bad, whatever the reason
+                continue
+            return True
+    return False
 
 
 def _load_decoded(source: Source, *, progress: bool) -> _Decoded:
@@ -440,8 +429,8 @@ def _load_decoded(source: Source, *, progress: bool) -> _Decoded:
         assert listing is not None, source
         decoded = _decode_listing(listing, progress=progress)
         del listing  # the archive's bytes (~110 MB for CIFAKE) are no longer needed
-    _write_cache(folder, fingerprint, source, decoded, time.perf_counter() - t0)
-    decoded.cache_path = folder if (folder / "meta.json").is_file() else None
+    written = _write_cache(folder, fingerprint, source, decoded, time.perf_counter() - t0)
+    decoded.cache_path = folder if written else None
     return decoded
 
 
@@ -599,11 +588,31 @@ def drop_duplicates(split: Split, reference: Sequence[Split]) -> Split:
 # ---------------------------------------------------------------------------
 
 
-def _in_memory(split: Split) -> Split:
-    """Copy memory-mapped cache arrays into RAM: a Split never depends on the cache file."""
-    if isinstance(split.images, np.memmap):
-        return Split(np.array(split.images), split.labels, split.classes, split.ids)
-    return split
+FULL_COUNTS = {"train": 50_000, "test": 10_000}  # images per label in the published CIFAKE
+
+
+def _counts_line(train: Split, test: Split) -> str:
+    return "; ".join(f"{name} {label_name} {int((split.labels == label).sum()):,}"
+                     for name, split in (("train", train), ("test", test))
+                     for label, label_name in enumerate(LABEL_NAMES))
+
+
+def _shortfall(source: str, train: Split, test: Split) -> str | None:
+    """A warning when a source names its files like CIFAKE but holds fewer images than CIFAKE.
+
+    CIFAKE-style names (`12 (3).jpg`) on at least 90% of the images make a source "look like"
+    CIFAKE; a shortfall then means a sample (fine, if intended) or an incomplete copy.
+    """
+    n = len(train) + len(test)
+    if n == 0 or ((train.classes >= 0).sum() + (test.classes >= 0).sum()) < 0.9 * n:
+        return None
+    short = [f"{name} {label_name} {int((split.labels == label).sum()):,} of {FULL_COUNTS[name]:,}"
+             for name, split in (("train", train), ("test", test)) for label, label_name in enumerate(LABEL_NAMES)
+             if (split.labels == label).sum() < FULL_COUNTS[name]]
+    if not short:
+        return None
+    return (f"{source} looks like CIFAKE but holds fewer images than the full dataset ({'; '.join(short)}): "
+            "a sample, or an incomplete copy? The full CIFAKE has 50,000/50,000 train and 10,000/10,000 test")
 
 
 def load_cifake(data: str | os.PathLike | None = None, *, subset: tuple[int, int] | None = None,
@@ -632,6 +641,10 @@ def load_cifake(data: str | os.PathLike | None = None, *, subset: tuple[int, int
         for label, label_name in enumerate(LABEL_NAMES):
             if not (split.labels == label).any():
                 raise ValueError(f"{source.name}: no readable {name} {label_name} images")
+    logger.info("loaded %s: %s", source.name, _counts_line(train, test))
+    shortfall = _shortfall(source.name, train, test)
+    if shortfall:
+        logger.warning(shortfall)
     if subset is not None:
         train = stratified_subset(train, subset[0], seed=seed)
         test = stratified_subset(test, subset[1], seed=seed)
@@ -644,9 +657,9 @@ def load_cifake(data: str | os.PathLike | None = None, *, subset: tuple[int, int
         test = drop_duplicates(test, [train] + ([val] if val is not None else []))
     duplicates["dropped_test"] = n_test - len(test)
     return CifakeData(
-        train=_in_memory(train), test=_in_memory(test), val=_in_memory(val) if val is not None else None,
-        source=source.name, cache_path=decoded.cache_path, skipped=[loc for loc, _ in decoded.bad],
+        train=train, test=test, val=val, source=source.name, cache_path=decoded.cache_path, skipped=[loc for loc, _ in decoded.bad],
         duplicates=duplicates, formats=decoded.formats, seconds=time.perf_counter() - t0,
+        warnings=[shortfall] if shortfall else [],
     )
 
 
@@ -678,6 +691,7 @@ def summarize(data: CifakeData) -> dict[str, Any]:
         "formats": data.formats,
         "cache": str(data.cache_path) if data.cache_path is not None else None,
         "seconds": round(data.seconds, 3),
+        "warnings": list(data.warnings),
     }
 
 
@@ -712,4 +726,5 @@ def format_summary(summary: Mapping[str, Any]) -> str:
     skipped = summary["skipped"]
     lines.append(f"skipped: {len(skipped)} file(s)" + (": " + ", ".join(skipped[:10]) if skipped else "")
                  + (", ..." if len(skipped) > 10 else ""))
+    lines += [f"warning: {w}" for w in summary.get("warnings", [])]
     return "\n".join(lines)

@@ -211,44 +211,22 @@ def check_uint8_images(images: np.ndarray, name: str = "images") -> np.ndarray:
 def load_image_rgb(path: str | os.PathLike) -> np.ndarray:
     """Read any image PIL can open (any size, grayscale, RGBA, palette, 16-bit) as (H, W, 3) uint8.
 
-    Transparent pixels are composited onto white; 16-bit and float images are scaled to 8 bits.
-    Raises ValueError naming the file when it is empty, truncated or not an image.
+    The data loader's decoder (`cifake_lib.data.decode`): transparent pixels composited onto
+    white, 16-bit and float images scaled to 8 bits. Raises ValueError naming the file when it is
+    empty, truncated or not an image, FileNotFoundError when it is missing.
     """
-    from PIL import Image, UnidentifiedImageError
+    from cifake_lib.data.decode import decode_image
 
-    path = os.fspath(path)
-    try:
-        if os.path.getsize(path) == 0:
-            raise ValueError(f"{path}: empty file (0 bytes), expected an image")
-        with Image.open(path) as im:
-            im.load()
-            return pil_to_rgb(im)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise ValueError(f"{path}: is a folder, expected an image file") from None
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise ValueError(f"{path}: not a readable image ({e})") from None
-    except Image.DecompressionBombError as e:
-        raise ValueError(f"{path}: image too large ({e})") from None
+    if not os.path.lexists(path):
+        raise FileNotFoundError(f"{os.fspath(path)}: no such file")
+    return decode_image(path)
 
 
 def pil_to_rgb(im) -> np.ndarray:
-    """Convert a PIL image of any mode to an (H, W, 3) uint8 array."""
-    from PIL import Image
+    """Convert a PIL image of any mode to an (H, W, 3) uint8 array (`cifake_lib.data.decode.to_rgb`)."""
+    from cifake_lib.data.decode import to_rgb
 
-    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        arr = np.asarray(im, dtype=np.float64)
-        hi = 65535.0 if im.mode.startswith("I;16") or arr.max() > 255 else 255.0
-        arr = np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        return np.repeat(arr[..., None], 3, axis=2)
-    if im.mode == "P" and "transparency" in im.info:
-        im = im.convert("RGBA")
-    if im.mode in ("RGBA", "LA", "PA"):
-        im = im.convert("RGBA")
-        background = Image.new("RGBA", im.size, (255, 255, 255, 255))
-        im = Image.alpha_composite(background, im)
-    return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+    return to_rgb(im)
 
 
 def resize_uint8(images: np.ndarray, height: int, width: int) -> np.ndarray:

@@ -12,24 +12,37 @@ Files inside a REAL/FAKE folder: hidden files (`.DS_Store`, macOS `._x.jpg` fork
 starting with a dot), `Thumbs.db`, `desktop.ini` and `__MACOSX/` folders are ignored. Anything else
 that is not an image by its extension (`notes.txt`, a sub-folder) is reported as a bad entry,
 exactly like an unreadable image: an error naming it, or skipped and listed with `skip_bad`.
-Silently ignoring it could hide images saved under an unexpected name.
+Silently ignoring it could hide images saved under an unexpected name. The same holds beside
+REAL/FAKE: `train/OTHER/`, a second spelling such as `train/fake` next to `train/FAKE`, a symbolic
+link loop or a dangling link are bad entries, named in the error and skippable with `skip_bad`.
+
+Archives are read whole or refused (`ArchiveError`, naming the archive and the damage): a zip
+through its central directory (member CRCs checked as they are read), a tar (any compression)
+header by header in non-stream mode, with its end-of-archive block checked, so a damaged header
+or a cut download is an error instead of a silently shorter dataset. Only members under the
+split/label folders with image extensions are read, and each is first checked against
+`MAX_MEMBER_BYTES` and `MAX_RATIO` (archive bombs).
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
 import shutil
+import stat
 import subprocess
 import tarfile
 import tempfile
 import zipfile
-from collections.abc import Iterator
+import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from cifake_lib import LABEL_NAMES
+from cifake_lib.core.errors import CifakeError
 from cifake_lib.core.files import (
     DEFAULT_HF_REPO,
     DEFAULT_KAGGLE_HANDLE,
@@ -42,6 +55,11 @@ IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 )
 IGNORED_NAMES = frozenset({"thumbs.db", "desktop.ini", "__macosx"})
+# Archive members: CIFAKE's images are ~1 KB; no image anyone loads here needs 50 MB, and images
+# barely compress (JPEG, PNG), so a member that inflates 100-fold beyond 1 MB is a bomb.
+MAX_MEMBER_BYTES = 50 * 2**20
+MAX_RATIO = 100
+RATIO_MIN_BYTES = 2**20
 GITHUB_REPO = "jordan-bird/CIFAKE-Real-and-AI-Generated-Synthetic-Images"
 GITHUB_URL = f"https://github.com/{GITHUB_REPO}"
 KAGGLE_URL = f"https://www.kaggle.com/datasets/{DEFAULT_KAGGLE_HANDLE}"
@@ -181,8 +199,8 @@ def _match_dir(parent: Path, name: str) -> Path | None:
     if exact.is_dir():
         return exact
     try:
-        for entry in os.scandir(parent):
-            if entry.name.lower() == name.lower() and entry.is_dir():
+        for entry in sorted(os.scandir(parent), key=lambda e: e.name):
+            if entry.name.lower() == name.lower() and _entry_kind(entry) == "dir":
                 return Path(entry.path)
     except OSError:
         return None
@@ -211,8 +229,8 @@ def find_layout_root(path: str | os.PathLike, max_depth: int = 3) -> Path:
             except OSError:
                 continue
             # Never descend into image folders (tens of thousands of entries, no layout inside).
-            nxt += [Path(e.path) for e in entries if e.is_dir() and not is_ignored(e.name)
-                    and e.name.upper() not in LABEL_NAMES]
+            nxt += [Path(e.path) for e in entries if not is_ignored(e.name) and e.name.upper() not in LABEL_NAMES
+                    and _entry_kind(e) == "dir"]
         level = nxt
     try:
         top = sorted(e.name for e in os.scandir(path) if not is_ignored(e.name))
@@ -228,6 +246,33 @@ def find_layout_root(path: str | os.PathLike, max_depth: int = 3) -> Path:
     )
 
 
+def link_problem(path: str | os.PathLike) -> str:
+    """Why a path that cannot be followed fails: a link loop, a dangling link, or the OS's reason."""
+    path = os.fspath(path)
+    try:
+        os.stat(path)
+    except OSError as e:
+        target = f" -> {os.readlink(path)}" if os.path.islink(path) else ""
+        if e.errno == errno.ELOOP:
+            return f"symbolic link loop{target}: it never reaches a file; fix or remove the link"
+        if e.errno == errno.ENOENT and target:
+            return f"dangling symbolic link{target}: its target does not exist; fix or remove the link"
+        return f"cannot be read ({e.strerror or e})"
+    return "cannot be read"
+
+
+def _entry_kind(e: os.DirEntry) -> str:
+    """"dir", "file" or "bad" (a link loop, a dangling link or an unreadable entry) for a scandir entry."""
+    try:
+        if e.is_dir():
+            return "dir"
+        if e.is_file():
+            return "file"
+    except OSError:
+        return "bad"
+    return "bad" if e.is_symlink() else "other"
+
+
 def _scan_image_dir(folder: Path, prefix: str, label: int) -> tuple[list, list[str], list[tuple[str, str]]]:
     """Rows (id, label, path), fingerprint lines "id size mtime", bad entries of one REAL/FAKE folder.
 
@@ -240,16 +285,50 @@ def _scan_image_dir(folder: Path, prefix: str, label: int) -> tuple[list, list[s
             if name[0] == "." or name.lower() in IGNORED_NAMES:
                 continue
             dot = name.rfind(".")
-            if dot > 0 and name[dot:].lower() in IMAGE_EXTENSIONS and not e.is_dir():
-                st = e.stat()
+            try:
+                st = e.stat()  # follows links: a loop or a dangling link raises here
+            except OSError:
+                bad.append((e.path, link_problem(e.path)))
+                continue
+            if dot > 0 and name[dot:].lower() in IMAGE_EXTENSIONS and not stat.S_ISDIR(st.st_mode):
                 rows.append((prefix + name, label, e.path))
                 sig.append(f"{prefix}{name}\t{st.st_size}\t{st.st_mtime_ns}")
-            elif e.is_dir():
+            elif stat.S_ISDIR(st.st_mode):
                 bad.append((e.path, "unexpected folder; expected image files only"))
             else:
                 bad.append((e.path, f"not an image file by its extension; expected one of "
                                     f"{', '.join(sorted(IMAGE_EXTENSIONS))}"))
     return rows, sig, bad
+
+
+def _scan_split_dir(split_dir: Path) -> tuple[dict[str, Path], list[tuple[str, str]]]:
+    """The REAL and FAKE folders of one split folder, and every other entry in it as a bad entry.
+
+    A second spelling of a label folder (`FAKE` and `fake`) is bad too: which one holds the
+    images is the user's call, not ours.
+    """
+    found: dict[str, list[os.DirEntry]] = {}
+    bad: list[tuple[str, str]] = []
+    with os.scandir(split_dir) as it:
+        entries = sorted(it, key=lambda e: e.name)
+    for e in entries:
+        if is_ignored(e.name):
+            continue
+        kind = _entry_kind(e)
+        if kind == "bad":
+            bad.append((e.path, link_problem(e.path)))
+        elif kind == "dir" and e.name.upper() in LABEL_NAMES:
+            found.setdefault(e.name.upper(), []).append(e)
+        else:
+            bad.append((e.path, f"unexpected beside REAL and FAKE; {split_dir.name}/ holds only the REAL and "
+                                "FAKE folders (move or remove it)"))
+    dirs = {}
+    for label, hits in found.items():
+        keep = next((e for e in hits if e.name == label), hits[0])
+        dirs[label] = Path(keep.path)
+        bad += [(e.path, f"a second {label} folder ({keep.name} and {e.name} differ only in case); merge them "
+                         "into one") for e in hits if e is not keep]
+    return dirs, bad
 
 
 def list_folder(path: str | os.PathLike) -> Listing:
@@ -266,9 +345,11 @@ def list_folder(path: str | os.PathLike) -> Listing:
         split_dir = _match_dir(root, split)
         if split_dir is None:
             raise FileNotFoundError(f"{root / split}: missing; expected {LAYOUT} inside {root}")
+        label_dirs, split_bad = _scan_split_dir(split_dir)
+        bad += split_bad
         rows: list[tuple[str, int, str | bytes]] = []
         for label_name in LABEL_NAMES:
-            label_dir = _match_dir(split_dir, label_name)
+            label_dir = label_dirs.get(label_name)
             if label_dir is None:
                 raise FileNotFoundError(
                     f"{split_dir / label_name}: missing; expected {split}/REAL and {split}/FAKE folders of images"
@@ -292,29 +373,136 @@ def list_folder(path: str | os.PathLike) -> Listing:
 # ---------------------------------------------------------------------------
 
 
-def _archive_members(path: Path) -> Iterator[tuple[str, bool, bytes | None]]:
-    """(name, is_folder, bytes) for every member of a zip or tar (any compression).
+class ArchiveError(CifakeError):
+    """A damaged, cut or oversized archive (CLI exit 2); the message names it and the damage."""
 
-    Bytes are None for folders and for hidden or OS-clutter members, which are never read.
-    """
-    if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as zf:
-            for info in zf.infolist():
-                skip = info.is_dir() or _skip_member(info.filename)
-                yield info.filename.rstrip("/"), info.is_dir(), None if skip else zf.read(info)
-        return
+
+@dataclass
+class _Member:
+    """One archive member from the archive's index; `read()` returns its bytes, bounded."""
+
+    name: str
+    kind: str  # "dir", "file" or "other" (links, devices)
+    size: int  # declared (uncompressed) size
+    read: Callable[[], bytes]
+
+
+def _damaged(path: Path, what: str) -> ArchiveError:
+    return ArchiveError(f"{path}: damaged archive: {what}. Nothing was loaded from it: download or copy "
+                        "it again (compare its size and checksum with the original)")
+
+
+def _check_member_size(path: Path, name: str, size: int, packed: int | None) -> None:
+    """Refuse a member whose declared size or compression ratio is beyond what an image needs."""
+    if size > MAX_MEMBER_BYTES:
+        raise ArchiveError(f"{path}:{name}: declares {size:,} bytes, over the {MAX_MEMBER_BYTES:,}-byte "
+                           "limit for one image (an archive bomb?); remove it from the archive")
+    if packed is not None and size > RATIO_MIN_BYTES and size > MAX_RATIO * max(packed, 1):
+        raise ArchiveError(f"{path}:{name}: compressed {size / max(packed, 1):,.0f}:1 ({packed:,} -> {size:,} "
+                           f"bytes), over the {MAX_RATIO}:1 limit (an archive bomb?); remove it from the archive")
+
+
+def _zip_members(path: Path) -> Iterator[_Member]:
+    """Members from the zip's central directory; CRCs are checked as each member is read."""
     try:
-        tf = tarfile.open(path, "r|*")  # streaming: one pass, any compression
-    except tarfile.TarError as e:
-        raise ValueError(f"{path}: not a folder or a .tar/.tar.gz/.zip archive ({e})") from None
+        zf = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        raise _damaged(path, f"its zip central directory cannot be read ({e}); the file is probably cut "
+                             "short (an incomplete download)") from None
+    with zf:
+        for info in zf.infolist():
+            def read(info: zipfile.ZipInfo = info) -> bytes:
+                _check_member_size(path, info.filename, info.file_size, info.compress_size)
+                try:
+                    with zf.open(info) as f:
+                        return f.read(info.file_size + 1)
+                except (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError) as e:
+                    raise _damaged(path, f"member {info.filename} cannot be read ({e})") from None
+
+            kind = "dir" if info.is_dir() else "other" if stat.S_ISLNK(info.external_attr >> 16) else "file"
+            yield _Member(info.filename.rstrip("/"), kind, info.file_size, read)
+
+
+def _packed_position(tf: tarfile.TarFile) -> Callable[[], int] | None:
+    """How many compressed bytes of the archive have been read (None for a plain .tar).
+
+    The gzip, bz2 and xz readers keep the file they decompress as `fileobj` or `_fp`.
+    """
+    inner = getattr(tf.fileobj, "fileobj", None) or getattr(tf.fileobj, "_fp", None)
+    return inner.tell if inner is not None and hasattr(inner, "tell") else None
+
+
+def _read_tar_member(path: Path, tf: tarfile.TarFile, m: tarfile.TarInfo) -> bytes:
+    """A member's bytes in 1 MB pieces, refusing it as soon as its compression ratio gives it away."""
+    _check_member_size(path, m.name, m.size, None)
+    packed = _packed_position(tf)
+    f = tf.extractfile(m)
+    assert f is not None, m.name
+    start, parts, got = packed() if packed else 0, [], 0
+    while got < m.size:
+        parts.append(f.read(min(1 << 20, m.size - got)))
+        if not parts[-1]:
+            raise EOFError(f"member {m.name} ends early")
+        got += len(parts[-1])
+        if packed:
+            _check_member_size(path, m.name, got, packed() - start)
+    return b"".join(parts)
+
+
+def _read_tar_safely(path: Path, tf: tarfile.TarFile, m: tarfile.TarInfo) -> bytes:
+    try:
+        return _read_tar_member(path, tf, m)
+    except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
+        raise _damaged(path, f"member {m.name} cannot be read: {e or type(e).__name__} (cut short or "
+                             "corrupt)") from None
+
+
+def _check_tar_end(path: Path, tf: tarfile.TarFile, count: int, last: str | None) -> None:
+    """After the last header, tar has a zero block (end of archive): anything else is damage."""
+    f, offset = tf.fileobj, tf.offset
+    f.seek(offset)
+    block = f.read(tarfile.BLOCKSIZE)
+    after = f"after {count:,} member(s), the last {last}" if last else "before any member"
+    if len(block) < tarfile.BLOCKSIZE:
+        raise _damaged(path, f"it ends at byte {offset:,} of its tar data, {after}, without the end-of-archive "
+                             "marker: the file is cut short (an incomplete download?)")
+    if block.count(0) != tarfile.BLOCKSIZE:
+        raise _damaged(path, f"the member header at byte {offset:,} of its tar data, {after}, is not valid; "
+                             "the members from there on cannot be read")
+    while f.read(1 << 20):  # to the end: a compressed stream checks its own length and CRC there
+        pass
+
+
+def _tar_members(path: Path) -> Iterator[_Member]:
+    """Members of a tar (any compression) through its headers, with the end of the archive checked."""
+    try:
+        tf = tarfile.open(path, "r:*")  # not stream mode: it would stop silently at a damaged header
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
+        if path.suffix.lower() in (".tar", ".gz", ".tgz", ".bz2", ".xz", ".zip") or path.name.endswith(".tar.gz"):
+            raise _damaged(path, f"it cannot be opened as a .tar/.tar.gz/.zip archive ({e})") from None
+        raise ArchiveError(f"{path}: not a folder or a .tar/.tar.gz/.zip archive ({e})") from None
+    count, last = 0, None
     with tf:
-        for m in tf:
-            tf.members = []  # streaming mode keeps every TarInfo otherwise (~100 MB for CIFAKE)
-            if m.isdir():
-                yield m.name.rstrip("/"), True, None
-            elif m.isfile():
-                f = None if _skip_member(m.name) else tf.extractfile(m)
-                yield m.name, False, f.read() if f is not None else None
+        try:
+            while (m := tf.next()) is not None:
+                tf.members.clear()  # the index of 120,000 TarInfos would cost ~100 MB
+                kind = "dir" if m.isdir() else "file" if m.isfile() else "other"
+                yield _Member(m.name.rstrip("/"), kind, m.size, lambda m=m: _read_tar_safely(path, tf, m))
+                count, last = count + 1, m.name
+            _check_tar_end(path, tf, count, last)
+        except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
+            where = f"after {count:,} member(s), the last {last}" if last else "at its first member"
+            raise _damaged(path, f"{where}: {e or type(e).__name__} (cut short or corrupt)") from None
+
+
+def _archive_members(path: Path) -> Iterator[_Member]:
+    """Every member of a zip or tar (any compression), from the archive's own index."""
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic == b"PK\x03\x04" or zipfile.is_zipfile(path):
+        yield from _zip_members(path)
+    else:
+        yield from _tar_members(path)
 
 
 def _skip_member(name: str) -> bool:
@@ -336,48 +524,100 @@ def _find_split_label(parts: tuple[str, ...]) -> int | None:
     return None
 
 
+@dataclass
+class _ArchiveLayout:
+    """What one pass over an archive's members found, per layout root (the path above train/test)."""
+
+    rows: dict[str, list[tuple[str, str, str, bytes]]] = field(default_factory=dict)  # split, LABEL dirs, file
+    counts: dict[str, dict[tuple[str, str], int]] = field(default_factory=dict)  # (split, LABEL) -> members
+    spellings: dict[tuple[str, ...], set[str]] = field(default_factory=dict)  # (root, split[, LABEL]) -> names
+    beside: dict[str, set[str]] = field(default_factory=dict)  # root -> "train/OTHER" entries
+    bad: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
+
+
+def _note_beside(layout: _ArchiveLayout, parts: tuple[str, ...]) -> None:
+    """Record `train/OTHER` (anything beside REAL/FAKE in a split folder) under each possible root."""
+    for i in range(len(parts) - 1):
+        if parts[i].lower() in SPLIT_NAMES and parts[i + 1].upper() not in LABEL_NAMES:
+            layout.beside.setdefault("/".join(parts[:i]), set()).add(f"{parts[i]}/{parts[i + 1]}")
+
+
+def _add_member(layout: _ArchiveLayout, path: Path, member: _Member) -> None:
+    parts = PurePosixPath(member.name).parts
+    if _skip_member(member.name):
+        return
+    hit = _find_split_label(parts)
+    if hit is None:
+        _note_beside(layout, parts)
+        return  # README, licence, anything outside the image folders: never read
+    root = "/".join(parts[:hit])
+    split, label_dir, rest = parts[hit], parts[hit + 1], parts[hit + 2:]
+    layout.spellings.setdefault((root, split.lower()), set()).add(split)
+    layout.spellings.setdefault((root, split.lower(), label_dir.upper()), set()).add(label_dir)
+    counts = layout.counts.setdefault(root, {})
+    key = (split.lower(), label_dir.upper())
+    counts[key] = counts.get(key, 0) + (1 if rest else 0)
+    if not rest or (member.kind == "dir" and len(rest) == 1):
+        return  # the image folder itself, or a sub-folder (its files are reported)
+    where, bad = f"{path}:{member.name}", layout.bad.setdefault(root, [])
+    if len(rest) > 1:
+        bad.append((where, "unexpected folder inside an image folder; expected image files only"))
+    elif member.kind != "file":
+        bad.append((where, "a link or special file inside an image folder; expected image files only"))
+    elif not is_image_name(rest[0]):
+        bad.append((where, f"not an image file by its extension; expected one of {', '.join(sorted(IMAGE_EXTENSIONS))}"))
+    else:
+        layout.rows.setdefault(root, []).append((split, label_dir, rest[0], member.read()))
+
+
+def _layout_bad(layout: _ArchiveLayout, path: Path, root: str) -> tuple[list[tuple[str, str]], set[tuple[str, str]]]:
+    """Bad entries of the chosen root (unexpected entries beside REAL/FAKE, folders spelled twice)
+    and the (split, label) folder spellings whose images are left out."""
+    prefix = f"{path}:{root + '/' if root else ''}"
+    bad = list(layout.bad.get(root, []))
+    bad += [(prefix + x, "unexpected beside REAL and FAKE; a split folder holds only REAL and FAKE (move or "
+                         "remove it)") for x in sorted(layout.beside.get(root, ()))]
+    dropped: set[tuple[str, str]] = set()
+    for key, names in sorted(layout.spellings.items()):
+        if key[0] != root or len(names) < 2:
+            continue
+        wanted = key[1] if len(key) == 2 else key[2]
+        keep = wanted if wanted in names else sorted(names)[0]
+        for other in sorted(names - {keep}):
+            shown = other if len(key) == 2 else f"{key[1]}/{other}"
+            bad.append((prefix + shown, f"a second folder for the same images ({keep} and {other} differ only in "
+                                        "case); merge them into one"))
+            dropped |= {(other, "*")} if len(key) == 2 else {(key[1], other)}
+    return bad, dropped
+
+
 def read_archive(path: str | os.PathLike, *, progress: bool = True) -> Listing:
-    """Read every image of a CIFAKE .tar/.tar.gz/.zip into memory (no unpacking to disk)."""
+    """Read every image of a CIFAKE .tar/.tar.gz/.zip into memory (no unpacking to disk).
+
+    Only members under split/label folders with image extensions are read, each checked against
+    `MAX_MEMBER_BYTES` and `MAX_RATIO` first; a damaged or cut archive raises `ArchiveError`.
+    """
     from tqdm.auto import tqdm
 
     path = Path(path)
-    files: dict[str, dict[str, list[tuple[str, int, str | bytes]]]] = {}  # root -> split -> rows
-    entries: dict[str, dict[tuple[str, str], int]] = {}  # root -> (split, LABEL) -> members seen
-    bad: list[tuple[str, str]] = []
+    layout = _ArchiveLayout()
     with tqdm(desc=f"reading {path.name}", unit=" files", disable=not progress) as bar:
-        for name, is_dir, blob in _archive_members(path):
-            bar.update()
-            parts = PurePosixPath(name).parts
-            if _skip_member(name):
-                continue
-            hit = _find_split_label(parts)
-            if hit is None:
-                continue  # README, licence, anything outside the image folders
-            root = "/".join(parts[:hit])
-            split, label_dir, rest = parts[hit].lower(), parts[hit + 1], parts[hit + 2:]
-            counts = entries.setdefault(root, {})
-            key = (split, label_dir.upper())
-            counts[key] = counts.get(key, 0) + (1 if rest else 0)
-            if not rest or (is_dir and len(rest) == 1):
-                continue  # the image folder itself, or a sub-folder (its files are reported)
-            where = f"{path}:{name}"
-            if len(rest) > 1:
-                bad.append((where, "unexpected folder inside an image folder; expected image files only"))
-            elif not is_image_name(rest[0]):
-                bad.append((where, f"not an image file by its extension; expected one of "
-                                   f"{', '.join(sorted(IMAGE_EXTENSIONS))}"))
-            else:
-                rid = f"{parts[hit]}/{label_dir}/{rest[0]}"
-                files.setdefault(root, {}).setdefault(split, []).append((rid, label_from_name(label_dir), blob))
-    if not entries:
+        try:
+            for member in _archive_members(path):
+                bar.update()
+                _add_member(layout, path, member)
+        except MemoryError:
+            raise ArchiveError(f"{path}: out of memory while reading the archive ({bar.n:,} members read); "
+                               "unpack it and pass the folder, or free memory") from None
+    if not layout.counts:
         raise FileNotFoundError(
             f"{path}: no CIFAKE layout in this archive; expected {LAYOUT}, at its top or inside one folder "
             "such as DATASET/"
         )
-    if len(entries) > 1:
+    if len(layout.counts) > 1:
         raise ValueError(f"{path}: several CIFAKE layouts in this archive "
-                         f"({', '.join(r + '/' for r in sorted(entries))}); expected one")
-    root, counts = next(iter(entries.items()))
+                         f"({', '.join(r + '/' for r in sorted(layout.counts))}); expected one")
+    root, counts = next(iter(layout.counts.items()))
     where = f"{path}:{root + '/' if root else ''}"
     for split in SPLIT_NAMES:
         for label_name in LABEL_NAMES:
@@ -385,9 +625,14 @@ def read_archive(path: str | os.PathLike, *, progress: bool = True) -> Listing:
                 raise FileNotFoundError(f"{where}{split}/{label_name}: missing; expected {LAYOUT}")
             if counts[(split, label_name)] == 0:
                 raise ValueError(f"{where}{split}/{label_name}: empty; expected the {split} {label_name} images")
-    rows = files.get(root, {})
+    bad, dropped = _layout_bad(layout, path, root)
+    rows: dict[str, list[tuple[str, int, str | bytes]]] = {split: [] for split in SPLIT_NAMES}
+    for split, label_dir, name, blob in layout.rows.get(root, []):
+        if (split, "*") in dropped or (split.lower(), label_dir) in dropped:
+            continue
+        rows[split.lower()].append((f"{split}/{label_dir}/{name}", label_from_name(label_dir), blob))
     for split in SPLIT_NAMES:
-        rows.setdefault(split, []).sort()
+        rows[split].sort()
     # `root` here is what a member's id is appended to when naming it: "c.zip:DATASET/".
     return Listing(f"{path}:{root}/" if root else f"{path}:", rows, sorted(bad), archive_fingerprint(path))
 

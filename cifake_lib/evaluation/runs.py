@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import platform
 import sys
@@ -28,6 +29,8 @@ from typing import Any
 import numpy as np
 
 import cifake_lib
+from cifake_lib.clip.prompts import MARGINALS
+from cifake_lib.core.errors import CifakeError
 from cifake_lib.core.files import read_json, write_json
 from cifake_lib.evaluation.metrics import (
     RECORD_FIELDS,
@@ -177,20 +180,83 @@ def write_run(out_dir: str | os.PathLike, *, test: Any, p_test: Any, val: Any | 
     return metrics
 
 
-def read_detector_json(run_dir: str | os.PathLike, kind: str) -> tuple[Path, dict[str, Any]]:
-    """(run folder, parsed detector.json) of a run folder (or its detector.json) of this `kind`.
+DETECTOR_KINDS = ("clip", "probe", "cnn")
+_TEXT_FIELDS = ("detector", "model", "prompt_set", "probe", "base_model")
 
-    Every detector's `from_run` starts here, so a wrong folder gets the same clear error.
+
+def _bad_field(meta_path: Path, field: str, value: Any, expected: str) -> CifakeError:
+    shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+    return CifakeError(f"{meta_path}: \"{field}\" is {shown}; expected {expected}. Fix the file or re-run the "
+                       "stage that wrote it")
+
+
+def _check_file_field(meta_path: Path, meta: dict[str, Any], field: str) -> None:
+    """A file named by detector.json: a plain relative path inside the run folder, present."""
+    value = meta[field]
+    if not isinstance(value, str) or not value or Path(value).is_absolute() or ".." in Path(value).parts:
+        raise _bad_field(meta_path, field, value, "a file name inside the run folder")
+    if not (meta_path.parent / value).is_file():
+        raise FileNotFoundError(f"{meta_path}: \"{field}\" names {value}, which is not in {meta_path.parent}")
+
+
+def check_detector_meta(meta: Any, meta_path: Path, kind: str | None = None) -> dict[str, Any]:
+    """Check every field detector.json may hold; raise CifakeError naming the file and the field.
+
+    kind one of DETECTOR_KINDS; threshold a finite number in [0, 1]; text fields strings; files
+    (weights, text_embeddings) inside the run folder; use_known_class a boolean; prompts a set
+    name or {"REAL": [...], "FAKE": [...]}; architecture an object. Other keys are kept as notes.
+    `kind`, when given, must match (checked first: a run of another kind is the likelier mistake).
     """
-    path = Path(run_dir)
+    if not isinstance(meta, dict):
+        raise CifakeError(f"{meta_path}: expected a JSON object, got {type(meta).__name__}")
+    if meta.get("kind") not in DETECTOR_KINDS:
+        raise CifakeError(f"{meta_path}: unknown detector kind {meta.get('kind')!r}; expected one of "
+                          f"{', '.join(DETECTOR_KINDS)}. Fix the file or re-run the stage that wrote it")
+    if kind is not None and meta["kind"] != kind:
+        raise CifakeError(f"{meta_path}: kind is {meta['kind']!r}, not {kind!r}")
+    if "threshold" in meta:
+        t = meta["threshold"]
+        if isinstance(t, bool) or not isinstance(t, int | float) or not math.isfinite(t) or not 0 <= t <= 1:
+            raise _bad_field(meta_path, "threshold", t, "a finite number in [0, 1]")
+    for field in _TEXT_FIELDS:
+        if field in meta and not isinstance(meta[field], str):
+            raise _bad_field(meta_path, field, meta[field], "a string")
+    if meta["kind"] in ("clip", "probe") and not (isinstance(meta.get("model"), str) and meta["model"]):
+        raise _bad_field(meta_path, "model", meta.get("model"), "the CLIP model: a folder or a Hub id")
+    if meta["kind"] == "cnn" and "weights" not in meta:
+        raise _bad_field(meta_path, "weights", None, "the weights file (cnn.safetensors)")
+    for field in ("weights", "text_embeddings"):
+        if field in meta:
+            _check_file_field(meta_path, meta, field)
+    if "use_known_class" in meta and not isinstance(meta["use_known_class"], bool):
+        raise _bad_field(meta_path, "use_known_class", meta["use_known_class"], "true or false")
+    if "marginal" in meta and meta["marginal"] not in MARGINALS:
+        raise _bad_field(meta_path, "marginal", meta["marginal"], f"one of {', '.join(MARGINALS)}")
+    prompts = meta.get("prompts")
+    if "prompts" in meta and not (isinstance(prompts, str) or (
+            isinstance(prompts, dict) and {"REAL", "FAKE"} <= set(prompts))):
+        raise _bad_field(meta_path, "prompts", prompts, 'a prompt set name or {"REAL": [...], "FAKE": [...]}')
+    if "architecture" in meta and not isinstance(meta["architecture"], dict):
+        raise _bad_field(meta_path, "architecture", meta["architecture"], "an object")
+    return meta
+
+
+def read_detector_meta(path: str | os.PathLike, kind: str | None = None) -> tuple[Path, dict[str, Any]]:
+    """(run folder, checked detector.json) of a run folder or its detector.json (of `kind`, if given)."""
+    path = Path(path)
     meta_path = path if path.suffix == ".json" else path / DETECTOR
     if not meta_path.is_file():
         raise FileNotFoundError(f"{meta_path}: detector.json not found (not a run folder?)")
-    meta = read_json(meta_path)
-    if not isinstance(meta, dict) or meta.get("kind") != kind:
-        found = meta.get("kind") if isinstance(meta, dict) else None
-        raise ValueError(f"{meta_path}: kind is {found!r}, not {kind!r}")
-    return meta_path.parent, meta
+    return meta_path.parent, check_detector_meta(read_json(meta_path), meta_path, kind)
+
+
+def read_detector_json(run_dir: str | os.PathLike, kind: str) -> tuple[Path, dict[str, Any]]:
+    """(run folder, checked detector.json) of a run folder (or its detector.json) of this `kind`.
+
+    Every detector's `from_run` starts here, so a wrong folder or a bad field gets the same
+    clear error.
+    """
+    return read_detector_meta(run_dir, kind)
 
 
 def check_metrics(record: Any, source: str = METRICS) -> dict[str, Any]:

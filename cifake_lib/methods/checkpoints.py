@@ -20,7 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from cifake_lib.core.files import write_json
+from cifake_lib.core.errors import CifakeError, NoSpaceLeft, is_disk_full, out_of_memory_kind
+from cifake_lib.core.files import follow_umask, write_json
 
 CHECKPOINTS = "checkpoints"
 HISTORY_FILE = "history.json"
@@ -104,30 +105,55 @@ def all_finite(params: Sequence[torch.Tensor]) -> bool:
 def save_checkpoint(out: str | os.PathLike, *, clip: nn.Module, optimizer, scaler, state: Mapping[str, Any],
                     history: list[dict[str, Any]], keep: int) -> Path:
     """Write OUT/checkpoints/step-XXXXXXX/ atomically (a .tmp folder, then a rename); keep the newest `keep`."""
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     if not all_finite(list(clip.parameters())):
         raise TrainingDiverged(f"the weights hold NaN/inf at step {state['step']}: no checkpoint written")
     final = checkpoint_dir(out, int(state["step"]))
     tmp = final.with_name(final.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    weights = {k: v.detach().cpu().contiguous() for k, v in clip.state_dict().items()}
-    save_file(weights, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
-    torch.save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
-    if scaler is not None:
-        torch.save(scaler.state_dict(), tmp / SCALER_FILE)
-    torch.save(rng_state(), tmp / RNG_FILE)
-    write_json(tmp / HISTORY_FILE, history)
-    write_json(tmp / STATE_FILE, dict(state))  # last inside the folder
-    _replace_dir(tmp, final)
+    current = tmp
+    try:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        weights = {k: v.detach().cpu().contiguous() for k, v in clip.state_dict().items()}
+        current = tmp / WEIGHTS_FILE
+        save_file(weights, str(current), metadata={"format": "pt"})
+        follow_umask(current)  # safetensors writes 0600 whatever the umask
+        for name, obj in ((OPTIMIZER_FILE, optimizer.state_dict()),
+                          (SCALER_FILE, scaler.state_dict() if scaler is not None else None), (RNG_FILE, rng_state())):
+            if obj is not None:
+                current = tmp / name
+                torch.save(obj, current)
+        current = tmp / HISTORY_FILE
+        write_json(current, history)
+        current = tmp / STATE_FILE
+        write_json(current, dict(state))  # last inside the folder
+        current = final
+        _replace_dir(tmp, final)
+    except (OSError, RuntimeError, SafetensorError) as e:
+        shutil.rmtree(tmp, ignore_errors=True)  # a partial checkpoint is worth nothing; free its space
+        if out_of_memory_kind(e):
+            raise
+        raise _write_failed(out, current, e) from None
     for old in list_checkpoints(out)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     for stale in (Path(out) / CHECKPOINTS).glob("*.tmp"):
         if stale != tmp:
             shutil.rmtree(stale, ignore_errors=True)
     return final
+
+
+def _write_failed(out: str | os.PathLike, path: Path, e: BaseException) -> CifakeError:
+    """The error for a checkpoint that could not be written, naming the last complete one."""
+    last = latest_checkpoint(out)
+    step = f"step {int(_CKPT_RE.match(last.name).group(1))} ({last})" if last else "none yet"
+    if is_disk_full(e):
+        return NoSpaceLeft(f"no space left writing {path}; last complete checkpoint {step}; free space and "
+                           "re-run with --resume")
+    return CifakeError(f"could not write {path} ({type(e).__name__}: {e}); last complete checkpoint {step}; "
+                       "fix the cause and re-run with --resume")
 
 
 def load_tensors(path: Path) -> Any:
@@ -142,5 +168,6 @@ def export_model(clip: nn.Module, processor, path: str | os.PathLike) -> Path:
         shutil.rmtree(tmp)
     clip.save_pretrained(tmp, safe_serialization=True)
     processor.save_pretrained(tmp)
+    follow_umask(tmp)  # save_pretrained's safetensors file is 0600 whatever the umask
     _replace_dir(tmp, path)
     return path

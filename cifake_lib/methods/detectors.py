@@ -20,7 +20,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import torch
 
-from cifake_lib.core.files import read_json
+from cifake_lib.evaluation.runs import read_detector_meta
 
 DETECTOR_FILE = "detector.json"
 KINDS = ("clip", "probe", "cnn")
@@ -44,8 +44,8 @@ def load_detector(path_or_id: str | os.PathLike, device: str | torch.device | No
     path = Path(name).expanduser()
     meta_path = path if path.is_file() and path.suffix == ".json" else path / DETECTOR_FILE
     if meta_path.is_file():
-        meta = read_json(meta_path)
-        kind = meta.get("kind") if isinstance(meta, dict) else None
+        _, meta = read_detector_meta(meta_path)  # every field checked, the file named in errors
+        kind = meta["kind"]
         if kind == "clip":
             from cifake_lib.methods.zeroshot import ClipDetector
 

@@ -92,7 +92,9 @@ from torch import nn
 
 from cifake_lib.clip.coop import CONTEXT_FILE, PromptContext
 from cifake_lib.clip.head import ZeroShotHead, encode_rows, normalize, p_fake, prompt_index
+from cifake_lib.clip.models import check_model_source
 from cifake_lib.clip.prompts import CLASS_FIELD, PromptSet, get_prompt_set
+from cifake_lib.core.errors import out_of_memory_kind
 from cifake_lib.core.files import read_json, write_json
 from cifake_lib.data.perturb import augment_batch
 from cifake_lib.methods.checkpoints import (
@@ -139,7 +141,7 @@ RUNTIME_FIELDS = frozenset({"out", "resume", "stop_after", "progress", "keep_che
 
 
 class OutOfMemory(RuntimeError):
-    """CUDA ran out of memory; the message names the batch size and what to change."""
+    """CUDA or CPU memory ran out; the message names the batch size and what to change."""
 
 
 # ---------------------------------------------------------------------------
@@ -685,16 +687,23 @@ def _check_split(split: Any, name: str) -> None:
         raise ValueError(f"{name}: images must be a uint8 (N, H, W, 3) array")
 
 
-def _oom_message(cfg: FinetuneConfig, world: int, where: str) -> str:
+def _oom_message(cfg: FinetuneConfig, world: int, where: str, kind: str = "CUDA") -> str:
     per = math.ceil(cfg.batch_size / world)
-    return (f"CUDA out of memory during {where} with --batch-size {cfg.batch_size} ({per} images per "
+    return (f"{kind} out of memory during {where} with --batch-size {cfg.batch_size} ({per} images per "
             f"process per forward pass, --grad-accum {cfg.grad_accum}). Lower --batch-size and raise "
             f"--grad-accum to keep the effective batch (e.g. --batch-size {max(1, cfg.batch_size // 2)} "
             f"--grad-accum {cfg.grad_accum * 2}), or add --gradient-checkpointing"
             + (f"; for evaluation lower --eval-batch-size ({cfg.eval_batch_size})" if where == "evaluation" else ""))
 
 
-_OOM = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+_OOM = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)  # CUDA's; CPU's: see out_of_memory_kind
+
+
+def _raise_if_out_of_memory(e: BaseException, cfg: FinetuneConfig, world: int, where: str) -> None:
+    """OutOfMemory naming the batch size when `e` is a CUDA or CPU out-of-memory error."""
+    kind = out_of_memory_kind(e)
+    if kind:
+        raise OutOfMemory(_oom_message(cfg, world, where, kind)) from None
 
 
 @dataclass
@@ -805,6 +814,7 @@ def checkpoint_to_resume(cfg: FinetuneConfig, fingerprint: str, prompts: PromptS
 def _load_clip(cfg: FinetuneConfig):
     from transformers import CLIPModel, CLIPProcessor
 
+    check_model_source(cfg.model)  # a CNN run, a pickle-only folder: a clear error, not an OSError
     processor = CLIPProcessor.from_pretrained(cfg.model)
     clip = CLIPModel.from_pretrained(cfg.model, dtype=torch.float32)  # fp32 master weights
     if cfg.gradient_checkpointing:
@@ -941,8 +951,9 @@ def train_step(setup: Setup, state: TrainState, perm: np.ndarray) -> StepStats:
                                    f"The last good checkpoint is {_last_good(setup)}.")
         setup.optimizer.step()
         setup.optimizer.zero_grad(set_to_none=True)
-    except _OOM:
-        raise OutOfMemory(_oom_message(cfg, setup.world, "training")) from None
+    except (RuntimeError, MemoryError) as e:  # CUDA's OutOfMemoryError is a RuntimeError
+        _raise_if_out_of_memory(e, cfg, setup.world, "training")
+        raise
     if setup.clip.logit_scale.requires_grad:  # frozen (CoOp, --freeze-logit-scale): left byte-identical
         with torch.no_grad():
             setup.clip.logit_scale.clamp_(0.0, MAX_LOGIT_SCALE)
@@ -955,8 +966,9 @@ def evaluate(setup: Setup, state: TrainState) -> None:
     cfg = setup.cfg
     try:
         scores = _evaluate(setup.accelerator, setup.model, setup.preprocess, setup.val, cfg.eval_batch_size)
-    except _OOM:
-        raise OutOfMemory(_oom_message(cfg, setup.world, "evaluation")) from None
+    except (RuntimeError, MemoryError) as e:
+        _raise_if_out_of_memory(e, cfg, setup.world, "evaluation")
+        raise
     improved = state.observe(scores["val_auc"])
     if improved:
         if not all_finite(setup.trainable):
@@ -1023,7 +1035,7 @@ def train(data: CifakeData, cfg: FinetuneConfig) -> TrainOutcome:
 
     Without a validation split the last model is exported and there is no early stopping.
     Raises TrainingDiverged on a NaN/infinite loss or gradient (the last good checkpoint stays),
-    OutOfMemory on CUDA OOM, ValueError on a bad config or a refused resume.
+    OutOfMemory on CUDA or CPU OOM, ValueError on a bad config or a refused resume.
     """
     from tqdm.auto import tqdm
 

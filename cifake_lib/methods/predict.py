@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import inspect
 import os
-import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -43,38 +42,17 @@ def expand_inputs(paths: Iterable[str | os.PathLike]) -> list[Path]:
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
-    """An (H, W, 3) uint8 image via `preprocess.load_image_rgb`, refusing decompression bombs.
+    """An (H, W, 3) uint8 image, decoded by `cifake_lib.data.decode` (the data loader's decoder).
 
-    Raises ValueError (or FileNotFoundError) naming the file.
+    Decompression bombs are refused; images whose shorter side exceeds `REDUCE_ABOVE` are reduced
+    (see the module docstring). Raises ValueError (or FileNotFoundError) naming the file.
     """
-    from PIL import Image, UnidentifiedImageError
-
-    from cifake_lib.data.preprocess import load_image_rgb, pil_to_rgb
+    from cifake_lib.data.decode import decode_image
 
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file")
-    if path.is_dir():
-        raise ValueError(f"{path}: is a folder, expected an image file")
-    if path.stat().st_size == 0:
-        raise ValueError(f"{path}: empty file (0 bytes), expected an image")
-    limit = Image.MAX_IMAGE_PIXELS
-    try:
-        with warnings.catch_warnings():  # PIL warns about big images; we refuse them ourselves
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im = Image.open(path)  # reads the header only
-        with im:
-            w, h = im.size
-            if limit and w * h > limit:
-                raise ValueError(f"{path}: image too large ({w}x{h} = {w * h:,} pixels; the limit is "
-                                 f"{limit:,}, PIL's decompression-bomb guard)")
-            factor = min(w, h) // REDUCE_TO if min(w, h) > REDUCE_ABOVE else 1
-            if factor > 1:
-                im.load()
-                return pil_to_rgb(im.reduce(factor))
-    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as e:
-        raise ValueError(f"{path}: not a readable image ({e})") from None
-    return load_image_rgb(path)
+    return decode_image(path, reduce_above=REDUCE_ABOVE, reduce_to=REDUCE_TO)
 
 
 def _accepts_classes(detector: Any) -> bool:

@@ -202,7 +202,7 @@ class ClipDetector:
         model_subdir None keeps `model_ref` (a Hub id or an existing folder) instead of copying.
         text_embeddings: also store the head, so loading skips encoding the prompts.
         """
-        from cifake_lib.core.files import write_json
+        from cifake_lib.core.files import follow_umask, write_json
 
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -210,6 +210,7 @@ class ClipDetector:
         if model_subdir is not None:
             self.model.save_pretrained(out / model_subdir)
             self.processor.save_pretrained(out / model_subdir)
+            follow_umask(out / model_subdir)  # save_pretrained's safetensors file is 0600
             ref = model_subdir
         meta = {**self.to_json(ref), **(extra or {})}
         if self.context is not None:
