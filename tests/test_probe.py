@@ -39,6 +39,24 @@ def test_separable_features_high_accuracy_and_c_on_val():
     assert fit.probe.hyper == {"C": fit.best}
 
 
+def test_c_at_the_edge_warns_and_extends_the_grid():
+    """Well separated clouds want weak regularisation: a grid stopping at 1e-2 is extended past it."""
+    from cifake_lib.methods.probe import _extension
+
+    xtr, ytr = _blobs(400, seed=0)
+    xva, yva = _blobs(200, seed=1)
+    with pytest.warns(UserWarning, match="at the edge of the grid; extending it"):
+        fit = fit_probe(xtr, ytr, xva, yva, grid=[1e-4, 1e-3, 1e-2], progress=False)
+    assert len(fit.grid) > 3 and fit.best > 1e-2 and max(fit.grid) > 1e-2
+    assert fit.best == fit.grid[int(np.argmin(fit.val_log_loss))]
+    assert fit.at_edge == (fit.best in (fit.grid[0], fit.grid[-1]))
+    # Inside the grid nothing is added; a two-value grid has no interior and is never extended.
+    assert _extension([1.0, 10.0, 100.0], 10.0) == []
+    assert _extension([1.0, 10.0], 10.0) == []
+    assert _extension([1.0, 10.0, 100.0], 100.0) == pytest.approx([1e3, 1e4, 1e5])
+    assert _extension([1.0, 10.0, 100.0], 1.0) == pytest.approx([0.1, 0.01, 0.001])
+
+
 def test_matches_sklearn_logistic_regression():
     """Oracle: sklearn on the same (L2-normalised, standardised) features, same C."""
     from sklearn.linear_model import LogisticRegression

@@ -48,12 +48,15 @@ def test_report_from_tiny_runs(study):
     text = path.read_text()
     for section in ("## Quantitative results", "## Qualitative results", "## Analysis", "## Discussion"):
         assert section in text
-    assert "| published |" in text and "CIFAKE paper CNN" in text
-    assert "zeroshot:plain" in text and "| zeroshot:ensemble | ours" not in text  # one prompt set, on val
+    assert "### Published results (not ours)" in text and "| CIFAKE paper CNN | Bird & Lotfi 2024 |" in text
+    assert "## References" in text and "arXiv:2303.14126" in text
+    assert "| zeroshot:plain |" in text and "| zeroshot:ensemble |" not in text  # one prompt set, on val
     assert "chosen among 2 on validation" in text
     assert "### Robustness" in text and "blur sigma=1.5" in text
-    assert "Best detector by ROC AUC" in text and "Temperature scaling fitted on validation" in text
-    assert "Settings: epochs 1, learning rate 0.002" in text  # methods from run.json
+    assert "Temperature scaling fitted on validation" in text
+    assert "Settings: epochs planned 1, learning rate 0.002" in text  # methods from run.json
+    # No leak-free evaluation among these runs: the caption says so instead of claiming it.
+    assert "not leak-free" in text and "Leak-free test split" not in text
     images = report.linked_images(path)
     names = {p.name for p in images}
     assert {"roc.png", "per_class.png", "reliability.png", "robustness.png", "gallery_cnn.png",
@@ -62,7 +65,7 @@ def test_report_from_tiny_runs(study):
         assert p.is_file(), p
         with Image.open(p) as im:
             im.verify()
-    for csv in ("comparison.csv", "per_class.csv", "calibration.csv"):
+    for csv in ("comparison.csv", "per_class.csv", "calibration.csv", "paired_comparisons.csv"):
         assert (root / "out" / csv).is_file()
 
 
@@ -114,3 +117,94 @@ def test_models_before_after(tmp_path, tiny_model_dir):
     pairs = models_before_after(load_runs(tmp_path))
     assert list(pairs.values()) == [str(tiny_model_dir), str((tmp_path / "ft").resolve())]
     assert list(pairs)[1] == "fine-tuned (finetune:both)"
+
+
+# --------------------------------------------------------------------------- leak-free headline, paired tests
+
+
+def _leak_free_copy(src, dst, keep):
+    """What `cifake evaluate --dedup` writes: the original's test scores on the images kept, args.dedup true."""
+    import json
+
+    from cifake_lib.evaluation.metrics import metrics_record, read_predictions, write_predictions
+
+    p = read_predictions(src / "predictions.csv")
+    m = json.loads((src / "metrics.json").read_text())
+    idx = np.flatnonzero(keep(p))
+    rec = metrics_record(p["label"][idx], p["p_fake"][idx], threshold=m["threshold"], classes=p["cifar_class"][idx],
+                         detector=m["detector"], model=str(src), data="synthetic", split="test", seed=0, n_boot=50,
+                         threshold_source="detector", args={"model": str(src), "dedup": True})
+    dst.mkdir(parents=True)
+    write_predictions(dst / "predictions.csv", p["id"][idx], p["label"][idx], p["cifar_class"][idx], p["p_fake"][idx])
+    (dst / "metrics.json").write_text(json.dumps(rec))
+    return rec
+
+
+@pytest.fixture(scope="module")
+def dedup_study(tmp_path_factory):
+    """Three detectors on the same 300 test images; an evaluate/ folder drops 6 FAKE "duplicates" each."""
+    root = tmp_path_factory.mktemp("dedup")
+    test = synthetic_split(300, seed=100)
+    make_run(root / "zeroshot" / "plain", "zeroshot:plain", strength=0.3, kind="clip", test=test)
+    make_run(root / "probe", "probe", strength=1.5, test=test)
+    make_run(root / "finetune", "finetune:both", strength=1.6, kind="clip", test=test, seed=1)
+    dropped = {str(i) for i in test.ids[test.labels == 1][:6]}
+    for name, src in (("zeroshot", root / "zeroshot" / "plain"), ("probe", root / "probe"),
+                      ("finetune", root / "finetune")):
+        _leak_free_copy(src, root / "evaluate" / name, lambda p: ~np.isin(p["id"], list(dropped)))
+    return root
+
+
+def test_headline_is_leak_free_with_duplicates_second(dedup_study, tmp_path):
+    import csv
+
+    from cifake_lib.analysis.study import load_study
+
+    study = load_study([dedup_study])
+    assert study.leak_free and [r["metrics"]["n"] for r in study.runs] == [294, 294, 294]
+    assert all(v == {"n": 6, "fake": 6, "real": 0} for v in study.removed.values())
+    assert [r["metrics"]["n"] for r in study.with_duplicates] == [300, 300, 300]
+    path = report.build_report([dedup_study], tmp_path, n_boot=50)
+    text = path.read_text()
+    main = text.split("### Main results")[1].split("### With duplicates")[0]
+    assert "**Leak-free test split:**" in main and "6 removed (6 FAKE, 0 REAL)" in main
+    assert "| 294 |" in main and "| 300 |" not in main
+    assert "| 300 |" in text.split("### With duplicates")[1].split("### Paired")[0]
+    assert "acc@0.5" in main
+    with open(tmp_path / "paired_comparisons.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0])[:7] == ["detector_a", "detector_b", "metric", "difference", "ci_low", "ci_high", "p_value"]
+    pairs = {(r["detector_a"], r["detector_b"]) for r in rows}
+    assert {("probe", "zeroshot:plain"), ("finetune:both", "zeroshot:plain"), ("finetune:both", "probe")} <= pairs
+    assert all(int(r["n"]) == 294 for r in rows)  # compared on the leak-free images
+
+
+def test_discussion_follows_the_paired_table(dedup_study, tmp_path):
+    import csv
+
+    report.build_report([dedup_study], tmp_path, n_boot=50)
+    discussion = report.section_text(tmp_path / "report.md", "Discussion")
+    with open(tmp_path / "paired_comparisons.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    for r in rows:
+        lo, hi, p = float(r["ci_low"]), float(r["ci_high"]), float(r["p_value"])
+        metric = "ROC AUC" if r["metric"] == "roc_auc" else "accuracy"
+        if (lo > 0 or hi < 0) and p < 0.05:
+            word = "higher" if float(r["difference"]) > 0 else "lower"
+            assert f"{r['detector_a']} has {word} {metric} than {r['detector_b']}" in discussion
+        else:
+            assert f"{r['detector_a']} and {r['detector_b']} are not distinguishable on {metric}" in discussion
+    # Unpaired wording is gone; the absence claim is dated.
+    assert "CIs overlap" not in discussion and "As of November 2026, we found no published result" in discussion
+
+
+def test_uninformative_temperature_is_not_called_an_improvement():
+    from cifake_lib.analysis.compare import calibration_verdict
+
+    row = {"name": "zeroshot:plain", "temperature": 51.3, "ece_before": 0.26, "ece_after": 0.006,
+           "brier_before": 0.31, "brier_after": 0.2498, "sd_after": 0.002}
+    row["verdict"] = calibration_verdict(row)
+    assert row["verdict"].startswith("uninformative")
+    (text,) = report._calibration_statements([row])
+    assert "uninformative, not an improvement" in text
+    assert calibration_verdict({**row, "sd_after": 0.2}) == "ECE and Brier lower"

@@ -14,7 +14,7 @@ from cifake_lib.clip.head import ZeroShotHead, build_head
 from cifake_lib.clip.models import load_clip
 from cifake_lib.clip.prompts import PROMPT_SETS, PromptSet, get_prompt_set, resolve_prompt_sets
 from cifake_lib.methods.detectors import load_detector
-from cifake_lib.methods.zeroshot import ClipDetector, published_anchors
+from cifake_lib.methods.zeroshot import ClipDetector
 
 
 @pytest.fixture(scope="module")
@@ -179,9 +179,20 @@ def test_load_detector_plain_model_folder_and_errors(tiny_model_dir, tmp_path):
         load_detector(tmp_path / "odd")
 
 
-def test_published_anchors_ranges_give_two_lines():
-    a = published_anchors("roc_auc", ["zero-shot CLIP ViT-B/32"])
-    assert sorted(a.values()) == [0.59, 0.64] and all("zero-shot" in k for k in a)
+def test_class_aware_detector_default_is_the_marginal(clip):
+    """No oracle information: a test image's true class never enters a detector's score by default."""
+    model, processor = clip
+    images = _images(12, seed=5)
+    classes = np.arange(12) % 10
+    det = ClipDetector(model, processor, "class_aware")
+    feats = image_features(model, processor, images, progress=False)
+    marginal = det.head.p_fake(feats)  # no classes: log-mean-exp over the ten classes
+    np.testing.assert_allclose(det.predict_proba(images, classes=classes), marginal, atol=1e-7)
+    np.testing.assert_allclose(det.predict_proba(images), marginal, atol=1e-7)
+    assert det.to_json()["use_known_class"] is False
+    # The oracle (true class known) is a different score, available only on request.
+    oracle = ClipDetector(model, processor, "class_aware", head=det.head, use_known_class=True)
+    assert np.abs(oracle.predict_proba(images, classes=classes) - marginal).max() > 1e-6
 
 
 # --------------------------------------------------------------------------- end to end
@@ -234,9 +245,11 @@ def test_load_detector_reproduces_zeroshot_predictions(zeroshot_run, sample_dir,
     assert list(test.ids) == list(preds["id"])
     det = load_detector(zeroshot_run / name, device="cpu")
     assert det.detector == f"zeroshot:{name}"
-    # Class-aware scoring used each image's CIFAR class, recorded in predictions.csv.
-    p = det.predict_proba(test.images, classes=preds["cifar_class"])
-    np.testing.assert_allclose(p, preds["p_fake"], atol=1e-6)
+    # Class-aware sets were scored by marginalising over the classes: the classes passed here
+    # (the true ones, from predictions.csv) must not change a thing.
+    np.testing.assert_allclose(det.predict_proba(test.images, classes=preds["cifar_class"]), preds["p_fake"],
+                               atol=1e-6)
+    np.testing.assert_allclose(det.predict_proba(test.images), preds["p_fake"], atol=1e-6)
 
 
 # --------------------------------------------------------------------------- CUDA (skipped without a GPU)

@@ -35,24 +35,20 @@ from cifake_lib.evaluation.metrics import (
 )
 from cifake_lib.evaluation.runs import find_runs, read_run
 
-REFERENCES = {"CIFAKE paper CNN": "Bird & Lotfi, IEEE Access 2024"}
-
 
 def published_rows() -> list[dict[str, Any]]:
-    """The published anchors (zeroshot.PUBLISHED, DESIGN.md) as table rows, source "published".
+    """The published results (evaluation/published.toml) as table rows, source "published".
 
-    Ranges stay [lo, hi] lists; a figure the source does not report is None.
+    The metric's cell holds the figure as published ("92.98%", "≈95%"), never a re-rounded
+    number; "reference" is the short citation (authors and year).
     """
-    from cifake_lib.methods.zeroshot import PUBLISHED
+    from cifake_lib.evaluation.published import cite, compared_with, published_results
 
     rows = []
-    for name, m in PUBLISHED.items():
-        row: dict[str, Any] = {"name": name, "source": "published"}
-        for key in ("accuracy", "roc_auc"):
-            v = m.get(key)
-            row[key] = list(v) if isinstance(v, tuple) else v
-        if name in REFERENCES:
-            row["reference"] = REFERENCES[name]
+    for e in published_results():
+        row: dict[str, Any] = {"name": f"{e['name']} ({cite(e)})", "source": "published", "reference": cite(e),
+                               "setting": e["setting"], "split": e["split"]}
+        row[{"acc@0.5": "accuracy_at_0.5"}.get(compared_with(e), compared_with(e))] = e["text"]
         rows.append(row)
     return rows
 
@@ -62,6 +58,7 @@ COMPARISON_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("name", "detector", "text"),
     ("source", "source", "text"),
     ("accuracy", "accuracy", "ci"),
+    ("accuracy_at_0.5", "acc@0.5", "num"),
     ("precision", "precision", "ci"),
     ("recall", "recall", "ci"),
     ("f1", "F1", "ci"),
@@ -230,6 +227,8 @@ def comparison_rows(runs: Sequence[Mapping[str, Any]], *, published: bool = True
         for key in ("accuracy", "precision", "recall", "f1", "roc_auc", "average_precision", "ece",
                     "brier", "threshold", "n", "n_real", "n_fake"):
             row[key] = m.get(key)
+        # The natural threshold: what a detector gives with no labelled data to tune on.
+        row["accuracy_at_0.5"] = (m.get("natural_threshold") or {}).get("accuracy")
         row["accuracy_ci95"] = m.get("accuracy_ci95")
         row["roc_auc_ci95"] = m.get("roc_auc_ci95")
         preds = r.get("predictions")
@@ -330,14 +329,36 @@ def calibration_rows(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         row: dict[str, Any] = {"name": r.get("name") or r["metrics"].get("detector"),
                                "ece_before": expected_calibration_error(y, p),
                                "brier_before": float(np.mean((p - y) ** 2)),
-                               "temperature": None, "ece_after": None, "brier_after": None}
+                               "temperature": None, "ece_after": None, "brier_after": None, "sd_after": None,
+                               "verdict": "no validation predictions: not fitted"}
         if val is not None and len(val["label"]):
             t = fit_temperature(val["label"], val["p_fake"])
             q = apply_temperature(p, t)
             row.update(temperature=t, ece_after=expected_calibration_error(y, q),
-                       brier_after=float(np.mean((q - y) ** 2)))
+                       brier_after=float(np.mean((q - y) ** 2)), sd_after=float(np.std(q)))
+            row["verdict"] = calibration_verdict(row)
         rows.append(row)
     return rows
+
+
+UNINFORMATIVE_SD = 0.01
+
+
+def calibration_verdict(row: Mapping[str, Any]) -> str:
+    """What temperature scaling did, in words. A temperature that squeezes every test score to
+    nearly one value (sd < 0.01) makes a constant predictor: a low ECE then says nothing, so
+    that case is "uninformative", never an improvement."""
+    if row.get("sd_after") is not None and row["sd_after"] < UNINFORMATIVE_SD:
+        return f"uninformative: scaled scores nearly constant (sd {row['sd_after']:.4f})"
+    if row.get("ece_after") is None:
+        return "not fitted"
+    better_ece = row["ece_after"] < row["ece_before"]
+    better_brier = row["brier_after"] < row["brier_before"]
+    if better_ece and better_brier:
+        return "ECE and Brier lower"
+    if not better_ece and not better_brier:
+        return "ECE and Brier not lower"
+    return "ECE lower, Brier not" if better_ece else "Brier lower, ECE not"
 
 
 def calibrated_predictions(run: Mapping[str, Any]) -> np.ndarray | None:
@@ -426,7 +447,8 @@ PER_CLASS_COLUMNS = (("name", "detector", "text"), ("cifar_class", "class", "tex
                      ("n_real", "n REAL", "int"), ("n_fake", "n FAKE", "int"))
 CALIBRATION_COLUMNS = (("name", "detector", "text"), ("temperature", "T (fit on val)", "num"),
                        ("ece_before", "ECE before", "num"), ("ece_after", "ECE after", "num"),
-                       ("brier_before", "Brier before", "num"), ("brier_after", "Brier after", "num"))
+                       ("brier_before", "Brier before", "num"), ("brier_after", "Brier after", "num"),
+                       ("sd_after", "score sd after", "num"), ("verdict", "verdict", "text"))
 
 
 def per_class_wide(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:

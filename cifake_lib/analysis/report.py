@@ -1,20 +1,27 @@
 """report.md from run folders: the tables, figures and generated text of the study's step 4.
 
-`build_report(run_dirs, out_dir, data=...)` searches every run dir recursively for test
-metrics.json (runs.find_runs), keeps one zero-shot prompt set per CLIP model (the best on
-validation), and writes into `out_dir`:
+`build_report(run_dirs, out_dir, data=...)` searches every run dir recursively for run folders
+(analysis/study.py): the headline is the LEAK-FREE test split (the evaluate stage's re-scoring
+with train/validation duplicates removed), one zero-shot prompt set per CLIP model (chosen on
+validation). The report is assembled from sections, each computed once:
 
-    report.md                 sections Methods, Quantitative results, Qualitative results,
-                              Analysis, Discussion; every figure linked relative to it
-    comparison.csv            the comparison table (ours + published rows, CIs)
-    per_class.csv             accuracy on REAL and FAKE per CIFAR class, per detector
-    calibration.csv           temperature (fitted on validation), ECE/Brier before and after
-    roc.png, compare_auc.png, compare_accuracy.png, per_class.png, reliability.png
-    gallery_<detector>.png    most confident right/wrong test images (needs `data`)
-    saliency_<detector>.png   saliency of a few of them (needs `data` and the detector's weights)
-    robustness.png            when a robustness.json is found under the run dirs
+    study = load_study(run_dirs); results = compute_results(study)
+    sections = [methods_section(...), quantitative_section(...), ..., references_section()]
+    assemble_report(sections, out_dir)
 
-The text of Discussion is generated from the numbers: facts, with CI overlap stated.
+so a notebook can compute, show and reuse each part. Files written into `out_dir`:
+
+    report.md                 Methods, Quantitative results, Qualitative results, Analysis,
+                              Discussion, References; every figure linked relative to it
+    comparison.csv            headline table (leak-free), with acc@0.5, CIs, published rows
+    comparison_with_duplicates.csv   the same detectors on the test split as loaded
+    paired_comparisons.csv    detector_a, detector_b, metric, difference, ci_low, ci_high,
+                              p_value (paired bootstrap; McNemar exact / DeLong)
+    per_class.csv, calibration.csv, and the figures (roc.png, compare_*.png, per_class.png,
+    reliability.png, gallery_*.png, saliency_*.png, embeddings.png, robustness.png)
+
+The Discussion's comparative statements come from paired_comparisons.csv only; per-class and
+per-perturbation statements carry an interval or are marked descriptive.
 """
 
 from __future__ import annotations
@@ -23,28 +30,116 @@ import os
 import re
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from cifake_lib.analysis import compare
+from cifake_lib.analysis.study import (
+    PAIRED_COLUMNS,
+    Study,
+    load_study,
+    paired_comparisons,
+    significant,
+)
 from cifake_lib.core.files import read_json, write_csv, write_text_atomic
 from cifake_lib.evaluation.metrics import utc_now
 
 REPORT = "report.md"
-SECTIONS = ("Methods", "Quantitative results", "Qualitative results", "Analysis", "Discussion")
-# Settings worth naming in the methods text, as run.json "args" / detector.json spell them.
-SETTINGS = (("epochs", "epochs"), ("max_steps", "max steps"), ("lr", "learning rate"),
+SECTIONS = ("Methods", "Quantitative results", "Qualitative results", "Analysis", "Discussion", "References")
+# Settings worth naming in the methods text, as run.json "args" / detector.json spell them. Epochs
+# and step caps are what was asked for; what ran comes from history.json / detector.json.
+SETTINGS = (("epochs", "epochs planned"), ("max_steps", "step cap"), ("lr", "learning rate"),
             ("batch_size", "batch size"), ("train", "trained encoders"), ("prompts", "prompts"),
             ("loss", "loss"), ("arch", "architecture"), ("mlp", "MLP probe"), ("C", "C"),
-            ("alpha", "alpha"), ("subset", "subset (train:test)"), ("val_fraction", "validation fraction"),
-            ("dedup", "deduplicated test"), ("seed", "seed"))
+            ("alpha", "alpha"), ("patience", "early-stopping patience (validations)"),
+            ("subset", "subset (train:test)"), ("val_fraction", "validation fraction"), ("seed", "seed"))
+METHOD_REFERENCES = (
+    "DeLong, DeLong & Clarke-Pearson (1988). Comparing the areas under two or more correlated receiver "
+    "operating characteristic curves: a nonparametric approach. Biometrics 44(3):837-845.",
+    "McNemar (1947). Note on the sampling error of the difference between correlated proportions or "
+    "percentages. Psychometrika 12(2):153-157.",
+    "Efron & Tibshirani (1993). An Introduction to the Bootstrap. Chapman & Hall.",
+    "Guo, Pleiss, Sun & Weinberger (2017). On calibration of modern neural networks. ICML. arXiv:1706.04599.",
+    "Sun & Xu (2014). Fast implementation of DeLong's algorithm for comparing the areas under correlated "
+    "receiver operating characteristic curves. IEEE Signal Processing Letters 21(11):1389-1393.",
+)
 
 
 def slug(name: str) -> str:
     """A file-name-safe version of a detector name."""
     return re.sub(r"[^A-Za-z0-9]+", "_", str(name)).strip("_").lower() or "detector"
+
+
+# --------------------------------------------------------------------------- sections
+
+@dataclass
+class Section:
+    """One `## title` of report.md: Markdown blocks in order, the figures and CSV tables they need."""
+
+    title: str
+    blocks: list[str] = field(default_factory=list)
+    figures: dict[str, Any] = field(default_factory=dict)  # file name -> matplotlib Figure
+    tables: dict[str, tuple[list[dict], Sequence[str] | None]] = field(default_factory=dict)  # csv -> rows
+
+    def add(self, *markdown: str) -> None:
+        self.blocks += list(markdown)
+
+    def image(self, fig: Any, name: str, alt: str) -> None:
+        self.figures[name] = fig
+        self.blocks.append(f"![{alt}]({name})\n")
+
+
+@dataclass
+class Results:
+    """Every table of the report, computed once from a Study."""
+
+    rows: list[dict[str, Any]]  # headline (leak-free) comparison, then published rows
+    rows_with_duplicates: list[dict[str, Any]]
+    per_class: list[dict[str, Any]]
+    calibration: list[dict[str, Any]]
+    paired: list[dict[str, Any]]
+    paired_notes: list[str]
+    robustness: list[dict[str, Any]]  # robustness.json records
+
+
+def compute_results(study: Study, *, n_boot: int = 1000, n_boot_paired: int = 2000, seed: int = 0) -> Results:
+    """The comparison tables (headline and with duplicates), per-class, calibration, paired tests, robustness."""
+    from cifake_lib.analysis.robustness import find_robustness, read_robustness
+
+    robustness = []
+    for path in find_robustness(study.paths):
+        try:
+            robustness.append(read_robustness(path))
+        except (OSError, ValueError) as e:
+            warnings.warn(f"skipping {path}: {e}", stacklevel=2)
+    paired, notes = paired_comparisons(study.runs, n_boot=n_boot_paired, seed=seed)
+    return Results(rows=compare.comparison_rows(study.runs, n_boot=n_boot, seed=seed),
+                   rows_with_duplicates=compare.comparison_rows(study.with_duplicates, published=False,
+                                                                n_boot=0),
+                   per_class=compare.per_class_rows(study.runs), calibration=compare.calibration_rows(study.runs),
+                   paired=paired, paired_notes=notes, robustness=robustness)
+
+
+def assemble_report(sections: Sequence[Section], out_dir: str | os.PathLike, *, title: str,
+                    preamble: str = "") -> Path:
+    """Write every section's figures and CSVs into `out_dir`, then report.md; returns its path."""
+    from cifake_lib.viz.plots import save_figure
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    md = [f"# {title}\n"] + ([preamble] if preamble else [])
+    for s in sections:
+        for name, fig in s.figures.items():
+            save_figure(fig, out / name)
+        for name, (rows, columns) in s.tables.items():
+            write_csv(out / name, rows, columns)
+        md += [f"## {s.title}\n", *s.blocks]
+    path = out / REPORT
+    write_text_atomic(path, "\n".join(md))
+    return path
 
 
 # --------------------------------------------------------------------------- methods text
@@ -68,16 +163,28 @@ def _hardware(run_json: Mapping[str, Any] | None) -> str:
     return "unknown hardware"
 
 
-def _training(folder: Path) -> str:
-    """What history.json says about training (CNN: epochs and best epoch; fine-tuning: steps)."""
+def _training(folder: Path, det: Mapping[str, Any]) -> str:
+    """What ran, from history.json and detector.json: epochs or steps completed, the kept step or epoch."""
     h = _optional_json(folder / "history.json")
-    if isinstance(h, dict) and isinstance(h.get("epochs"), list):
-        return f"{len(h['epochs'])} epoch(s) run, epoch {h.get('best_epoch')} kept (best on validation)"
-    if isinstance(h, dict) and isinstance(h.get("records"), list):
+    if isinstance(h, dict) and isinstance(h.get("epochs"), list):  # the CNN
+        return (f"{len(h['epochs'])} epoch(s) completed; epoch {h.get('best_epoch')} kept (best validation "
+                "accuracy, then AUC)")
+    if isinstance(h, dict) and isinstance(h.get("records"), list):  # fine-tuning
         steps = [r.get("step") for r in h["records"] if isinstance(r, dict) and r.get("step") is not None]
-        if steps:
-            total = h.get("total_steps")
-            return f"{max(steps)} optimiser step(s)" + (f" of {total} planned" if total else "")
+        ran = det.get("steps") or (max(steps) if steps else None)
+        if ran is None:
+            return ""
+        per_epoch = h.get("steps_per_epoch")
+        text = f"{ran} optimiser step(s) completed"
+        if per_epoch:
+            text += f" ({ran / per_epoch:.2f} epoch(s) of {per_epoch} steps)"
+        if det.get("status"):
+            text += f", status {det['status']}"
+        if det.get("best_step") is not None:
+            auc = det.get("best_val_auc")
+            text += f"; step {det['best_step']} kept (early stopping on validation AUC" + (
+                f" {auc:.4f})" if isinstance(auc, float) else ")")
+        return text
     return ""
 
 
@@ -91,41 +198,55 @@ def _fmt_setting(v: Any) -> str:
     return str(v)
 
 
+def _settings(run: Mapping[str, Any]) -> list[str]:
+    run_json, det = run.get("run") or {}, run.get("detector") or {}
+    args = dict(run_json.get("args") or {})
+    for nested in ("config", "train"):  # fine-tuning's whole config; the CNN's TrainConfig
+        if isinstance(args.get(nested), dict):
+            args = {**args[nested], **{k: v for k, v in args.items() if k != nested}}
+    cfg = _optional_json(Path(run["path"]) / "finetune_config.json")
+    if isinstance(cfg, dict):
+        args = {**cfg, **args}
+    if isinstance(det.get("selection"), dict) and det["selection"].get("best") is not None:
+        args[det["selection"].get("parameter", "C")] = det["selection"]["best"]  # the probe's chosen C
+    settings = []
+    for key, label in SETTINGS:
+        # detector.json knows what was used (e.g. the prompt set); run.json what was asked for
+        v = det.get(key, args.get(key)) if key == "prompts" else args.get(key, det.get(key))
+        if isinstance(v, dict) and "name" in v:  # a prompt set
+            v = v["name"]
+        if v is not None and v is not False and v != "" and not isinstance(v, dict):
+            settings.append(f"{label} {_fmt_setting(v)}")
+    return settings
+
+
 def methods_text(runs: Sequence[Mapping[str, Any]]) -> str:
     """One generated paragraph per run from its metrics, run.json, detector.json and history.json."""
     lines = []
     for r in runs:
         m, run_json, det = r["metrics"], r.get("run") or {}, r.get("detector") or {}
-        folder = Path(r["path"])
-        args = dict(run_json.get("args") or {})
-        for nested in ("config", "train"):  # fine-tuning's whole config; the CNN's TrainConfig
-            if isinstance(args.get(nested), dict):
-                args = {**args[nested], **{k: v for k, v in args.items() if k != nested}}
-        cfg = _optional_json(folder / "finetune_config.json")
-        if isinstance(cfg, dict):
-            args = {**cfg, **args}
-        settings = []
-        for key, label in SETTINGS:
-            # detector.json knows what was used (e.g. the prompt set); run.json what was asked for
-            v = det.get(key, args.get(key)) if key == "prompts" else args.get(key, det.get(key))
-            if isinstance(v, dict) and "name" in v:  # a prompt set
-                v = v["name"]
-            if v is not None and v is not False and v != "" and not isinstance(v, dict):
-                settings.append(f"{label} {_fmt_setting(v)}")
         mv = r.get("metrics_val") or {}
-        sizes = f"{m['n']:,} test images ({m['n_real']:,} REAL, {m['n_fake']:,} FAKE)"
+        sizes = f"{m['n']:,} test images ({m['n_real']:,} REAL, {m['n_fake']:,} FAKE"
+        sizes += ", leak-free)" if r.get("leak_free") else ")"
         if mv.get("n"):
             sizes += f", {mv['n']:,} validation images"
         src = m.get("threshold_source", "val" if mv else "default")
         threshold = (f"threshold {m['threshold']:.4f} (chosen on validation)" if src == "val"
                      else f"threshold {m['threshold']:.4f} ({src})")
-        text = (f"- **{r['name']}** (`{m['detector']}`, kind {det.get('kind', '?')}): model `{m.get('model')}`, "
-                f"data `{m.get('data')}`; {sizes}; {threshold}; seed {m.get('seed')}.")
+        text = (f"- **{r['name']}** (`{m['detector']}`, kind {det.get('kind', '?')}): model "
+                f"`{m.get('model')}`, data `{m.get('data')}`; {sizes}; {threshold}; "
+                f"seed {m.get('seed')}.")
+        settings = _settings(r)
         if settings:
             text += " Settings: " + ", ".join(settings) + "."
-        training = _training(folder)
+        sel = det.get("selection") if isinstance(det.get("selection"), dict) else None
+        if sel and sel.get("grid"):
+            text += (f" {sel.get('parameter', 'C')} chosen by validation {sel.get('metric', 'log loss')} among "
+                     f"{len(sel['grid'])} values, {min(sel['grid']):g} to {max(sel['grid']):g}"
+                     + (" (at the edge of that grid: a wider grid may fit better)." if sel.get("at_edge") else "."))
+        training = _training(Path(r["path"]), det)
         if training:
-            text += f" Training: {training}."
+            text += f" Ran: {training}."
         if run_json.get("seconds") is not None:
             text += f" Wall time {float(run_json['seconds']):.0f} s on {_hardware(run_json)}."
         versions = run_json.get("versions") or {}
@@ -133,120 +254,115 @@ def methods_text(runs: Sequence[Mapping[str, Any]]) -> str:
             text += " Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items() if v and k in
                                              ("torch", "transformers", "cifake_lib")) + "."
         lines.append(text)
+        for d in det.get("deviations_from_paper") or []:
+            lines.append(f"    - deviation from the CIFAKE paper: {d}")
     return "\n".join(lines) + "\n"
 
 
-# --------------------------------------------------------------------------- discussion
-
-def _ci(row: Mapping[str, Any], metric: str, fmt: str = ".4f") -> str:
-    ci = row.get(f"{metric}_ci95")
-    return f" (95% CI {ci[0]:{fmt}}–{ci[1]:{fmt}})" if ci else ""
-
-
-def discussion(rows: Sequence[Mapping[str, Any]], calibration: Sequence[Mapping[str, Any]],
-               per_class: Sequence[Mapping[str, Any]], robustness_rows: Sequence[Mapping[str, Any]]) -> list[str]:
-    """Factual sentences generated from the tables (no claims the numbers do not carry)."""
-    out = []
-    ours = [r for r in rows if r.get("source") == "ours" and r.get("roc_auc") is not None]
-    ranked = sorted(ours, key=lambda r: r["roc_auc"], reverse=True)
-    if ranked:
-        best = ranked[0]
-        s = f"Best detector by ROC AUC: **{best['name']}**, AUC {best['roc_auc']:.4f}{_ci(best, 'roc_auc')}"
-        if len(ranked) > 1:
-            second = ranked[1]
-            overlap = compare.ci_overlaps(best, second, "roc_auc")
-            s += (f"; runner-up {second['name']}, AUC {second['roc_auc']:.4f}{_ci(second, 'roc_auc')}. ")
-            s += {True: "Their 95% CIs overlap, so this test set does not separate them.",
-                  False: "Their 95% CIs do not overlap.",
-                  None: "(no CI for one of them)."}[overlap]
-        else:
-            s += "."
-        out.append(s)
-    by_acc = compare.best_by(rows, "accuracy")
-    if by_acc:
-        s = f"Highest accuracy: {by_acc['name']}, {by_acc['accuracy']:.2%}{_ci(by_acc, 'accuracy', '.2%')}"
-        paper = next((r for r in rows if r.get("source") == "published" and r.get("name") == "CIFAKE paper CNN"), None)
-        if paper and isinstance(paper.get("accuracy"), float):
-            diff = by_acc["accuracy"] - paper["accuracy"]
-            s += (f", {abs(diff) * 100:.2f} percentage points {'above' if diff >= 0 else 'below'} the CIFAKE paper's CNN "
-                  f"({paper['accuracy']:.2%}, published; a different test protocol may apply)")
-        out.append(s + ".")
-    asym = []
-    for r in ours:
-        real_acc = _real_accuracy(r)
-        if real_acc is not None and r.get("recall") is not None and abs(real_acc - r["recall"]) >= 0.05:
-            more = "REAL as FAKE" if real_acc < r["recall"] else "FAKE as REAL"
-            asym.append(f"{r['name']} errs more often calling {more} (REAL accuracy {real_acc:.2%}, "
-                        f"FAKE recall {r['recall']:.2%})")
-    if asym:
-        out.append("Error asymmetry: " + "; ".join(asym) + ".")
-    cal = [c for c in calibration if c.get("ece_after") is not None]
-    if cal:
-        parts = [f"{c['name']} {c['ece_before']:.4f} → {c['ece_after']:.4f} (T = {c['temperature']:.3g})"
-                 for c in cal]
-        out.append("Temperature scaling fitted on validation changes test ECE: " + "; ".join(parts) + ".")
-    hard = _hardest_classes(per_class)
-    if hard:
-        out.append("Hardest CIFAR class (lowest mean of REAL and FAKE accuracy): "
-                   + "; ".join(f"{n}: {c} ({v:.2%})" for n, (c, v) in hard.items()) + ".")
-    if robustness_rows:
-        from cifake_lib.analysis.robustness import most_fragile
-
-        fragile = most_fragile(robustness_rows)
-        hurt = {d: r for d, r in fragile.items() if r["accuracy_drop"] > 0}
-        if hurt:
-            out.append("Largest accuracy drop under perturbation: " + "; ".join(
-                f"{d}: {r['label']} ({r['accuracy'] + r['accuracy_drop']:.2%} → {r['accuracy']:.2%})"
-                for d, r in hurt.items()) + ".")
-        steady = sorted(set(fragile) - set(hurt))
-        if steady:
-            out.append(f"No perturbation lowered the accuracy of {', '.join(steady)}.")
-        kinds = _mean_drop_by_kind(robustness_rows)
-        if kinds and max(kinds.values()) > 0:
-            worst = max(kinds, key=kinds.get)
-            out.append(f"Averaged over detectors at its strongest level, the most damaging perturbation is "
-                       f"{worst} (mean accuracy drop {kinds[worst] * 100:.2f} percentage points).")
-    if any(str(r.get("detector", "")).startswith("finetune:both") for r in ours):
-        out.append("No published result fine-tunes both CLIP encoders on CIFAKE, so the finetune:both row has "
-                   "no published counterpart.")
-    return out
+def methods_section(study: Study) -> Section:
+    s = Section("Methods")
+    s.add(methods_text(study.runs))
+    if study.notes:
+        s.add("\n".join(f"- {n}" for n in study.notes) + "\n")
+    s.add("Choices: thresholds (maximising validation accuracy), the zero-shot prompt set (validation AUC), "
+          "the probe's C (validation log loss), early stopping and the CNN's kept epoch (validation), "
+          "temperature scaling (validation predictions). Test data gave the final numbers only. Class-aware "
+          "prompts marginalise over the ten CIFAR classes: no detector sees a test image's true class.\n",
+          "Comparisons are paired (every detector scored the same test images): a percentile bootstrap of "
+          "the difference over resampled test images (the same indices for both detectors), McNemar's exact "
+          "test for accuracy, DeLong's test for ROC AUC.\n")
+    return s
 
 
-def _real_accuracy(row: Mapping[str, Any]) -> float | None:
-    """Specificity from accuracy, recall and the class counts (the table row has no confusion)."""
-    n, n_real, n_fake = row.get("n"), row.get("n_real"), row.get("n_fake")
-    if not n_real or row.get("accuracy") is None or row.get("recall") is None or n is None:
-        return None
-    return (row["accuracy"] * n - row["recall"] * n_fake) / n_real
+# --------------------------------------------------------------------------- quantitative results
+
+HEADLINE_COLUMNS = tuple(c for c in compare.COMPARISON_COLUMNS if c[0] != "source")
 
 
-def _hardest_classes(per_class: Sequence[Mapping[str, Any]]) -> dict[str, tuple[str, float]]:
-    out: dict[str, tuple[str, float]] = {}
-    for r in per_class:
-        vals = [v for v in (r.get("real_accuracy"), r.get("fake_accuracy")) if v is not None]
-        if not vals:
-            continue
-        mean = float(np.mean(vals))
-        if r["name"] not in out or mean < out[r["name"]][1]:
-            out[r["name"]] = (r["cifar_class"], mean)
-    return out
+def _caption(study: Study) -> str:
+    if not study.runs or not any(r.get("leak_free") for r in study.runs):
+        return ("**Test split as loaded (not leak-free):** no evaluation with train/validation duplicates "
+                "removed was found among the run folders; run `cifake evaluate --dedup` (the evaluate stage "
+                "of `cifake run`) for the leak-free headline.\n")
+    counts = sorted({(v["n"], v["fake"], v["real"]) for v in study.removed.values()})
+    removed = "; ".join(f"{n:,} removed ({fake:,} FAKE, {real:,} REAL)" for n, fake, real in counts) or \
+        "the number removed is not known (no scores with duplicates to compare)"
+    text = (f"**Leak-free test split:** every test image whose pixels also occur in train or validation removed "
+            f"(`evaluate --dedup`): {removed}.")
+    if not study.leak_free:
+        text += " Rows marked † have no leak-free evaluation and use the test split as loaded."
+    return text + "\n"
 
 
-def _mean_drop_by_kind(rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
-    strongest: dict[tuple[str, str], Mapping[str, Any]] = {}
-    for r in rows:
-        if r["perturbation"] == "none":
-            continue
-        key = (r["perturbation"], r["detector"])
-        if key not in strongest or r["severity"] > strongest[key]["severity"]:
-            strongest[key] = r
-    drops: dict[str, list[float]] = {}
-    for (kind, _), r in strongest.items():
-        drops.setdefault(kind, []).append(r["accuracy_drop"])
-    return {k: float(np.mean(v)) for k, v in drops.items()}
+def quantitative_section(study: Study, res: Results) -> Section:
+    from cifake_lib.evaluation.published import published_anchors, published_table
+    from cifake_lib.viz.plots import compare_bar, roc_figure
+
+    s = Section("Quantitative results")
+    ours = [dict(r, name=r["name"] + ("" if run.get("leak_free") else " †"))
+            for r, run in zip([r for r in res.rows if r["source"] == "ours"], study.runs, strict=True)]
+    s.add("### Main results\n", _caption(study),
+          "`value [95% bootstrap CI]`. **accuracy**: at each detector's threshold, chosen on validation (column "
+          "threshold); **acc@0.5**: at p_fake >= 0.5, the natural threshold, which needs no labelled data. "
+          "Accuracy and AUC intervals from metrics.json, the others bootstrapped from predictions.csv.\n",
+          compare.markdown_table(ours, HEADLINE_COLUMNS))
+    s.tables["comparison.csv"] = (res.rows, None)
+    if res.rows_with_duplicates:
+        s.add("### With duplicates (test split as loaded)\n",
+              "The same detectors on every test image, including those that also occur in train; for reference.\n",
+              compare.markdown_table(res.rows_with_duplicates, HEADLINE_COLUMNS))
+        s.tables["comparison_with_duplicates.csv"] = (res.rows_with_duplicates, None)
+    s.add("### Paired comparisons\n",
+          "Difference A − B on the same test images: 95% paired-bootstrap interval; p from McNemar's exact "
+          "test (accuracy, each detector at its own threshold) or DeLong's test (ROC AUC). Not corrected for "
+          f"multiple comparisons ({len(res.paired)} tests).\n",
+          compare.markdown_table([{**r, "p_value": format_p(r["p_value"])} for r in res.paired], PAIRED_TABLE)
+          if res.paired else "_No pair of detectors to compare._\n")
+    if res.paired_notes:
+        s.add("\n".join(f"- {n}" for n in res.paired_notes) + "\n")
+    s.tables["paired_comparisons.csv"] = (res.paired, PAIRED_COLUMNS)
+    s.add("### Published results (not ours)\n",
+          "Reported by others on their own split and protocol, at their published precision; set beside the "
+          "figure of ours named in the last column (a zero-shot figure, which tunes no threshold, beside acc@0.5).\n",
+          compare.markdown_table(published_table(), PUBLISHED_COLUMNS))
+    curves = compare.roc_curves(study.runs)
+    if curves:
+        s.image(roc_figure(curves, title="ROC curves, leak-free test split"), "roc.png", "ROC curves of every detector")
+    s.image(compare_bar(ours, "roc_auc", published=published_anchors("roc_auc"),
+                        title="ROC AUC (95% CI), published anchors dashed"), "compare_auc.png",
+            "ROC AUC of every detector with published anchors")
+    s.image(compare_bar(ours, "accuracy", published=published_anchors("accuracy", setting="supervised")
+                        | published_anchors("accuracy", setting="probe") | published_anchors("accuracy", setting="fine-tuned"),
+                        title="Accuracy at the validation threshold (95% CI), published anchors dashed"),
+            "compare_accuracy.png", "Accuracy of every detector with published anchors")
+    _per_class_block(s, res.per_class)
+    return s
 
 
-# --------------------------------------------------------------------------- figures
+PAIRED_TABLE = (("detector_a", "A", "text"), ("detector_b", "B", "text"), ("metric", "metric", "text"),
+                ("value_a", "A", "num"), ("value_b", "B", "num"), ("difference", "A − B", "num"),
+                ("ci_low", "CI low", "num"), ("ci_high", "CI high", "num"), ("p_value", "p", "text"),
+                ("test", "test", "text"))
+PUBLISHED_COLUMNS = (("name", "result", "text"), ("reference", "reference", "text"), ("setting", "setting", "text"),
+                     ("metric", "metric", "text"), ("value", "value (as published)", "text"),
+                     ("split", "split", "text"), ("compared_with", "beside our", "text"))
+
+
+def _per_class_block(s: Section, per_class: list[dict[str, Any]]) -> None:
+    s.add("### Accuracy per CIFAR-10 class\n")
+    s.tables["per_class.csv"] = (per_class, None)
+    if not per_class:
+        s.add("_No CIFAR class information in the predictions._\n")
+        return
+    wide = compare.per_class_wide(per_class)
+    n = max(max(r["n_real"], r["n_fake"]) for r in per_class)
+    s.add(f"Accuracy on the REAL and on the FAKE test images of each class, at each detector's threshold "
+          f"(descriptive: up to {n} images a cell).\n",
+          compare.markdown_table(wide, compare.per_class_wide_columns(wide), digits=3))
+    s.image(compare.per_class_heatmap(per_class), "per_class.png", "Per-class accuracy heatmap")
+
+
+# --------------------------------------------------------------------------- qualitative results
 
 def _load_test_split(data: Any) -> Any:
     """A Split from a Split, a CifakeData, or a data source string (its test split)."""
@@ -261,162 +377,87 @@ def _load_test_split(data: Any) -> Any:
     return load_cifake(str(data), val_fraction=0.0).test
 
 
-# --------------------------------------------------------------------------- the report
+def qualitative_section(study: Study, split: Any, *, data: Any = None, load_error: str | None = None,
+                        gallery_k: int = 8, saliency: bool = True, saliency_per_group: int = 1,
+                        detectors: Mapping[str, Any] | None = None, device: Any = None) -> Section:
+    """Galleries of the most confident right and wrong test images, and saliency maps of a few."""
+    s = Section("Qualitative results")
+    if load_error:
+        s.add(f"_Test images could not be loaded from `{data}` ({load_error}); no galleries._\n")
+    elif split is None:
+        s.add("_No data given (`--data`), so no image galleries._\n")
+    if split is None:
+        return s
+    from cifake_lib.viz.gallery import run_gallery
 
-def _image(md: list[str], out: Path, fig: Any, name: str, alt: str) -> None:
-    from cifake_lib.viz.plots import save_figure
-
-    save_figure(fig, out / name)
-    md.append(f"![{alt}]({name})\n")
-
-
-def build_report(run_dirs: str | os.PathLike | Iterable[str | os.PathLike], out_dir: str | os.PathLike, *,
-                 data: Any = None, n_boot: int = 1000, gallery_k: int = 8, saliency: bool = True,
-                 saliency_per_group: int = 1, detectors: Mapping[str, Any] | None = None, device: Any = None,
-                 embeddings: bool = True, embedding_limit: int = 1000,
-                 title: str = "CIFAKE detectors: report") -> Path:
-    """Write report.md (and its CSVs and PNGs) into `out_dir`; returns the report's path.
-
-    data: a data source (str), a Split or a CifakeData, for galleries and saliency; None skips
-    them. saliency: also draw saliency maps of a few gallery images, with `detectors`
-    ({run name: detector}, e.g. already loaded by a notebook) or else each run's detector
-    loaded from its folder. embeddings: with data, a PCA/t-SNE figure of test image embeddings of
-    the pretrained and the fine-tuned CLIP (`embedding_limit` images).
-    """
-    from cifake_lib.analysis.robustness import find_robustness, read_robustness, robustness_figure
-    from cifake_lib.analysis.robustness import markdown as robustness_markdown
-    from cifake_lib.methods.zeroshot import published_anchors
-    from cifake_lib.viz.plots import compare_bar, roc_figure
-
-    run_dirs = [run_dirs] if isinstance(run_dirs, (str, os.PathLike)) else list(run_dirs)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    all_runs = compare.load_runs(run_dirs)
-    if not all_runs:
-        raise FileNotFoundError(f"no run folders (with a test metrics.json) under {', '.join(map(str, run_dirs))}")
-    runs, notes = compare.select_runs(all_runs)
-
-    rows = compare.comparison_rows(runs, n_boot=n_boot)
-    per_class = compare.per_class_rows(runs)
-    calibration = compare.calibration_rows(runs)
-    write_csv(out / "comparison.csv", rows)
-    write_csv(out / "per_class.csv", per_class)
-    write_csv(out / "calibration.csv", calibration)
-    robustness = []
-    for path in find_robustness(run_dirs):
-        try:
-            robustness.append(read_robustness(path))
-        except (OSError, ValueError) as e:
-            warnings.warn(f"skipping {path}: {e}", stacklevel=2)
-
-    md: list[str] = [f"# {title}\n", f"Generated {utc_now()} by cifake_lib from {len(all_runs)} run folder(s) "
-                     f"under {', '.join(f'`{d}`' for d in run_dirs)}. Label 1 = FAKE is the positive class; "
-                     "every figure at a threshold uses the detector's own threshold, chosen on validation. "
-                     "Test data were used for these numbers only.\n"]
-
-    md += ["## Methods\n", methods_text(runs)]
-    if notes:
-        md.append("\n".join(f"- {n}" for n in notes) + "\n")
-
-    # -- Quantitative results
-    md += ["## Quantitative results\n", "### Comparison on the test split\n",
-           "Ours: from each run's metrics.json; `value [95% bootstrap CI]` (accuracy and AUC CIs from "
-           "metrics.json, the others bootstrapped from predictions.csv). Published rows are results "
-           "reported elsewhere, shown for reference, never ours.\n",
-           compare.markdown_table(rows, compare.COMPARISON_COLUMNS)]
-    curves = compare.roc_curves(runs)
-    if curves:
-        _image(md, out, roc_figure(curves, title="ROC curves, test split"), "roc.png", "ROC curves of every detector")
-    ours = [r for r in rows if r["source"] == "ours"]
-    _image(md, out, compare_bar(ours, "roc_auc", published=published_anchors("roc_auc"),
-                                title="ROC AUC (95% CI), published anchors dashed"),
-           "compare_auc.png", "ROC AUC of every detector with published anchors")
-    _image(md, out, compare_bar(ours, "accuracy", published=published_anchors("accuracy"),
-                                title="Accuracy (95% CI), published anchors dashed"),
-           "compare_accuracy.png", "Accuracy of every detector with published anchors")
-    md.append("### Accuracy per CIFAR-10 class\n")
-    if per_class:
-        wide = compare.per_class_wide(per_class)
-        md.append("Accuracy on the REAL and on the FAKE test images of each class, at each detector's threshold.\n")
-        md.append(compare.markdown_table(wide, compare.per_class_wide_columns(wide), digits=3))
-        _image(md, out, compare.per_class_heatmap(per_class), "per_class.png", "Per-class accuracy heatmap")
-    else:
-        md.append("_No CIFAR class information in the predictions._\n")
-
-    # -- Qualitative results
-    md.append("## Qualitative results\n")
-    split = None
-    if data is not None:
-        try:
-            split = _load_test_split(data)
-        except (OSError, ValueError) as e:
-            md.append(f"_Test images could not be loaded from `{data}` ({e}); no galleries._\n")
-    if split is None and data is None:
-        md.append("_No data given (`--data`), so no image galleries._\n")
-    if split is not None:
-        from cifake_lib.viz.gallery import run_gallery
-
-        md.append("The most confident right and wrong test images of each detector, with p_fake, enlarged "
-                  "by pixel repetition (nearest neighbour) so every pixel is shown as it is.\n")
-        for r in runs:
-            fig = run_gallery(r, split, k=gallery_k)
-            if fig is None:
-                md.append(f"_{r['name']}: its prediction ids are not in the loaded test split; no gallery._\n")
-                continue
-            md.append(f"### {r['name']}\n")
-            _image(md, out, fig, f"gallery_{slug(r['name'])}.png", f"{r['name']}: gallery")
-            if saliency:
-                try:
-                    from cifake_lib.analysis.explain import saliency_gallery
-                    from cifake_lib.methods.detectors import load_detector
-
-                    det = (detectors or {}).get(r["name"]) or load_detector(r["path"], device=device)
-                    sfig = saliency_gallery(r, split, det, saliency_per_group)
-                except Exception as e:  # a missing or foreign model must not sink the whole report
-                    md.append(f"_Saliency for {r['name']} skipped: {type(e).__name__}: {e}_\n")
-                    continue
-                if sfig is not None:
-                    _image(md, out, sfig, f"saliency_{slug(r['name'])}.png", f"{r['name']}: saliency")
+    s.add("The most confident right and wrong test images of each detector, with p_fake, enlarged by pixel "
+          "repetition (nearest neighbour) so every pixel is shown as it is.\n")
+    for r in study.runs:
+        fig = run_gallery(r, split, k=gallery_k)
+        if fig is None:
+            s.add(f"_{r['name']}: its prediction ids are not in the loaded test split; no gallery._\n")
+            continue
+        s.add(f"### {r['name']}\n")
+        s.image(fig, f"gallery_{slug(r['name'])}.png", f"{r['name']}: gallery")
         if saliency:
-            md.append("Saliency: Grad-CAM on the CLIP vision encoder's last block input tokens (or the CNN's "
-                      "last conv layer), attention rollout over the vision encoder, for the detector's own "
-                      "decision; see `cifake_lib.analysis.explain`.\n")
+            try:
+                from cifake_lib.analysis.explain import saliency_gallery
+                from cifake_lib.methods.detectors import load_detector
 
-    # -- Analysis
-    md.append("## Analysis\n")
+                det = (detectors or {}).get(r["name"]) or load_detector(r["path"], device=device)
+                sfig = saliency_gallery(r, split, det, saliency_per_group)
+            except Exception as e:  # a missing or foreign model must not sink the whole report
+                s.add(f"_Saliency for {r['name']} skipped: {type(e).__name__}: {e}_\n")
+                continue
+            if sfig is not None:
+                s.image(sfig, f"saliency_{slug(r['name'])}.png", f"{r['name']}: saliency")
+    if saliency:
+        s.add("Saliency: Grad-CAM on the CLIP vision encoder's last block input tokens (or the CNN's last conv "
+              "layer), attention rollout over the vision encoder, for the detector's own decision; see "
+              "`cifake_lib.analysis.explain`.\n")
+    return s
+
+
+# --------------------------------------------------------------------------- analysis
+
+def analysis_section(study: Study, res: Results, split: Any, *, embeddings: bool = True,
+                     embedding_limit: int = 1000, device: Any = None) -> Section:
+    """Embeddings (with data), calibration before/after temperature scaling, robustness."""
+    s = Section("Analysis")
     if split is not None and embeddings:
-        _embeddings_section(md, out, runs, split, limit=embedding_limit, device=device)
-    md += ["### Calibration\n",
-           "Temperature scaling: T fitted on the validation predictions (never test), then applied to the test "
-           "scores. ECE: top-label, 15 bins. Ranking (AUC) and decisions at 0.5 do not change.\n",
-           compare.markdown_table(calibration, compare.CALIBRATION_COLUMNS)]
-    if any(r.get("predictions") is not None for r in runs):
-        _image(md, out, compare.reliability_grid(runs), "reliability.png", "Reliability diagrams before and after")
-    md.append("### Robustness\n")
-    robustness_rows: list[dict] = []
-    if not robustness:
-        md.append("_No robustness results (robustness.json) under the run folders; run `cifake robustness`._\n")
-    for i, rec in enumerate(robustness):
-        rrows = rec["rows"]
-        robustness_rows += rrows
-        md.append(f"From `{rec['path']}` ({rec.get('n', '?')} test images, seed {rec.get('seed', '?')}): "
-                  "accuracy at each detector's threshold / ROC AUC.\n")
-        md.append(robustness_markdown(rrows))
-        if rrows:
-            _image(md, out, robustness_figure(rrows), f"robustness{'' if i == 0 else f'_{i}'}.png",
-                   "Accuracy and AUC against perturbation severity")
-
-    # -- Discussion
-    md.append("## Discussion\n")
-    facts = discussion(rows, calibration, per_class, robustness_rows)
-    md.append("\n".join(f"- {f}" for f in facts) + "\n" if facts else "_Nothing to discuss yet._\n")
-    path = out / REPORT
-    write_text_atomic(path, "\n".join(md))
-    return path
+        _embeddings_block(s, study.runs, split, limit=embedding_limit, device=device)
+    s.add("### Calibration\n",
+          "Temperature scaling: T fitted on the validation predictions (never test), then applied to the test "
+          "scores. ECE: top-label, 15 bins; Brier: mean squared error of p_fake. Ranking (AUC) and decisions at "
+          "0.5 do not change. A temperature that makes the test scores nearly constant (sd < "
+          f"{compare.UNINFORMATIVE_SD}) is reported as uninformative: a constant 0.5 has a low ECE on balanced "
+          "data and separates nothing.\n",
+          compare.markdown_table(res.calibration, compare.CALIBRATION_COLUMNS))
+    s.tables["calibration.csv"] = (res.calibration, None)
+    if any(r.get("predictions") is not None for r in study.runs):
+        s.image(compare.reliability_grid(study.runs), "reliability.png", "Reliability diagrams before and after")
+    _robustness_block(s, res.robustness)
+    return s
 
 
-def _embeddings_section(md: list[str], out: Path, runs: Sequence[Mapping[str, Any]], split: Any, *,
-                        limit: int, device: Any) -> None:
+def _robustness_block(s: Section, records: Sequence[Mapping[str, Any]]) -> None:
+    from cifake_lib.analysis.robustness import markdown as robustness_markdown
+    from cifake_lib.analysis.robustness import robustness_figure
+
+    s.add("### Robustness\n")
+    if not records:
+        s.add("_No robustness results (robustness.json) under the run folders; run `cifake robustness`._\n")
+    for i, rec in enumerate(records):
+        s.add(f"From `{rec['path']}` ({rec.get('n', '?')} test images, seed {rec.get('seed', '?')}; the test split "
+              "as loaded): accuracy at each detector's threshold / ROC AUC. Descriptive: no intervals.\n",
+              robustness_markdown(rec["rows"]))
+        if rec["rows"]:
+            s.image(robustness_figure(rec["rows"]), f"robustness{'' if i == 0 else f'_{i}'}.png",
+                    "Accuracy and AUC against perturbation severity")
+
+
+def _embeddings_block(s: Section, runs: Sequence[Mapping[str, Any]], split: Any, *, limit: int,
+                      device: Any) -> None:
     """PCA and t-SNE of test image embeddings, pretrained vs fine-tuned CLIP, with silhouette scores."""
     from cifake_lib.analysis.embeddings import (
         embedding_figure,
@@ -434,16 +475,252 @@ def _embeddings_section(md: list[str], out: Path, runs: Sequence[Mapping[str, An
     try:
         features = {name: image_embeddings(ref, images, device=device) for name, ref in models.items()}
     except Exception as e:  # a model that cannot be loaded here must not sink the whole report
-        md.append(f"_Embeddings skipped: {type(e).__name__}: {e}_\n")
+        s.add(f"_Embeddings skipped: {type(e).__name__}: {e}_\n")
         return
-    md.append("### Image embeddings\n")
-    md.append(f"CLIP image embeddings of {len(idx)} test images (seeded sample), projected to 2-D. "
-              "Silhouette score (cosine) of the REAL/FAKE labels in the full embedding space: higher means "
-              "better separated.\n")
+    s.add("### Image embeddings\n",
+          f"CLIP image embeddings of {len(idx)} test images (seeded sample), projected to 2-D. Silhouette score "
+          "(cosine) of the REAL/FAKE labels in the full embedding space: higher means better separated.\n")
     rows = [{"model": name, "silhouette": separation(f, labels)} for name, f in features.items()]
-    md.append(compare.markdown_table(rows, [("model", "model", "text"), ("silhouette", "silhouette", "num")]))
-    _image(md, out, embedding_figure(features, labels), "embeddings.png",
-           "Test image embeddings before and after fine-tuning (PCA, t-SNE)")
+    s.add(compare.markdown_table(rows, [("model", "model", "text"), ("silhouette", "silhouette", "num")]))
+    s.image(embedding_figure(features, labels), "embeddings.png",
+            "Test image embeddings before and after fine-tuning (PCA, t-SNE)")
+
+
+# --------------------------------------------------------------------------- discussion
+
+METRIC_WORDS = {"roc_auc": "ROC AUC", "accuracy": "accuracy"}
+
+
+def format_p(p: float | None) -> str:
+    """A p-value as text: 4 decimals, or "< 0.0001"."""
+    if p is None:
+        return "–"
+    return "< 0.0001" if p < 1e-4 else f"{p:.4f}"
+
+
+def _p_words(p: float) -> str:
+    return "< 0.0001" if p < 1e-4 else f"= {p:.4f}"
+
+
+def paired_statement(row: Mapping[str, Any]) -> str:
+    """One sentence from one paired_comparisons row: "higher/lower" only when the table says so."""
+    metric = METRIC_WORDS.get(row["metric"], row["metric"])
+    d, lo, hi, p = row["difference"], row["ci_low"], row["ci_high"], row["p_value"]
+    if d is None or lo is None or p is None:
+        return f"{row['detector_a']} vs {row['detector_b']}, {metric}: not computable on these images"
+    numbers = f"A − B = {d:+.4f}, 95% CI [{lo:+.4f}, {hi:+.4f}], {row['test']} p {_p_words(p)}"
+    if significant(row):
+        word = "higher" if d > 0 else "lower"
+        return f"{row['detector_a']} has {word} {metric} than {row['detector_b']} ({numbers})"
+    return f"{row['detector_a']} and {row['detector_b']} are not distinguishable on {metric} here ({numbers})"
+
+
+def _zero_shot_thresholds(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    out = []
+    for r in rows:
+        if r.get("source") == "ours" and str(r.get("detector", "")).startswith("zeroshot") \
+                and r.get("accuracy_at_0.5") is not None:
+            out.append(f"{r['name']}: accuracy {r['accuracy']:.2%} at the threshold {r['threshold']:.4f} chosen on "
+                       f"labelled validation data, {r['accuracy_at_0.5']:.2%} at 0.5 (no labels needed)")
+    return ["Zero-shot accuracy depends on the threshold: " + "; ".join(out) + "."] if out else []
+
+
+def _published_statements(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Descriptive: a published figure beside ours of the same setting (different split and protocol)."""
+    from cifake_lib.evaluation.published import cite, compared_with, published_results
+
+    kinds = {"supervised": ("cnn",), "probe": ("probe",), "zero-shot": ("zeroshot",), "fine-tuned": ("finetune",)}
+    out = []
+    for e in published_results():
+        key = compared_with(e)
+        key = "accuracy_at_0.5" if key == "acc@0.5" else key
+        ours = [r for r in rows if r.get("source") == "ours" and r.get(key) is not None
+                and str(r.get("detector", "")).split(":")[0] in kinds[e["setting"]]]
+        if ours:
+            mine = "; ".join(f"{r['name']} {r[key]:.2%}" if e["metric"] == "accuracy" else f"{r['name']} {r[key]:.4f}"
+                             for r in ours)
+            out.append(f"Published {e['name']} ({cite(e)}): {METRIC_WORDS.get(e['metric'], e['metric'])} {e['text']} "
+                       f"on {e['split']}; ours ({compared_with(e)}, leak-free split): {mine}. Descriptive only: a "
+                       "different split and protocol, no paired test is possible.")
+    return out
+
+
+def _wilson_text(right: int, n: int) -> str:
+    from cifake_lib.evaluation.stats import wilson_interval
+
+    ci = wilson_interval(right, n)
+    return f"{right / n:.2%} of {n}, 95% Wilson CI [{ci[0]:.2%}, {ci[1]:.2%}]" if ci else "no images"
+
+
+def _hardest_classes(per_class: Sequence[Mapping[str, Any]]) -> dict[str, tuple[str, int, int]]:
+    """{detector: (class, right, n)}: the class with the lowest accuracy over its REAL and FAKE images."""
+    out: dict[str, tuple[str, int, int]] = {}
+    for r in per_class:
+        right = sum(round((r.get(f"{w}_accuracy") or 0.0) * r[f"n_{w}"]) for w in ("real", "fake"))
+        n = r["n_real"] + r["n_fake"]
+        if n and (r["name"] not in out or right / n < out[r["name"]][1] / out[r["name"]][2]):
+            out[r["name"]] = (r["cifar_class"], right, n)
+    return out
+
+
+def _real_accuracy(row: Mapping[str, Any]) -> float | None:
+    """Specificity from accuracy, recall and the class counts (the table row has no confusion)."""
+    n, n_real, n_fake = row.get("n"), row.get("n_real"), row.get("n_fake")
+    if not n_real or row.get("accuracy") is None or row.get("recall") is None or n is None:
+        return None
+    return (row["accuracy"] * n - row["recall"] * n_fake) / n_real
+
+
+def _mean_drop_by_kind(rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    strongest: dict[tuple[str, str], Mapping[str, Any]] = {}
+    for r in rows:
+        if r["perturbation"] == "none":
+            continue
+        key = (r["perturbation"], r["detector"])
+        if key not in strongest or r["severity"] > strongest[key]["severity"]:
+            strongest[key] = r
+    drops: dict[str, list[float]] = {}
+    for (kind, _), r in strongest.items():
+        drops.setdefault(kind, []).append(r["accuracy_drop"])
+    return {k: float(np.mean(v)) for k, v in drops.items()}
+
+
+def _descriptive_statements(rows: Sequence[Mapping[str, Any]], per_class: Sequence[Mapping[str, Any]],
+                            robustness_rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Error asymmetry, per-class and per-perturbation facts: with an interval or marked descriptive."""
+    out = []
+    asym = []
+    for r in rows:
+        real_acc = _real_accuracy(r) if r.get("source") == "ours" else None
+        if real_acc is not None and r.get("recall") is not None and abs(real_acc - r["recall"]) >= 0.05:
+            more = "REAL as FAKE" if real_acc < r["recall"] else "FAKE as REAL"
+            asym.append(f"{r['name']} errs more often calling {more} (REAL accuracy {real_acc:.2%} of "
+                        f"{r['n_real']:,}, FAKE recall {r['recall']:.2%} of {r['n_fake']:,})")
+    if asym:
+        out.append("Error asymmetry (point estimates): " + "; ".join(asym) + ".")
+    hard = _hardest_classes(per_class)
+    if hard:
+        out.append("Lowest-accuracy CIFAR class of each detector (point estimate; the intervals show how little a "
+                   "cell this size can tell): " + "; ".join(f"{n}: {c} ({_wilson_text(right, k)})"
+                                                           for n, (c, right, k) in hard.items()) + ".")
+    if robustness_rows:
+        from cifake_lib.analysis.robustness import most_fragile
+
+        n = max(int(r.get("n") or 0) for r in robustness_rows)
+        fragile = most_fragile(robustness_rows)
+        hurt = {d: r for d, r in fragile.items() if r["accuracy_drop"] > 0}
+        if hurt:
+            out.append(f"Largest accuracy drop under perturbation (descriptive, {n} images, no interval): " + "; ".join(
+                f"{d}: {r['label']} ({r['accuracy'] + r['accuracy_drop']:.2%} → {r['accuracy']:.2%})"
+                for d, r in hurt.items()) + ".")
+        kinds = _mean_drop_by_kind(robustness_rows)
+        if kinds and max(kinds.values()) > 0:
+            worst = max(kinds, key=kinds.get)
+            out.append(f"Averaged over detectors at its strongest level, the perturbation with the largest mean "
+                       f"accuracy drop is {worst} ({kinds[worst] * 100:.2f} percentage points; descriptive).")
+    return out
+
+
+def _calibration_statements(calibration: Sequence[Mapping[str, Any]]) -> list[str]:
+    parts = []
+    for c in calibration:
+        if c.get("ece_after") is None:
+            continue
+        change = (f"ECE {c['ece_before']:.4f} → {c['ece_after']:.4f}, Brier {c['brier_before']:.4f} → "
+                  f"{c['brier_after']:.4f} (T = {c['temperature']:.3g})")
+        if str(c.get("verdict", "")).startswith("uninformative"):
+            parts.append(f"{c['name']}: uninformative, not an improvement: T squeezes every test score to about "
+                         f"{0.5:.1f} (score sd {c['sd_after']:.4f}); {change}")
+        else:
+            parts.append(f"{c['name']}: {c['verdict']}; {change}")
+    return ["Temperature scaling fitted on validation, on test: " + "; ".join(parts) + "."] if parts else []
+
+
+def discussion(study: Study, res: Results) -> list[str]:
+    """Generated sentences. "Better than" / "not distinguishable" come from the paired table only."""
+    from cifake_lib.evaluation.published import absence_claim
+
+    out = [paired_statement(r) + "." for r in res.paired]
+    if res.paired:
+        out.append(f"A difference is called higher or lower only when its paired interval excludes 0 and its "
+                   f"test gives p < 0.05; {len(res.paired)} tests, not corrected for multiple comparisons.")
+    out += _zero_shot_thresholds(res.rows)
+    out += _published_statements(res.rows)
+    out += _calibration_statements(res.calibration)
+    out += _descriptive_statements(res.rows, res.per_class, [r for rec in res.robustness for r in rec["rows"]])
+    if any(str(r["metrics"].get("detector", "")).startswith("finetune:both") for r in study.runs):
+        out.append(absence_claim())
+    return out
+
+
+def discussion_section(study: Study, res: Results) -> Section:
+    s = Section("Discussion")
+    facts = discussion(study, res)
+    s.add("\n".join(f"- {f}" for f in facts) + "\n" if facts else "_Nothing to discuss yet._\n")
+    return s
+
+
+def references_section() -> Section:
+    """The published results' sources (published.toml) and the statistical methods used."""
+    from cifake_lib.evaluation.published import references
+
+    s = Section("References")
+    s.add("\n".join(f"- {r}" for r in [*references(), *METHOD_REFERENCES]) + "\n")
+    return s
+
+
+# --------------------------------------------------------------------------- the report
+
+def build_report(run_dirs: str | os.PathLike | Iterable[str | os.PathLike], out_dir: str | os.PathLike, *,
+                 data: Any = None, n_boot: int = 1000, gallery_k: int = 8, saliency: bool = True,
+                 saliency_per_group: int = 1, detectors: Mapping[str, Any] | None = None, device: Any = None,
+                 embeddings: bool = True, embedding_limit: int = 1000, study: Study | None = None,
+                 results: Results | None = None, title: str = "CIFAKE detectors: report") -> Path:
+    """Write report.md (and its CSVs and PNGs) into `out_dir`; returns its path.
+
+    run_dirs: run folders, or folders searched recursively (a whole study folder works).
+    data: a data source (str), a Split or a CifakeData, for galleries and saliency; None skips
+    them. saliency: also draw saliency maps, with `detectors` ({run name: detector}, e.g. already
+    loaded by a notebook) or else each run's detector loaded from its folder. embeddings: with
+    data, PCA/t-SNE of test image embeddings (`embedding_limit` images). study, results:
+    already computed by `load_study` / `compute_results` (a notebook computes them once).
+    """
+    run_dirs = [run_dirs] if isinstance(run_dirs, (str, os.PathLike)) else list(run_dirs)
+    study = study or load_study(run_dirs)
+    results = results or compute_results(study, n_boot=n_boot)
+    split, error = None, None
+    if data is not None:
+        try:
+            split = _load_test_split(data)
+        except (OSError, ValueError) as e:
+            error = str(e)
+    if split is not None and study.leak_free:
+        split = _only_ids(split, study)
+    sections = [
+        methods_section(study),
+        quantitative_section(study, results),
+        qualitative_section(study, split, data=data, load_error=error, gallery_k=gallery_k, saliency=saliency,
+                            saliency_per_group=saliency_per_group, detectors=detectors, device=device),
+        analysis_section(study, results, split, embeddings=embeddings, embedding_limit=embedding_limit,
+                         device=device),
+        discussion_section(study, results),
+        references_section(),
+    ]
+    preamble = (f"Generated {utc_now()} by cifake_lib from {study.n_folders} run folder(s) under "
+                f"{', '.join(f'`{d}`' for d in run_dirs)}. Label 1 = FAKE is the positive class. Every choice "
+                "(threshold, prompt set, C, early stopping, temperature) was made on validation data; test data "
+                "gave these numbers only. Main numbers: the leak-free test split (see Quantitative results).\n")
+    return assemble_report(sections, out_dir, title=title, preamble=preamble)
+
+
+def _only_ids(split: Any, study: Study) -> Any:
+    """The loaded test split restricted to the headline's (leak-free) images, for galleries/embeddings."""
+    keep = set()
+    for r in study.runs:
+        if r.get("predictions") is not None:
+            keep |= set(r["predictions"]["id"].tolist())
+    idx = np.array([i for i, x in enumerate(split.ids) if x in keep], dtype=np.int64)
+    return split.take(idx) if 0 < len(idx) < len(split) and hasattr(split, "take") else split
 
 
 def linked_images(report: str | os.PathLike) -> list[Path]:

@@ -124,7 +124,8 @@ def load_clip(
     device = pick_device(str(device)) if device is not None else pick_device()
     try:
         processor = CLIPProcessor.from_pretrained(source)
-        model = CLIPModel.from_pretrained(source, dtype=dtype or torch.float32)
+        # SDPA: fused attention kernels, never the (tokens x tokens) scores in memory (speed.check_sdpa).
+        model = CLIPModel.from_pretrained(source, dtype=dtype or torch.float32, attn_implementation="sdpa")
     except OSError as e:
         if local:
             raise FileNotFoundError(f"{path}: could not load a CLIP model from this folder ({e})") from None

@@ -147,6 +147,7 @@ class ProbeFit:
     val_log_loss: list[float]  # selection scores, lower is better
     best: float
     selection_split: str  # "val" or "train holdout" (when no validation split was given)
+    at_edge: bool = False  # the chosen value is still at an edge of the (extended) grid
 
 
 def _standardiser(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -201,10 +202,14 @@ def _to_probe(clf, mean: np.ndarray, scale: np.ndarray, mlp: bool, hyper: dict[s
 
 def fit_probe(train_features: np.ndarray, train_labels: np.ndarray, val_features: np.ndarray | None = None,
               val_labels: np.ndarray | None = None, *, mlp: bool = False, grid: Sequence[float] | None = None,
-              hidden: Sequence[int] = DEFAULT_HIDDEN, seed: int = 0, progress: bool = True) -> ProbeFit:
+              hidden: Sequence[int] = DEFAULT_HIDDEN, seed: int = 0, progress: bool = True,
+              extend: int = 2) -> ProbeFit:
     """Fit on train for each grid value, keep the one with the lowest validation log loss.
 
     grid: C values (logistic regression; default 1e-4..1e2, 13 points) or L2 alphas (MLP).
+    When the best value sits at an edge of a grid of 3 or more values, a warning says so and the
+    grid is extended past that edge by three values at its own spacing, up to `extend` times; a
+    value still at the edge then is flagged (`at_edge`) with a warning.
     Without a validation split, 20% of train (stratified, seeded) is held out for the choice
     and the chosen value is refitted on all of train.
     """
@@ -230,26 +235,56 @@ def fit_probe(train_features: np.ndarray, train_labels: np.ndarray, val_features
         y_sel = np.asarray(val_labels, dtype=np.int64).ravel()
     mean, scale = _standardiser(x_fit)
     z_fit, z_sel = (x_fit - mean) / scale, (x_sel - mean) / scale
-    losses, fitted = [], []
     key = "alpha" if mlp else "C"
     # Logistic regression walks the grid from strong to weak regularisation, each fit starting
     # from the previous solution (a regularisation path): far fewer L-BFGS steps in all.
     warm = None if mlp else LogisticRegression(max_iter=1000, tol=1e-5, warm_start=True)
     hyper_of = (lambda v: {key: v, "hidden": list(hidden)}) if mlp else (lambda v: {key: v})
-    for value in tqdm(sorted(grid), desc=f"probe: {key} grid", disable=not progress, leave=False):
-        clf = _fit_one(z_fit, y_fit, value, mlp, hidden, seed, warm)
-        losses.append(_log_loss(y_sel, clf.predict_proba(z_sel)[:, 1]))
-        fitted.append(_to_probe(clf, mean, scale, mlp, hyper_of(float(value))))  # a copy of the weights
-    grid = sorted(grid)
+    tried: dict[float, tuple[float, ProbeModel]] = {}
+
+    def fit_values(values: Sequence[float]) -> None:
+        for value in tqdm(values, desc=f"probe: {key} grid", disable=not progress, leave=False):
+            clf = _fit_one(z_fit, y_fit, value, mlp, hidden, seed, warm)
+            loss = _log_loss(y_sel, clf.predict_proba(z_sel)[:, 1])
+            tried[float(value)] = (loss, _to_probe(clf, mean, scale, mlp, hyper_of(float(value))))  # a copy
+
+    fit_values(sorted(grid))
+    for _ in range(extend):
+        more = _extension(sorted(tried), min(tried, key=lambda v: tried[v][0]))
+        if not more:
+            break
+        warnings.warn(f"probe: the chosen {key} ({min(tried, key=lambda v: tried[v][0]):g}) is at the edge of "
+                      f"the grid; extending it with {', '.join(f'{v:g}' for v in more)}", stacklevel=2)
+        fit_values(more)
+    grid = sorted(tried)
+    losses = [tried[v][0] for v in grid]
     best_i = int(np.argmin(losses))  # ties: the first, i.e. the strongest regularisation
     best = float(grid[best_i])
+    at_edge = len(grid) >= 3 and best_i in (0, len(grid) - 1)
+    if at_edge:
+        warnings.warn(f"probe: the chosen {key} ({best:g}) is still at the edge of the grid tried "
+                      f"({grid[0]:g}..{grid[-1]:g}); a wider grid may fit better", stacklevel=2)
     if refit:
         mean, scale = _standardiser(x)
         probe = _to_probe(_fit_one((x - mean) / scale, y, best, mlp, hidden, seed), mean, scale, mlp, hyper_of(best))
     else:
-        probe = fitted[best_i]
+        probe = tried[best][1]
     return ProbeFit(probe=probe, grid=[float(v) for v in grid], val_log_loss=losses, best=best,
-                    selection_split="train holdout" if refit else "val")
+                    selection_split="train holdout" if refit else "val", at_edge=at_edge)
+
+
+def _extension(grid: Sequence[float], best: float, steps: int = 3) -> list[float]:
+    """Grid values beyond the edge where `best` sits, at the grid's own log spacing (none if inside).
+
+    A two-value grid has no interior, so it is never extended.
+    """
+    if len(grid) < 3 or grid[0] < best < grid[-1]:
+        return []
+    if best == grid[-1]:
+        ratio = grid[-1] / grid[-2]
+        return [best * ratio ** k for k in range(1, steps + 1)]
+    ratio = grid[1] / grid[0]
+    return [best / ratio ** k for k in range(1, steps + 1)]
 
 
 # ---------------------------------------------------------------------------
@@ -368,7 +403,7 @@ def run_probe(data: CifakeData, out_dir: str | os.PathLike, *, model: str | os.P
     p_val = det.p_fake_from_features(feats["val"]) if val is not None else None
     key = "alpha" if mlp else "C"
     selection = {"parameter": key, "grid": fit.grid, "val_log_loss": fit.val_log_loss, "best": fit.best,
-                 "split": fit.selection_split, "metric": "log loss"}
+                 "split": fit.selection_split, "metric": "log loss", "at_edge": fit.at_edge}
     out.mkdir(parents=True, exist_ok=True)
     det.probe.save(out / WEIGHTS_FILE)
     meta = {**det.to_json(), "selection": selection, "n_train": len(data.train)}

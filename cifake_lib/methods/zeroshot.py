@@ -47,53 +47,6 @@ DETECTOR_FILE = "detector.json"
 TEXT_EMBEDDINGS_FILE = "text_embeddings.safetensors"
 SUMMARY_FILE = "summary.csv"
 
-# Published results on CIFAKE, to draw beside ours (always labelled "published", never ours).
-# Ranges are (low, high). Source: the study's brief (DESIGN.md).
-PUBLISHED: dict[str, dict[str, float | tuple[float, float]]] = {
-    "CIFAKE paper CNN": {"accuracy": 0.9298},
-    "zero-shot CLIP ViT-B/32": {"accuracy": 0.50, "roc_auc": (0.59, 0.64)},
-    "linear probe, frozen CLIP": {"roc_auc": (0.987, 0.991)},
-    "MLP probe, frozen CLIP": {"accuracy": 0.974, "roc_auc": 0.997},
-    "fine-tuned ViT-Small (best verified)": {"accuracy": 0.9877, "roc_auc": 0.9994},
-}
-
-
-def published_anchors(metric: str = "roc_auc", names: Sequence[str] | None = None) -> dict[str, float]:
-    """{label: value} for `plots.compare_bar(published=...)`; a range gives two lines (low, high)."""
-    out: dict[str, float] = {}
-    for name in names if names is not None else PUBLISHED:
-        value = PUBLISHED[name].get(metric)
-        if isinstance(value, tuple):
-            out[f"{name}, low"], out[f"{name}, high"] = value
-        elif value is not None:
-            out[name] = float(value)
-    return out
-
-
-def _fmt(v: Any, pct: bool) -> str:
-    if v is None:
-        return "—"
-    if isinstance(v, (tuple, list)):
-        return f"{v[0]:.1%}–{v[1]:.1%}" if pct else f"{v[0]:.3f}–{v[1]:.3f}"
-    return f"{v:.2%}" if pct else f"{v:.4f}"
-
-
-def published_table() -> list[dict[str, str]]:
-    """The published anchors as rows for a table, every value formatted, marked "published"."""
-    return [{"detector": name, "accuracy": _fmt(m.get("accuracy"), True), "roc_auc": _fmt(m.get("roc_auc"), False),
-             "source": "published"} for name, m in PUBLISHED.items()]
-
-
-def anchor_table(ours: Mapping[str, Mapping[str, Any]]) -> list[dict[str, str]]:
-    """Our runs ({name: metrics dict}) marked "ours" (with 95% CIs), then the published anchors."""
-    rows = [{"detector": name, "accuracy": _fmt(m.get("accuracy"), True)
-             + (f" [{_fmt(m['accuracy_ci95'], True)}]" if m.get("accuracy_ci95") else ""),
-             "roc_auc": _fmt(m.get("roc_auc"), False)
-             + (f" [{_fmt(m['roc_auc_ci95'], False)}]" if m.get("roc_auc_ci95") else ""),
-             "source": "ours"} for name, m in ours.items()]
-    return rows + published_table()
-
-
 # ---------------------------------------------------------------------------
 # The detector
 # ---------------------------------------------------------------------------
@@ -129,15 +82,15 @@ class ClipDetector:
     """CLIP + a prompt set (or precomputed text embeddings) + threshold: kind "clip".
 
     `predict_proba(images)` -> p_fake for uint8 images (N, H, W, 3) of any size, or a list of
-    differently sized (H, W, 3) images. Class-aware prompt sets take `classes=` (CIFAR class
-    per image, -1 unknown); without it they marginalise over the classes.
+    differently sized (H, W, 3) images. Class-aware prompt sets marginalise over the classes;
+    `use_known_class=True` (an oracle, for analysis only) scores with `classes=` instead.
     """
 
     kind = KIND
 
     def __init__(self, model, processor, prompts: PromptSet | str | Mapping[str, Any] = DEFAULT_PROMPT_SET, *,
                  threshold: float = 0.5, head: ZeroShotHead | None = None, detector: str | None = None,
-                 model_ref: str | None = None, marginal: str = "logsumexp", use_known_class: bool = True,
+                 model_ref: str | None = None, marginal: str = "logsumexp", use_known_class: bool = False,
                  context: PromptContext | None = None):
         self.model = model
         self.processor = processor
@@ -254,7 +207,7 @@ class ClipDetector:
                    context=context,
                    detector=meta.get("detector"), model_ref=model_ref,
                    marginal=meta.get("marginal", "logsumexp"),
-                   use_known_class=bool(meta.get("use_known_class", True)))
+                   use_known_class=bool(meta.get("use_known_class", False)))
 
     def __repr__(self) -> str:
         return (f"ClipDetector(detector={self.detector!r}, model={self.model_ref!r}, "
@@ -362,7 +315,8 @@ def score_prompt_sets(model, processor, splits: Mapping[str, Split], prompts: st
                       progress: bool = True) -> tuple[dict[str, ZeroShotHead], dict[str, dict[str, np.ndarray]]]:
     """p_fake of every prompt set on every split, from one image pass and one text pass.
 
-    Returns ({set: head}, {set: {split: p_fake}}). Class-aware sets use each split's CIFAR classes.
+    Returns ({set: head}, {set: {split: p_fake}}). Class-aware sets marginalise over the ten
+    classes, as `predict` must: a detector does not know a test image's true class.
     """
     sets = resolve_prompt_sets(prompts)
     feats = {k: image_features(model, processor, s.images, batch_size=batch_size, cache=cache, progress=progress,
@@ -370,7 +324,7 @@ def score_prompt_sets(model, processor, splits: Mapping[str, Split], prompts: st
     # Every prompt of every set in one text pass: on a CPU, per-call overhead outweighs the work.
     embeddings = encode_texts(model, processor, [t for ps in sets for t in head_texts(ps)])
     heads = {ps.name: build_head(model, processor, ps, marginal=marginal, embeddings=embeddings) for ps in sets}
-    scores = {name: {k: head.p_fake(feats[k], s.classes, normalized=True) for k, s in splits.items()}
+    scores = {name: {k: head.p_fake(feats[k], None, normalized=True) for k in splits}
               for name, head in heads.items()}
     return heads, scores
 
@@ -383,9 +337,10 @@ def run_zeroshot(data: CifakeData, out_dir: str | os.PathLike, *, model: str | o
     """Score every prompt set from one pass over val and test; write `out_dir/<set>/` and summary.csv.
 
     Thresholds come from validation (runs.write_run); the natural threshold 0.5 is reported too.
-    Class-aware sets score each image with its own CIFAR class (known from CIFAKE's file names).
+    Class-aware sets marginalise over the CIFAR classes (never the image's own class).
     """
     from cifake_lib.clip.models import DEFAULT_MODEL
+    from cifake_lib.evaluation.published import published_anchors
     from cifake_lib.evaluation.runs import write_run
     from cifake_lib.viz import plots
 
@@ -429,12 +384,12 @@ def run_zeroshot(data: CifakeData, out_dir: str | os.PathLike, *, model: str | o
     write_summary(out / SUMMARY_FILE, rows)
     if figures:
         bar_rows = [{**all_metrics[r["prompt_set"]], "name": r["prompt_set"]} for r in rows]
+        # Published zero-shot figures tune no threshold: they sit beside our accuracy at 0.5.
         plots.save_figure(plots.compare_bar(bar_rows, "roc_auc", published=published_anchors(
-            "roc_auc", ["zero-shot CLIP ViT-B/32"]), title="Zero-shot CLIP: test ROC AUC per prompt set (95% CI)"),
+            "roc_auc", setting="zero-shot"), title="Zero-shot CLIP: test ROC AUC per prompt set (95% CI)"),
             out / "compare_roc_auc.png")
-        plots.save_figure(plots.compare_bar(bar_rows, "accuracy", published=published_anchors(
-            "accuracy", ["zero-shot CLIP ViT-B/32"]),
-            title="Zero-shot CLIP: test accuracy at the validation threshold (95% CI)"),
+        plots.save_figure(plots.compare_bar(bar_rows, "accuracy",
+                                            title="Zero-shot CLIP: test accuracy at the validation threshold (95% CI)"),
             out / "compare_accuracy.png")
         plots.save_figure(plots.roc_figure({n: (data.test.labels, scores[n]["test"]) for n in scores},
                                            title="Zero-shot CLIP: ROC per prompt set (test)"), out / "roc_all.png")
@@ -445,12 +400,8 @@ def run_zeroshot(data: CifakeData, out_dir: str | os.PathLike, *, model: str | o
 __all__ = [
     "ClipDetector",
     "ZeroShotResult",
-    "PUBLISHED",
     "run_zeroshot",
     "score_prompt_sets",
-    "published_anchors",
-    "published_table",
-    "anchor_table",
     "best_on_val",
     "read_summary",
     "write_summary",

@@ -1,0 +1,137 @@
+"""Does the report preset fit a 15 GB GPU (Colab's T4)? Peak memory per stage, estimated on any machine.
+
+    python bench/bench_memory.py --model STANDIN   # folder from `python ../shared/tools/clip_replica.py`
+    python bench/bench_memory.py                   # ViT-B/32-shaped random CLIP (small tokenizer vocabulary)
+    python bench/bench_memory.py --json
+
+Fine-tuning: weights, gradients and AdamW moments are counted exactly from the model; the activations
+autograd keeps are measured in one forward under autocast at two small batch sizes and extrapolated
+to the preset's batch (see cifake_lib.methods.memory). Inference stages are modelled. Every figure
+printed is an ESTIMATE; `bench/gpu_study.py` measures torch.cuda.max_memory_allocated on a GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+PRESET = Path(__file__).resolve().parent.parent / "cifake_lib" / "app" / "presets" / "report.toml"
+
+
+def preset_batches(path: Path) -> dict[str, int]:
+    """The batch sizes the preset gives each stage (the stage's default where it gives none)."""
+    from cifake_lib.methods.finetune import FinetuneConfig
+
+    cfg = tomllib.loads(path.read_text())
+    ft, default = cfg.get("finetune", {}), FinetuneConfig()
+    return {
+        "finetune_batch": int(ft.get("batch_size", default.batch_size)),
+        "grad_accum": int(ft.get("grad_accum", default.grad_accum)),
+        "finetune_eval": int(ft.get("eval_batch_size", default.eval_batch_size)),
+        "zeroshot": int(cfg.get("zeroshot", {}).get("batch_size", 256)),
+        "probe": int(cfg.get("probe", {}).get("batch_size", 256)),
+        "robustness": int(cfg.get("robustness", {}).get("batch_size", 256)),
+        "ablations": list(ft.get("ablations", [])),
+        "train": ft.get("train", default.train),
+        "prompts": ft.get("prompts", default.prompts),
+    }
+
+
+def measure_training(model_dir: str, train: str, prompts: str, dtype, sizes: tuple[int, int]):
+    """(n_params, n_trainable, bytes/image, fixed bytes) of ClipClassifier fine-tuning `train` side(s)."""
+    import torch
+    from transformers import CLIPModel, CLIPProcessor
+
+    from cifake_lib.methods import finetune as ft
+    from cifake_lib.methods.memory import activation_fit, saved_activation_bytes
+
+    processor = CLIPProcessor.from_pretrained(model_dir)
+    clip = CLIPModel.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="sdpa")
+    cfg = ft.FinetuneConfig(model=model_dir, train=train, prompts=prompts)
+    model = ft.ClipClassifier(clip, processor.tokenizer, ft.resolve_prompts(prompts))
+    ft.set_trainable(model, cfg)
+    model.train()
+    size = clip.config.vision_config.image_size
+
+    def loss_fn(m, batch):
+        return ft.flyp_loss(m(batch[0], batch[1])[0], batch[2])
+
+    def measure(b: int) -> int:
+        torch.manual_seed(0)
+        batch = (torch.randn(b, 3, size, size), torch.zeros(b, dtype=torch.long), torch.arange(b) % 2)
+        return saved_activation_bytes(model, batch, loss_fn, dtype)
+
+    per_image, fixed = activation_fit(measure, sizes)
+    n_params = sum(p.numel() for p in model.parameters())
+    n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return clip.config, n_params, n_trainable, per_image, fixed
+
+
+def estimates(model_dir: str, preset: Path, precision: str, sizes: tuple[int, int]) -> dict:
+    import torch
+
+    from cifake_lib.methods.memory import inference_memory, training_memory
+
+    b = preset_batches(preset)
+    dtype = torch.bfloat16  # on the CPU; fp16 saves the same bytes
+    rows, measured = [], {}
+    for name, side in [("finetune", b["train"])] + [(f"finetune_{a}", a) for a in b["ablations"]]:
+        config, n_params, n_trainable, per_image, fixed = measure_training(model_dir, side, b["prompts"], dtype, sizes)
+        measured[name] = {"train": side, "activation_mib_per_image": round(per_image / 2**20, 2),
+                          "activation_mib_fixed": round(fixed / 2**20, 1), "trainable_params": n_trainable}
+        rows.append(training_memory(name, n_params, n_trainable, per_image, fixed, b["finetune_batch"], precision))
+    for name, batch in [("finetune eval", b["finetune_eval"]), ("zeroshot", b["zeroshot"]), ("probe", b["probe"]),
+                        ("evaluate / robustness", b["robustness"])]:
+        rows.append(inference_memory(name, config.vision_config, n_params, batch, "fp16"))
+    return {"model": model_dir, "preset": str(preset), "precision": precision, "batches": b,
+            "measured_at_batch_sizes": list(sizes), "measured": measured, "n_params": n_params,
+            "rows": [r.to_dict() for r in rows]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", help="CLIP folder (the ViT-B/32 stand-in); default: a ViT-B/32-shaped random CLIP")
+    ap.add_argument("--preset", type=Path, default=PRESET, help="preset TOML (default: the report preset)")
+    ap.add_argument("--precision", choices=("fp16", "bf16"), default="fp16",
+                    help="training precision (fp16 on a T4, which has no bf16 tensor cores)")
+    ap.add_argument("--sizes", default="2,4", help="two batch sizes to measure activations at (default 2,4)")
+    ap.add_argument("--json", action="store_true")
+    a = ap.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    sizes = tuple(int(s) for s in a.sizes.split(","))
+    from cifake_lib.clip.models import write_tiny_clip
+    from cifake_lib.methods.memory import T4_BUDGET_GIB
+
+    with tempfile.TemporaryDirectory(prefix="bench_memory_") as tmp:
+        model = a.model or str(write_tiny_clip(Path(tmp) / "model", shape="vit-b-32"))
+        result = estimates(model, a.preset, a.precision, sizes)
+    if a.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"ESTIMATED peak GPU memory per stage, report preset, {a.precision} (T4 budget {T4_BUDGET_GIB} GiB "
+          "of max_memory_allocated)")
+    if not a.model:
+        print("  (no --model: ViT-B/32 shapes with a small tokenizer vocabulary; the real 49,408-word one adds "
+              "25 M parameters, about 0.4 GiB when trained)")
+    for name, m in result["measured"].items():
+        print(f"  measured {name}: {m['activation_mib_per_image']} MiB/image + {m['activation_mib_fixed']} MiB "
+              f"fixed saved activations (batches {a.sizes}), {m['trainable_params'] / 1e6:.1f} M trainable")
+    print(f"{'stage':<24}{'batch':>6}{'weights':>9}{'grads':>7}{'AdamW':>7}{'activ.':>8}{'total':>8}  fits T4  how")
+    for r in result["rows"]:
+        print(f"{r['stage']:<24}{r['batch_size']:>6}{r['weights_gib']:>9.2f}{r['grads_gib']:>7.2f}"
+              f"{r['optimizer_gib']:>7.2f}{r['activations_gib']:>8.2f}{r['total_gib']:>8.2f}  "
+              f"{'yes' if r['fits_t4'] else 'NO':<7}  {r['how']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,149 @@
+"""Published results on CIFAKE (published.toml): cited, checked, never mixed with ours.
+
+Each entry of published.toml is one published number with its source (authors, year, venue,
+title, arXiv id / DOI / URL), the split it was measured on and its published precision
+(`text`, e.g. "92.98%", or "≈95%" for a figure given only approximately). This module reads
+that file and renders it: anchor lines for `plots.compare_bar` (exact figures only), table
+rows, the report's References list, and the dated claim of absence.
+
+A zero-shot figure tunes no threshold, so `compared_with` says it is set beside our
+accuracy at 0.5 (`acc@0.5`), never beside an accuracy at a threshold tuned on validation.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping, Sequence
+from functools import lru_cache
+from importlib import resources
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+SETTINGS = ("zero-shot", "probe", "supervised", "fine-tuned")
+METRICS = ("accuracy", "roc_auc")
+REQUIRED = ("name", "setting", "model", "metric", "value", "text", "split", "authors", "year", "venue", "title")
+
+
+def _check(entry: Mapping[str, Any], i: int) -> dict[str, Any]:
+    where = f"published.toml result #{i + 1}"
+    missing = [k for k in REQUIRED if k not in entry]
+    if missing:
+        raise ValueError(f"{where}: missing field(s) {missing}")
+    if not any(entry.get(k) for k in ("arxiv", "doi", "url")):
+        raise ValueError(f"{where} ({entry['name']}): needs a source (arxiv, doi or url)")
+    if entry["metric"] not in METRICS:
+        raise ValueError(f"{where}: metric must be one of {METRICS}, got {entry['metric']!r}")
+    if entry["setting"] not in SETTINGS:
+        raise ValueError(f"{where}: setting must be one of {SETTINGS}, got {entry['setting']!r}")
+    if not 0.0 <= float(entry["value"]) <= 1.0:
+        raise ValueError(f"{where}: value must be a fraction in [0, 1], got {entry['value']!r}")
+    return {**entry, "value": float(entry["value"]), "approximate": bool(entry.get("approximate", False))}
+
+
+@lru_cache(maxsize=1)
+def _load() -> tuple[str, tuple[dict[str, Any], ...]]:
+    text = resources.files("cifake_lib.evaluation").joinpath("published.toml").read_text(encoding="utf-8")
+    data = tomllib.loads(text)
+    return str(data.get("checked", "")), tuple(_check(e, i) for i, e in enumerate(data.get("result", [])))
+
+
+def published_results(*, metric: str | None = None, setting: str | None = None,
+                      names: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """The entries of published.toml (copies), filtered by metric, setting and/or name."""
+    out = []
+    for e in _load()[1]:
+        if (metric is None or e["metric"] == metric) and (setting is None or e["setting"] == setting) \
+                and (names is None or e["name"] in names):
+            out.append(dict(e))
+    return out
+
+
+def checked() -> str:
+    """When the sources were last checked (published.toml's `checked`), e.g. "November 2026"."""
+    return _load()[0]
+
+
+def cite(entry: Mapping[str, Any]) -> str:
+    """Short citation: "Bird & Lotfi 2024"."""
+    return f"{entry['authors']} {entry['year']}"
+
+
+def compared_with(entry: Mapping[str, Any]) -> str:
+    """Which of our figures a published one is set beside: acc@0.5 for zero-shot accuracy."""
+    if entry["metric"] == "accuracy":
+        return "acc@0.5" if entry["setting"] == "zero-shot" else "accuracy"
+    return entry["metric"]
+
+
+def published_anchors(metric: str = "roc_auc", names: Sequence[str] | None = None, *,
+                      setting: str | None = None) -> dict[str, float]:
+    """{"name (Authors Year)": value} for `plots.compare_bar(published=...)`.
+
+    Approximate figures ("≈95%") are left out: a line at 0.95 would claim a precision the
+    source does not give. Unknown `names` are simply absent.
+    """
+    return {f"{e['name']} ({cite(e)})": e["value"]
+            for e in published_results(metric=metric, setting=setting, names=names) if not e["approximate"]}
+
+
+def published_table(metric: str | None = None) -> list[dict[str, Any]]:
+    """Rows for a table of published results: every value as published, with its citation."""
+    return [{"name": e["name"], "source": "published", "reference": cite(e), "setting": e["setting"],
+             "metric": e["metric"], "value": e["text"], "split": e["split"], "compared_with": compared_with(e),
+             "model": e["model"]} for e in published_results(metric=metric)]
+
+
+def _fmt(v: Any, pct: bool) -> str:
+    if v is None:
+        return "—"
+    return f"{v:.2%}" if pct else f"{v:.4f}"
+
+
+def anchor_table(ours: Mapping[str, Mapping[str, Any]]) -> list[dict[str, str]]:
+    """Our runs ({name: metrics dict}; accuracy at the validation threshold and at 0.5, AUC, with
+    95% CIs) marked "ours", then the published results at their published precision, cited."""
+    rows = []
+    for name, m in ours.items():
+        acc_ci, auc_ci = m.get("accuracy_ci95"), m.get("roc_auc_ci95")
+        rows.append({
+            "detector": name, "source": "ours",
+            "accuracy": _fmt(m.get("accuracy"), True) + (f" [{acc_ci[0]:.2%}, {acc_ci[1]:.2%}]" if acc_ci else ""),
+            "acc@0.5": _fmt((m.get("natural_threshold") or {}).get("accuracy"), True),
+            "roc_auc": _fmt(m.get("roc_auc"), False) + (f" [{auc_ci[0]:.4f}, {auc_ci[1]:.4f}]" if auc_ci else ""),
+            "reference": ""})
+    for e in published_results():
+        value = {"accuracy": "—", "acc@0.5": "—", "roc_auc": "—"}
+        value[compared_with(e)] = e["text"]
+        rows.append({"detector": e["name"], "source": "published", **value, "reference": cite(e)})
+    return rows
+
+
+def reference(entry: Mapping[str, Any]) -> str:
+    """Full reference: authors (year). Title. Venue. DOI / arXiv / URL."""
+    ids = []
+    if entry.get("doi"):
+        ids.append(f"doi:{entry['doi']}")
+    if entry.get("arxiv"):
+        ids.append(f"arXiv:{entry['arxiv']}")
+    if entry.get("url") and not entry.get("arxiv"):
+        ids.append(str(entry["url"]))
+    return f"{entry['authors']} ({entry['year']}). {entry['title']}. {entry['venue']}. {', '.join(ids)}."
+
+
+def references() -> list[str]:
+    """One full reference per distinct published source, in file order."""
+    return list(dict.fromkeys(reference(e) for e in published_results()))
+
+
+def absence_claim() -> str:
+    """The dated claim that no published result fine-tunes both CLIP encoders on CIFAKE."""
+    return (f"As of {checked()}, we found no published result that fine-tunes both CLIP encoders "
+            "(image and text) on CIFAKE, so the finetune:both detector has no published counterpart.")
+
+
+__all__ = ["published_results", "published_anchors", "published_table", "anchor_table", "references",
+           "reference", "cite", "compared_with", "checked", "absence_claim"]
