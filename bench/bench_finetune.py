@@ -37,11 +37,23 @@ TARGET_RATIO = 0.9
 OPTIMIZERS = {"fused": {"fused": True}, "foreach": {"foreach": True}, "for-loop": {"foreach": False}}
 
 
+# What a variant trains: a loss of both encoders, or CoOp's context ("prompt"); every one with the
+# class-aware prompt set (80 distinct prompts), so that CE's per-step text cost is the whole set's
+# and FLYP's the batch's distinct captions (about 15 at batch 16, 64 at batch 128).
+METHODS = {
+    "flyp": {"loss": "flyp"},
+    "ce": {"loss": "ce"},
+    "clip-label-aware": {"loss": "clip-label-aware"},
+    "prompt": {"train": "prompt"},
+}
+PROMPTS = "class_aware"
+
+
 @dataclass(frozen=True)
 class Variant:
     compile: str  # "off" | "on"
     optimizer: str  # "fused" | "foreach" | "for-loop"
-    loss: str  # finetune.LOSSES
+    loss: str  # a METHODS key: finetune.LOSSES, or "prompt" (CoOp)
 
     @property
     def name(self) -> str:
@@ -49,7 +61,8 @@ class Variant:
 
 
 def variants(spec: str, device: str) -> list[Variant]:
-    """eager: make_adamw's optimizer, FLYP; compile: that, eager and compiled; all: every combination."""
+    """eager: make_adamw's optimizer, FLYP; compile: that, eager and compiled; methods: eager FLYP, CE and
+    CoOp; all: every combination."""
     from cifake_lib.methods.finetune import LOSSES
 
     best = "fused" if device.startswith("cuda") else "foreach"
@@ -57,10 +70,12 @@ def variants(spec: str, device: str) -> list[Variant]:
         return [Variant("off", best, "flyp"), Variant("on", best, "flyp")]
     if spec == "eager":
         return [Variant("off", best, "flyp")]
+    if spec == "methods":
+        return [Variant("off", best, m) for m in ("flyp", "ce", "prompt")]
     if spec == "all":
         opts = ("fused", "foreach") if device.startswith("cuda") else ("foreach", "for-loop")
-        return [Variant(c, o, loss) for c, o, loss in itertools.product(("off", "on"), opts, LOSSES)]
-    raise SystemExit(f"--variants: expected eager, compile or all, got {spec!r}")
+        return [Variant(c, o, loss) for c, o, loss in itertools.product(("off", "on"), opts, (*LOSSES, "prompt"))]
+    raise SystemExit(f"--variants: expected eager, compile, methods or all, got {spec!r}")
 
 
 def _synthetic_data(n: int, seed: int = 0):
@@ -81,21 +96,28 @@ def _setup(model_dir: str, v: Variant, batch_size: int, device: str):
     import torch
     from transformers import CLIPModel, CLIPProcessor
 
+    from cifake_lib.clip.coop import PromptContext
     from cifake_lib.data.preprocess import ImagePreprocessor
     from cifake_lib.methods import finetune as ft
     from cifake_lib.methods import speed
 
-    cfg = ft.FinetuneConfig(model=model_dir, prompts="plain", loss=v.loss)
+    cfg = ft.FinetuneConfig(model=model_dir, prompts=PROMPTS, **METHODS[v.loss])
     torch.manual_seed(0)
     processor = CLIPProcessor.from_pretrained(model_dir)
     clip = CLIPModel.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="sdpa")
-    model = ft.ClipClassifier(clip, processor.tokenizer, ft.resolve_prompts(cfg.prompts))
+    context = PromptContext.create(clip, processor.tokenizer, cfg.n_ctx) if cfg.train == "prompt" else None
+    prompts = ft.resolve_prompts(cfg.prompts)
+    model = ft.ClipClassifier(clip, processor.tokenizer, prompts, context)
     ft.set_trainable(model, cfg)
     model.to(device).train()
     rng = np.random.default_rng(0)
     x = torch.from_numpy(rng.integers(0, 256, size=(batch_size, 32, 32, 3), dtype=np.uint8)).to(device)
+    labels, classes = np.arange(batch_size) % 2, rng.integers(0, 10, batch_size)
+    captions = None  # FLYP: each image's caption drawn as the loop draws them
+    if cfg.loss == "flyp":
+        captions = torch.from_numpy(ft.draw_captions(ft.caption_choices(prompts), labels, classes, 0, 0)).to(device)
     batch = (ImagePreprocessor.from_processor(processor)(x),  # ready tensors, made once
-             torch.arange(batch_size, device=device) % 2, torch.zeros(batch_size, dtype=torch.long, device=device))
+             torch.from_numpy(labels).to(device), torch.from_numpy(classes).to(device), captions)
     opt = torch.optim.AdamW(ft.param_groups(model, cfg.weight_decay), lr=1e-5, betas=(cfg.beta1, cfg.beta2),
                             eps=cfg.eps, **OPTIMIZERS[v.optimizer])
     return cfg, model, opt, batch, speed
@@ -105,8 +127,8 @@ def _loss_fn(cfg):
     from cifake_lib.methods import finetune as ft
 
     def loss_fn(model, batch):
-        pixel_values, labels, classes = batch
-        return ft._loss(cfg, model, model(pixel_values, classes), labels, classes)
+        pixel_values, labels, classes, captions = batch
+        return ft.compute_loss(cfg, model(pixel_values, classes, captions), labels, classes)
 
     return loss_fn
 
@@ -162,13 +184,14 @@ def end_to_end(model_dir: str, v: Variant, batch_size: int, steps: int, warmup: 
     from cifake_lib.methods import finetune as ft
 
     uses = "fused" if device.startswith("cuda") else "foreach"
-    if v.optimizer != uses or "compile" not in {f.name for f in fields(ft.FinetuneConfig)}:
+    has_compile = "compile" in {f.name for f in fields(ft.FinetuneConfig)}
+    if v.optimizer != uses or (v.compile == "on" and not has_compile):
         return None
     data = _synthetic_data(batch_size * (warmup + steps) + batch_size)  # one epoch covers the run
-    cfg = ft.FinetuneConfig(model=model_dir, out=out, prompts="plain", loss=v.loss, batch_size=batch_size,
+    cfg = ft.FinetuneConfig(model=model_dir, out=out, prompts=PROMPTS, **METHODS[v.loss], batch_size=batch_size,
                             max_steps=warmup + steps, lr=1e-5, log_every=1, save_every=10**9, patience=None,
                             mixed_precision=mp, cpu=torch.device(device).type == "cpu", progress=False,
-                            compile=v.compile)
+                            **({"compile": v.compile} if has_compile else {}))
     outcome = ft.train(data, cfg)
     rates = [r["images_per_second"] for r in outcome.history if r["kind"] == "train"][warmup:]
     return statistics.median(rates)
@@ -222,7 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     ap.add_argument("--mixed-precision", choices=("auto", "no", "fp16", "bf16"), default="auto",
                     help="auto: bf16/fp16 on a GPU as finetune chooses, none on the CPU (both sides alike)")
-    ap.add_argument("--variants", default="eager", help="eager (default), compile (eager vs compiled), all")
+    ap.add_argument("--variants", default="eager",
+                    help="eager (default), compile (eager vs compiled), methods (flyp, ce, prompt), all")
     ap.add_argument("--peak-tflops", type=float, help="the device's peak for MFU (default: the GPU table)")
     ap.add_argument("--no-end-to-end", action="store_true", help="model-only figures only")
     ap.add_argument("--json", action="store_true", help="print the results as one JSON object")

@@ -22,9 +22,9 @@ from cifake_lib.methods.cnn import (
     CNNDetector,
     TrainConfig,
     describe_deviations,
-    get_lr,
     load_cnn_detector,
     load_cnn_model,
+    lr_at_progress,
     run_cnn,
     save_cnn_weights,
     train_cnn,
@@ -123,11 +123,11 @@ def test_training_is_deterministic_on_cpu_and_learns_synthetic_data():
 
 def test_learning_rate_schedule():
     tc = TrainConfig(lr=1e-3, warmup_fraction=0.1, min_lr_ratio=0.01)
-    assert get_lr(0.0, tc) < 1e-5
-    assert get_lr(0.05, tc) == pytest.approx(5e-4)
-    assert get_lr(0.1, tc) == pytest.approx(1e-3)
-    assert get_lr(1.0, tc) == pytest.approx(1e-5) == get_lr(2.0, tc)
-    after = [get_lr(p, tc) for p in np.linspace(0.1, 1, 20)]
+    assert lr_at_progress(0.0, tc) < 1e-5
+    assert lr_at_progress(0.05, tc) == pytest.approx(5e-4)
+    assert lr_at_progress(0.1, tc) == pytest.approx(1e-3)
+    assert lr_at_progress(1.0, tc) == pytest.approx(1e-5) == lr_at_progress(2.0, tc)
+    after = [lr_at_progress(p, tc) for p in np.linspace(0.1, 1, 20)]
     assert (np.diff(after) <= 0).all()
 
 

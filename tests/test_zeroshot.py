@@ -10,10 +10,11 @@ import pytest
 import torch
 
 from cifake_lib.clip.features import image_features, l2_normalize, text_features
+from cifake_lib.clip.head import ZeroShotHead, build_head
 from cifake_lib.clip.models import load_clip
 from cifake_lib.clip.prompts import PROMPT_SETS, PromptSet, get_prompt_set, resolve_prompt_sets
 from cifake_lib.methods.detectors import load_detector
-from cifake_lib.methods.zeroshot import ClipDetector, ZeroShotHead, build_head
+from cifake_lib.methods.zeroshot import ClipDetector
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +102,7 @@ def test_ensemble_is_normalize_average_normalize(clip):
         np.testing.assert_allclose(head.weights[label], manual, atol=1e-6)
     feats = image_features(model, processor, _images(5), progress=False)
     scale = model.logit_scale.exp().item()
-    np.testing.assert_allclose(head.logits(feats), scale * l2_normalize(feats) @ head.weights.T, rtol=1e-5)
+    np.testing.assert_allclose(head.logits(feats), scale * l2_normalize(feats) @ head.weights.numpy().T, rtol=1e-5)
 
 
 def test_class_aware_uses_known_class_and_marginalises_otherwise(clip):
@@ -115,15 +116,15 @@ def test_class_aware_uses_known_class_and_marginalises_otherwise(clip):
     scale = model.logit_scale.exp().item()
     for i in (0, 2, 3):
         c = classes[i]
-        w = np.stack([build_head(model, processor, PromptSet("c", real=ps.texts(0, c), fake=ps.texts(1, c))).weights])[0]
+        w = np.stack([build_head(model, processor, PromptSet("c", real=ps.texts(0, c), fake=ps.texts(1, c))).weights.numpy()])[0]
         np.testing.assert_allclose(z[i], scale * l2_normalize(feats[i]) @ w.T, rtol=1e-5)
     # Unknown class: log-mean-exp over the ten class-conditional logits.
-    per = scale * np.einsum("d,lcd->lc", l2_normalize(feats[1]), head.class_weights)
+    per = scale * np.einsum("d,lcd->lc", l2_normalize(feats[1]), head.class_weights.numpy())
     np.testing.assert_allclose(z[1], np.log(np.exp(per).mean(axis=1)), rtol=1e-5)
     # No classes at all: every image marginalised; "mean" marginal uses the averaged embedding.
     np.testing.assert_allclose(head.logits(feats)[1], z[1], rtol=1e-6)
     mean_head = ZeroShotHead(head.weights, head.logit_scale, head.class_weights, marginal="mean")
-    np.testing.assert_allclose(mean_head.logits(feats), scale * l2_normalize(feats) @ head.weights.T, rtol=1e-5)
+    np.testing.assert_allclose(mean_head.logits(feats), scale * l2_normalize(feats) @ head.weights.numpy().T, rtol=1e-5)
 
 
 # --------------------------------------------------------------------------- the detector

@@ -26,8 +26,8 @@ detector chose at its own threshold.
 CLIP maps live on the model's input grid (after resize and centre crop); they are mapped
 back to the image's own coordinates (zero outside the crop). CLIP detectors are those with
 `.model` (a CLIPModel), `.processor` and a head this module can differentiate:
-a zero-shot/fine-tuned `ClipDetector` (`.head`, a ZeroShotHead) or a `ProbeDetector`
-(`.probe`, a ProbeModel), each re-expressed in torch with the same maths. Anything else
+a zero-shot/fine-tuned `ClipDetector` (`.head`, the package's one torch `ZeroShotHead`) or a
+`ProbeDetector` (`.probe`, a ProbeModel, re-expressed in torch with the same maths). Anything else
 falls back to `occlusion`.
 """
 
@@ -41,6 +41,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from matplotlib.figure import Figure
+
+from cifake_lib.core.formatting import format_metric
 
 CLIP_METHODS = ("gradcam", "rollout", "gradxinput", "occlusion")
 CNN_METHODS = ("gradcam", "occlusion")
@@ -117,21 +119,9 @@ def is_clip(detector: Any) -> bool:
 
 
 def _zeroshot_logit(head: Any, feats: torch.Tensor, cifar_class: int, use_class: bool) -> torch.Tensor:
-    """logit(p_fake) = z_FAKE - z_REAL of a ZeroShotHead, in torch (same maths as head.logits)."""
-    x = F.normalize(feats.float(), dim=-1)
-    scale = float(head.logit_scale)
-    cw = getattr(head, "class_weights", None)
-    if cw is not None:
-        cw = torch.as_tensor(np.asarray(cw), dtype=torch.float32, device=x.device)  # (2, C, D)
-        if use_class and 0 <= cifar_class < cw.shape[1]:
-            z = scale * x @ cw[:, cifar_class].T
-        elif getattr(head, "marginal", "logsumexp") == "logsumexp":
-            per = scale * torch.einsum("nd,lcd->nlc", x, cw)
-            z = torch.logsumexp(per, dim=2) - np.log(cw.shape[1])
-        else:
-            z = scale * x @ torch.as_tensor(np.asarray(head.weights), dtype=torch.float32, device=x.device).T
-    else:
-        z = scale * x @ torch.as_tensor(np.asarray(head.weights), dtype=torch.float32, device=x.device).T
+    """logit(p_fake) = z_FAKE - z_REAL of the detector's `clip.head.ZeroShotHead` (differentiable)."""
+    classes = torch.full((len(feats),), int(cifar_class) if use_class else -1, dtype=torch.long)
+    z = head.logits(feats, classes)
     return z[:, 1] - z[:, 0]
 
 
@@ -469,3 +459,38 @@ def methods_figure(detector: Any, images: Sequence[np.ndarray], *, classes: Sequ
     maps = {m: [saliency(detector, im, m, cifar_class=c, target=target) for im, c in zip(images, classes, strict=True)]
             for m in methods}
     return saliency_figure(images, maps, titles=titles, suptitle=suptitle)
+
+
+def saliency_gallery(run: Mapping[str, Any], split: Any, detector: Any, per_group: int = 1,
+                     methods: Sequence[str] | None = None) -> Figure | None:
+    """Saliency of the run's most confident right and wrong test images (`per_group` of each group).
+
+    detector: the run's detector (detectors.load_detector(run["path"])); methods: default the
+    first two gradient/attention methods available (methods_for). None when no
+    prediction id is in `split`.
+    """
+    from cifake_lib.viz.gallery import GROUPS, confident_examples, match_ids
+
+    preds = run["predictions"]
+    index = match_ids(preds["id"], split.ids)
+    ok = np.flatnonzero(index >= 0)
+    if not len(ok):
+        return None
+    groups = confident_examples(preds["label"][ok], preds["p_fake"][ok], float(run["metrics"]["threshold"]),
+                                per_group)
+    picks = [(g[0], int(ok[i])) for g in GROUPS for i in groups[g[0]]]
+    if not picks:
+        return None
+    if methods is None:
+        methods = [m for m in methods_for(detector) if m != "occlusion"][:2] or ["occlusion"]
+    images, titles, maps = [], [], {m: [] for m in methods}
+    for key, i in picks:
+        image = split.images[index[i]]
+        cls = int(preds["cifar_class"][i])
+        images.append(image)
+        titles.append(f"{key.replace('_', ' ')}\np={format_metric(preds['p_fake'][i], digits=3)}")
+        for m in methods:
+            maps[m].append(saliency(detector, image, m, cifar_class=cls))
+    return saliency_figure(images, maps, titles=titles,
+                                   suptitle=f"{run.get('name') or run['metrics']['detector']}: saliency ({', '.join(methods)}; target: the "
+                                            "detector's decision)")

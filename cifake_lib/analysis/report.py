@@ -401,8 +401,8 @@ def qualitative_section(study: Study, split: Any, *, data: Any = None, load_erro
         s.image(fig, f"gallery_{slug(r['name'])}.png", f"{r['name']}: gallery")
         if saliency:
             try:
+                from cifake_lib.analysis.explain import saliency_gallery
                 from cifake_lib.methods.detectors import load_detector
-                from cifake_lib.viz.gallery import saliency_gallery
 
                 det = (detectors or {}).get(r["name"]) or load_detector(r["path"], device=device)
                 sfig = saliency_gallery(r, split, det, saliency_per_group)

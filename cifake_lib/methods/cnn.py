@@ -43,6 +43,7 @@ from torch import nn
 
 from cifake_lib.data.preprocess import check_uint8_images
 from cifake_lib.methods.cnn_config import CNNConfig, CnnStageConfig, TrainConfig  # noqa: F401 (re-exported)
+from cifake_lib.methods.training import TrainState, val_scores, warmup_cosine
 
 logger = logging.getLogger(__name__)  # epoch lines; progress goes through tqdm
 
@@ -185,15 +186,13 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------------
 
 
-def get_lr(progress: float, cfg: TrainConfig) -> float:
-    """Learning rate at `progress` in [0, 1] of training: linear warm-up, then cosine decay to
-    lr * min_lr_ratio at the end."""
+def lr_at_progress(progress: float, cfg: TrainConfig) -> float:
+    """Learning rate at `progress` in [0, 1] of training (steps or, with a time limit, seconds):
+    linear warm-up over warmup_fraction, then cosine decay to lr * min_lr_ratio at the end."""
     progress = min(max(progress, 0.0), 1.0)
-    if progress < cfg.warmup_fraction:
-        return cfg.lr * max(progress / cfg.warmup_fraction, 1e-3)
-    progress = (progress - cfg.warmup_fraction) / max(1e-9, 1.0 - cfg.warmup_fraction)
-    min_lr = cfg.lr * cfg.min_lr_ratio
-    return min_lr + 0.5 * (cfg.lr - min_lr) * (1.0 + math.cos(math.pi * progress))
+    wf = cfg.warmup_fraction
+    warm = max(progress / wf, 1e-3) if progress < wf else 1.0
+    return warmup_cosine(cfg.lr, cfg.min_lr_ratio, warmup=warm, progress=(progress - wf) / max(1e-9, 1.0 - wf))
 
 
 @dataclass
@@ -205,12 +204,99 @@ class TrainResult:
     images_per_second: float = 0.0  # training throughput (forward + backward), all epochs
 
 
-def _val_scores(labels: np.ndarray, logits: np.ndarray) -> tuple[float, float]:
-    from sklearn.metrics import roc_auc_score
+@dataclass
+class _CNNRun:
+    """What the CNN's training loop works with."""
 
-    acc = float(((logits >= 0).astype(np.int64) == labels).mean())
-    auc = float(roc_auc_score(labels, logits)) if len(np.unique(labels)) == 2 else float("nan")
-    return acc, auc
+    model: CifakeCNN
+    opt: torch.optim.Optimizer
+    x_all: torch.Tensor  # the whole split, uint8, on the device
+    y_all: torch.Tensor
+    config: CNNConfig
+    tc: TrainConfig
+    gen: torch.Generator  # shuffling and flips, on the CPU
+    total_steps: int
+    t_start: float = field(default_factory=time.perf_counter)
+    eval_seconds: float = 0.0  # the last validation pass: reserved at the end of a time-limited run
+
+    def schedule(self, step: int) -> float | None:
+        """The learning rate of `step`, on steps or (time limit) whichever is further along; None: out of time."""
+        frac = step / self.total_steps
+        if self.tc.time_limit is not None:
+            used = (time.perf_counter() - self.t_start) / max(1e-9, self.tc.time_limit - self.eval_seconds)
+            if used >= 1.0:
+                return None
+            frac = max(frac, used)
+        return lr_at_progress(frac, self.tc)
+
+
+def _train_epoch(run: _CNNRun, state: TrainState, progress: bool) -> tuple[dict[str, Any], bool]:
+    """One epoch (or up to the time limit): its record (images, train loss, ...) and whether time ran out."""
+    from tqdm.auto import tqdm
+
+    tc, model, device = run.tc, run.model, run.x_all.device
+    n = len(run.x_all)
+    model.train()
+    perm = torch.randperm(n, generator=run.gen)
+    flips = torch.rand(n, generator=run.gen) < 0.5 if tc.flip else None
+    loss_sum, seen, lr, out_of_time = 0.0, 0, float("nan"), False
+    t_epoch = time.perf_counter()
+    bar = tqdm(total=n, desc=f"cnn epoch {state.epoch + 1}/{tc.epochs}", unit="img", file=sys.stderr,
+               disable=not progress, leave=False, dynamic_ncols=True)
+    for i in range(0, n, tc.batch_size):
+        idx = perm[i:i + tc.batch_size]
+        x = to_input(run.x_all[idx.to(device)], run.config.image_size)
+        if flips is not None:
+            x = torch.where(flips[idx].to(device)[:, None, None, None], x.flip(3), x)
+        y = run.y_all[idx.to(device)]
+        step_lr = run.schedule(state.step)
+        if step_lr is None:
+            out_of_time = True
+            break
+        lr = step_lr
+        for group in run.opt.param_groups:
+            group["lr"] = lr
+        loss = F.binary_cross_entropy_with_logits(model(x), y)
+        run.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        run.opt.step()
+        state.step += 1
+        loss_sum += loss.item() * len(idx)
+        seen += len(idx)
+        bar.update(len(idx))
+        if state.step % 20 == 0:
+            rate = seen / max(1e-9, time.perf_counter() - t_epoch)
+            bar.set_postfix(loss=f"{loss_sum / seen:.4f}", img_s=f"{rate:.0f}", refresh=False)
+    bar.close()
+    seconds = time.perf_counter() - t_epoch
+    state.epoch += 1
+    return {"epoch": state.epoch, "images": seen, "train_loss": loss_sum / max(1, seen), "lr_end": lr,
+            "train_seconds": round(seconds, 3), "images_per_second": round(seen / max(1e-9, seconds), 1),
+            "_seconds": seconds}, out_of_time
+
+
+def _validate(run: _CNNRun, val: Split, state: TrainState, record: dict[str, Any]) -> bool:
+    """Score validation into `record`; True when (accuracy, AUC) is the best so far."""
+    t_eval = time.perf_counter()
+    logits = predict_logits(run.model, check_uint8_images(val.images), run.tc.eval_batch_size, run.x_all.device)
+    y_val = np.asarray(val.labels)
+    scores = val_scores(y_val, logits, logits >= 0)
+    record.update(**scores, val_loss=float(F.binary_cross_entropy_with_logits(
+        torch.from_numpy(logits), torch.from_numpy(y_val.astype(np.float32)))))
+    improved = state.observe((scores["val_accuracy"],
+                              -1.0 if math.isnan(scores["val_auc"]) else scores["val_auc"]))
+    run.eval_seconds = time.perf_counter() - t_eval
+    return improved
+
+
+def _report_epoch(record: dict[str, Any], tc: TrainConfig, out_of_time: bool, n: int) -> None:
+    msg = f"cnn epoch {record['epoch']}/{tc.epochs}: loss {record['train_loss']:.4f}"
+    if "val_accuracy" in record:
+        msg += f", val acc {record['val_accuracy']:.4f}, val AUC {record['val_auc']:.4f}"
+    logger.info(msg + f", {record['images_per_second']:.0f} img/s")
+    if out_of_time:
+        logger.info("cnn: time limit (%gs) reached in epoch %d (%s/%s images)", tc.time_limit, record["epoch"],
+                    f"{record['images']:,}", f"{n:,}")
 
 
 def train_cnn(train: Split, val: Split | None = None, *, config: CNNConfig | None = None,
@@ -229,122 +315,50 @@ def train_cnn(train: Split, val: Split | None = None, *, config: CNNConfig | Non
     if len(train) == 0:
         raise ValueError("the train split is empty")
     images = check_uint8_images(train.images)
-    labels = np.asarray(train.labels)
     device = _pick_device(device)
 
+    # build: the model, the optimiser and the whole split on the device as uint8 (90k x 3 KB =
+    # 276 MB), so that batches are index gathers, never per-image work
     torch.manual_seed(tc.seed)
-    gen = torch.Generator().manual_seed(tc.seed)  # shuffling and flips, on the CPU
+    gen = torch.Generator().manual_seed(tc.seed)
     model = CifakeCNN(config).to(device)
     model.train()
-    # The whole split lives on the device as uint8 (90k x 3 KB = 276 MB): batches are index
-    # gathers, never per-image work.
     x_all = torch.from_numpy(np.ascontiguousarray(images)).to(device)
-    y_all = torch.from_numpy(labels.astype(np.float32)).to(device)
+    y_all = torch.from_numpy(np.asarray(train.labels).astype(np.float32)).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
-    n = len(x_all)
-    steps_per_epoch = math.ceil(n / tc.batch_size)
-    total_steps = steps_per_epoch * tc.epochs
-
-    from tqdm.auto import tqdm
-
-    history: list[dict[str, Any]] = []
-    best: tuple[float, float] | None = None
-    best_state: dict[str, torch.Tensor] | None = None
-    best_epoch = 0
-    step = 0
-    train_seconds = 0.0
-    eval_seconds = 0.0  # the last validation pass: reserved at the end of a time-limited run
-    out_of_time = False
-    t_start = time.perf_counter()
-    for epoch in range(1, tc.epochs + 1):
-        model.train()
-        perm = torch.randperm(n, generator=gen)
-        flips = torch.rand(n, generator=gen) < 0.5 if tc.flip else None
-        loss_sum, seen = 0.0, 0
-        t_epoch = time.perf_counter()
-        bar = tqdm(total=n, desc=f"cnn epoch {epoch}/{tc.epochs}", unit="img", file=sys.stderr,
-                   disable=not progress, leave=False, dynamic_ncols=True)
-        for i in range(0, n, tc.batch_size):
-            idx = perm[i:i + tc.batch_size]
-            x = to_input(x_all[idx.to(device)], config.image_size)
-            if flips is not None:
-                f = flips[idx].to(device)
-                x = torch.where(f[:, None, None, None], x.flip(3), x)
-            y = y_all[idx.to(device)]
-            frac = step / total_steps
-            if tc.time_limit is not None:
-                used = (time.perf_counter() - t_start) / max(1e-9, tc.time_limit - eval_seconds)
-                if used >= 1.0:
-                    out_of_time = True
-                    break
-                frac = max(frac, used)
-            lr = get_lr(frac, tc)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            loss = F.binary_cross_entropy_with_logits(model(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            step += 1
-            b = len(idx)
-            loss_sum += loss.item() * b
-            seen += b
-            bar.update(b)
-            if step % 20 == 0:
-                rate = seen / max(1e-9, time.perf_counter() - t_epoch)
-                bar.set_postfix(loss=f"{loss_sum / seen:.4f}", img_s=f"{rate:.0f}", refresh=False)
-        bar.close()
-        epoch_train_s = time.perf_counter() - t_epoch
-        train_seconds += epoch_train_s
-        if seen == 0:  # out of time before this epoch's first batch
-            if history:
-                history[-1]["stopped_by_time_limit"] = True
+    run = _CNNRun(model=model, opt=opt, x_all=x_all, y_all=y_all, config=config, tc=tc, gen=gen,
+                  total_steps=math.ceil(len(x_all) / tc.batch_size) * tc.epochs)
+    state = TrainState()  # step, epoch, the best (validation accuracy, AUC) so far, history
+    best_weights: dict[str, torch.Tensor] | None = None
+    best_epoch, train_seconds = 0, 0.0
+    while state.epoch < tc.epochs:
+        # one epoch of optimisation steps (or what the time limit leaves)
+        record, out_of_time = _train_epoch(run, state, progress)
+        train_seconds += record.pop("_seconds")
+        if record["images"] == 0:  # out of time before this epoch's first batch
+            if state.history:
+                state.history[-1]["stopped_by_time_limit"] = True
             break
-        record: dict[str, Any] = {
-            "epoch": epoch,
-            "images": seen,
-            "train_loss": loss_sum / seen,
-            "lr_end": lr,
-            "train_seconds": round(epoch_train_s, 3),
-            "images_per_second": round(seen / max(1e-9, epoch_train_s), 1),
-        }
-        if val is not None and len(val):
-            t_eval = time.perf_counter()
-            logits = predict_logits(model, check_uint8_images(val.images), tc.eval_batch_size, device)
-            y_val = np.asarray(val.labels)
-            acc, auc = _val_scores(y_val, logits)
-            record.update(val_accuracy=acc, val_auc=auc,
-                          val_loss=float(F.binary_cross_entropy_with_logits(
-                              torch.from_numpy(logits), torch.from_numpy(y_val.astype(np.float32)))))
-            score = (acc, -1.0 if math.isnan(auc) else auc)
-            if best is None or score > best:
-                best, best_epoch = score, epoch
-                # Keep the best weights in memory: test accuracy swings between epochs, and
-                # only validation may pick the epoch.
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            eval_seconds = time.perf_counter() - t_eval
-        else:
-            best_epoch = epoch
+        # evaluate; keep the best weights in memory: test accuracy swings between epochs, and
+        # only validation may pick the epoch
+        if val is None or not len(val):
+            best_epoch = state.epoch
+        elif _validate(run, val, state, record):
+            best_epoch = state.epoch
+            best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
         record["best_epoch"] = best_epoch
-        history.append(record)
+        state.history.append(record)
         if progress:
-            msg = f"cnn epoch {epoch}/{tc.epochs}: loss {record['train_loss']:.4f}"
-            if "val_accuracy" in record:
-                msg += f", val acc {record['val_accuracy']:.4f}, val AUC {record['val_auc']:.4f}"
-            msg += f", {record['images_per_second']:.0f} img/s"
-            logger.info(msg)
+            _report_epoch(record, tc, out_of_time, len(x_all))
         if out_of_time:
             record["stopped_by_time_limit"] = True
-            if progress:
-                logger.info("cnn: time limit (%gs) reached in epoch %d (%s/%s images)", tc.time_limit, epoch,
-                            f"{seen:,}", f"{n:,}")
             break
-    if best_state is not None:
-        model.load_state_dict(best_state)
+    if best_weights is not None:
+        model.load_state_dict(best_weights)
     model.eval()
-    total_images = sum(r["images"] for r in history)
-    return TrainResult(model=model, best_epoch=best_epoch, history=history,
-                       seconds=time.perf_counter() - t_start,
+    total_images = sum(r["images"] for r in state.history)
+    return TrainResult(model=model, best_epoch=best_epoch, history=state.history,
+                       seconds=time.perf_counter() - run.t_start,
                        images_per_second=total_images / max(1e-9, train_seconds))
 
 
@@ -494,7 +508,7 @@ __all__ = [
     "train_cnn",
     "predict_logits",
     "to_input",
-    "get_lr",
+    "lr_at_progress",
     "save_cnn_weights",
     "load_cnn_model",
     "load_cnn_detector",

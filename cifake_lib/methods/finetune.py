@@ -1,23 +1,41 @@
-"""Contrastive fine-tuning of both CLIP encoders on CIFAKE (FLYP-style), with checkpoints and resume.
+"""Fine-tuning CLIP on CIFAKE: FLYP, its CE ablation, CoOp prompt tuning, WiSE-FT; checkpoints and resume.
 
-The objective (Goyal et al., "Finetune like you pretrain", 2022, adapted to two classes): the
-text encoder embeds the class prompts of a prompt set (each label's templates encoded,
-normalised, averaged, normalised again, exactly as the zero-shot classifier does), the image
-encoder embeds the batch, and
+The losses (`loss`), named for what they are:
 
-    logits = logit_scale * cos(image, class embedding)        (B, 2): REAL, FAKE
-    loss   = cross_entropy(logits, label)                      label 1 = FAKE
+- "flyp" (default): FLYP (Goyal et al., "Finetune like you pretrain", CVPR 2023; locuslab/FLYP
+  `src/models/flyp_loss.py`, open_clip's ClipLoss). Each image is paired with a caption of its
+  label: one of the prompt set's templates for that label, drawn per image and epoch (seeded),
+  with the image's CIFAR class filled in where the set has `{class}` templates. Loss: the
+  symmetric in-batch contrastive loss, image->text and text->image, `arange` targets, the learned
+  logit scale clamped at 100; both encoders learn. Same-label captions in a batch are negatives,
+  as on FLYP's own binary tasks (PatchCamelyon, SST2). The text tower encodes only the batch's
+  distinct captions. With several processes, each process's shard is its in-batch set.
+- "ce": cross-entropy over class-prompt embeddings (FLYP's CE ablation, `src/models/ce_ablation.py`):
+  the text encoder embeds every prompt of the set (each label's templates encoded, normalised,
+  averaged, normalised again: the zero-shot head of `clip.head`), and
 
-Both encoders get gradients: the class embeddings are recomputed from the prompts through the
-text encoder at every step. The plain in-batch CLIP loss would treat two images of the same
-class as negatives of each other's caption, which is wrong with two classes; it is offered only
-with label-aware targets (`loss="clip-label-aware"`: the target of each image spreads over every
-caption of its label, and vice versa). The fine-tuned model therefore stays a zero-shot
-classifier: `zeroshot.ClipDetector` with the same prompts scores it, and that is what the run
-exports (detector.json kind "clip", the model in OUT/model/).
+      logits = logit_scale * cos(image, label embedding)       (B, 2): REAL, FAKE
+      loss   = cross_entropy(logits, label)                     label 1 = FAKE
 
-Class-aware prompt sets (`{class}` templates) use each image's own CIFAR class when it is known
-and the log-mean-exp over classes otherwise, as `zeroshot.ZeroShotHead` does.
+- "clip-label-aware": the in-batch CLIP loss with targets spread over every caption of the label.
+
+Whatever the loss, the fine-tuned model stays a zero-shot classifier: `zeroshot.ClipDetector`
+with the run's prompts scores it (validation during training, the run's metrics after), and
+that is what the run exports (detector.json kind "clip", the model in OUT/model/). Class-aware
+prompt sets use each image's own CIFAR class when it is known and the log-mean-exp over classes
+otherwise (`clip.head.ZeroShotHead`). detector.json records the loss, a methods paragraph
+(`methods_text`) and our settings beside FLYP's own (`hyperparameters_vs_flyp`: FLYP uses
+batch 512/256, 500 warm-up steps, a cosine to 0, AdamW (0.9, 0.999), eps 1e-8; ours and why).
+
+`train="prompt"`: CoOp (Zhou et al., IJCV 2022; `clip.coop`): n_ctx context vectors shared by
+both labels before the label word, CLIP frozen and byte-identical, the cross-entropy over the
+two label prompts. AdamW at `prompt_lr` (default 2e-3) against CoOp's SGD at 2e-3 (momentum 0.9):
+AdamW needs no momentum or gradient-scale tuning across models, and the loop already uses it.
+The context is saved as OUT/prompt_context.safetensors, read back by `ClipDetector.from_run`.
+
+`wise_ft=[alphas]`: WiSE-FT (Wortsman et al., CVPR 2022; `methods.wise_ft`) after training:
+each mix of the starting and the fine-tuned weights scored on validation, OUT/wise_ft.csv, the
+best validation AUC exported as OUT/model/ (`wise_ft_alpha` in detector.json).
 
 LP-FT (Kumar et al. 2022), for CLIP: the "linear head" of a CLIP classifier is its class text
 embeddings. With `lp_ft`, a first phase (`lp_steps`, default 10% of the run) trains only the
@@ -25,12 +43,15 @@ text side (text encoder, text projection, logit scale) with the image encoder fr
 fits the head on fixed image features; the second phase trains what `train` says. Each phase
 has its own warm-up and cosine decay (two runs back to back).
 
-The loop (`train`) reads top to bottom: evaluate, checkpoint, forward, backward, clip, step,
-log. It runs through Hugging Face Accelerate, so one code path serves CPU, one GPU and several:
-every process draws the same seeded permutation and takes its shard of each batch, and
-validation is scored shard by shard and gathered, so every process takes the same decisions.
-Data stay a uint8 array; a batch is gathered by index, augmented on uint8
-(`perturb.augment_batch`), moved to the device and preprocessed there (`ImagePreprocessor`).
+The loop (`train`) reads top to bottom: `build` (model, optimiser, accelerator) and `resume`
+(the newest checkpoint's state, RNG and optimiser), then per step: the epoch's order,
+`train_step` (forward, loss, backward over the micro-batches, NaN checks, clipping, the update),
+log, `evaluate` (validation; export the best model; patience), `checkpoint`. Where the run is
+lives in one `training.TrainState`. It runs through Hugging Face Accelerate, so one code path
+serves CPU, one GPU and several: every process draws the same seeded permutation and takes its
+shard of each batch, and validation is scored shard by shard and gathered, so every process
+takes the same decisions. Data stay a uint8 array; a batch is gathered by index, augmented on
+uint8 (`perturb.augment_batch`), moved to the device and preprocessed there (`ImagePreprocessor`).
 
     accelerate launch --multi_gpu --num_processes 2 -m cifake_lib finetune ...        # 2 GPUs
     accelerate launch --multi_gpu --num_processes 2 -m cifake_lib finetune --cpu ...  # 2 CPU processes (gloo)
@@ -41,7 +62,7 @@ without an MPI host file it runs one process.) Gradient accumulation is explicit
 all micro-batches but the last), so the loop can check the loss before the optimizer steps.
 
 Checkpoints (OUT/checkpoints/step-XXXXXXX/, written to a .tmp folder then renamed, newest K
-kept): model.safetensors, optimizer.pt and scaler.pt (tensors and plain containers only, read
+kept): model.safetensors (CoOp: the context vectors only), optimizer.pt and scaler.pt (tensors and plain containers only, read
 back with torch.load(weights_only=True)), rng.pt, history.json and state.json (step, epoch,
 position in the epoch, seed, best validation AUC, patience, the config). Nothing is pickled.
 """
@@ -53,22 +74,26 @@ import hashlib
 import math
 import os
 import random
+import shutil
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cifake_lib.clip.coop import CONTEXT_FILE, PromptContext
+from cifake_lib.clip.head import ZeroShotHead, encode_rows, normalize, p_fake, prompt_index
 from cifake_lib.clip.models import check_model_source
-from cifake_lib.clip.prompts import PromptSet, get_prompt_set
+from cifake_lib.clip.prompts import CLASS_FIELD, PromptSet, get_prompt_set
 from cifake_lib.core.errors import out_of_memory_kind
 from cifake_lib.core.files import read_json, write_json
+from cifake_lib.data.perturb import augment_batch
 from cifake_lib.methods.checkpoints import (
     CHECKPOINTS,
     HISTORY_FILE,
@@ -87,22 +112,27 @@ from cifake_lib.methods.checkpoints import (
     set_rng_state,
 )
 from cifake_lib.methods.finetune_config import (  # noqa: F401 (re-exported: the settings live there)
+    LOSS_NAMES,
     LOSSES,
     MIXED_PRECISION,
     RUNTIME_FIELDS,
     TRAIN_CHOICES,
     FinetuneConfig,
     config_changes,
+    parse_alphas,
     parse_train,
 )
 from cifake_lib.methods.speed import compile_towers, make_adamw
+from cifake_lib.methods.training import TrainState, val_scores, warmup_cosine
+from cifake_lib.viz.run_figures import (
+    training_curves_figure,  # re-exported: notebook 03 imports it here
+)
 
 if TYPE_CHECKING:
-    from matplotlib.figure import Figure
-
     from cifake_lib.data.load import CifakeData, Split
 
 MODEL_DIR = "model"
+FINETUNED_DIR = "model_finetuned"  # with WiSE-FT at alpha < 1: the fine-tuned model itself
 CURVES_FILE = "training_curves.png"
 MAX_LOGIT_SCALE = math.log(100.0)  # CLIP's own clamp
 
@@ -138,11 +168,8 @@ def get_lr(step: int, cfg: FinetuneConfig, total_steps: int) -> float:
     warmup = cfg.warmup_steps if cfg.warmup_steps is not None else round(0.05 * length)
     warmup = min(warmup, length - 1) if length > 1 else 0
     i = step - start
-    if i < warmup:
-        return cfg.lr * (i + 1) / (warmup + 1)
-    progress = min(1.0, (i - warmup) / max(1, length - 1 - warmup))
-    min_lr = cfg.lr * cfg.min_lr_ratio
-    return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.lr - min_lr)
+    return warmup_cosine(cfg.base_lr, cfg.min_lr_ratio, warmup=(i + 1) / (warmup + 1) if i < warmup else 1.0,
+                         progress=(i - warmup) / max(1, length - 1 - warmup))
 
 
 def phase_at(step: int, cfg: FinetuneConfig, total_steps: int) -> str:
@@ -174,46 +201,35 @@ def resolve_prompts(spec: str | os.PathLike | PromptSet | Mapping[str, Any]) -> 
     return get_prompt_set(spec)
 
 
-def _prompt_groups(prompts: PromptSet) -> tuple[list[str], list[list[int]], int]:
-    """Unique texts, and for each classifier row the indices of its texts.
+class ClassifierOutput(NamedTuple):
+    """What `ClipClassifier.forward` returns (float32, with gradients where enabled)."""
 
-    Rows: REAL, FAKE (all templates; every class for class-aware sets), then for class-aware
-    sets REAL/class 0..C-1 and FAKE/class 0..C-1 (the layout of zeroshot.build_head).
-    """
-    groups = [prompts.texts(0), prompts.texts(1)]
-    n_classes = len(prompts.class_names) if prompts.class_aware else 0
-    for label in (0, 1):
-        for c in range(n_classes):
-            groups.append(prompts.texts(label, c))
-    unique = list(dict.fromkeys(t for g in groups for t in g))
-    index = {t: i for i, t in enumerate(unique)}
-    return unique, [[index[t] for t in g] for g in groups], n_classes
-
-
-def _normalize(x: torch.Tensor) -> torch.Tensor:
-    return x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    logits: torch.Tensor | None  # (B, 2): REAL, FAKE; None when captions were given
+    image_embeds: torch.Tensor  # (B, D) unit vectors
+    head: ZeroShotHead | None  # the label (and per-class) embeddings and the logit scale of this step
+    text_embeds: torch.Tensor | None  # (B, D) unit embeddings of the batch's captions (FLYP)
+    logit_scale: torch.Tensor  # exp(CLIP's logit_scale parameter)
 
 
 class ClipClassifier(nn.Module):
     """CLIPModel + tokenised prompts -> (REAL, FAKE) logits; both towers differentiable.
 
-    `forward(pixel_values, classes)` returns (logits (B, 2), image embeddings (B, D, unit),
-    label weights (2, D), per-class weights (2, C, D) or None, logit scale), all float32.
+    The head is `clip.head.ZeroShotHead`, recomputed through the text tower at every call, so the
+    text encoder learns; with `context` (CoOp) the label prompts are the learned context vectors
+    before a label word. `forward(..., captions=idx)` instead encodes the captions `idx` (indices
+    into the prompt set's texts, as FLYP pairs each image with one) and returns their embeddings.
     `image_grad` / `text_grad` False run that tower without gradients (the phases of LP-FT).
     """
 
-    def __init__(self, clip: nn.Module, tokenizer, prompts: PromptSet):
+    def __init__(self, clip: nn.Module, tokenizer, prompts: PromptSet, context: PromptContext | None = None):
         super().__init__()
         self.clip = clip
         self.prompts = prompts
-        texts, groups, self.n_classes = _prompt_groups(prompts)
-        enc = tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
-        averaging = torch.zeros(len(groups), len(texts))
-        for row, idx in enumerate(groups):
-            averaging[row, idx] = 1.0 / len(idx)
+        self.context = context
+        self.texts, self.rows, self.n_classes = prompt_index(prompts)
+        enc = tokenizer(self.texts, padding=True, truncation=True, return_tensors="pt")
         self.register_buffer("input_ids", enc["input_ids"], persistent=False)
         self.register_buffer("attention_mask", enc["attention_mask"], persistent=False)
-        self.register_buffer("averaging", averaging, persistent=False)
         self.image_grad = True
         self.text_grad = True
 
@@ -224,51 +240,62 @@ class ClipClassifier(nn.Module):
     def image_parameters(self) -> list[nn.Parameter]:
         return list(self.clip.vision_model.parameters()) + list(self.clip.visual_projection.parameters())
 
-    def label_weights(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(2, D) label embeddings and (2, C, D) per-class ones: normalise, average, normalise."""
-        grad = torch.is_grad_enabled() and self.text_grad and any(
-            p.requires_grad for p in self.text_parameters())
-        with torch.set_grad_enabled(grad):
-            out = self.clip.text_model(input_ids=self.input_ids, attention_mask=self.attention_mask)
-            emb = _normalize(self.clip.text_projection(out.pooler_output).float())
-            rows = _normalize(self.averaging @ emb)
-        weights = rows[:2]
-        per_class = rows[2:].reshape(2, self.n_classes, -1) if self.n_classes else None
-        return weights, per_class
+    def _text_grad(self) -> bool:
+        params = self.text_parameters() + ([self.context.ctx] if self.context is not None else [])
+        return torch.is_grad_enabled() and self.text_grad and any(p.requires_grad for p in params)
+
+    def head(self) -> ZeroShotHead:
+        """The zero-shot head of the prompts (or of the learned context) through the current text tower."""
+        with torch.set_grad_enabled(self._text_grad()):
+            if self.context is not None:
+                rows = self.context.rows(self.clip)
+            else:
+                rows = encode_rows(self.clip, self.input_ids, self.attention_mask, self.rows)
+        return ZeroShotHead.from_rows(rows, self.n_classes if self.context is None else 0, self.logit_scale())
+
+    def caption_embeddings(self, captions: torch.Tensor) -> torch.Tensor:
+        """(B, D) unit embeddings of texts[captions]: each distinct caption encoded once."""
+        unique, inverse = torch.unique(captions, return_inverse=True)
+        ids, mask = self.input_ids[unique], self.attention_mask[unique]
+        length = int(mask.sum(dim=1).max())  # drop the padding no caption of this batch needs
+        with torch.set_grad_enabled(self._text_grad()):
+            out = self.clip.text_model(input_ids=ids[:, :length], attention_mask=mask[:, :length])
+            return normalize(self.clip.text_projection(out.pooler_output).float())[inverse]
 
     def image_embeddings(self, pixel_values: torch.Tensor) -> torch.Tensor:
         grad = torch.is_grad_enabled() and self.image_grad and any(
             p.requires_grad for p in self.image_parameters())
         with torch.set_grad_enabled(grad):
             out = self.clip.vision_model(pixel_values=pixel_values)
-            return _normalize(self.clip.visual_projection(out.pooler_output).float())
+            return normalize(self.clip.visual_projection(out.pooler_output).float())
 
     def logit_scale(self) -> torch.Tensor:
         return self.clip.logit_scale.float().exp()
 
-    def logits_from(self, image_emb: torch.Tensor, weights: torch.Tensor, per_class: torch.Tensor | None,
-                    classes: torch.Tensor | None) -> torch.Tensor:
-        """zeroshot.ZeroShotHead.logits in torch: the image's own class when known, else log-mean-exp."""
-        scale = self.logit_scale()
-        if per_class is None:
-            return scale * image_emb @ weights.T
-        all_classes = scale * torch.einsum("bd,lcd->blc", image_emb, per_class)  # (B, 2, C)
-        out = torch.logsumexp(all_classes, dim=2) - math.log(self.n_classes)
-        if classes is not None:
-            known = (classes >= 0) & (classes < self.n_classes)
-            own = all_classes.gather(2, classes.clamp(0, self.n_classes - 1).view(-1, 1, 1).expand(-1, 2, 1))
-            out = torch.where(known[:, None], own[..., 0], out)
-        return out
-
-    def forward(self, pixel_values: torch.Tensor, classes: torch.Tensor | None = None):
-        weights, per_class = self.label_weights()
-        image_emb = self.image_embeddings(pixel_values)
-        logits = self.logits_from(image_emb, weights, per_class, classes)
-        return logits, image_emb, weights, per_class, self.logit_scale()
+    def forward(self, pixel_values: torch.Tensor, classes: torch.Tensor | None = None,
+                captions: torch.Tensor | None = None) -> ClassifierOutput:
+        image_embeds = self.image_embeddings(pixel_values)
+        if captions is not None:
+            return ClassifierOutput(None, image_embeds, None, self.caption_embeddings(captions), self.logit_scale())
+        head = self.head()
+        logits = head.logits(image_embeds, classes, normalized=True)
+        return ClassifierOutput(logits, image_embeds, head, None, head.logit_scale)
 
 
-def flyp_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of the (REAL, FAKE) logits against the label (1 = FAKE)."""
+def flyp_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+    """FLYP's loss (Goyal et al. 2023; open_clip's ClipLoss): the symmetric in-batch contrastive loss.
+
+    image_emb, text_emb: (B, D) unit vectors, text_emb[i] the caption of image i. Image i's
+    target is caption i (arange targets) and caption i's is image i; every other caption in the
+    batch is a negative, also one of the same label (as FLYP does on its binary tasks).
+    """
+    logits = logit_scale * image_emb @ text_emb.T  # (B, B)
+    targets = torch.arange(len(logits), device=logits.device)
+    return 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets))
+
+
+def ce_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of the (REAL, FAKE) logits over class-prompt embeddings (FLYP's CE ablation)."""
     return F.cross_entropy(logits.float(), labels)
 
 
@@ -286,26 +313,68 @@ def label_aware_clip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, label
     return 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets))
 
 
-def _loss(cfg: FinetuneConfig, model: ClipClassifier, out, labels: torch.Tensor,
-          classes: torch.Tensor | None) -> torch.Tensor:
-    logits, image_emb, weights, per_class, scale = out
-    if cfg.loss == "flyp":
-        return flyp_loss(logits, labels)
-    text = weights[labels]
-    if per_class is not None and classes is not None:
-        known = (classes >= 0) & (classes < model.n_classes)
-        own = per_class[labels, classes.clamp(0, model.n_classes - 1)]
+def label_text_embeddings(head: ZeroShotHead, labels: torch.Tensor, classes: torch.Tensor | None) -> torch.Tensor:
+    """(B, D): each image's label embedding, its own class's where the set is class-aware and the class known."""
+    text = head.weights[labels]
+    if head.class_weights is not None and classes is not None:
+        known = (classes >= 0) & (classes < head.n_classes)
+        own = head.class_weights[labels, classes.clamp(0, head.n_classes - 1)]
         text = torch.where(known[:, None], own, text)
-    return label_aware_clip_loss(image_emb, text, labels, scale)
+    return text
+
+
+def caption_choices(prompts: PromptSet) -> tuple[np.ndarray, np.ndarray]:
+    """FLYP's captions of a prompt set: (options (K, M) indices into `prompt_index` texts, counts (K,)).
+
+    Row key = label * (C + 1) + (class + 1), class -1 for unknown (C = 0 for sets without
+    `{class}`): a known class fills `{class}` with it; an unknown one takes the label's templates
+    without a class slot when there are any, else every class's.
+    """
+    texts, rows, n_classes = prompt_index(prompts)
+    index = {t: i for i, t in enumerate(texts)}
+    lists = []
+    for label in (0, 1):
+        slotless = [index[t] for t in prompts.templates(label) if CLASS_FIELD not in t]
+        lists.append(slotless if n_classes and slotless else rows[label])
+        lists += [rows[2 + label * n_classes + c] for c in range(n_classes)]
+    width = max(len(x) for x in lists)
+    options = np.array([x + [x[0]] * (width - len(x)) for x in lists], dtype=np.int64)
+    return options, np.array([len(x) for x in lists], dtype=np.int64)
+
+
+def draw_captions(choices: tuple[np.ndarray, np.ndarray], labels: np.ndarray, classes: np.ndarray,
+                  seed: int, epoch: int) -> np.ndarray:
+    """One caption per image for an epoch: a template of its label chosen uniformly, seeded by
+    (seed, epoch), so over the epochs an image meets its label's templates as in FLYP's data."""
+    options, counts = choices
+    n_classes = len(options) // 2 - 1
+    labels = np.asarray(labels, dtype=np.int64)
+    classes = np.asarray(classes, dtype=np.int64)
+    known = (classes >= 0) & (classes < n_classes)
+    key = labels * (n_classes + 1) + np.where(known, classes + 1, 0)
+    u = np.random.default_rng([seed, epoch, 0xF1F9]).random(len(labels))
+    return options[key, (u * counts[key]).astype(np.int64)]
+
+
+def compute_loss(cfg: FinetuneConfig, out: ClassifierOutput, labels: torch.Tensor,
+                 classes: torch.Tensor | None) -> torch.Tensor:
+    """The training objective named by `cfg.loss` for one batch's `ClipClassifier` output."""
+    if cfg.loss == "flyp":
+        return flyp_loss(out.image_embeds, out.text_embeds, out.logit_scale)
+    if cfg.loss == "ce":
+        return ce_loss(out.logits, labels)
+    text = label_text_embeddings(out.head, labels, classes)
+    return label_aware_clip_loss(out.image_embeds, text, labels, out.logit_scale)
 
 
 def param_groups(model: ClipClassifier, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW groups: decay on weight matrices only; none on biases, norms, embeddings, logit_scale."""
+    """AdamW groups: decay on weight matrices only; none on biases, norms, embeddings (CoOp's context
+    vectors are token embeddings), logit_scale."""
     decay, no_decay = [], []
-    for name, p in model.clip.named_parameters():
+    for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        if p.ndim < 2 or "embedding" in name or "logit_scale" in name or "norm" in name:
+        if p.ndim < 2 or "embedding" in name or "logit_scale" in name or "norm" in name or name.startswith("context."):
             no_decay.append(p)
         else:
             decay.append(p)
@@ -314,12 +383,15 @@ def param_groups(model: ClipClassifier, weight_decay: float) -> list[dict[str, A
 
 
 def set_trainable(model: ClipClassifier, cfg: FinetuneConfig) -> None:
-    """requires_grad per --train / --freeze-logit-scale (LP-FT switches sides at run time)."""
+    """requires_grad per --train / --freeze-logit-scale (LP-FT switches sides at run time).
+
+    --train prompt (CoOp) freezes all of CLIP, logit scale included: only the context learns.
+    """
     for p in model.text_parameters():
         p.requires_grad_(cfg.train in ("both", "text") or cfg.lp_ft)
     for p in model.image_parameters():
         p.requires_grad_(cfg.train in ("both", "image"))
-    model.clip.logit_scale.requires_grad_(not cfg.freeze_logit_scale)
+    model.clip.logit_scale.requires_grad_(not cfg.freeze_logit_scale and cfg.train != "prompt")
 
 
 # ---------------------------------------------------------------------------
@@ -392,13 +464,12 @@ def predict_logits(model: ClipClassifier, preprocess, images: np.ndarray, classe
     try:
         out = []
         with autocast():
-            weights, per_class = model.label_weights()
+            head = model.head()
             for start in range(0, len(images), batch_size):
                 x = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size])).to(device)
                 c = None if classes is None else torch.as_tensor(classes[start:start + batch_size],
                                                                  dtype=torch.long, device=device)
-                emb = model.image_embeddings(preprocess(x))
-                out.append(model.logits_from(emb, weights, per_class, c).float())
+                out.append(head.logits(model.image_embeddings(preprocess(x)), c, normalized=True).float())
     finally:
         model.train(was_training)
     if not out:
@@ -406,19 +477,11 @@ def predict_logits(model: ClipClassifier, preprocess, images: np.ndarray, classe
     return torch.cat(out).cpu().numpy()
 
 
-def _p_fake(logits: np.ndarray) -> np.ndarray:
-    z = logits.astype(np.float64)
-    return 0.5 * (1.0 + np.tanh(0.5 * (z[:, 1] - z[:, 0])))
-
-
-def _val_scores(labels: np.ndarray, logits: np.ndarray) -> dict[str, float]:
-    from sklearn.metrics import roc_auc_score
-
+def validation_scores(labels: np.ndarray, logits: np.ndarray) -> dict[str, float]:
+    """val_loss (cross-entropy), val_accuracy (argmax) and val_auc (of p_fake) of (N, 2) logits."""
     labels = np.asarray(labels, dtype=np.int64)
     loss = float(F.cross_entropy(torch.from_numpy(logits.astype(np.float64)), torch.from_numpy(labels)))
-    acc = float((logits.argmax(axis=1) == labels).mean())
-    auc = float(roc_auc_score(labels, _p_fake(logits))) if len(np.unique(labels)) == 2 else float("nan")
-    return {"val_loss": loss, "val_accuracy": acc, "val_auc": auc}
+    return {"val_loss": loss, **val_scores(labels, p_fake(logits), logits.argmax(axis=1) == 1)}
 
 
 def _evaluate(accelerator, model: ClipClassifier, preprocess, split: Split, batch_size: int) -> dict[str, float]:
@@ -434,11 +497,11 @@ def _evaluate(accelerator, model: ClipClassifier, preprocess, split: Split, batc
         padded[:len(logits)] = logits
         gathered = accelerator.gather(torch.from_numpy(padded).to(accelerator.device)).cpu().numpy()
         logits = gathered[:n]
-    return _val_scores(np.asarray(split.labels), logits)
+    return validation_scores(np.asarray(split.labels), logits)
 
 
 # ---------------------------------------------------------------------------
-# Training
+# Training: build (and resume), one optimisation step, evaluate, checkpoint; `train` runs them
 # ---------------------------------------------------------------------------
 
 
@@ -473,8 +536,339 @@ def _oom_message(cfg: FinetuneConfig, world: int, where: str, kind: str = "CUDA"
 _OOM = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)  # CUDA's; CPU's: see out_of_memory_kind
 
 
-def _write_history(out: Path, history: list[dict[str, Any]], extra: Mapping[str, Any]) -> None:
-    write_json(out / HISTORY_FILE, {**extra, "records": history})
+def _raise_if_out_of_memory(e: BaseException, cfg: FinetuneConfig, world: int, where: str) -> None:
+    """OutOfMemory naming the batch size when `e` is a CUDA or CPU out-of-memory error."""
+    kind = out_of_memory_kind(e)
+    if kind:
+        raise OutOfMemory(_oom_message(cfg, world, where, kind)) from None
+
+
+@dataclass
+class Setup:
+    """What a run is built from: its config, data, model, optimiser and accelerator."""
+
+    cfg: FinetuneConfig
+    out: Path
+    accelerator: Any
+    clip: nn.Module
+    processor: Any
+    model: ClipClassifier
+    ddp_model: nn.Module
+    optimizer: Any
+    trainable: list[nn.Parameter]
+    preprocess: Any
+    prompts: PromptSet
+    train: Split
+    val: Split | None
+    steps_per_epoch: int
+    total_steps: int
+    fingerprint: str
+    captions: tuple[np.ndarray, np.ndarray] | None = None  # FLYP: caption_choices of the prompts
+    _epoch_captions: tuple[int, np.ndarray] | None = None
+
+    @property
+    def trained(self) -> nn.Module:
+        """What learns, hence what a checkpoint holds: CLIP, or only the context vectors (CoOp)."""
+        return self.model.context if self.model.context is not None else self.clip
+
+    def epoch_captions(self, epoch: int) -> np.ndarray:
+        """FLYP: each train image's caption (index into the prompt texts) in this epoch."""
+        if self._epoch_captions is None or self._epoch_captions[0] != epoch:
+            self._epoch_captions = (epoch, draw_captions(self.captions, self.train.labels, self.train.classes,
+                                                         self.cfg.seed, epoch))
+        return self._epoch_captions[1]
+
+    @property
+    def main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    @property
+    def world(self) -> int:
+        return self.accelerator.num_processes
+
+    @property
+    def scaler(self) -> Any:
+        return getattr(self.accelerator, "scaler", None)
+
+    def snapshot(self, state: TrainState) -> dict[str, Any]:
+        """state.json of a checkpoint: the state, the run's length and what a resume must match."""
+        return {**state.to_json(), "seed": self.cfg.seed, "total_steps": self.total_steps,
+                "steps_per_epoch": self.steps_per_epoch, "config": self.cfg.identity(),
+                "data_fingerprint": self.fingerprint, "prompts": self.prompts.to_dict(),
+                "world_size": self.world, "mixed_precision": self.accelerator.mixed_precision}
+
+    def export(self) -> None:
+        """The current model to OUT/model/ (main process), every process waiting for it.
+
+        CoOp: the learned context to OUT/prompt_context.safetensors; model/ is the unchanged
+        input model, written once.
+        """
+        if self.main:
+            if self.model.context is None:
+                export_model(self.clip, self.processor, self.out / MODEL_DIR)
+            else:
+                self.model.context.save(self.out / CONTEXT_FILE)
+                if not (self.out / MODEL_DIR / "config.json").is_file():
+                    export_model(self.clip, self.processor, self.out / MODEL_DIR)
+        self.accelerator.wait_for_everyone()
+
+
+def _run_length(cfg: FinetuneConfig, n: int, world: int) -> tuple[int, int]:
+    """(steps per epoch, total optimizer steps) of a train split of n images."""
+    if cfg.batch_size < world:
+        raise ValueError(f"--batch-size {cfg.batch_size} is smaller than the {world} processes")
+    steps_per_epoch = n // (cfg.batch_size * cfg.grad_accum)
+    if steps_per_epoch < 1:
+        raise ValueError(f"the train split has {n} images, fewer than one optimizer step's "
+                         f"batch_size x grad_accum = {cfg.batch_size * cfg.grad_accum}")
+    return steps_per_epoch, cfg.max_steps if cfg.max_steps is not None else cfg.epochs * steps_per_epoch
+
+
+def checkpoint_to_resume(cfg: FinetuneConfig, fingerprint: str, prompts: PromptSet) -> Path | None:
+    """The newest checkpoint of OUT when resuming (refused when the config or data changed), else None."""
+    out = Path(cfg.out)
+    ckpt = latest_checkpoint(out)
+    if ckpt is not None and not cfg.resume:
+        raise ValueError(f"{out}: holds checkpoints of an earlier run ({ckpt.name}); pass --resume to "
+                         "continue it, or choose another --out")
+    if ckpt is None:
+        if cfg.resume and int(os.environ.get("RANK", "0")) == 0:
+            print(f"finetune: nothing to resume in {out / CHECKPOINTS}; starting from {cfg.model}",
+                  file=sys.stderr, flush=True)
+        return None
+    saved = read_json(ckpt / STATE_FILE)
+    changes = config_changes(saved["config"], cfg)
+    if saved.get("data_fingerprint") != fingerprint:
+        changes.append("data: the train/validation images differ (source, subset, seed or val fraction)")
+    if saved.get("prompts") != prompts.to_dict():
+        changes.append(f"prompts: the templates of {cfg.prompts!r} changed")
+    if changes:
+        raise ValueError(f"--resume refused: {ckpt} was written with another config:\n  " + "\n  ".join(changes)
+                         + "\nOnly " + ", ".join(sorted(RUNTIME_FIELDS)) + " may change on resume.")
+    return ckpt
+
+
+def _load_clip(cfg: FinetuneConfig):
+    from transformers import CLIPModel
+
+    from cifake_lib.clip.models import load_processor, quiet_transformers
+
+    check_model_source(cfg.model)  # a CNN run, a pickle-only folder: a clear error, not an OSError
+    with quiet_transformers():
+        processor = load_processor(cfg.model)
+        clip = CLIPModel.from_pretrained(cfg.model, dtype=torch.float32, attn_implementation="sdpa")  # fp32 master weights
+    if cfg.gradient_checkpointing:
+        # transformers >= 5.2x renames it; Colab's 5.15 has only the old name.
+        if hasattr(clip, "activation_checkpointing_enable"):
+            clip.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            clip.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return clip, processor
+
+
+def build(data: CifakeData, cfg: FinetuneConfig) -> tuple[Setup, Path | None]:
+    """Check the config and data, load CLIP, make the optimiser; also the checkpoint to resume from."""
+    from cifake_lib.data.preprocess import ImagePreprocessor
+
+    cfg.validate()
+    if not cfg.out:
+        raise ValueError("FinetuneConfig.out: the run folder is required")
+    _check_split(data.train, "train")
+    val = data.val if data.val is not None and len(data.val) else None
+    if val is not None:
+        _check_split(val, "val")
+    prompts = resolve_prompts(cfg.prompts)
+    accelerator = make_accelerator(cfg)
+    steps_per_epoch, total_steps = _run_length(cfg, len(data.train), accelerator.num_processes)
+    fingerprint = data_fingerprint(data.train, val)
+    ckpt = checkpoint_to_resume(cfg, fingerprint, prompts)
+
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed % 2**32)
+    clip, processor = _load_clip(cfg)
+    context = PromptContext.create(clip, processor.tokenizer, cfg.n_ctx, seed=cfg.seed) if cfg.train == "prompt" else None
+    model = ClipClassifier(clip, processor.tokenizer, prompts, context)
+    set_trainable(model, cfg)
+    model.to(accelerator.device).train()
+    compile_towers(model, cfg.compile)
+    optimizer = make_adamw(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+                           eps=cfg.eps, weight_decay=cfg.weight_decay, device=accelerator.device)
+    if ckpt is not None:  # before prepare: the weights and the optimiser as they were
+        from safetensors.torch import load_file
+
+        (context if context is not None else clip).load_state_dict(load_file(str(ckpt / WEIGHTS_FILE)), strict=True)
+        optimizer.load_state_dict(load_tensors(ckpt / OPTIMIZER_FILE))
+    ddp_model, optimizer = accelerator.prepare(model, optimizer)
+    setup = Setup(cfg=cfg, out=Path(cfg.out), accelerator=accelerator, clip=clip, processor=processor,
+                  model=model, ddp_model=ddp_model, optimizer=optimizer,
+                  trainable=[p for p in model.parameters() if p.requires_grad],
+                  preprocess=ImagePreprocessor.from_processor(processor), prompts=prompts, train=data.train,
+                  val=val, steps_per_epoch=steps_per_epoch, total_steps=total_steps, fingerprint=fingerprint,
+                  captions=caption_choices(prompts) if cfg.loss == "flyp" else None)
+    return setup, ckpt
+
+
+def resume(setup: Setup, ckpt: Path | None) -> TrainState:
+    """The state to start from: a fresh one, or the checkpoint's (gradient scaler, RNG, state, history)."""
+    if ckpt is None:
+        return TrainState()
+    if setup.scaler is not None and (ckpt / SCALER_FILE).is_file():
+        setup.scaler.load_state_dict(load_tensors(ckpt / SCALER_FILE))
+    set_rng_state(load_tensors(ckpt / RNG_FILE))
+    return TrainState.from_json(read_json(ckpt / STATE_FILE), read_json(ckpt / HISTORY_FILE))
+
+
+def _last_good(setup: Setup) -> str:
+    return str(latest_checkpoint(setup.out) or "none yet")
+
+
+@dataclass
+class StepStats:
+    """What one optimisation step reports for the log."""
+
+    phase: str
+    lr: float
+    loss: torch.Tensor  # mean over micro-batches and processes
+    correct: int  # over every process
+    seen: int  # images over every process
+    grad_norm: float
+    seconds: float
+
+
+def _batch(setup: Setup, state: TrainState, perm: np.ndarray, micro: int):
+    """Micro-batch `micro` of the current step: this process's shard, augmented on uint8, on the device."""
+    cfg, rank, device = setup.cfg, setup.accelerator.process_index, setup.accelerator.device
+    start = (state.position * cfg.grad_accum + micro) * cfg.batch_size
+    idx = _shard(perm[start:start + cfg.batch_size], rank, setup.world)
+    rng = np.random.default_rng([cfg.seed, state.epoch, state.position, micro, rank])
+    x = augment_batch(setup.train.images[idx], rng, flip=cfg.flip, jpeg_prob=cfg.jpeg_prob,
+                      blur_prob=cfg.blur_prob)
+    x = torch.from_numpy(x).to(device, non_blocking=True)
+    y = torch.from_numpy(np.asarray(setup.train.labels, dtype=np.int64)[idx]).to(device)
+    c = torch.from_numpy(np.asarray(setup.train.classes, dtype=np.int64)[idx]).to(device)
+    captions = None  # FLYP: each image's caption of its label, as indices into the prompt texts
+    if setup.captions is not None:
+        captions = torch.from_numpy(setup.epoch_captions(state.epoch)[idx]).to(device)
+    return x, y, c, captions
+
+
+def train_step(setup: Setup, state: TrainState, perm: np.ndarray) -> StepStats:
+    """One optimizer step: forward/backward over grad_accum micro-batches (gradients synchronised
+    on the last one only), checks, clipping, the update, the logit-scale clamp."""
+    cfg, accelerator, model = setup.cfg, setup.accelerator, setup.model
+    t0 = time.perf_counter()
+    # LP-FT: the LP phase trains the text side only (the head); then --train decides.
+    phase = phase_at(state.step, cfg, setup.total_steps)
+    model.image_grad = phase != "lp"
+    model.text_grad = phase == "lp" or cfg.train != "image"
+    lr = get_lr(state.step, cfg, setup.total_steps)
+    for group in setup.optimizer.param_groups:
+        group["lr"] = lr
+    loss_sum = torch.zeros((), device=accelerator.device)
+    correct = torch.zeros((), device=accelerator.device, dtype=torch.long)
+    seen = 0
+    try:
+        for micro in range(cfg.grad_accum):
+            x, y, c, captions = _batch(setup, state, perm, micro)
+            sync = micro == cfg.grad_accum - 1
+            with contextlib.nullcontext() if sync else accelerator.no_sync(setup.ddp_model):
+                out = setup.ddp_model(setup.preprocess(x), c, captions)
+                loss = compute_loss(cfg, out, y, c)
+                accelerator.backward(loss / cfg.grad_accum)
+            loss_sum += loss.detach()
+            if out.logits is not None:
+                correct += (out.logits.detach().argmax(dim=1) == y).sum()
+            seen += len(y)
+        # Check before stepping: a NaN loss must not reach the weights.
+        loss_mean = accelerator.reduce(loss_sum / cfg.grad_accum, "mean")
+        if not torch.isfinite(loss_mean):
+            raise TrainingDiverged(f"the loss is {loss_mean.item()} at step {state.step} (epoch {state.epoch}); "
+                                   f"stopped. The last good checkpoint is {_last_good(setup)}. "
+                                   "Try a lower --lr or --mixed-precision no/bf16.")
+        grad_norm = accelerator.clip_grad_norm_(setup.trainable, cfg.grad_clip)
+        if setup.scaler is None and not torch.isfinite(grad_norm):
+            raise TrainingDiverged(f"the gradient norm is {grad_norm.item()} at step {state.step}; stopped. "
+                                   f"The last good checkpoint is {_last_good(setup)}.")
+        setup.optimizer.step()
+        setup.optimizer.zero_grad(set_to_none=True)
+    except (RuntimeError, MemoryError) as e:  # CUDA's OutOfMemoryError is a RuntimeError
+        _raise_if_out_of_memory(e, cfg, setup.world, "training")
+        raise
+    if setup.clip.logit_scale.requires_grad:  # frozen (CoOp, --freeze-logit-scale): left byte-identical
+        with torch.no_grad():
+            setup.clip.logit_scale.clamp_(0.0, MAX_LOGIT_SCALE)
+    return StepStats(phase=phase, lr=lr, loss=loss_mean, correct=int(accelerator.reduce(correct, "sum")),
+                     seen=seen * setup.world, grad_norm=float(grad_norm), seconds=time.perf_counter() - t0)
+
+
+def evaluate(setup: Setup, state: TrainState) -> None:
+    """Score validation; export the model when its AUC is the best so far; stop when out of patience."""
+    cfg = setup.cfg
+    try:
+        scores = _evaluate(setup.accelerator, setup.model, setup.preprocess, setup.val, cfg.eval_batch_size)
+    except (RuntimeError, MemoryError) as e:
+        _raise_if_out_of_memory(e, cfg, setup.world, "evaluation")
+        raise
+    improved = state.observe(scores["val_auc"])
+    if improved:
+        if not all_finite(setup.trainable):
+            raise TrainingDiverged(f"the weights hold NaN/inf at step {state.step}")
+        setup.export()
+    state.history.append({"kind": "val", "step": state.step, "epoch": state.step / setup.steps_per_epoch,
+                          **scores, "best": improved})
+    if cfg.patience is not None and state.patience >= cfg.patience:
+        state.status = "early_stopped"
+
+
+def checkpoint(setup: Setup, state: TrainState) -> None:
+    """OUT/checkpoints/step-XXXXXXX/ (main process), every process waiting for it."""
+    if setup.main:
+        save_checkpoint(setup.out, clip=setup.trained, optimizer=setup.optimizer, scaler=setup.scaler,
+                        state=setup.snapshot(state), history=state.history, keep=setup.cfg.keep_checkpoints)
+    setup.accelerator.wait_for_everyone()
+
+
+@dataclass
+class _Meter:
+    """Throughput: images and seconds since the last log record, and over the whole invocation."""
+
+    t_window: float = field(default_factory=time.perf_counter)
+    window_images: int = 0
+    train_seconds: float = 0.0
+    train_images: int = 0
+
+    def add(self, stats: StepStats) -> None:
+        self.window_images += stats.seen
+        self.train_seconds += stats.seconds
+        self.train_images += stats.seen
+
+    def rate(self) -> float:
+        """Images per second since the last call (which starts a new window)."""
+        now = time.perf_counter()
+        rate = self.window_images / max(1e-9, now - self.t_window)
+        self.t_window, self.window_images = now, 0
+        return rate
+
+
+def log_record(setup: Setup, state: TrainState, stats: StepStats, images_per_second: float) -> dict[str, Any]:
+    """The train record of the log window that ends at this step (means over its steps)."""
+    w = state.window
+    record = {"kind": "train", "step": state.step, "epoch": state.step / setup.steps_per_epoch,
+              "phase": stats.phase, "loss": w["loss"] / w["steps"],
+              # FLYP scores captions, not labels: no train accuracy without an extra text pass
+              "train_accuracy": None if setup.cfg.loss == "flyp" else w["correct"] / max(1, w["seen"]), "lr": stats.lr, "grad_norm": stats.grad_norm,
+              "logit_scale": float(setup.model.logit_scale().detach()), "images_per_second": images_per_second}
+    state.history.append(record)
+    state.reset_window()
+    return record
+
+
+def _write_history(setup: Setup, state: TrainState) -> None:
+    if setup.main:
+        write_json(setup.out / HISTORY_FILE, {"total_steps": setup.total_steps,
+                                              "steps_per_epoch": setup.steps_per_epoch,
+                                              "records": state.history})
 
 
 def train(data: CifakeData, cfg: FinetuneConfig) -> TrainOutcome:
@@ -482,279 +876,69 @@ def train(data: CifakeData, cfg: FinetuneConfig) -> TrainOutcome:
 
     Without a validation split the last model is exported and there is no early stopping.
     Raises TrainingDiverged on a NaN/infinite loss or gradient (the last good checkpoint stays),
-    OutOfMemory on CUDA OOM, ValueError on a bad config or a refused resume.
+    OutOfMemory on CUDA or CPU OOM, ValueError on a bad config or a refused resume.
     """
-    from transformers import CLIPModel
-
-    from cifake_lib.clip.models import load_processor, quiet_transformers
-    from cifake_lib.data.perturb import augment_batch
-    from cifake_lib.data.preprocess import ImagePreprocessor
-
-    cfg.validate()
-    if not cfg.out:
-        raise ValueError("FinetuneConfig.out: the run folder is required")
-    out = Path(cfg.out)
-    _check_split(data.train, "train")
-    val = data.val if data.val is not None and len(data.val) else None
-    if val is not None:
-        _check_split(val, "val")
-    prompts = resolve_prompts(cfg.prompts)
-
-    accelerator = make_accelerator(cfg)
-    rank, world, main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
-    device = accelerator.device
-    if cfg.batch_size < world:
-        raise ValueError(f"--batch-size {cfg.batch_size} is smaller than the {world} processes")
-    n = len(data.train)
-    steps_per_epoch = n // (cfg.batch_size * cfg.grad_accum)
-    if steps_per_epoch < 1:
-        raise ValueError(f"the train split has {n} images, fewer than one optimizer step's "
-                         f"batch_size x grad_accum = {cfg.batch_size * cfg.grad_accum}")
-    total_steps = cfg.max_steps if cfg.max_steps is not None else cfg.epochs * steps_per_epoch
-    fingerprint = data_fingerprint(data.train, val)
-
-    # --- resume or start -----------------------------------------------------------------------
-    ckpt = latest_checkpoint(out)
-    if ckpt is not None and not cfg.resume:
-        raise ValueError(f"{out}: holds checkpoints of an earlier run ({ckpt.name}); pass --resume to "
-                         "continue it, or choose another --out")
-    saved: dict[str, Any] | None = None
-    if ckpt is not None:
-        saved = read_json(ckpt / STATE_FILE)
-        changes = config_changes(saved["config"], cfg)
-        if saved.get("data_fingerprint") != fingerprint:
-            changes.append("data: the train/validation images differ (source, subset, seed or val fraction)")
-        if saved.get("prompts") != prompts.to_dict():
-            changes.append(f"prompts: the templates of {cfg.prompts!r} changed")
-        if changes:
-            raise ValueError(f"--resume refused: {ckpt} was written with another config:\n  "
-                             + "\n  ".join(changes)
-                             + "\nOnly " + ", ".join(sorted(RUNTIME_FIELDS)) + " may change on resume.")
-    elif cfg.resume and main:
-        print(f"finetune: nothing to resume in {out / CHECKPOINTS}; starting from {cfg.model}",
-              file=sys.stderr, flush=True)
-
-    torch.manual_seed(cfg.seed)
-    random.seed(cfg.seed)
-    np.random.seed(cfg.seed % 2**32)
-    check_model_source(cfg.model)  # a CNN run, a pickle-only folder: a clear error, not an OSError
-    with quiet_transformers():
-        processor = load_processor(cfg.model)
-        clip = CLIPModel.from_pretrained(cfg.model, dtype=torch.float32, attn_implementation="sdpa")  # fp32 master weights
-    if ckpt is not None:
-        from safetensors.torch import load_file
-
-        clip.load_state_dict(load_file(str(ckpt / WEIGHTS_FILE)), strict=True)
-    if cfg.gradient_checkpointing:
-        # transformers >= 5.2x renames it; Colab's 5.15 has only the old name.
-        if hasattr(clip, "activation_checkpointing_enable"):
-            clip.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-        else:
-            clip.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model = ClipClassifier(clip, processor.tokenizer, prompts)
-    set_trainable(model, cfg)
-    model.to(device).train()
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    compile_towers(model, cfg.compile)
-    optimizer = make_adamw(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
-                           eps=cfg.eps, weight_decay=cfg.weight_decay, device=device)
-    if ckpt is not None:
-        optimizer.load_state_dict(load_tensors(ckpt / OPTIMIZER_FILE))
-    ddp_model, optimizer = accelerator.prepare(model, optimizer)
-    scaler = getattr(accelerator, "scaler", None)
-    if ckpt is not None:
-        if scaler is not None and (ckpt / SCALER_FILE).is_file():
-            scaler.load_state_dict(load_tensors(ckpt / SCALER_FILE))
-        set_rng_state(load_tensors(ckpt / RNG_FILE))
-    preprocess = ImagePreprocessor.from_processor(processor)
-
-    state: dict[str, Any] = {"step": 0, "epoch": 0, "step_in_epoch": 0, "seed": cfg.seed,
-                             "best_val_auc": None, "best_step": None, "evals_since_best": 0,
-                             "status": "running", "window": {"loss": 0.0, "correct": 0, "seen": 0, "steps": 0}}
-    history: list[dict[str, Any]] = []
-    if saved is not None:
-        state.update({k: saved[k] for k in state if k in saved})
-        history = read_json(ckpt / HISTORY_FILE)
-    history_extra = {"total_steps": total_steps, "steps_per_epoch": steps_per_epoch}
-
-    def snapshot() -> dict[str, Any]:
-        return {**state, "total_steps": total_steps, "steps_per_epoch": steps_per_epoch,
-                "config": cfg.identity(), "data_fingerprint": fingerprint, "prompts": prompts.to_dict(),
-                "world_size": world, "mixed_precision": accelerator.mixed_precision}
-
-    def checkpoint() -> None:
-        if main:
-            save_checkpoint(out, clip=clip, optimizer=optimizer, scaler=scaler, state=snapshot(),
-                            history=history, keep=cfg.keep_checkpoints)
-        accelerator.wait_for_everyone()
-
-    def evaluate() -> None:
-        """Score val; export the model when its AUC is the best so far; count patience."""
-        try:
-            scores = _evaluate(accelerator, model, preprocess, val, cfg.eval_batch_size)
-        except (RuntimeError, MemoryError) as e:  # CUDA's OutOfMemoryError is a RuntimeError
-            if not out_of_memory_kind(e):
-                raise
-            raise OutOfMemory(_oom_message(cfg, world, "evaluation", out_of_memory_kind(e))) from None
-        auc = scores["val_auc"]
-        best = state["best_val_auc"]
-        improved = best is None or (not math.isnan(auc) and auc > best)
-        if improved:
-            if not all_finite(trainable):
-                raise TrainingDiverged(f"the weights hold NaN/inf at step {state['step']}")
-            state.update(best_val_auc=None if math.isnan(auc) else auc, best_step=state["step"],
-                         evals_since_best=0)
-            if main:
-                export_model(clip, processor, out / MODEL_DIR)
-            accelerator.wait_for_everyone()
-        else:
-            state["evals_since_best"] += 1
-        history.append({"kind": "val", "step": state["step"], "epoch": state["step"] / steps_per_epoch,
-                        **scores, "best": improved})
-        if cfg.patience is not None and state["evals_since_best"] >= cfg.patience:
-            state["status"] = "early_stopped"
-
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(out / "finetune_config.json", cfg.to_dict())
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=total_steps, initial=state["step"], desc=f"finetune ({cfg.train})", unit="step",
-               file=sys.stderr, dynamic_ncols=True, disable=not (cfg.progress and main))
-    images = data.train.images
-    labels_all = np.asarray(data.train.labels, dtype=np.int64)
-    classes_all = np.asarray(data.train.classes, dtype=np.int64)
-    steps_this_run = 0
-    written = len(history)
-    perm_epoch, perm = -1, None
-    # Sums since the last log record; in the checkpoint, so a resumed run logs the same values.
-    window = state["window"]
-    t_window, timed_images = time.perf_counter(), 0
+    # build the model and optimiser; resume from the newest checkpoint when asked
+    setup, ckpt = build(data, cfg)
+    state = resume(setup, ckpt)
     t_start = time.perf_counter()
-    train_seconds, train_images = 0.0, 0
+    if setup.main:
+        setup.out.mkdir(parents=True, exist_ok=True)
+        write_json(setup.out / "finetune_config.json", cfg.to_dict())
+    bar = tqdm(total=setup.total_steps, initial=state.step, desc=f"finetune ({cfg.train})", unit="step",
+               file=sys.stderr, dynamic_ncols=True, disable=not (cfg.progress and setup.main))
+    meter, steps_this_run, written, perm_epoch, perm = _Meter(), 0, len(state.history), -1, None
 
-    while state["status"] == "running" and state["step"] < total_steps:
-        step = state["step"]
-        # LP-FT: the LP phase trains the text side only (the head); then --train decides.
-        phase = phase_at(step, cfg, total_steps)
-        model.image_grad = phase != "lp"
-        model.text_grad = phase == "lp" or cfg.train != "image"
-        lr = get_lr(step, cfg, total_steps)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        if perm_epoch != state["epoch"]:
-            perm_epoch, perm = state["epoch"], epoch_permutation(n, cfg.seed, state["epoch"])
-
-        # forward / backward over grad_accum micro-batches; gradients sync on the last one only
-        t_step = time.perf_counter()
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.long)
-        seen = 0
-        try:
-            for micro in range(cfg.grad_accum):
-                start = (state["step_in_epoch"] * cfg.grad_accum + micro) * cfg.batch_size
-                idx = _shard(perm[start:start + cfg.batch_size], rank, world)
-                rng = np.random.default_rng([cfg.seed, state["epoch"], state["step_in_epoch"], micro, rank])
-                x = augment_batch(images[idx], rng, flip=cfg.flip, jpeg_prob=cfg.jpeg_prob,
-                                  blur_prob=cfg.blur_prob)
-                x = torch.from_numpy(x).to(device, non_blocking=True)
-                y = torch.from_numpy(labels_all[idx]).to(device)
-                c = torch.from_numpy(classes_all[idx]).to(device)
-                sync = micro == cfg.grad_accum - 1
-                with contextlib.nullcontext() if sync else accelerator.no_sync(ddp_model):
-                    outputs = ddp_model(preprocess(x), c)
-                    loss = _loss(cfg, model, outputs, y, c)
-                    accelerator.backward(loss / cfg.grad_accum)
-                loss_sum += loss.detach()
-                correct += (outputs[0].detach().argmax(dim=1) == y).sum()
-                seen += len(idx)
-            # Check before stepping: a NaN loss must not reach the weights.
-            loss_mean = accelerator.reduce(loss_sum / cfg.grad_accum, "mean")
-            if not torch.isfinite(loss_mean):
-                raise TrainingDiverged(
-                    f"the loss is {loss_mean.item()} at step {step} (epoch {state['epoch']}); "
-                    f"stopped. The last good checkpoint is {latest_checkpoint(out) or 'none yet'}. "
-                    "Try a lower --lr or --mixed-precision no/bf16.")
-            grad_norm = accelerator.clip_grad_norm_(trainable, cfg.grad_clip)
-            if scaler is None and not torch.isfinite(grad_norm):
-                raise TrainingDiverged(f"the gradient norm is {grad_norm.item()} at step {step}; stopped. "
-                                       f"The last good checkpoint is {latest_checkpoint(out) or 'none yet'}.")
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        except (RuntimeError, MemoryError) as e:  # CUDA's OutOfMemoryError is a RuntimeError
-            if not out_of_memory_kind(e):
-                raise
-            raise OutOfMemory(_oom_message(cfg, world, "training", out_of_memory_kind(e))) from None
-        if not cfg.freeze_logit_scale:
-            with torch.no_grad():
-                clip.logit_scale.clamp_(0.0, MAX_LOGIT_SCALE)
-
-        state["step"] += 1
-        state["step_in_epoch"] += 1
+    while state.status == "running" and state.step < setup.total_steps:
+        # the epoch's order: a function of (seed, epoch) only, so a resumed run needs no saved order
+        if perm_epoch != state.epoch:
+            perm_epoch, perm = state.epoch, epoch_permutation(len(data.train), cfg.seed, state.epoch)
+        # one optimisation step
+        stats = train_step(setup, state, perm)
+        epoch_end = state.advance(setup.steps_per_epoch)
         steps_this_run += 1
-        epoch_end = state["step_in_epoch"] >= steps_per_epoch
-        if epoch_end:
-            state["epoch"] += 1
-            state["step_in_epoch"] = 0
-        step = state["step"]
-        dt = time.perf_counter() - t_step
-        train_seconds += dt
-        train_images += seen * world
-        window["loss"] += float(loss_mean)
-        window["correct"] += int(accelerator.reduce(correct, "sum"))
-        window["seen"] += seen * world
-        window["steps"] += 1
-        timed_images += seen * world
-
-        # log
-        last = step >= total_steps
-        if step % cfg.log_every == 0 or epoch_end or last:
-            elapsed = time.perf_counter() - t_window
-            record = {"kind": "train", "step": step, "epoch": step / steps_per_epoch, "phase": phase,
-                      "loss": window["loss"] / window["steps"],
-                      "train_accuracy": window["correct"] / max(1, window["seen"]), "lr": lr,
-                      "grad_norm": float(grad_norm), "logit_scale": float(model.logit_scale().detach()),
-                      "images_per_second": timed_images / max(1e-9, elapsed)}
-            history.append(record)
-            bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.2e}",
+        meter.add(stats)
+        for key, value in (("loss", float(stats.loss)), ("correct", stats.correct), ("seen", stats.seen),
+                           ("steps", 1)):
+            state.window[key] += value
+        # log every log_every steps, at each epoch end and at the last step
+        last = state.step >= setup.total_steps
+        if state.step % cfg.log_every == 0 or epoch_end or last:
+            record = log_record(setup, state, stats, meter.rate())
+            bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{stats.lr:.2e}",
                             img_s=f"{record['images_per_second']:.0f}", refresh=False)
-            window = state["window"] = {"loss": 0.0, "correct": 0, "seen": 0, "steps": 0}
-            t_window, timed_images = time.perf_counter(), 0
         bar.update(1)
-
-        # evaluate (epoch end, every eval_every steps, last step) and checkpoint
-        if val is not None and (epoch_end or last or (cfg.eval_every and step % cfg.eval_every == 0)):
-            evaluate()
-        if last and state["status"] == "running":
-            state["status"] = "finished"
+        # evaluate on validation at each epoch end, every eval_every steps and at the last step
+        if setup.val is not None and (epoch_end or last or (cfg.eval_every and state.step % cfg.eval_every == 0)):
+            evaluate(setup, state)
+        if last and state.status == "running":
+            state.status = "finished"
+        # checkpoint at each epoch end, every save_every steps, and whenever this invocation ends
         stopping = cfg.stop_after is not None and steps_this_run >= cfg.stop_after
-        if state["status"] != "running" or epoch_end or stopping or step % cfg.save_every == 0:
-            if state["status"] != "running" and val is None:
-                if main:
-                    export_model(clip, processor, out / MODEL_DIR)  # no validation: the last model
-                accelerator.wait_for_everyone()
-            checkpoint()
-        if main and len(history) != written:  # appended this step: rewrite the file (atomically)
-            _write_history(out, history, history_extra)
-            written = len(history)
-        if stopping and state["status"] == "running":
-            state["status"] = "stopped"
+        if state.status != "running" or epoch_end or stopping or state.step % cfg.save_every == 0:
+            if state.status != "running" and setup.val is None:
+                setup.export()  # no validation: the last model
+            checkpoint(setup, state)
+        if len(state.history) != written:  # appended this step: rewrite the file (atomically)
+            _write_history(setup, state)
+            written = len(state.history)
+        if stopping and state.status == "running":
+            state.status = "stopped"
     bar.close()
 
-    if state["status"] == "running":  # resumed a run that had already finished its steps
-        state["status"] = "finished"
-    if state["status"] != "stopped" and not (out / MODEL_DIR / "config.json").is_file():
-        if main:  # e.g. no evaluation ever improved on NaN: keep the last model
-            export_model(clip, processor, out / MODEL_DIR)
-        accelerator.wait_for_everyone()
-    if main:
-        _write_history(out, history, history_extra)
-    outcome = TrainOutcome(out=out, status=state["status"], step=state["step"], total_steps=total_steps,
-                           best_step=state["best_step"], best_val_auc=state["best_val_auc"],
-                           history=history, seconds=time.perf_counter() - t_start,
-                           images_per_second=train_images / max(1e-9, train_seconds))
-    accelerator.end_training()
-    return outcome
+    # finish: the exported model, the history and the outcome
+    if state.status == "running":  # resumed a run that had already finished its steps
+        state.status = "finished"
+    if state.status != "stopped" and not (setup.out / MODEL_DIR / "config.json").is_file():
+        setup.export()  # e.g. no evaluation ever improved on NaN: keep the last model
+    _write_history(setup, state)
+    setup.accelerator.end_training()
+    return TrainOutcome(out=setup.out, status=state.status, step=state.step, total_steps=setup.total_steps,
+                        best_step=state.best_step, best_val_auc=state.best, history=state.history,
+                        seconds=time.perf_counter() - t_start,
+                        images_per_second=meter.train_images / max(1e-9, meter.train_seconds))
 
 
 # ---------------------------------------------------------------------------
@@ -775,69 +959,137 @@ def load_history(path: str | os.PathLike) -> list[dict[str, Any]]:
     return h["records"] if isinstance(h, dict) else h
 
 
-def training_curves_figure(history: Sequence[Mapping[str, Any]] | Mapping[str, Any] | str | os.PathLike,
-                           *, title: str = "Fine-tuning") -> Figure:
-    """Loss (train, val) and accuracy (train, val) plus val AUC against optimizer steps."""
-    from matplotlib.figure import Figure
+# FLYP's own settings (locuslab/FLYP: src/args.py defaults and the README's commands) and ours.
+FLYP_SETTINGS = {
+    "source": "locuslab/FLYP src/args.py and README.md (Goyal et al., CVPR 2023)",
+    "batch_size": "512 (ImageNet), 256 (iWILDCam, FMoW, transfer and few-shot)",
+    "lr": 1e-5,
+    "warmup_steps": 500,
+    "min_lr_ratio": 0.0,  # --min_lr 0
+    "weight_decay": "0.1 (ImageNet), 0.2 (iWILDCam, FMoW)",
+    "betas": [0.9, 0.999],  # torch.optim.AdamW's defaults: FLYP passes none
+    "eps": 1e-8,
+    "epochs": "10 (ImageNet), 20 (iWILDCam, FMoW)",
+}
+WHY_OURS = ("batch 128: a ViT-B/32 fine-tune of both towers must fit a 15 GB T4 (Colab's GPU) with fp16 "
+            "activations; warm-up 5% of the run and a cosine floor of 0.1 x lr: our runs are a few hundred "
+            "to a few thousand steps, where FLYP's 500 warm-up steps would be most of the run; AdamW beta2 "
+            "0.98 and eps 1e-6: CLIP's pre-training values, stabler in fp16 than PyTorch's defaults")
 
-    if isinstance(history, (str, os.PathLike)):
-        history = load_history(history)
-    if isinstance(history, Mapping):
-        history = history["records"]
-    tr = [r for r in history if r.get("kind") == "train"]
-    va = [r for r in history if r.get("kind") == "val"]
-    fig = Figure(figsize=(11, 4), layout="constrained")
-    ax_loss, ax_acc = fig.subplots(1, 2)
-    if tr:
-        ax_loss.plot([r["step"] for r in tr], [r["loss"] for r in tr], label="train loss")
-        ax_acc.plot([r["step"] for r in tr], [r["train_accuracy"] for r in tr], label="train accuracy")
-    if va:
-        steps = [r["step"] for r in va]
-        ax_loss.plot(steps, [r["val_loss"] for r in va], "o-", label="val loss")
-        ax_acc.plot(steps, [r["val_accuracy"] for r in va], "o-", label="val accuracy (0.5)")
-        ax_acc.plot(steps, [r["val_auc"] for r in va], "s--", label="val ROC AUC")
-        best = [r for r in va if r.get("best")]
-        if best:
-            ax_acc.axvline(best[-1]["step"], color="grey", linestyle=":", label=f"best (step {best[-1]['step']})")
-    ax_loss.set(xlabel="optimizer step", ylabel="cross-entropy", title=f"{title}: loss")
-    ax_acc.set(xlabel="optimizer step", ylabel="score", ylim=(0, 1.02), title=f"{title}: accuracy / AUC")
-    for ax in (ax_loss, ax_acc):
-        if ax.has_data():
-            ax.legend(fontsize="small")
-    return fig
+
+def hyperparameters_vs_flyp(cfg: FinetuneConfig) -> dict[str, Any]:
+    """detector.json's record: our settings beside FLYP's own, and why ours differ."""
+    ours = {"batch_size": cfg.batch_size * cfg.grad_accum, "lr": cfg.base_lr,
+            "warmup_steps": cfg.warmup_steps if cfg.warmup_steps is not None else "5% of the run",
+            "min_lr_ratio": cfg.min_lr_ratio, "weight_decay": cfg.weight_decay, "betas": [cfg.beta1, cfg.beta2],
+            "eps": cfg.eps, "epochs": cfg.max_steps and f"{cfg.max_steps} steps" or cfg.epochs}
+    return {"ours": ours, "flyp": FLYP_SETTINGS, "why": WHY_OURS}
+
+
+def methods_text(cfg: FinetuneConfig) -> str:
+    """One paragraph for a methods section: the loss by its name, with its source and settings."""
+    if cfg.train == "prompt":
+        return (f"CoOp prompt tuning (Zhou et al., IJCV 2022): {cfg.n_ctx} context vectors shared by both labels, "
+                f"placed before the label word, learned with the cross-entropy over the two label prompts; "
+                f"both CLIP encoders frozen. AdamW at {cfg.prompt_lr:g} with warm-up and cosine decay "
+                "(CoOp: SGD at 2e-3, momentum 0.9, cosine).")
+    if cfg.loss == "flyp":
+        s = (f"FLYP (Goyal et al., CVPR 2023): each training image is paired with a caption of its label (one of "
+             f"the {cfg.prompts!r} prompt set's templates, drawn per image and epoch, the CIFAR class filled in "
+             "where the set has {class} templates), and both encoders are trained with the symmetric in-batch "
+             "contrastive loss (arange targets, logit scale clamped at 100); same-label captions in a batch are "
+             "negatives, as in FLYP's binary tasks. The model is evaluated as a zero-shot classifier.")
+    else:
+        s = f"{LOSS_NAMES[cfg.loss]}, training {cfg.train} encoder(s)."
+    h = hyperparameters_vs_flyp(cfg)["ours"]
+    return (s + f" Settings: batch {h['batch_size']}, lr {h['lr']:g}, warm-up {h['warmup_steps']}, cosine floor "
+            f"{h['min_lr_ratio']:g} x lr, AdamW betas {tuple(h['betas'])}, eps {h['eps']:g}, weight decay "
+            f"{h['weight_decay']:g} (FLYP: batch 512/256, warm-up 500 steps, floor 0, betas (0.9, 0.999), "
+            f"eps 1e-8; ours differ because {WHY_OURS}).")
+
+
+def _detector(cfg: FinetuneConfig, model_dir: Path, prompts: PromptSet, device):
+    from cifake_lib.methods.zeroshot import ClipDetector, load_for_inference
+
+    model, processor = load_for_inference(model_dir, device)
+    context_file = Path(cfg.out) / CONTEXT_FILE
+    context = PromptContext.load(context_file, processor.tokenizer) if cfg.train == "prompt" else None
+    return ClipDetector(model, processor, prompts, detector=f"finetune:{cfg.train}", model_ref=MODEL_DIR,
+                        context=context)
+
+
+def apply_wise_ft(data: CifakeData, cfg: FinetuneConfig, device=None) -> float:
+    """WiSE-FT over cfg.wise_ft: OUT/wise_ft.csv, and the alpha with the best validation AUC
+    exported as OUT/model/ (the fine-tuned model then kept in OUT/model_finetuned/). Returns alpha."""
+    from transformers import CLIPModel
+
+    from cifake_lib.core.files import write_csv
+    from cifake_lib.methods.wise_ft import COLUMNS, WISE_FT_FILE, interpolate, wise_ft_curve
+
+    val = data.val if data.val is not None and len(data.val) else None
+    if val is None:
+        raise ValueError("wise_ft chooses alpha on validation: the data has no validation split")
+    out = Path(cfg.out)
+    ft_dir = out / FINETUNED_DIR if (out / FINETUNED_DIR / "config.json").is_file() else out / MODEL_DIR
+    zero_shot = CLIPModel.from_pretrained(cfg.model, dtype=torch.float32).state_dict()
+    fine_tuned = CLIPModel.from_pretrained(ft_dir, dtype=torch.float32).state_dict()
+    det = _detector(cfg, ft_dir, resolve_prompts(cfg.prompts), device)
+
+    def make_detector(state: Mapping[str, torch.Tensor]):
+        det.model.load_state_dict(state, strict=True)  # copies into the loaded model (its dtype/device)
+        det.head = type(det)(det.model, det.processor, det.prompts).head  # the prompts through this text tower
+        return det
+
+    rows = wise_ft_curve(zero_shot, fine_tuned, cfg.wise_ft, make_detector=make_detector, val=val,
+                         test=data.test, batch_size=cfg.eval_batch_size)
+    write_csv(out / WISE_FT_FILE, rows, COLUMNS)
+    alpha = next(r["alpha"] for r in rows if r["chosen"])
+    if alpha != 1.0:
+        if ft_dir == out / MODEL_DIR:
+            os.replace(out / MODEL_DIR, out / FINETUNED_DIR)
+        clip = CLIPModel.from_pretrained(out / FINETUNED_DIR, dtype=torch.float32)
+        clip.load_state_dict(interpolate(zero_shot, fine_tuned, alpha))
+        export_model(clip, det.processor, out / MODEL_DIR)
+    elif ft_dir != out / MODEL_DIR:  # an earlier call chose alpha < 1: the fine-tuned model is the one
+        shutil.rmtree(out / MODEL_DIR, ignore_errors=True)
+        os.replace(ft_dir, out / MODEL_DIR)
+    return alpha
 
 
 def evaluate_run(data: CifakeData, cfg: FinetuneConfig, outcome: TrainOutcome, *, seconds: float,
-                 args: Mapping[str, Any] | None = None, device: str | torch.device | None = None) -> dict[str, Any]:
-    """Score the exported best model on val (threshold) and test with `ClipDetector`; write the run folder."""
+                 args: Mapping[str, Any] | None = None, device: str | torch.device | None = None,
+                 wise_ft_alpha: float | None = None) -> dict[str, Any]:
+    """Score the exported model on val (threshold) and test with `ClipDetector`; write the run folder."""
     from cifake_lib.evaluation.runs import write_run
-    from cifake_lib.methods.zeroshot import ClipDetector
     from cifake_lib.viz.plots import save_figure
 
     out = Path(cfg.out)
     prompts = resolve_prompts(cfg.prompts)
     if device is None and cfg.cpu:
         device = "cpu"
-    det = ClipDetector.from_pretrained(out / MODEL_DIR, prompts, device=device,
-                                       detector=f"finetune:{cfg.train}", model_ref=MODEL_DIR)
+    det = _detector(cfg, out / MODEL_DIR, prompts, device)
     val = data.val if data.val is not None and len(data.val) else None
     bs = cfg.eval_batch_size
     p_test = det.predict_proba(data.test.images, bs, classes=data.test.classes)
     p_val = det.predict_proba(val.images, bs, classes=val.classes) if val is not None else None
     meta = {**det.to_json(MODEL_DIR), "prompt_set": prompts.name, "base_model": cfg.model, "train": cfg.train,
-            "loss": cfg.loss, "best_step": outcome.best_step, "best_val_auc": outcome.best_val_auc,
+            "loss": cfg.loss, "loss_name": LOSS_NAMES[cfg.loss], "method": methods_text(cfg),
+            "hyperparameters": hyperparameters_vs_flyp(cfg), "wise_ft_alpha": wise_ft_alpha,
+            "best_step": outcome.best_step, "best_val_auc": outcome.best_val_auc,
             "steps": outcome.step, "total_steps": outcome.total_steps, "status": outcome.status}
+    if (out / FINETUNED_DIR / "config.json").is_file() and wise_ft_alpha not in (None, 1.0):
+        meta["finetuned_model"] = FINETUNED_DIR  # alpha = 1, for comparisons with the chosen alpha
     meta.pop("threshold", None)  # chosen on validation by write_run
     metrics = write_run(out, test=data.test, p_test=p_test, val=val, p_val=p_val, detector=meta,
                         model=cfg.model, data=data.source, seed=cfg.seed,
-                        args={**(args or {}), "config": cfg.to_dict()}, seconds=seconds)
+                        args={**(args or {}), "config": cfg.to_dict(), "loss": cfg.loss}, seconds=seconds)
     if outcome.history:
         save_figure(training_curves_figure(outcome.history, title=f"finetune:{cfg.train}"), out / CURVES_FILE)
     return metrics
 
 
 def finetune(data: CifakeData, cfg: FinetuneConfig, *, args: Mapping[str, Any] | None = None) -> FinetuneResult:
-    """The stage: train (or resume), then evaluate the best model and write the run folder.
+    """The stage: train (or resume), WiSE-FT when asked, then evaluate the model and write the run folder.
 
     When `cfg.stop_after` ends the run early, no metrics are written (status "stopped"): run
     again with `resume=True` to continue.
@@ -848,7 +1100,10 @@ def finetune(data: CifakeData, cfg: FinetuneConfig, *, args: Mapping[str, Any] |
         return FinetuneResult(outcome=outcome, metrics=None, out=outcome.out)
     if int(os.environ.get("RANK", "0")) != 0:  # under `accelerate launch` only the main process reports
         return FinetuneResult(outcome=outcome, metrics=None, out=outcome.out)
-    metrics = evaluate_run(data, cfg, outcome, seconds=time.perf_counter() - t0, args=args)
+    device = "cpu" if cfg.cpu else None
+    alpha = apply_wise_ft(data, cfg, device) if cfg.wise_ft else None
+    metrics = evaluate_run(data, cfg, outcome, seconds=time.perf_counter() - t0, args=args, device=device,
+                           wise_ft_alpha=alpha)
     return FinetuneResult(outcome=outcome, metrics=metrics, out=outcome.out)
 
 

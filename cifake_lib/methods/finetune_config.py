@@ -17,14 +17,19 @@ from typing import Any
 from cifake_lib.core.config import setting
 from cifake_lib.core.settings import DEFAULT_MODEL
 
-TRAIN_CHOICES = ("both", "image", "text")
-LOSSES = ("flyp", "clip-label-aware")
+TRAIN_CHOICES = ("both", "image", "text", "prompt")
+LOSSES = ("flyp", "ce", "clip-label-aware")
+LOSS_NAMES = {
+    "flyp": "FLYP: symmetric in-batch contrastive loss, each image paired with a caption of its label",
+    "ce": "cross-entropy over class-prompt embeddings (FLYP's CE ablation)",
+    "clip-label-aware": "in-batch CLIP loss with targets spread over same-label pairs",
+}
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
 COMPILE = ("auto", "on", "off")
 
 # Fields that say how to run, not what to train: they may change on --resume.
 RUNTIME_FIELDS = frozenset({"out", "resume", "stop_after", "progress", "keep_checkpoints", "cpu",
-                            "eval_batch_size", "data", "compile"})
+                            "eval_batch_size", "data", "compile", "wise_ft"})
 
 WHAT = "what to train"
 OPTIM = "optimisation"
@@ -32,13 +37,28 @@ EVAL = "evaluation and checkpoints"
 
 
 def parse_train(value: str) -> str:
-    """"both" | "image" | "text", also accepting "text,image", "image+text", "all"."""
+    """"both" | "image" | "text" | "prompt", also accepting "text,image", "image+text", "all"."""
     parts = {p.strip().lower() for p in re.split(r"[,+ ]", str(value)) if p.strip()}
     if parts in ({"both"}, {"all"}, {"text", "image"}):
         return "both"
-    if parts in ({"image"}, {"text"}):
+    if parts in ({"image"}, {"text"}, {"prompt"}):
         return parts.pop()
-    raise ValueError(f"train must be both, image, text or text,image; got {value!r}")
+    raise ValueError(f"train must be both, image, text, prompt or text,image; got {value!r}")
+
+
+def parse_alphas(value: Any) -> list[float] | None:
+    """WiSE-FT mixing weights from "0,0.5,1" or a list; None or "" for none. Each in [0, 1]."""
+    if value is None or value == "" or value == []:
+        return None
+    items = value.split(",") if isinstance(value, str) else list(value)
+    try:
+        alphas = [float(a) for a in items]
+    except (TypeError, ValueError):
+        raise ValueError(f"wise_ft must be numbers in [0, 1] separated by commas, e.g. 0,0.5,1; got {value!r}") from None
+    bad = [a for a in alphas if not 0.0 <= a <= 1.0]
+    if bad:
+        raise ValueError(f"wise_ft: every alpha must be in [0, 1]; got {bad}")
+    return sorted(set(alphas))
 
 
 def _zero_is_none(value: int | None) -> int | None:
@@ -58,12 +78,15 @@ class FinetuneConfig:
 
     model: str = setting(DEFAULT_MODEL, "CLIP Hub id or local model folder to start from", metavar="M")
     out: str = setting("", cli=False)  # the run folder; given to the stage, not as a setting
-    train: str = setting("both", "encoders that learn: both (= text,image), image, text",
+    train: str = setting("both", "what learns: both encoders (= text,image), image, text, or prompt (CoOp: "
+                         "context vectors before the label word, CLIP frozen, loss ce)",
                          convert=parse_train, metavar="PARTS", group=WHAT)
     prompts: str = setting("ensemble", "class prompts: a prompt set name, a .json/.toml file, or a "
                            "zero-shot run folder (its detector.json prompts)", metavar="NAME", group=WHAT)
-    loss: str = setting("flyp", "flyp: cross-entropy over the class prompts; clip-label-aware: in-batch "
-                        "CLIP loss with targets spread over same-label pairs", choices=LOSSES, group=WHAT)
+    loss: str = setting("flyp", "flyp: FLYP, each image paired with a caption of its label, symmetric in-batch "
+                        "contrastive loss; ce: cross-entropy over class-prompt embeddings (FLYP's CE ablation); "
+                        "clip-label-aware: in-batch CLIP loss with targets spread over same-label pairs",
+                        choices=LOSSES, group=WHAT)
     epochs: int = setting(3, "epochs", low=1, group=OPTIM)
     max_steps: int | None = setting(None, "optimizer steps of the whole run (overrides --epochs)", low=1,
                                     metavar="S", group=OPTIM)
@@ -110,9 +133,27 @@ class FinetuneConfig:
     stop_after: int | None = setting(None, "end this invocation after N optimizer steps (schedule unchanged; "
                                      "--resume continues)", low=1, metavar="N", group=EVAL)
     progress: bool = setting(True, "no progress bar", flags=("--quiet",))
+    # --train prompt (CoOp): learned context vectors before the label word; encoders frozen.
+    n_ctx: int = setting(16, "--train prompt: number of learned context vectors (CoOp's default)", low=1,
+                         metavar="N", group=WHAT)
+    prompt_lr: float = setting(2e-3, "--train prompt: AdamW learning rate of the context vectors (CoOp: SGD "
+                               "at 2e-3)", low=0.0, low_open=True, metavar="LR", group=WHAT)
+    # WiSE-FT: (1 - alpha) * zero-shot + alpha * fine-tuned weights, each alpha scored on validation.
+    wise_ft: list[float] | None = setting(None, "WiSE-FT: mix zero-shot and fine-tuned weights at each alpha "
+                                          "(e.g. 0,0.25,0.5,0.75,1), score each on validation, export the "
+                                          "best (OUT/wise_ft.csv)", convert=parse_alphas, metavar="A,B,...",
+                                          group=WHAT)
 
     def __post_init__(self) -> None:
         self.train = parse_train(self.train)
+        self.wise_ft = parse_alphas(self.wise_ft)
+        if self.train == "prompt" and self.loss == "flyp":
+            self.loss = "ce"  # CoOp's objective: the default loss means CoOp's own with --train prompt
+
+    @property
+    def base_lr(self) -> float:
+        """The peak learning rate of what trains: the context vectors' with --train prompt."""
+        return self.prompt_lr if self.train == "prompt" else self.lr
 
     def validate(self) -> FinetuneConfig:
         """Raise ValueError naming the first bad value; returns self."""
@@ -145,6 +186,14 @@ class FinetuneConfig:
         for name in ("jpeg_prob", "blur_prob"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        positive("n_ctx")
+        if not self.prompt_lr > 0:
+            raise ValueError(f"prompt_lr must be > 0, got {self.prompt_lr}")
+        if self.train == "prompt" and (self.lp_ft or self.loss != "ce"):
+            raise ValueError("train=prompt (CoOp) learns context vectors with the cross-entropy over the "
+                             f"class prompts (loss=ce), without lp_ft; got loss={self.loss}, lp_ft={self.lp_ft}")
+        if self.train == "prompt" and self.wise_ft:
+            raise ValueError("wise_ft interpolates encoder weights; train=prompt leaves them unchanged")
         return self
 
     def check(self) -> None:
@@ -175,5 +224,5 @@ def config_changes(saved: Mapping[str, Any], current: FinetuneConfig) -> list[st
     return out
 
 
-__all__ = ["FinetuneConfig", "LOSSES", "MIXED_PRECISION", "RUNTIME_FIELDS", "TRAIN_CHOICES", "config_changes",
-           "parse_train"]
+__all__ = ["FinetuneConfig", "LOSS_NAMES", "LOSSES", "MIXED_PRECISION", "RUNTIME_FIELDS", "TRAIN_CHOICES", "config_changes",
+           "parse_alphas", "parse_train"]

@@ -382,7 +382,8 @@ def run_probe(data: CifakeData, out_dir: str | os.PathLike, *, model: str | os.P
     """
     from cifake_lib.clip.models import DEFAULT_MODEL
     from cifake_lib.evaluation.runs import write_run
-    from cifake_lib.methods.zeroshot import load_for_inference, model_reference, save_run_figures
+    from cifake_lib.methods.zeroshot import load_for_inference, model_reference
+    from cifake_lib.viz.run_figures import save_run_figures
 
     t0 = time.perf_counter()
     out = Path(out_dir)

@@ -1,14 +1,9 @@
-"""Zero-shot CLIP: a text classifier built from prompts, and the `ClipDetector` (kind "clip").
+"""Zero-shot CLIP: the `ClipDetector` (kind "clip") and the zero-shot stage.
 
-The classifier follows open_clip: encode every template of a label, L2-normalise, average,
-normalise again. An image's logits are `logit_scale * cos(image, label embedding)`, exactly
-what `CLIPModel(...).logits_per_image` computes for one prompt per label, and
-p_fake = softmax over (REAL, FAKE) of those logits. Class-aware prompt sets (`{class}`) use the
-image's own CIFAR class when known and marginalise over the ten classes otherwise (see
-`cifake_lib.clip.prompts`).
-
-`ClipDetector` is also what the fine-tuning stage exports: a CLIP model folder plus prompts and
-a threshold in detector.json, read back by `ClipDetector.from_run`.
+The head (prompts -> label embeddings -> logits, p_fake) is `cifake_lib.clip.head`;
+`ClipDetector` pairs it with a CLIP model and a threshold. It is also what the fine-tuning
+stage exports: a CLIP model folder plus prompts and a threshold in detector.json, read back by
+`ClipDetector.from_run`.
 
 `run_zeroshot` is the whole stage: one pass over the images (features cached on disk), then
 every prompt set scored from the same features; one run folder per set plus summary.csv.
@@ -28,173 +23,29 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from cifake_lib.clip.features import image_features, l2_normalize, text_features
+from cifake_lib.clip.coop import CONTEXT_FILE, PromptContext
+from cifake_lib.clip.features import image_features
+from cifake_lib.clip.head import ZeroShotHead, build_head, encode_texts, head_texts
 from cifake_lib.clip.prompts import (
     DEFAULT_PROMPT_SET,
-    MARGINALS,
     PromptSet,
     get_prompt_set,
     resolve_prompt_sets,
 )
 from cifake_lib.core.files import read_json
+from cifake_lib.viz.run_figures import (  # noqa: F401  (notebooks import these names from here)
+    figures_from_run,
+    save_run_figures,
+    table,
+)
 
 if TYPE_CHECKING:
-    from matplotlib.figure import Figure
-
     from cifake_lib.data.load import CifakeData, Split
 
 KIND = "clip"
 DETECTOR_FILE = "detector.json"
 TEXT_EMBEDDINGS_FILE = "text_embeddings.safetensors"
 SUMMARY_FILE = "summary.csv"
-
-# ---------------------------------------------------------------------------
-# The text classifier
-# ---------------------------------------------------------------------------
-
-
-@dataclass
-class ZeroShotHead:
-    """Label embeddings and a logit scale: image features -> (REAL, FAKE) logits.
-
-    weights: (2, D), one unit vector per label (templates ensembled; for class-aware sets, over
-    every class). class_weights: (2, C, D) per CIFAR class, class-aware sets only. marginal:
-    how a class-aware set scores an image of unknown class, "logsumexp" (marginal of the joint
-    (label, class) softmax) or "mean" (the `weights` classifier).
-    """
-
-    weights: np.ndarray
-    logit_scale: float
-    class_weights: np.ndarray | None = None
-    marginal: str = "logsumexp"
-
-    def __post_init__(self) -> None:
-        self.weights = np.asarray(self.weights, dtype=np.float32)
-        if self.weights.ndim != 2 or self.weights.shape[0] != 2:
-            raise ValueError(f"ZeroShotHead: weights must be (2, D), got {self.weights.shape}")
-        if self.class_weights is not None:
-            self.class_weights = np.asarray(self.class_weights, dtype=np.float32)
-            if self.class_weights.ndim != 3 or self.class_weights.shape[0] != 2 \
-                    or self.class_weights.shape[2] != self.weights.shape[1]:
-                raise ValueError(f"ZeroShotHead: class_weights must be (2, C, {self.weights.shape[1]}), "
-                                 f"got {self.class_weights.shape}")
-        if self.marginal not in MARGINALS:
-            raise ValueError(f"marginal must be one of {MARGINALS}, got {self.marginal!r}")
-
-    @property
-    def dim(self) -> int:
-        return int(self.weights.shape[1])
-
-    def logits(self, features: np.ndarray, classes: np.ndarray | None = None, *,
-               normalized: bool = False) -> np.ndarray:
-        """(N, 2) float64 logits (REAL, FAKE) for image features (N, D), L2-normalised here
-        unless `normalized` says they already are.
-
-        classes: CIFAR class per image (-1 unknown); used by class-aware heads only.
-        """
-        x = np.asarray(features, dtype=np.float32)
-        x = x if normalized else l2_normalize(x)
-        if x.ndim != 2 or x.shape[1] != self.dim:
-            raise ValueError(f"features must be (N, {self.dim}), got {x.shape}")
-        scale = float(self.logit_scale)
-        base = scale * (x @ self.weights.T).astype(np.float64)
-        if self.class_weights is None:
-            return base
-        n_classes = self.class_weights.shape[1]
-        flat = self.class_weights.reshape(-1, self.dim)  # (2 * C, D), label-major
-        per_class = scale * (x @ flat.T).astype(np.float64).reshape(len(x), 2, n_classes)
-        if self.marginal == "logsumexp":
-            m = per_class.max(axis=2, keepdims=True)
-            out = (m + np.log(np.exp(per_class - m).mean(axis=2, keepdims=True)))[..., 0]
-        else:
-            out = base
-        if classes is not None:
-            classes = np.asarray(classes, dtype=np.int64).ravel()
-            if len(classes) != len(x):
-                raise ValueError(f"classes has {len(classes)} entries but there are {len(x)} images")
-            known = (classes >= 0) & (classes < n_classes)
-            idx = np.flatnonzero(known)
-            out[idx] = per_class[idx, :, classes[idx]]
-        return out
-
-    def p_fake(self, features: np.ndarray, classes: np.ndarray | None = None, *,
-               normalized: bool = False) -> np.ndarray:
-        """softmax over (REAL, FAKE) of the logits, FAKE column: sigmoid(logit_fake - logit_real)."""
-        z = self.logits(features, classes, normalized=normalized)
-        return 0.5 * (1.0 + np.tanh(0.5 * (z[:, 1] - z[:, 0])))
-
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write the head to safetensors (weights, class_weights, logit_scale; marginal in metadata)."""
-        from safetensors.numpy import save_file
-
-        from cifake_lib.core.files import atomic_write
-
-        tensors = {"weights": self.weights, "logit_scale": np.array([self.logit_scale], dtype=np.float64)}
-        if self.class_weights is not None:
-            tensors["class_weights"] = self.class_weights
-        return atomic_write(path, lambda p: save_file(tensors, str(p), metadata={"marginal": self.marginal}))
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> ZeroShotHead:
-        from safetensors import safe_open
-
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: text embeddings file not found")
-        with safe_open(str(path), framework="numpy") as f:
-            keys = set(f.keys())
-            if not {"weights", "logit_scale"} <= keys:
-                raise ValueError(f"{path}: needs 'weights' and 'logit_scale' tensors, has {sorted(keys)}")
-            meta = f.metadata() or {}
-            return cls(weights=f.get_tensor("weights"), logit_scale=float(f.get_tensor("logit_scale")[0]),
-                       class_weights=f.get_tensor("class_weights") if "class_weights" in keys else None,
-                       marginal=meta.get("marginal", "logsumexp"))
-
-
-def _ensemble(emb: np.ndarray) -> np.ndarray:
-    """normalize -> average -> normalize (open_clip's zero-shot classifier)."""
-    return l2_normalize(l2_normalize(emb).mean(axis=0))
-
-
-def _groups(prompts: PromptSet) -> list[list[str]]:
-    """Prompt lists in head order: REAL, FAKE, then (class-aware) REAL per class, FAKE per class."""
-    groups: list[list[str]] = [prompts.texts(0), prompts.texts(1)]
-    if prompts.class_aware:
-        for label in (0, 1):
-            groups += [prompts.texts(label, c) for c in range(len(prompts.class_names))]
-    return groups
-
-
-def head_texts(prompts: PromptSet | str) -> list[str]:
-    """Every unique prompt a prompt set's head needs encoded."""
-    return list(dict.fromkeys(t for g in _groups(get_prompt_set(prompts)) for t in g))
-
-
-def encode_texts(model, processor, texts: Sequence[str]) -> dict[str, np.ndarray]:
-    """{text: embedding} for unique `texts`, in one batched pass (share it between prompt sets)."""
-    unique = list(dict.fromkeys(texts))
-    return dict(zip(unique, text_features(model, processor, unique), strict=True))
-
-
-def build_head(model, processor, prompts: PromptSet | str, *, marginal: str = "logsumexp",
-               embeddings: Mapping[str, np.ndarray] | None = None) -> ZeroShotHead:
-    """The zero-shot classifier of a prompt set: every unique prompt encoded once.
-
-    embeddings: precomputed {text: embedding} (from `encode_texts`); missing texts are encoded.
-    """
-    prompts = get_prompt_set(prompts)
-    groups = _groups(prompts)
-    emb = dict(embeddings or {})
-    missing = [t for t in head_texts(prompts) if t not in emb]
-    if missing:
-        emb.update(encode_texts(model, processor, missing))
-    classifiers = [_ensemble(np.stack([emb[t] for t in g])) for g in groups]
-    weights = np.stack(classifiers[:2])
-    n_classes = len(prompts.class_names) if prompts.class_aware else 0
-    class_weights = np.stack(classifiers[2:]).reshape(2, n_classes, -1) if n_classes else None
-    logit_scale = float(model.logit_scale.detach().float().exp().item())
-    return ZeroShotHead(weights=weights, logit_scale=logit_scale, class_weights=class_weights, marginal=marginal)
-
 
 # ---------------------------------------------------------------------------
 # The detector
@@ -239,11 +90,16 @@ class ClipDetector:
 
     def __init__(self, model, processor, prompts: PromptSet | str | Mapping[str, Any] = DEFAULT_PROMPT_SET, *,
                  threshold: float = 0.5, head: ZeroShotHead | None = None, detector: str | None = None,
-                 model_ref: str | None = None, marginal: str = "logsumexp", use_known_class: bool = False):
+                 model_ref: str | None = None, marginal: str = "logsumexp", use_known_class: bool = False,
+                 context: PromptContext | None = None):
         self.model = model
         self.processor = processor
         self.prompts = get_prompt_set(prompts)
         self.threshold = float(threshold)
+        self.context = context  # CoOp: learned prompts replace the prompt set's texts
+        if head is None and context is not None:
+            with torch.no_grad():
+                head = context.to(self.device).head(model, marginal)
         self.head = head if head is not None else build_head(model, processor, self.prompts, marginal=marginal)
         self.detector = detector or f"zeroshot:{self.prompts.name}"
         self.model_ref = model_ref if model_ref is not None else model_reference(model)
@@ -263,9 +119,11 @@ class ClipDetector:
 
     def predict_logits(self, images: Any, batch_size: int = 256, *, classes: np.ndarray | None = None,
                        progress: bool = False) -> np.ndarray:
-        """(N, 2) logits (REAL, FAKE)."""
+        """(N, 2) float64 logits (REAL, FAKE)."""
         feats = self.image_features(images, batch_size, progress=progress)
-        return self.head.logits(feats, classes if self.use_known_class else None)
+        with torch.no_grad():
+            z = self.head.logits(feats, classes if self.use_known_class else None)
+        return z.double().cpu().numpy()
 
     def predict_proba(self, images: Any, batch_size: int = 256, *, classes: np.ndarray | None = None,
                       progress: bool = False, cache: bool = False) -> np.ndarray:
@@ -287,7 +145,8 @@ class ClipDetector:
             "marginal": self.head.marginal,
             "use_known_class": self.use_known_class and self.prompts.class_aware,
             "threshold": self.threshold,
-        }
+        } | ({"prompt_context": CONTEXT_FILE, "n_ctx": self.context.n_ctx,
+              "label_words": list(self.context.label_words)} if self.context is not None else {})
 
     def save(self, out_dir: str | os.PathLike, *, model_subdir: str | None = "model",
              text_embeddings: bool = False, extra: Mapping[str, Any] | None = None) -> Path:
@@ -307,6 +166,8 @@ class ClipDetector:
             follow_umask(out / model_subdir)  # save_pretrained's safetensors file is 0600
             ref = model_subdir
         meta = {**self.to_json(ref), **(extra or {})}
+        if self.context is not None:
+            self.context.save(out / CONTEXT_FILE)
         if text_embeddings:
             self.head.save(out / TEXT_EMBEDDINGS_FILE)
             meta["text_embeddings"] = TEXT_EMBEDDINGS_FILE
@@ -340,7 +201,10 @@ class ClipDetector:
         model_ref = resolve_model_ref(str(meta.get("model") or ""), folder)
         model, processor = load_for_inference(model_ref, device)
         head = ZeroShotHead.load(folder / meta["text_embeddings"]) if meta.get("text_embeddings") else None
+        context = PromptContext.load(folder / meta["prompt_context"], processor.tokenizer) \
+            if meta.get("prompt_context") else None
         return cls(model, processor, prompts, threshold=float(meta.get("threshold", 0.5)), head=head,
+                   context=context,
                    detector=meta.get("detector"), model_ref=model_ref,
                    marginal=meta.get("marginal", "logsumexp"),
                    use_known_class=bool(meta.get("use_known_class", False)))
@@ -356,100 +220,6 @@ def load_for_inference(name_or_path: str | os.PathLike, device: str | torch.devi
 
     dev = device if isinstance(device, torch.device) else pick_device(str(device) if device else None)
     return load_clip(name_or_path, device=dev, dtype=inference_dtype(dev))
-
-
-# ---------------------------------------------------------------------------
-# Figures for a run folder (shared with the probe stage)
-# ---------------------------------------------------------------------------
-
-FIGURES = ("roc", "pr", "confusion", "histogram", "reliability")
-
-
-def run_figures(labels: np.ndarray, p_fake: np.ndarray, metrics: Mapping[str, Any], *,
-                val_labels: np.ndarray | None = None, p_val: np.ndarray | None = None,
-                name: str = "detector") -> dict[str, Figure]:
-    """The five figures of a run, {key: Figure} in FIGURES order (a figure that cannot be drawn,
-    e.g. ROC on a one-class subset, is left out with a warning).
-
-    roc, pr; confusion and histogram at the run's threshold (metrics["threshold"], from val);
-    reliability, with the scores after temperature scaling fitted on validation when given.
-    """
-    import warnings
-
-    from cifake_lib.evaluation.metrics import apply_temperature, fit_temperature
-    from cifake_lib.viz import plots
-
-    y, p = np.asarray(labels), np.asarray(p_fake, dtype=np.float64)
-    threshold = float(metrics.get("threshold", 0.5))
-    p_cal = None
-    if val_labels is not None and p_val is not None and len(np.unique(val_labels)) == 2:
-        p_cal = apply_temperature(p, fit_temperature(val_labels, p_val))
-    makers = {
-        "roc": lambda: plots.roc_figure({name: (y, p)}, title=f"ROC — {name} (test)"),
-        "pr": lambda: plots.pr_figure({name: (y, p)}, title=f"Precision-recall — {name} (test)"),
-        "confusion": lambda: plots.confusion_figure(metrics, title=f"{name}: threshold {threshold:.3f} (from val)"),
-        "histogram": lambda: plots.histogram_figure(y, p, threshold=threshold, title=f"p_fake — {name} (test)"),
-        "reliability": lambda: plots.reliability_figure(y, p, p_calibrated=p_cal, title=f"Reliability — {name}"),
-    }
-    figs: dict[str, Figure] = {}
-    for key in FIGURES:
-        try:
-            figs[key] = makers[key]()
-        except ValueError as e:
-            warnings.warn(f"{name}: no {key} figure ({e})", stacklevel=2)
-    return figs
-
-
-def figures_from_run(run_dir: str | os.PathLike, name: str | None = None) -> dict[str, Figure]:
-    """`run_figures` for a run folder, from its predictions.csv, predictions_val.csv and metrics.json."""
-    from cifake_lib.evaluation.runs import read_run
-
-    run = read_run(run_dir)
-    test, val = run["predictions"], run["predictions_val"]
-    if test is None:
-        raise FileNotFoundError(f"{run['path']}: no predictions.csv")
-    return run_figures(test["label"], test["p_fake"], run["metrics"],
-                       val_labels=val["label"] if val is not None else None,
-                       p_val=val["p_fake"] if val is not None else None,
-                       name=name or run["metrics"].get("detector") or run["path"].name)
-
-
-def save_run_figures(out_dir: str | os.PathLike, *, test: Split, p_test: np.ndarray, metrics: Mapping[str, Any],
-                     val: Split | None = None, p_val: np.ndarray | None = None,
-                     name: str = "detector") -> list[Path]:
-    """Write roc.png, pr.png, confusion.png, histogram.png, reliability.png into `out_dir`."""
-    from cifake_lib.viz import plots
-
-    figs = run_figures(test.labels, p_test, metrics, val_labels=val.labels if val is not None else None,
-                       p_val=p_val, name=name)
-    return [plots.save_figure(fig, Path(out_dir) / f"{key}.png") for key, fig in figs.items()]
-
-
-class TextTable(str):
-    """A plain-text table that notebooks display as itself (no quotes)."""
-
-    def __repr__(self) -> str:
-        return str(self)
-
-
-def table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None, *, digits: int = 4):
-    """Rows as a pandas DataFrame when pandas is installed, else as a plain-text table (str).
-
-    For notebooks: `display(table(rows))` either way.
-    """
-    columns = list(columns) if columns is not None else list(dict.fromkeys(k for r in rows for k in r))
-    data = [[r.get(c) for c in columns] for r in rows]
-    try:
-        import pandas as pd
-    except ImportError:
-        def fmt(v: Any) -> str:
-            return "" if v is None else f"{v:.{digits}f}" if isinstance(v, float) else str(v)
-
-        cells = [columns] + [[fmt(v) for v in row] for row in data]
-        widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
-        return TextTable("\n".join("  ".join(v.rjust(w) for v, w in zip(row, widths, strict=True))
-                                   for row in cells))
-    return pd.DataFrame(data, columns=columns).round(digits)
 
 
 # ---------------------------------------------------------------------------
@@ -628,18 +398,10 @@ def run_zeroshot(data: CifakeData, out_dir: str | os.PathLike, *, model: str | o
 
 
 __all__ = [
-    "ZeroShotHead",
     "ClipDetector",
     "ZeroShotResult",
-    "build_head",
-    "encode_texts",
-    "head_texts",
     "run_zeroshot",
     "score_prompt_sets",
-    "save_run_figures",
-    "run_figures",
-    "figures_from_run",
-    "table",
     "best_on_val",
     "read_summary",
     "write_summary",

@@ -116,37 +116,3 @@ def run_gallery(run: Mapping[str, Any], split: Any, *, k: int = 8, scale: int = 
                           title=f"{name}: most confident right and wrong test images "
                                 f"(threshold {float(run['metrics']['threshold']):.3f})")
 
-
-def saliency_gallery(run: Mapping[str, Any], split: Any, detector: Any, per_group: int = 1,
-                     methods: Sequence[str] | None = None) -> Figure | None:
-    """Saliency of the run's most confident right and wrong test images (`per_group` of each group).
-
-    detector: the run's detector (detectors.load_detector(run["path"])); methods: default the
-    first two gradient/attention methods available (explain.methods_for). None when no
-    prediction id is in `split`.
-    """
-    from cifake_lib.analysis import explain
-
-    preds = run["predictions"]
-    index = match_ids(preds["id"], split.ids)
-    ok = np.flatnonzero(index >= 0)
-    if not len(ok):
-        return None
-    groups = confident_examples(preds["label"][ok], preds["p_fake"][ok], float(run["metrics"]["threshold"]),
-                                per_group)
-    picks = [(g[0], int(ok[i])) for g in GROUPS for i in groups[g[0]]]
-    if not picks:
-        return None
-    if methods is None:
-        methods = [m for m in explain.methods_for(detector) if m != "occlusion"][:2] or ["occlusion"]
-    images, titles, maps = [], [], {m: [] for m in methods}
-    for key, i in picks:
-        image = split.images[index[i]]
-        cls = int(preds["cifar_class"][i])
-        images.append(image)
-        titles.append(f"{key.replace('_', ' ')}\np={format_metric(preds['p_fake'][i], digits=3)}")
-        for m in methods:
-            maps[m].append(explain.saliency(detector, image, m, cifar_class=cls))
-    return explain.saliency_figure(images, maps, titles=titles,
-                                   suptitle=f"{run.get('name') or run['metrics']['detector']}: saliency ({', '.join(methods)}; target: the "
-                                            "detector's decision)")
