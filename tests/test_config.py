@@ -108,7 +108,7 @@ def test_unknown_key_names_the_closest_one():
     (FinetuneConfig, {"epochs": 0}, "epochs must be >= 1, got 0"),
     (FinetuneConfig, {"lr": 0.0}, "lr must be > 0"),
     (DataConfig, {"val_fraction": 1.0}, "val_fraction must be < 1"),
-    (FinetuneConfig, {"loss": "hinge"}, "loss must be one of flyp, clip-label-aware"),
+    (FinetuneConfig, {"loss": "hinge"}, "loss must be one of flyp, ce, clip-label-aware"),
     (FinetuneConfig, {"train": "vision"}, "train must be both, image, text"),
     (FinetuneConfig, {"lp_ft": True, "train": "text"}, "lp_ft .* needs train=both"),
     (DataConfig, {"subset": "1600"}, "subset: wants TRAIN:TEST"),
