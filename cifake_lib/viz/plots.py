@@ -284,7 +284,12 @@ def _titles(fig: Figure) -> list[tuple[Any, float]]:
     if fig._suptitle is not None:  # noqa: SLF001  (matplotlib keeps it here; there is no getter)
         out.append((fig._suptitle, 0.96 * fig.bbox.width))  # noqa: SLF001
     for ax in fig.axes:
-        room = max(ax.get_window_extent().width * 1.15, 40.0)
+        box = ax.get_window_extent()
+        # A centred title over axes pushed right by long tick labels meets the figure's edge
+        # before it is as wide as the figure: its room is twice the distance to the nearer edge.
+        centre = (box.x0 + box.x1) / 2
+        to_edge = 2 * min(centre - fig.bbox.x0, fig.bbox.x1 - centre) * 0.98
+        room = max(min(box.width * 1.15, to_edge), 40.0)
         for t in (ax.title, ax._left_title, ax._right_title):  # noqa: SLF001
             out.append((t, min(room, 0.96 * fig.bbox.width)))
     return out
