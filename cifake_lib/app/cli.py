@@ -11,6 +11,7 @@ Results go to stdout; progress bars and logs go to stderr, so `--json` output pi
 from __future__ import annotations
 
 import argparse
+import logging
 import json
 import os
 import sys
@@ -295,6 +296,10 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "_run", None):
         parser.print_help(sys.stderr)
         return 2
+    # Library log lines (e.g. the CNN's epochs) go to stderr, so stdout stays the results alone;
+    # other libraries keep their own level (warnings only).
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
+    logging.getLogger("cifake_lib").setLevel(logging.INFO)
     try:
         code = args._run(args)
         sys.stdout.flush()
