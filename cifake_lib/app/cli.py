@@ -11,8 +11,8 @@ Results go to stdout; progress bars and logs go to stderr, so `--json` output pi
 from __future__ import annotations
 
 import argparse
-import logging
 import json
+import logging
 import os
 import sys
 from collections.abc import Callable
