@@ -38,7 +38,6 @@ from cifake_lib.core.files import read_json, write_json
 from cifake_lib.core.settings import DEFAULT_MODEL, default_data_source
 from cifake_lib.data.config import DataConfig
 from cifake_lib.evaluation.study import OLD_STUDY, STUDY, read_study
-from cifake_lib.methods.finetune_config import TRAIN_CHOICES
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -104,12 +103,24 @@ class RunConfig:
             raise ValueError(f"seeds must be distinct and at least one, got {self.seeds}")
 
 
+# What each ablation changes in the main run's settings. WiSE-FT belongs to the main run only:
+# an ablation is compared with the main run as trained, and prompt tuning has no weights to mix.
+ABLATIONS: dict[str, dict[str, Any]] = {
+    "image": {"train": "image", "wise_ft": []},
+    "text": {"train": "text", "wise_ft": []},
+    "ce": {"loss": "ce", "wise_ft": []},
+    "prompt": {"train": "prompt", "loss": "ce", "wise_ft": []},
+}
+
+
 @dataclass
 class FinetunePlan:
     """Keys of the `[finetune]` table that shape the study rather than one fine-tuning run."""
 
-    ablations: list[str] = setting(default_factory=list, help="encoders fine-tuned after the main run, each in "
-                                   "its own folder (finetune_image, finetune_text)", choices=TRAIN_CHOICES)
+    ablations: list[str] = setting(default_factory=list, help="variants fine-tuned after the main run, each in "
+                                   "its own folder finetune_<name>: image, text (one encoder learns), ce (FLYP's "
+                                   "CE ablation), prompt (CoOp prompt tuning)", choices=tuple(ABLATIONS))
+
 
 
 def _table_classes(table: str) -> tuple[type, ...]:
@@ -271,7 +282,7 @@ def _plan_trained(p: Planner, stages_: list[str], model: dict[str, str]) -> None
             step = p.add("probe", p.seed_name("probe", seed), "metrics.json", p.seed_extra(seed, model))
             p.detectors.append((step.out, seed))
         if "finetune" in stages_:
-            runs = [("finetune", {})] + [(f"finetune_{part}", {"train": part}) for part in ft_plan.ablations]
+            runs = [("finetune", {})] + [(f"finetune_{name}", ABLATIONS[name]) for name in ft_plan.ablations]
             for base, extra in runs:
                 step = p.add("finetune", p.seed_name(base, seed), "metrics.json",
                              p.seed_extra(seed, {**model, **extra}), resumable=True)
