@@ -653,8 +653,10 @@ def _evaluate(accelerator, model: ClipClassifier, preprocess, split: Split, batc
     n = len(split)
     per = math.ceil(n / world)
     idx = np.arange(rank * per, min(n, (rank + 1) * per))
-    logits = predict_logits(model, preprocess, split.images[idx], np.asarray(split.classes)[idx], batch_size,
-                            accelerator.device, accelerator.autocast)
+    # No CIFAR classes: class-aware sets marginalise, as the exported detector does (it cannot know
+    # a test image's class), so early stopping sees the scores the run will report.
+    logits = predict_logits(model, preprocess, split.images[idx], None, batch_size, accelerator.device,
+                            accelerator.autocast)
     if world > 1:
         padded = np.zeros((per, 2), dtype=np.float32)
         padded[:len(logits)] = logits
