@@ -6,7 +6,7 @@
 #   curl -sSL <raw URL of this file> | bash    # clones the repository first
 set -euo pipefail
 
-REPO_URL="https://github.com/cifake-lib/cifake_lib"   # see cifake_lib/colab.py
+REPO_URL="${CIFAKE_REPO_URL:-https://github.com/cifake-lib/cifake_lib}"   # see cifake_lib/app/colab.py
 BRANCH="${CIFAKE_BRANCH:-main}"
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]:-$0}")" 2>/dev/null && pwd || pwd)"
 

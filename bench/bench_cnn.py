@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
 
     os.environ.setdefault("CIFAKE_CACHE", str(Path(tempfile.gettempdir()) / "cifake_bench_cache"))
-    from cifake_lib.app.cli import parse_subset
+    from cifake_lib.data.config import parse_subset
     from cifake_lib.data.load import load_cifake
     from cifake_lib.methods.cnn import run_cnn
 

@@ -111,8 +111,15 @@ def test_overlay_and_figure(images):
     ov = explain.overlay(images[0], sal, scale=4)
     assert ov.shape == (128, 128, 3) and ov.dtype == np.uint8
     assert (ov[:4, :4] == ov[0, 0]).all()  # nearest-neighbour: each pixel becomes a 4x4 block
-    fig = explain.saliency_figure(images, {"a": [sal, sal], "b": [sal, 1 - sal]}, titles=["x", "y"])
-    assert len(fig.axes) == 6
+    fig = explain.saliency_figure(images, {"a": [sal, sal], "b": [sal, np.zeros_like(sal)]}, titles=["x", "y"])
+    assert len(fig.axes) == 7  # 2 x 3 panels and one colour bar
+    bar = fig.axes[-1]
+    assert [t.get_text() for t in bar.get_yticklabels()] == ["low", "high"] and "saliency" in bar.get_ylabel()
+    grid = np.array(fig.axes[:6]).reshape(2, 3)
+    blank = grid[1, 2]  # the all-zero map: said in words, not drawn as a flat colour
+    assert [t.get_text().replace("\n", " ") for t in blank.texts] == [explain.BLANK_MAP_TEXT]
+    assert not any(t.get_text() for ax in grid.ravel() if ax is not blank for t in ax.texts)
+    assert explain.is_blank(np.zeros((4, 4))) and explain.is_blank(np.full((4, 4), 0.3)) and not explain.is_blank(sal)
 
 
 def test_embedding_projections(clip_detector, tiny_model_dir):

@@ -120,11 +120,12 @@ def test_classifier_logits_equal_the_zero_shot_head(tiny_model_dir, prompts):
     images = rng.integers(0, 256, size=(12, 32, 32, 3)).astype(np.uint8)
     classes = np.array([-1, 3, 0, 9, -1, 5, 1, 2, -1, 7, 8, 4])
     pre = ImagePreprocessor.from_processor(det.processor)
-    # Without classes (what validation and the exported detector use): the marginal for class-aware sets.
+    # Without classes (validation during training, and the exported detector by default): class-aware
+    # sets marginalise over the classes.
     ours = ft.predict_logits(model, pre, images, None, 5, torch.device("cpu"))
     np.testing.assert_allclose(ours, det.predict_logits(images, classes=classes), rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(p_fake(ours), det.predict_proba(images, classes=classes), atol=1e-5)
-    # With classes: each image's own class, as the detector's known-class oracle scores it.
+    # With classes: each image's own class, as the detector's known-class (oracle) mode scores it.
     oracle = ClipDetector(det.model, det.processor, det.prompts, use_known_class=True)
     ours = ft.predict_logits(model, pre, images, classes, 5, torch.device("cpu"))
     np.testing.assert_allclose(ours, oracle.predict_logits(images, classes=classes), rtol=1e-4, atol=1e-4)

@@ -24,6 +24,12 @@ def run_notebook(name: str, workdir: Path, timeout: int = 600) -> dict:
     return execute_notebook(NOTEBOOKS / f"{name}.ipynb", workdir, env, timeout=timeout)
 
 
+def stderr_of(nb) -> str:
+    """Everything the notebook wrote to stderr (warnings, raw progress bars, stray logs): shown red to a user."""
+    return "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", [])
+                   if o.get("output_type") == "stream" and o.get("name") == "stderr")
+
+
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("notebooks")
@@ -59,10 +65,12 @@ def test_repo_url_copies_agree():
         assert colab_badge_url(name) in readme, f"README lacks the Colab badge of {name}"
 
 
-def test_notebook_01_data_smoke(sample_dir, workdir):
+def test_notebook_01_data_smoke(sample_dir, workdir, capfd):
     nb = run_notebook("01_data", workdir)
+    assert "without encryption" not in capfd.readouterr().err  # the kernel runs on local sockets
     figures = sum("image/png" in o.get("data", {}) for c in nb.cells for o in c.get("outputs", []))
     assert figures >= 4
+    assert stderr_of(nb) == ""
 
 
 def test_notebook_02_smoke(sample_dir, workdir):
@@ -73,6 +81,11 @@ def test_notebook_02_smoke(sample_dir, workdir):
     assert (workdir / "runs" / "probe" / "probe.safetensors").is_file()
     errors = [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors
+    assert stderr_of(nb) == ""
+    tiny = workdir / "runs" / "tiny_clip"  # the smoke model lives with the runs that point at it
+    assert (tiny / "config.json").is_file()
+    detector = json.loads((workdir / "runs" / "zeroshot" / "plain" / "detector.json").read_text())
+    assert str(tiny) in json.dumps(detector) and "/tmp/tmp" not in json.dumps(detector)
 
 
 def test_notebook_03_fine_tune_smoke(sample_dir, workdir):
@@ -87,6 +100,7 @@ def test_notebook_03_fine_tune_smoke(sample_dir, workdir):
     assert figures >= 7  # training curves, five run figures, the comparison bar
     text = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
     assert "step 40/40 (finished)" in text
+    assert stderr_of(nb) == ""
 
 
 def test_notebook_04_analysis_smoke(sample_dir, workdir):
@@ -104,3 +118,6 @@ def test_notebook_04_analysis_smoke(sample_dir, workdir):
     widgets = [o for o in nb.cells[-1].get("outputs", []) if "application/vnd.jupyter.widget-view+json" in
                o.get("data", {})]
     assert widgets, "the explorer is displayed at the end"
+    assert stderr_of(nb) == ""
+    text = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
+    assert "found: zero-shot CLIP, linear probe, fine-tuned CLIP" in text

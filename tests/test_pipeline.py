@@ -6,15 +6,22 @@ then re-run; the second run must skip finished stages and resume fine-tuning.
 
 from __future__ import annotations
 
+import ast
+import json
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
+from figure_checks import checked_figures
 from PIL import Image
 
+from cifake_lib.app import pipeline
 from cifake_lib.app.cli import main as cli_main
-from cifake_lib.app.pipeline import PipelineError, load_config, plan, run_study, to_argv
+from cifake_lib.app.pipeline import PipelineError, load_config, plan, run_study
+from cifake_lib.evaluation.runs import read_study
 
 DETECTORS = ("zeroshot", "probe", "finetune", "cnn")
 
@@ -26,14 +33,15 @@ def study(sample_dir, tmp_path_factory):
     pause = root / "pause.toml"
     pause.write_text("[finetune]\nstop_after = 10\n")
     first_log: list[str] = []
-    first = run_study(preset="smoke", data=str(sample_dir), config_file=pause, out=out, log=first_log.append)
-    finished = {p: p.stat().st_mtime_ns for p in [out / "data" / "summary.json", out / "zeroshot" / "summary.csv",
-                                                  out / "probe" / "metrics.json"]}
-    time.sleep(0.01)
-    second_log: list[str] = []
-    second = run_study(preset="smoke", data=str(sample_dir), out=out, log=second_log.append)
+    with checked_figures() as figures:
+        first = run_study(preset="smoke", data=str(sample_dir), config_file=pause, out=out, log=first_log.append)
+        finished = {p: p.stat().st_mtime_ns for p in [out / "data" / "summary.json",
+                                                      out / "zeroshot" / "summary.csv", out / "probe" / "metrics.json"]}
+        time.sleep(0.01)
+        second_log: list[str] = []
+        second = run_study(preset="smoke", data=str(sample_dir), out=out, log=second_log.append)
     return {"out": out, "first": first, "second": second, "finished": finished,
-            "first_log": first_log, "second_log": second_log}
+            "first_log": first_log, "second_log": second_log, "figures": figures}
 
 
 def _status(record: dict) -> dict[str, str]:
@@ -86,6 +94,15 @@ def test_report_links_only_existing_images(study):
             im.verify()
 
 
+def test_every_figure_keeps_its_text_inside_and_no_legend_covers_a_bar(study):
+    """Each figure the smoke study saves, checked as saved: text inside the image, legends clear of bars."""
+    pngs = {str(p) for p in study["out"].rglob("*.png")}
+    assert pngs and pngs <= set(study["figures"]), f"saved outside save_figure: {pngs - set(study['figures'])}"
+    assert any(p.endswith("compare_auc.png") for p in pngs) and any("saliency" in p for p in pngs)
+    problems = {path: found for path, found in study["figures"].items() if found}
+    assert not problems, "\n".join(f"{p}: {f}" for p, f in problems.items())
+
+
 def test_smoke_preset_without_local_data_fails_at_once(tmp_path):
     start = time.perf_counter()
     with pytest.raises(PipelineError, match="Kaggle"):
@@ -99,16 +116,18 @@ def test_config_errors_are_caught_before_anything_runs(tmp_path, sample_dir):
     bad_table.write_text("[fintune]\nepochs = 1\n")
     with pytest.raises(PipelineError, match=r"unknown table \[fintune\]"):
         load_config("smoke", bad_table)
-    bad_option = tmp_path / "bad_option.toml"
-    bad_option.write_text("[cnn]\nepochz = 1\n")
-    with pytest.raises(PipelineError, match="stage cnn"):
-        run_study(preset="smoke", data=str(sample_dir), config_file=bad_option, out=tmp_path / "out")
-    assert not (tmp_path / "out" / "data").exists()
+    for text, message in (("[cnn]\nepochz = 1\n", r"\[cnn\] unknown setting 'epochz' \(did you mean 'epochs'\?\)"),
+                          ("[finetune]\nepochs = 'two'\n", r"\[finetune\] epochs must be an integer"),
+                          ("[probe]\nhidden = 0\n", r"\[probe\] hidden must be >= 1"),
+                          ("[evaluate]\nmodel = 'x'\n", "set by the study itself")):
+        bad = tmp_path / "bad.toml"
+        bad.write_text(text)
+        with pytest.raises(PipelineError, match=message):
+            run_study(preset="smoke", data=str(sample_dir), config_file=bad, out=tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
-def test_config_overrides_and_argv():
-    assert to_argv({"batch_size": 64, "dedup": True, "skip_bad": False, "train": ["text", "image"],
-                    "subset": None}) == ["--batch-size", "64", "--dedup", "--train", "text,image"]
+def test_plan_and_command_lines():
     config = load_config("report")
     assert config["run"]["model"] == "openai/clip-vit-base-patch32"
     steps = plan(config, Path("/tmp/o"), "hf", "openai/clip-vit-base-patch32")
@@ -116,4 +135,126 @@ def test_config_overrides_and_argv():
     assert names[:4] == ["data", "zeroshot", "probe", "finetune"]
     assert {"finetune_image", "finetune_text", "cnn", "robustness", "report"} <= set(names)
     ablation = next(s for s in steps if s.name == "finetune_text")
-    assert ablation.argv[ablation.argv.index("--train") + 1] == "text"
+    assert ablation.argv[ablation.argv.index("--train") + 1] == "text" and ablation.cfg.train == "text"
+    assert ablation.cfg.lr == 1e-5 and ablation.cfg.batch_size == 128  # the [finetune] table, then the ablation
+    report = next(s for s in steps if s.stage == "report")
+    assert report.argv[report.argv.index("--runs") + 1] == "/tmp/o" and report.cfg.runs == ["/tmp/o"]
+    evaluate = next(s for s in steps if s.name == "evaluate:cnn")
+    assert evaluate.data.dedup and not next(s for s in steps if s.name == "cnn").data.dedup
+    # Every command line parses back to the same settings.
+    from cifake_lib.app import stages
+    from cifake_lib.app.cli import build_parser
+    from cifake_lib.core.config import build, given
+
+    for step in steps:
+        args = build_parser().parse_args(step.argv)
+        cls = stages.STAGES[step.stage].classes
+        if cls:
+            assert build(cls[0], given(args, cls[0])) == step.cfg, step.name
+
+
+def test_seeds_plan_names_and_training_seed():
+    config = load_config("report")
+    config["run"]["seeds"] = [0, 1, 2]
+    steps = plan(config, Path("/tmp/o"), "hf", "m")
+    names = [s.name for s in steps]
+    assert names.count("zeroshot") == 1
+    for base in ("probe", "finetune", "finetune_image", "cnn"):
+        assert {base, f"{base}_seed1", f"{base}_seed2"} <= set(names)
+    seed2 = next(s for s in steps if s.name == "finetune_seed2")
+    assert seed2.cfg.seed == 2 and "--train-seed" in seed2.argv and seed2.data.seed == 0
+    assert next(s for s in steps if s.name == "cnn_seed1").cfg.train.seed == 1
+    assert next(s for s in steps if s.name == "probe_seed1").cfg.train_seed == 1
+    assert "evaluate:cnn_seed2" in names
+    robustness = next(s for s in steps if s.stage == "robustness")
+    assert not any("seed" in Path(r).name for r in robustness.cfg.runs)  # the first seed's runs only
+
+
+def test_pipeline_calls_the_stages_not_the_cli():
+    source = Path(pipeline.__file__).read_text()
+    imported = {n.module for n in ast.walk(ast.parse(source)) if isinstance(n, ast.ImportFrom)}
+    assert "cifake_lib.app.cli" not in imported
+    code = "import sys, cifake_lib.app.pipeline; assert 'cifake_lib.app.cli' not in sys.modules"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
+
+
+def test_study_json_and_old_config_json(study, tmp_path):
+    out = study["out"]
+    assert not (out / "config.json").exists()  # a study folder must not look like a model folder
+    record = read_study(out)
+    assert record["preset"] == "smoke" and record["layout"]["report_runs"][0] == "zeroshot"
+    assert "robustness" in record["layout"]["report_runs"] and "evaluate/cnn" in record["layout"]["evaluated"]
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "config.json").write_text(json.dumps({"preset": "smoke", "config": {}, "data": "x", "model": "tiny"}))
+    assert read_study(old)["data"] == "x"
+    (old / "config.json").write_text(json.dumps({"model_type": "clip"}))  # a model's own config.json
+    assert read_study(old) is None
+    pipeline_record = json.loads((out / "pipeline.json").read_text())
+    commands = {s["name"]: s["command"] for s in pipeline_record["steps"]}
+    assert commands["cnn"].startswith("cifake cnn ") and "--epochs 2" in commands["cnn"]
+    assert "--runs " + str(out) in commands["report"]
+
+
+# --- training seeds, the notebooks stage ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def seeds_study(sample_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("seeds")
+    cfg = root / "seeds.toml"
+    cfg.write_text('[run]\nstages = ["data", "cnn"]\nseeds = [0, 1]\n[data]\nsubset = "400:100"\n'
+                   '[cnn]\nepochs = 1\n')
+    out = root / "study"
+    record = run_study(preset="smoke", data=str(sample_dir), config_file=cfg, out=out, log=lambda m: None)
+    return out, cfg, record
+
+
+def test_two_seeds_same_split_different_weights(seeds_study):
+    from cifake_lib.analysis.seeds import write_seed_table
+    from cifake_lib.evaluation.metrics import read_predictions
+
+    out, _, record = seeds_study
+    assert [s["name"] for s in record["steps"]] == ["data", "cnn", "cnn_seed1"]
+    a, b = out / "cnn", out / "cnn_seed1"
+    val_a, val_b = read_predictions(a / "predictions_val.csv"), read_predictions(b / "predictions_val.csv")
+    assert list(val_a["id"]) == list(val_b["id"]) and list(val_a["label"]) == list(val_b["label"])
+    assert (a / "cnn.safetensors").read_bytes() != (b / "cnn.safetensors").read_bytes()
+    seeds = [json.loads((d / "metrics.json").read_text())["seed"] for d in (a, b)]
+    assert seeds == [0, 1]
+    from cifake_lib.app.stages import study_inputs
+
+    _, trained = study_inputs([str(out)])
+    assert trained == [a, b]
+    rows = __import__("csv").DictReader(write_seed_table(trained, out / "seeds.csv").open())
+    acc = next(r for r in rows if r["metric"] == "accuracy")
+    values = [json.loads((d / "metrics.json").read_text())["accuracy"] for d in (a, b)]
+    assert acc["n_seeds"] == "2" and float(acc["seed_1"]) == values[1]
+    assert float(acc["mean"]) == pytest.approx(sum(values) / 2)
+
+
+def test_notebooks_stage_runs_with_the_study_and_is_skipped_when_complete(seeds_study, sample_dir, monkeypatch,
+                                                                          capsys):
+    import nbformat
+
+    out, cfg, _ = seeds_study
+    seen: list[dict] = []
+
+    def fake_execute(path, workdir, env, *, timeout):
+        seen.append(dict(env))
+        return nbformat.v4.new_notebook()
+
+    monkeypatch.setattr(pipeline, "execute_notebook", fake_execute)
+    argv = ["run", "--preset", "smoke", "--data", str(sample_dir), "--config", str(cfg), "--out", str(out),
+            "--notebooks"]
+    assert cli_main(argv) == 0
+    assert len(seen) == 4 and all(env["CIFAKE_STUDY"] == str(out.resolve()) for env in seen)
+    assert "1 step(s) ran" in capsys.readouterr().out  # the notebooks; the rest was complete
+    assert (out / "notebooks" / "notebooks.json").is_file()
+    assert cli_main(argv) == 0
+    assert "0 step(s) ran, 4 already complete" in capsys.readouterr().out and len(seen) == 4
+
+
+def test_notebook_kernel_uses_local_sockets(tmp_path):
+    km = pipeline._kernel_manager(tmp_path)
+    assert km.transport == ("ipc" if sys.platform != "win32" else "tcp")

@@ -80,15 +80,40 @@ def test_compare_bar(scores):
     rows = [dict(compute_metrics(y, p, n_boot=50), name="ensemble"),
             dict(compute_metrics(y, 1 - p, n_boot=50), name="inverted"),
             {"name": "one class", "roc_auc": None}]
-    fig = plots.compare_bar(rows, "roc_auc", published={"CIFAKE CNN": 0.93})
+    published = {"CIFAKE CNN": 0.93, "probe, low": 0.987, "probe, high": 0.991}
+    fig = plots.compare_bar(rows, "roc_auc", published=published)
     ax = fig.axes[0]
-    assert len(ax.patches) == 3
-    assert [t.get_text() for t in ax.get_yticklabels()] == ["ensemble", "inverted", "one class"]
+    assert len(ax.patches) == 3  # bars are ours only; anchors are markers
+    assert [t.get_text() for t in ax.get_yticklabels()] == [
+        "ensemble", "inverted", "one class", "CIFAKE CNN (published)", "probe (published)"]
     assert len(ax.collections) == 2  # error bars for the two rows with a CI
-    assert "published" in ax.get_legend().get_texts()[0].get_text()
-    assert any(t.get_text() == "n/a" for t in ax.texts)
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]  # below the axes, covering nothing
+    assert legend == ["ours (bar), 95% CI (whisker)", "published (not ours)"]
+    assert ax.get_xlabel() == "ROC AUC"
+    texts = [t.get_text() for t in ax.texts]
+    assert texts[:3] == [f"{rows[0]['roc_auc']:.4f}", f"{rows[1]['roc_auc']:.4f}", "n/a"]
+    assert texts[3:] == ["0.9300", "0.9870–0.9910"]  # a range is one row, both ends written
+    anchor_lines = [line for line in ax.lines if line.get_marker() == "D"]
+    assert [list(line.get_xdata()) for line in anchor_lines] == [[0.93, 0.93], [0.987, 0.991]]
+    assert plots.layout_problems(plots.fit_text(fig)) == []
     ax = plots.compare_bar(rows[:2], "natural_threshold.accuracy").axes[0]
     assert len(ax.patches) == 2 and len(ax.collections) == 2
+    assert ax.get_xlabel() == "Accuracy at p_fake ≥ 0.5" and ax.texts[0].get_text().endswith("%")
+
+
+def test_layout_problems_sees_cut_titles_and_covered_bars(scores):
+    """The checker behind the smoke study's figure test fails on the faults it is meant to catch."""
+    fig = Figure(figsize=(3, 2), layout="constrained")
+    ax = fig.add_subplot()
+    ax.bar([0, 1], [1, 1])
+    ax.legend(["a long legend entry"], loc="center")
+    ax.set_title("a title far too long for a figure three inches wide, cut at both edges when saved")
+    problems = plots.layout_problems(fig)
+    assert any("title far too long" in m and "beyond the figure" in m for m in problems)
+    assert any("covers a bar" in m for m in problems)
+    plots.fit_text(fig)
+    assert "\n" in ax.get_title()
+    assert not any("beyond the figure" in m for m in plots.layout_problems(fig))
 
 
 def test_ax_argument_and_overview(scores):

@@ -125,6 +125,7 @@ def test_predict_and_evaluate_work_for_a_cnn_run(cnn_run, images_dir, sample_dir
     assert main(["predict", "--model", str(cnn_run), str(images_dir / "b_rgb.jpg"),
                  str(images_dir / "h_big.png")]) == 0
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert all(list(x) == ["path", "p_fake", "threshold", "label"] and x["threshold"] == 0.3 for x in lines)
     assert all(x["label"] == ("FAKE" if x["p_fake"] >= 0.3 else "REAL") for x in lines)
     out = tmp_path / "eval"
     assert main(["evaluate", "--model", str(cnn_run), "--data", str(sample_dir), "--subset", "64:64",
@@ -135,3 +136,53 @@ def test_predict_and_evaluate_work_for_a_cnn_run(cnn_run, images_dir, sample_dir
     from cifake_lib.evaluation.metrics import read_predictions
 
     assert len(read_predictions(out / "predictions.csv")["p_fake"]) == 32
+
+
+def _copy_run(src: Path, dst: Path, threshold: float, val_auc: float | None) -> Path:
+    """A copy of a run folder with its own threshold and (optionally) a validation AUC."""
+    import shutil
+
+    from cifake_lib.core.files import read_json, write_json
+
+    shutil.copytree(src, dst)
+    write_json(dst / "detector.json", {**read_json(src / "detector.json"), "threshold": threshold})
+    if val_auc is not None:
+        write_json(dst / "metrics_val.json", {"roc_auc": val_auc, "accuracy": 0.6, "split": "val"})
+    return dst
+
+
+@pytest.mark.parametrize("settings_file", ["study.json", "config.json"])
+def test_model_study_folder_takes_the_best_run_on_validation(cnn_run, images_dir, tmp_path, capsys,
+                                                             settings_file):
+    """`--model STUDY_DIR`: the run with the best validation AUC, said on stderr; the study's own
+    settings file (config.json in older studies) is never mistaken for a model's config.json."""
+    from cifake_lib.core.files import write_json
+
+    study = tmp_path / "study"
+    study.mkdir()
+    write_json(study / settings_file, {"preset": "smoke", "data": "x", "config": {"run": {}}})
+    _copy_run(cnn_run, study / "cnn", 0.3, 0.61)
+    _copy_run(cnn_run, study / "zeroshot" / "plain", 0.42, 0.74)  # best on validation
+    _copy_run(cnn_run, study / "evaluate" / "cnn", 0.11, None)  # test-only re-evaluation: not a candidate
+    (study / "evaluate" / "cnn" / "metrics.json").write_text('{"roc_auc": 0.99}')
+    assert main(["predict", "--model", str(study), str(images_dir / "a_rgb.png")]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["threshold"] == 0.42
+    assert f"using {study / 'zeroshot' / 'plain'}" in captured.err and "0.7400" in captured.err
+
+
+def test_model_zeroshot_folder_takes_the_prompt_set_chosen_on_validation(cnn_run, tmp_path):
+    from cifake_lib.methods.detectors import load_detector
+
+    zs = tmp_path / "zeroshot"
+    _copy_run(cnn_run, zs / "plain", 0.2, 0.55)
+    _copy_run(cnn_run, zs / "ensemble", 0.35, 0.66)
+    (zs / "summary.csv").write_text("prompt_set,val_roc_auc\nplain,0.55\nensemble,0.66\n")
+    notes: list[str] = []
+    assert load_detector(zs, device="cpu", note=notes.append).threshold == 0.35
+    assert notes == [f"{zs}: zero-shot folder; using {zs / 'ensemble'} (best validation ROC AUC, 0.6600)"]
+    empty = tmp_path / "empty_study"
+    empty.mkdir()
+    (empty / "study.json").write_text("{}")
+    with pytest.raises(FileNotFoundError, match="chosen on validation"):
+        load_detector(empty)

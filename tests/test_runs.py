@@ -154,3 +154,12 @@ def test_package_versions():
     for key in ("python", "cifake_lib", "torch", "transformers", "datasets", "numpy", "sklearn"):
         assert key in v
     assert v["numpy"] == np.__version__
+
+
+def test_runs_found_note_names_what_is_missing():
+    from cifake_lib.evaluation.runs import runs_found_note
+
+    runs = [{"metrics": {"detector": "zeroshot:plain"}}, {"metrics": {"detector": "probe"}}]
+    assert runs_found_note(runs) == ("found: zero-shot CLIP, linear probe | not found: fine-tuned CLIP "
+                                     "(run notebook 03), CIFAKE paper's CNN (run cifake cnn / smoke mode)")
+    assert runs_found_note([]).startswith("found: none | not found: zero-shot CLIP (run notebook 02)")

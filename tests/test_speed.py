@@ -139,11 +139,16 @@ def test_resolve_compile(monkeypatch):
     assert on is False and "C++ compiler" in why
 
 
-def test_compile_towers_noop_logs_why(tiny_model_dir):
+def test_compile_towers_noop_logs_why(tiny_model_dir, monkeypatch):
     model = _classifier(tiny_model_dir)
     lines = []
     assert speed.compile_towers(model, "off", log=lines.append) is model
-    assert lines == ["speed: compile off"] and not any(speed.is_compiled(t) for t in speed.towers(model))
+    assert speed.compile_towers(model, "auto", log=lines.append) is model  # auto: off on the CPU, quietly
+    assert lines == [] and not any(speed.is_compiled(t) for t in speed.towers(model))
+    monkeypatch.setattr(speed.shutil, "which", lambda name: None)
+    speed.compile_towers(model, "on", log=lines.append)  # asked for, cannot: says why
+    assert len(lines) == 1 and "C++ compiler" in lines[0]
+    assert not any(speed.is_compiled(t) for t in speed.towers(model))
     with pytest.raises(TypeError, match="not a CLIP model"):
         speed.compile_towers(nn.Linear(2, 2), "on")
 
@@ -200,3 +205,35 @@ def test_peak_gpu_memory_is_none_without_cuda():
     with speed.peak_gpu_memory() as mem:
         torch.ones(10)
     assert mem.peak_bytes is None and mem.peak_mb is None
+
+
+def _synthetic(n: int = 16):
+    """CIFAKE-shaped uint8 data, FAKE brighter; no validation split (no evaluation pass to compile)."""
+    import numpy as np
+
+    from cifake_lib.data.load import CifakeData, Split
+
+    rng = np.random.default_rng(0)
+    labels = np.arange(n) % 2
+    images = rng.integers(0, 150, size=(n, 32, 32, 3)).astype(np.uint8)
+    images[labels == 1] += 100
+    split = Split(images, labels, rng.integers(0, 10, n), np.array([f"train/{i}.jpg" for i in range(n)]))
+    return CifakeData(train=split, test=split.take(slice(0, 2)), val=None, source="synthetic", cache_path=None)
+
+
+@pytest.mark.skipif(speed.compile_support("cpu") is not None, reason=f"{speed.compile_support('cpu')}")
+def test_finetune_compile_on_trains_like_eager(tiny_model_dir, tmp_path, capsys):
+    """`--compile on` on the CPU: two optimizer steps of finetune.train give the eager run's losses."""
+    from cifake_lib.methods.finetune import FinetuneConfig, train
+
+    losses = {}
+    for mode in ("off", "on"):
+        cfg = FinetuneConfig(model=str(tiny_model_dir), out=str(tmp_path / mode), lr=5e-4, batch_size=8,
+                             max_steps=2, prompts="plain", progress=False, save_every=1000, patience=None,
+                             log_every=1, cpu=True, compile=mode)
+        outcome = train(_synthetic(), cfg)
+        losses[mode] = [r["loss"] for r in outcome.history if r["kind"] == "train"]
+        assert (tmp_path / mode / "model" / "config.json").is_file()
+    assert "speed: compile on" in capsys.readouterr().err
+    assert len(losses["on"]) == 2
+    assert losses["on"] == pytest.approx(losses["off"], rel=1e-3)

@@ -67,6 +67,33 @@ def test_score_uploads(detectors, files):
     assert rows[2]["p_fake"] is None and "broken.png" in rows[2]["error"]
     html = widgets.uploads_html(rows)
     assert html.count("<tr>") == 4 and "data:image/png;base64," in html
+    assert "threshold 0.400" in html  # the decision shows the threshold it was made at
+
+
+def test_tables_pad_every_cell_in_both_widget_versions(detectors, files):
+    """Cells carry their own padding: ipywidgets 7 adds none, so unstyled cells ran together."""
+    import re
+
+    rows = widgets.score_uploads(detectors, files, saliency=True)
+    preds = {"id": np.array(["x/1.jpg"]), "label": np.array([1]), "cifar_class": np.array([2]),
+             "p_fake": np.array([0.7])}
+    for html in (widgets.uploads_html(rows), widgets.browse_html(widgets.prediction_rows(preds, [0], 0.5))):
+        cells = re.findall(r"<t[hd]( [^>]*)?>", html)
+        assert cells and all("padding:" in (attrs or "") for attrs in cells), html[:300]
+        assert "border-collapse:collapse" in html
+
+
+def test_blank_saliency_is_said_in_words(detectors, files):
+    """An all-zero map (e.g. Grad-CAM of the CNN for a REAL decision) is not drawn as a flat colour."""
+    from cifake_lib.analysis.explain import BLANK_MAP_TEXT
+
+    row = widgets.score_uploads(detectors, files[:1], saliency=True)[0]
+    html = widgets.uploads_html([{**row, "saliency": np.zeros_like(row["saliency"])}])
+    assert BLANK_MAP_TEXT in html and html.count("data:image/png") == 1  # the image, no overlay
+    ramp = np.linspace(0, 1, row["saliency"].size).reshape(row["saliency"].shape)
+    html = widgets.uploads_html([{**row, "saliency": ramp}])
+    assert BLANK_MAP_TEXT not in html and html.count("data:image/png") == 3  # image, overlay, colour scale
+    assert "low <img" in html and "> high" in html
 
 
 def test_filter_predictions():
@@ -97,8 +124,10 @@ def test_explorer_callbacks(detectors, files, tmp_path):
     assert len(ex.browse_rows) == 12  # shown on start
     ex.label_box.value = "FAKE"  # the observer calls on_filter
     assert ex.browse_rows and all(r["label"] == "FAKE" for r in ex.browse_rows)
-    ex.correct_box.value = False
+    ex.correct_box.value = "wrong"
     assert all(not r["correct"] and r["label"] == "FAKE" for r in ex.browse_rows)
-    ex.label_box.value, ex.correct_box.value, ex.class_box.value = "all", None, "dog"
+    ex.label_box.value, ex.correct_box.value, ex.class_box.value = "all", "all", "dog"
     assert ex.browse_rows and all(r["cifar_class"] == "dog" for r in ex.browse_rows)
     assert ex.browse_out.value.count("data:image/png") == len(ex.browse_rows)  # images from the split
+    titles = [ex.widget.get_title(i) for i in range(2)]
+    assert titles == ["Upload", "Browse"] and all(len(t) <= 12 for t in titles)  # never cut

@@ -42,6 +42,8 @@ import torch
 import torch.nn.functional as F
 from matplotlib.figure import Figure
 
+from cifake_lib.core.formatting import format_metric
+
 CLIP_METHODS = ("gradcam", "rollout", "gradxinput", "occlusion")
 CNN_METHODS = ("gradcam", "occlusion")
 TARGETS = ("predicted", "fake", "real")
@@ -58,6 +60,19 @@ def normalize_map(m: Any) -> np.ndarray:
     if not hi > lo:
         return np.zeros(m.shape, dtype=np.float32)
     return ((m - lo) / (hi - lo)).astype(np.float32)
+
+
+BLANK_MAP_TEXT = "no gradient signal for this decision"
+
+
+def is_blank(m: Any) -> bool:
+    """True when a map is constant (e.g. all zeros: a ReLU-clipped Grad-CAM with nothing positive).
+
+    Such a map carries no information; drawn through a colour map it would look like a real
+    "nothing matters here" answer, so callers say BLANK_MAP_TEXT instead.
+    """
+    m = np.nan_to_num(np.asarray(m, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    return m.size == 0 or not m.max() > m.min()
 
 
 def resize_map(m: Any, size: tuple[int, int]) -> np.ndarray:
@@ -395,24 +410,41 @@ def overlay(image: Any, sal: Any, *, alpha: float = 0.5, cmap: str = "jet", scal
 
 def saliency_figure(images: Sequence[np.ndarray], maps: Mapping[str, Sequence[np.ndarray]], *,
                     titles: Sequence[str] | None = None, scale: int = 4, alpha: float = 0.5,
-                    suptitle: str = "") -> Figure:
-    """Rows: images; columns: the image, then one overlay per entry of `maps` ({column title: maps})."""
+                    suptitle: str = "", cmap: str = "jet") -> Figure:
+    """Rows: images; columns: the image, then one overlay per entry of `maps` ({column title: maps}).
+
+    One colour bar explains the overlays (each map scaled to its own range, low to high). A
+    constant map is not drawn as colour: its panel shows the image and BLANK_MAP_TEXT.
+    """
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
     from cifake_lib.viz.gallery import upsample_nearest
 
     n, cols = len(images), 1 + len(maps)
     if n == 0:
         raise ValueError("saliency_figure: no images")
-    fig = Figure(figsize=(1.9 * cols, 1.9 * n + 0.4), layout="constrained")
+    fig = Figure(figsize=(1.9 * cols + 0.9, 1.9 * n + 0.6), layout="constrained")
     axes = fig.subplots(n, cols, squeeze=False)
     for i, im in enumerate(images):
         axes[i, 0].imshow(upsample_nearest(im, scale), interpolation="nearest")
         axes[i, 0].set_title(titles[i] if titles else "image", fontsize="x-small")
         for j, (name, ms) in enumerate(maps.items(), start=1):
-            axes[i, j].imshow(overlay(im, ms[i], alpha=alpha, scale=scale), interpolation="nearest")
             axes[i, j].set_title(name, fontsize="x-small")
+            if is_blank(ms[i]):
+                axes[i, j].imshow(upsample_nearest(im, scale), interpolation="nearest", alpha=0.35)
+                axes[i, j].text(0.5, 0.5, BLANK_MAP_TEXT.replace(" for ", "\nfor "), ha="center", va="center",
+                                fontsize="x-small", transform=axes[i, j].transAxes, wrap=True)
+                continue
+            axes[i, j].imshow(overlay(im, ms[i], alpha=alpha, scale=scale, cmap=cmap), interpolation="nearest")
     for ax in axes.ravel():
         ax.set_xticks([])
         ax.set_yticks([])
+    if cols > 1:
+        bar = fig.colorbar(ScalarMappable(Normalize(0, 1), cmap=cmap), ax=axes[:, 1:], shrink=min(0.9, 2.5 / n),
+                           ticks=[0, 1], aspect=15)
+        bar.ax.set_yticklabels(["low", "high"], fontsize="x-small")
+        bar.set_label("saliency (each map\nscaled to its range)", fontsize="x-small")
     if suptitle:
         fig.suptitle(suptitle)
     return fig
@@ -456,7 +488,7 @@ def saliency_gallery(run: Mapping[str, Any], split: Any, detector: Any, per_grou
         image = split.images[index[i]]
         cls = int(preds["cifar_class"][i])
         images.append(image)
-        titles.append(f"{key.replace('_', ' ')}\np={preds['p_fake'][i]:.3f}")
+        titles.append(f"{key.replace('_', ' ')}\np={format_metric(preds['p_fake'][i], digits=3)}")
         for m in methods:
             maps[m].append(saliency(detector, image, m, cifar_class=cls))
     return saliency_figure(images, maps, titles=titles,

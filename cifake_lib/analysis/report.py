@@ -329,11 +329,11 @@ def quantitative_section(study: Study, res: Results) -> Section:
     if curves:
         s.image(roc_figure(curves, title="ROC curves, leak-free test split"), "roc.png", "ROC curves of every detector")
     s.image(compare_bar(ours, "roc_auc", published=published_anchors("roc_auc"),
-                        title="ROC AUC (95% CI), published anchors dashed"), "compare_auc.png",
+                        title="ROC AUC (95% CI), published results as diamonds"), "compare_auc.png",
             "ROC AUC of every detector with published anchors")
     s.image(compare_bar(ours, "accuracy", published=published_anchors("accuracy", setting="supervised")
                         | published_anchors("accuracy", setting="probe") | published_anchors("accuracy", setting="fine-tuned"),
-                        title="Accuracy at the validation threshold (95% CI), published anchors dashed"),
+                        title="Accuracy at the validation threshold (95% CI), published results as diamonds"),
             "compare_accuracy.png", "Accuracy of every detector with published anchors")
     _per_class_block(s, res.per_class)
     return s

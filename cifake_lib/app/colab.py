@@ -14,7 +14,9 @@ import re
 import sys
 from pathlib import Path
 
-# >>> The project's public repository. Not published yet: change it here, then run set-url. <<<
+# >>> The repository that the Colab badges and first cells clone. Publishing a copy elsewhere
+# (a fork, a course's organisation): change it with `set-url` below. A user whose clone fails
+# is told to set CIFAKE_REPO_URL / REPO_URL to a fork or to point REPO_DIR at a copy in Drive. <<<
 REPO_URL = "https://github.com/cifake-lib/cifake_lib"
 BRANCH = "main"
 
@@ -33,7 +35,7 @@ def colab_badge_url(notebook: str, repo_url: str = REPO_URL, branch: str = BRANC
 
 def files_with_url(root: Path) -> list[Path]:
     """The files that carry a copy of REPO_URL."""
-    files = [root / "README.md", root / "colab_setup.sh", root / "cifake_lib" / "colab.py"]
+    files = [root / "README.md", root / "colab_setup.sh", root / "cifake_lib" / "app" / "colab.py"]
     files += sorted((root / "notebooks").glob("*.ipynb"))
     return [f for f in files if f.is_file()]
 
@@ -42,7 +44,7 @@ def set_url(new_url: str, root: Path | None = None) -> list[Path]:
     """Replace the current REPO_URL (and its Colab badge form) by `new_url` in every copy."""
     if not re.fullmatch(r"https://github\.com/[\w.-]+/[\w.-]+", new_url):
         raise ValueError(f"expected https://github.com/OWNER/REPO, got {new_url!r}")
-    root = root or Path(__file__).resolve().parent.parent
+    root = root or Path(__file__).resolve().parents[2]  # the repository: cifake_lib/app/colab.py
     old_path, new_path = REPO_URL.removeprefix("https://github.com/"), new_url.removeprefix("https://github.com/")
     changed = []
     for f in files_with_url(root):

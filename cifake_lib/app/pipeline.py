@@ -1,25 +1,44 @@
-"""`cifake run`: the whole study in one command, as a sequence of `cifake` subcommands.
+"""`cifake run`: the whole study in one command, each stage called directly (`app.stages`).
 
-Each stage is the subcommand a user would type, with options from a TOML config (a preset,
-overridden by `--config`), writing into its own folder under OUT. A stage whose outputs are
-complete is skipped; a fine-tuning stage with checkpoints but no final metrics is resumed. So
-re-running after a crash or a Colab disconnect continues where it stopped.
+A TOML config (a preset, overridden table by table by `--config`) gives each stage's settings:
+table `[zeroshot]` maps onto `ZeroshotConfig`, `[finetune]` onto `FinetuneConfig`, and so on,
+with the `[data]` table's keys (overridable per stage table) for the data every stage loads.
+The whole config is checked before the first stage runs. Each stage writes into its own
+folder under OUT; a stage whose outputs are complete is skipped, a fine-tuning stage with
+checkpoints but no final metrics is resumed, so re-running after a crash or a Colab disconnect
+continues where it stopped. pipeline.json records each step and the `cifake ...` command line
+that runs it alone; OUT/study.json records the settings and where the runs are.
+
+Training seeds (`--seeds 0,1,2`, `[run] seeds`): the trained stages (probe, fine-tunes and
+their ablations, CNN) run once per seed on the same data split (the data seed stays fixed);
+zero-shot runs once. The run of the data seed keeps the plain folder name (`finetune`), the
+others get a suffix (`finetune_seed1`). Robustness and the report's tables use the first
+seed's runs; OUT/report/seeds.csv gives every seed's metrics, mean and sd.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
+import dataclasses
+import difflib
 import json
 import os
 import sys
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from cifake_lib.core.files import default_data_source, write_json
+from cifake_lib.analysis.config import ReportData
+from cifake_lib.app import stages
+from cifake_lib.core.config import SettingError, build, option_map, setting, to_argv, to_mapping
+from cifake_lib.core.errors import CifakeError
+from cifake_lib.core.files import read_json, write_json
+from cifake_lib.core.settings import DEFAULT_MODEL, default_data_source
+from cifake_lib.data.config import DataConfig
+from cifake_lib.evaluation.study import OLD_STUDY, STUDY, read_study
+from cifake_lib.methods.finetune_config import TRAIN_CHOICES
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -28,12 +47,12 @@ else:  # pragma: no cover
 
 PRESETS = ("report", "smoke")
 STAGES = ("data", "zeroshot", "probe", "finetune", "cnn", "evaluate", "robustness", "report")
-DATA_KEYS = ("data", "subset", "val_fraction", "seed", "dedup", "skip_bad")
-# Keys of a stage table that configure the pipeline rather than the subcommand.
-PIPELINE_KEYS = {"finetune": {"ablations"}}
 NOTEBOOKS = ("01_data", "02_zero_shot", "03_fine_tune", "04_analysis")
+NOTEBOOKS_DONE = "notebooks.json"
 TINY_MODEL = "tiny"
 BEST_ZEROSHOT = "@best"  # placeholder for the zero-shot prompt set chosen on validation
+# Keys the study itself sets: a config may not.
+RESERVED = {"evaluate": {"model"}, "robustness": {"runs"}, "report": {"runs"}}
 
 GET_CIFAKE = (
     "Get CIFAKE from Kaggle (birdy654/cifake-real-and-ai-generated-synthetic-images) or the "
@@ -42,8 +61,81 @@ GET_CIFAKE = (
 )
 
 
-class PipelineError(ValueError):
+class PipelineError(CifakeError):
     """A configuration or stage failure, with a message for the user."""
+
+
+# ---------------------------------------------------------------------------
+# Settings of the study itself
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class StudyOptions:
+    """`cifake run`'s own options: which config, where, what to do."""
+
+    preset: str = setting("report", "report: the study as reported (ViT-B/32, full CIFAKE); smoke: every stage "
+                          "on a tiny offline CLIP and a few thousand local images, in minutes on a CPU",
+                          choices=PRESETS)
+    data: str | None = setting(None, "CIFAKE source for every stage", metavar="SRC",
+                               show_default="[data] data in the config, else $CIFAKE_DATA, else hf")
+    config: str | None = setting(None, "TOML whose tables override the preset's (see "
+                                 "cifake_lib/app/presets/report.toml)", metavar="FILE.toml")
+    out: str = setting("study", "folder for every stage's outputs", metavar="DIR")
+    print_config: bool = setting(False, "check the merged config and print it as JSON, then exit")
+
+
+@dataclass
+class RunConfig:
+    """The `[run]` table: which stages, which CLIP, which training seeds (also options of `cifake run`)."""
+
+    stages: list[str] = setting(default_factory=lambda: list(STAGES), help="stages in order, comma-separated",
+                                choices=STAGES, metavar="NAMES", show_default=",".join(STAGES))
+    model: str = setting(DEFAULT_MODEL, "CLIP Hub id or local folder for zeroshot, probe and finetune; tiny: "
+                         "a tiny randomly initialised CLIP written into OUT", metavar="M")
+    seeds: list[int] | None = setting(None, "training seeds: probe, fine-tunes and CNN are trained once per "
+                                      "seed on the same data split (zero-shot once); e.g. 0,1,2",
+                                      metavar="S,S", show_default="the data seed")
+    notebooks: bool = setting(False, "also execute the four notebooks headless (a stage after the report, "
+                              "reading the study's runs) and save executed copies in OUT/notebooks")
+
+    def check(self) -> None:
+        if self.seeds is not None and (not self.seeds or len(set(self.seeds)) != len(self.seeds)):
+            raise ValueError(f"seeds must be distinct and at least one, got {self.seeds}")
+
+
+@dataclass
+class FinetunePlan:
+    """Keys of the `[finetune]` table that shape the study rather than one fine-tuning run."""
+
+    ablations: list[str] = setting(default_factory=list, help="encoders fine-tuned after the main run, each in "
+                                   "its own folder (finetune_image, finetune_text)", choices=TRAIN_CHOICES)
+
+
+def _table_classes(table: str) -> tuple[type, ...]:
+    if table == "run":
+        return (RunConfig,)
+    if table == "data":
+        return (DataConfig,)
+    s = stages.STAGES[table]
+    extra = (FinetunePlan,) if table == "finetune" else ()
+    return ((DataConfig,) if s.reads_data else ()) + s.classes + extra
+
+
+def split_table(table: str, values: Mapping[str, Any]) -> dict[type, dict[str, Any]]:
+    """{settings class: its keys} of one TOML table; an unknown or study-set key is an error."""
+    known = option_map(_table_classes(table))
+    out: dict[type, dict[str, Any]] = {cls: {} for cls in _table_classes(table)}
+    for key, value in values.items():
+        bare = key[3:] if key.startswith("no_") and key[3:] in known else key
+        if bare in RESERVED.get(table, ()):
+            raise PipelineError(f"[{table}] {key}: set by the study itself, not by the config")
+        if bare not in known:
+            hint = difflib.get_close_matches(key, list(known), n=1)
+            raise SettingError(f"[{table}] unknown setting {key!r}" + (f" (did you mean {hint[0]!r}?)" if hint
+                               else "") + f"; known: {', '.join(known)}")
+        out[known[bare][0]][key] = value
+    return out
 
 
 # ---------------------------------------------------------------------------
@@ -52,7 +144,7 @@ class PipelineError(ValueError):
 
 
 def load_config(preset: str = "report", config_file: str | os.PathLike | None = None) -> dict[str, Any]:
-    """The preset's TOML, with the tables of `config_file` merged over it key by key."""
+    """The preset's TOML, with the tables of `config_file` merged over it key by key (not yet checked)."""
     if preset not in PRESETS:
         raise PipelineError(f"--preset must be one of {', '.join(PRESETS)}, got {preset!r}")
     text = resources.files("cifake_lib.app").joinpath("presets", f"{preset}.toml").read_text(encoding="utf-8")
@@ -71,112 +163,164 @@ def load_config(preset: str = "report", config_file: str | os.PathLike | None = 
             if not isinstance(values, dict):
                 raise PipelineError(f"--config {path}: [{table}] must be a table")
             config[table].update(values)
-    unknown = [s for s in config["run"]["stages"] if s not in STAGES]
-    if unknown:
-        raise PipelineError(f"unknown stage(s) {unknown} in [run] stages; known: {', '.join(STAGES)}")
     return config
 
 
-def to_argv(options: dict[str, Any]) -> list[str]:
-    """{"batch_size": 128, "dedup": True, "train": ["text", "image"]} -> CLI options."""
-    argv: list[str] = []
-    for key, value in options.items():
-        flag = "--" + key.replace("_", "-")
-        if value is None or value is False:
-            continue
-        if value is True:
-            argv.append(flag)
-        elif isinstance(value, list | tuple):
-            argv += [flag, ",".join(str(v) for v in value)]
-        else:
-            argv += [flag, str(value)]
-    return argv
+def study_config(preset: str = "report", config_file: str | os.PathLike | None = None, *,
+                 run_overrides: Mapping[str, Any] | None = None, data: str | None = None,
+                 out: str | os.PathLike = "study") -> dict[str, Any]:
+    """The merged config, checked as `run_study` checks it, with every setting's value filled in."""
+    config = load_config(preset, config_file)
+    config["run"].update(run_overrides or {})
+    source = data or config.get("data", {}).get("data") or default_data_source()
+    model = str(config["run"].get("model", DEFAULT_MODEL))
+    model = str(Path(out) / "tiny_model") if model == TINY_MODEL else model
+    steps = plan(config, Path(out), source, model)
+    full: dict[str, Any] = {"run": to_mapping(build(RunConfig, config["run"], where="[run]"))}
+    full["data"] = to_mapping(build(DataConfig, {**config.get("data", {}), "data": source}, where="[data]"))
+    for step in steps:
+        if step.cfg is not None and step.stage not in full:
+            full[step.stage] = {k: v for k, v in to_mapping(step.cfg).items() if k not in RESERVED.get(step.stage, ())}
+    if "finetune" in full:
+        full["finetune"]["ablations"] = build(FinetunePlan, split_table("finetune", config.get("finetune", {}))
+                                              [FinetunePlan]).ablations
+    return full
 
 
 # ---------------------------------------------------------------------------
-# Stages
+# Planning: every step's settings built (and so checked) before anything runs
 # ---------------------------------------------------------------------------
 
 
 @dataclass
 class Step:
-    """One subcommand call: which stage it belongs to, where it writes, when it is done."""
+    """One stage call: its settings, where it writes, when it is done, its command line."""
 
     stage: str
     name: str
-    argv: list[str]
     out: Path
     done_file: str  # relative to `out`; its presence means the step finished
-    resume_argv: list[str] = field(default_factory=list)  # added when the step is partial
-    capture: str | None = None  # file to write the command's stdout to
+    data: Any  # what the stage reads: a DataConfig, or the report's source
+    cfg: Any  # the stage's settings
+    argv: list[str]  # the equivalent `cifake ...` options
+    best_zeroshot: Path | None = None  # evaluate: the zero-shot folder whose best set is the model
+    resumable: bool = False
 
     def is_done(self) -> bool:
         return (self.out / self.done_file).is_file()
 
     def is_partial(self) -> bool:
-        return bool(self.resume_argv) and (self.out / "checkpoints").is_dir() and any((self.out / "checkpoints").iterdir())
+        ckpt = self.out / "checkpoints"
+        return self.resumable and ckpt.is_dir() and any(ckpt.iterdir())
 
 
-def plan(config: dict[str, Any], out: Path, data: str, model: str) -> list[Step]:
-    """The steps of the study in order. Evaluate/robustness/report see the detectors planned before them."""
-    d = dict(config.get("data", {}))
-    d["data"] = data
-    data_argv = to_argv({k: d.get(k) for k in DATA_KEYS})
-    stages = config["run"]["stages"]
-    steps: list[Step] = []
-    detectors: list[Path] = []
+@dataclass
+class Planner:
+    """Builds the steps of a study from its config tables (see `plan`)."""
 
-    def opts(stage: str) -> dict[str, Any]:
-        skip = PIPELINE_KEYS.get(stage, set())
-        return {k: v for k, v in config.get(stage, {}).items() if k not in skip}
+    config: Mapping[str, Any]
+    out: Path
+    source: str
+    model: str
+    steps: list[Step] = field(default_factory=list)
+    detectors: list[tuple[Path, int]] = field(default_factory=list)  # (run folder, training seed)
+    layout: dict[str, Any] = field(default_factory=dict)  # study.json "layout", paths relative to OUT
 
-    if "data" in stages:
-        steps.append(Step("data", "data", ["data", *data_argv, "--json"],
-                          out / "data", "summary.json", capture="summary.json"))
-    if "zeroshot" in stages:
-        o = out / "zeroshot"
-        steps.append(Step("zeroshot", "zeroshot", ["zeroshot", "--model", model, *data_argv,
-                          *to_argv(opts("zeroshot")), "--out", str(o)], o, "summary.csv"))
-        detectors.append(o / BEST_ZEROSHOT)  # resolved when the step runs: the best set by validation
-    if "probe" in stages:
-        o = out / "probe"
-        steps.append(Step("probe", "probe", ["probe", "--model", model, *data_argv, *to_argv(opts("probe")),
-                          "--out", str(o)], o, "metrics.json"))
-        detectors.append(o)
-    if "finetune" in stages:
-        ft = opts("finetune")
-        runs = [("finetune", ft)]
-        for part in config.get("finetune", {}).get("ablations", []):
-            runs.append((f"finetune_{part}", {**ft, "train": part}))
-        for name, options in runs:
-            o = out / name
-            steps.append(Step("finetune", name, ["finetune", "--model", model, *data_argv, *to_argv(options),
-                              "--out", str(o)], o, "metrics.json", resume_argv=["--resume"]))
-            detectors.append(o)
-    if "cnn" in stages:
-        o = out / "cnn"
-        steps.append(Step("cnn", "cnn", ["cnn", *data_argv, *to_argv(opts("cnn")), "--out", str(o)],
-                          o, "metrics.json"))
-        detectors.append(o)
-    if "evaluate" in stages:
-        for det in detectors:
-            name = det.parent.name if det.name == BEST_ZEROSHOT else det.name
-            o = out / "evaluate" / name
-            steps.append(Step("evaluate", f"evaluate:{name}",
-                              ["evaluate", "--model", str(det), *data_argv, *to_argv(opts("evaluate")),
-                               "--split", "test", "--out", str(o)], o, "metrics.json"))
-    if "robustness" in stages:
-        o = out / "robustness"
-        steps.append(Step("robustness", "robustness", ["robustness", "--runs", *map(str, detectors),
-                          *data_argv, *to_argv(opts("robustness")), "--out", str(o)], o, "robustness.csv"))
-    if "report" in stages:
-        o = out / "report"
-        runs = [str(d.parent if d.name == BEST_ZEROSHOT else d) for d in detectors]
-        if "robustness" in stages:
-            runs.append(str(out / "robustness"))
-        steps.append(Step("report", "report", ["report", "--runs", *runs, "--data", data,
-                          *to_argv(opts("report")), "--out", str(o)], o, "report.md"))
-    return steps
+    def __post_init__(self) -> None:
+        self.run = build(RunConfig, self.config.get("run", {}), where="[run]")
+        self.data_values = {**self.config.get("data", {}), "data": self.source}
+        self.data = build(DataConfig, self.data_values, where="[data]")
+        self.seeds = self.run.seeds or [self.data.seed]
+
+    def tables(self, stage: str, extra: Mapping[str, Any] | None = None) -> tuple[dict, dict, dict]:
+        parts = split_table(stage, self.config.get(stage, {}))
+        classes = stages.STAGES[stage].classes
+        own = {**(parts[classes[0]] if classes else {}), **(extra or {})}
+        return {**self.data_values, **parts.get(DataConfig, {})}, own, parts
+
+    def add(self, stage: str, name: str, done: str, extra: Mapping[str, Any] | None = None, *,
+            folder: str | None = None, **kw: Any) -> Step:
+        data_values, own, parts = self.tables(stage, extra)
+        out = self.out / (folder or name)
+        where = f"[{stage}]" + (f" ({name})" if name != stage else "")  # e.g. "[finetune] (finetune_text)"
+        data = build(DataConfig, data_values, where=where) if stages.STAGES[stage].reads_data else None
+        cfg = stages.stage_config(stage, own, data, where=where)
+        classes = stages.STAGES[stage].classes
+        argv = [stage, *(to_argv(DataConfig, data_values) if data else []),
+                *(to_argv(classes[0], own) if classes else [])]
+        if stage == "report":
+            source = build(ReportData, parts[ReportData], where=where).data or self.source
+            data, argv = source, [*argv, "--data", source]
+        step = Step(stage, name, out, done, data, cfg, [*argv, *(["--out", str(out)] if classes else [])], **kw)
+        self.steps.append(step)
+        return step
+
+    def seed_name(self, base: str, seed: int) -> str:
+        return base if seed == self.data.seed else f"{base}_seed{seed}"
+
+    def seed_extra(self, seed: int, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        # Only an explicit --seeds list writes the training seed out; otherwise it is the data seed.
+        return {**(extra or {}), **({stages.TRAIN_SEED: seed} if self.run.seeds else {})}
+
+
+def _plan_trained(p: Planner, stages_: list[str], model: dict[str, str]) -> None:
+    ft_plan = build(FinetunePlan, split_table("finetune", p.config.get("finetune", {}))[FinetunePlan]) \
+        if "finetune" in stages_ else None
+    for seed in p.seeds:
+        if "probe" in stages_:
+            step = p.add("probe", p.seed_name("probe", seed), "metrics.json", p.seed_extra(seed, model))
+            p.detectors.append((step.out, seed))
+        if "finetune" in stages_:
+            runs = [("finetune", {})] + [(f"finetune_{part}", {"train": part}) for part in ft_plan.ablations]
+            for base, extra in runs:
+                step = p.add("finetune", p.seed_name(base, seed), "metrics.json",
+                             p.seed_extra(seed, {**model, **extra}), resumable=True)
+                p.detectors.append((step.out, seed))
+        if "cnn" in stages_:
+            step = p.add("cnn", p.seed_name("cnn", seed), "metrics.json", p.seed_extra(seed))
+            p.detectors.append((step.out, seed))
+
+
+def plan_study(config: Mapping[str, Any], out: Path, data: str, model: str) -> Planner:
+    """The study's steps in order (`.steps`), every one's settings checked, and where its runs go
+    (`.layout`); raises SettingError or PipelineError. Evaluate, robustness and the report see the
+    detectors planned before them."""
+    for table in config:
+        if table not in ("run", "data") and table not in stages.STAGES:
+            raise PipelineError(f"unknown table [{table}]; known: run, data, {', '.join(stages.STAGES)}")
+    p = Planner(config, out, data, model)
+    todo = p.run.stages
+    with_model = {"model": model}
+    if "data" in todo:
+        p.add("data", "data", stages.SUMMARY)
+    zeroshot = p.add("zeroshot", "zeroshot", "summary.csv", with_model).out if "zeroshot" in todo else None
+    _plan_trained(p, todo, with_model)
+    primary = ([zeroshot] if zeroshot else []) + [d for d, s in p.detectors if s == p.seeds[0]]
+    report_runs = list(primary)
+    if "evaluate" in todo:
+        for det in ([zeroshot] if zeroshot else []) + [d for d, _ in p.detectors]:
+            step = p.add("evaluate", f"evaluate:{det.name}", "metrics.json", {"split": "test", "model": str(det)},
+                         folder=f"evaluate/{det.name}", best_zeroshot=det if det == zeroshot else None)
+            if det in primary:  # the report's leak-free headline
+                report_runs.append(step.out)
+    if "robustness" in todo:
+        runs = [str(d / BEST_ZEROSHOT) if d == zeroshot else str(d) for d in primary]
+        report_runs.append(p.add("robustness", "robustness", "robustness.csv", {"runs": runs}).out)
+    if "report" in todo:
+        p.add("report", "report", "report.md", {"runs": [str(out)]})
+
+    def rel(paths: list[Path]) -> list[str]:
+        return [os.path.relpath(x, out) for x in paths]
+
+    p.layout = {"report_runs": rel(report_runs), "trained_runs": rel([d for d, _ in p.detectors]),
+                "evaluated": rel([s.out for s in p.steps if s.stage == "evaluate"]),
+                "seeds": p.seeds}
+    return p
+
+
+def plan(config: Mapping[str, Any], out: Path, data: str, model: str) -> list[Step]:
+    """The steps of the study in order (see `plan_study`)."""
+    return plan_study(config, out, data, model).steps
 
 
 def best_zeroshot(folder: Path) -> Path:
@@ -191,33 +335,6 @@ def best_zeroshot(folder: Path) -> Path:
     return best
 
 
-def _resolve(argv: list[str]) -> list[str]:
-    return [str(best_zeroshot(Path(a).parent)) if a.endswith(BEST_ZEROSHOT) else a for a in argv]
-
-
-# ---------------------------------------------------------------------------
-# Running
-# ---------------------------------------------------------------------------
-
-
-def check_steps(steps: list[Step]) -> None:
-    """Parse every step's arguments before anything runs, so a config typo fails at once."""
-    from cifake_lib.app.cli import build_parser
-
-    parser = build_parser()
-    for step in steps:
-        err = io.StringIO()
-        try:
-            with contextlib.redirect_stderr(err):
-                parser.parse_args(step.argv + step.resume_argv)
-        except SystemExit:
-            msg = err.getvalue().strip().splitlines()
-            raise PipelineError(
-                f"stage {step.name}: the config gives options that `cifake {step.argv[0]}` does not take: "
-                f"{msg[-1] if msg else step.argv}"
-            ) from None
-
-
 def resolve_data(data: str | None, preset: str) -> str:
     """The data source; the smoke preset insists on local data so it never waits on a network."""
     source = data or default_data_source()
@@ -228,78 +345,128 @@ def resolve_data(data: str | None, preset: str) -> str:
     return source
 
 
-def run_study(
-    *,
-    preset: str = "report",
-    data: str | None = None,
-    config_file: str | os.PathLike | None = None,
-    out: str | os.PathLike = "study",
-    notebooks: bool = False,
-    log=None,
-) -> dict[str, Any]:
-    """Run (or continue) the study; returns {"out", "steps": [{name, status, seconds}], ...}."""
-    from cifake_lib.app.cli import main as cli_main
+# ---------------------------------------------------------------------------
+# Running
+# ---------------------------------------------------------------------------
 
-    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-    config = load_config(preset, config_file)
-    source = resolve_data(data or config.get("data", {}).get("data"), preset)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    model = str(config["run"]["model"])
-    if model == TINY_MODEL:
-        model = str(_tiny_model(out / "tiny_model", seed=int(config.get("data", {}).get("seed", 0))))
-    steps = plan(config, out, source, model)
-    check_steps(steps)
-    write_json(out / "config.json", {"preset": preset, "config_file": str(config_file) if config_file else None,
-                                     "data": source, "model": model, "config": config})
 
-    record: dict[str, Any] = {"out": str(out), "preset": preset, "data": source, "steps": []}
+def _resolved(step: Step) -> Step:
+    """The step as it runs: zero-shot's best set resolved, robustness runs resolved, resume on."""
+    cfg, argv = step.cfg, list(step.argv)
+    if step.best_zeroshot is not None:
+        best = str(best_zeroshot(step.best_zeroshot))
+        cfg = dataclasses.replace(cfg, model=best)
+        argv[argv.index("--model") + 1] = best
+    if step.stage == "robustness":
+        runs = [str(best_zeroshot(Path(r).parent)) if r.endswith(BEST_ZEROSHOT) else r for r in cfg.runs]
+        cfg = dataclasses.replace(cfg, runs=runs)
+        argv = [str(best_zeroshot(Path(a).parent)) if a.endswith(BEST_ZEROSHOT) else a for a in argv]
+    if step.is_partial():
+        cfg, argv = dataclasses.replace(cfg, resume=True), [*argv, "--resume"]
+    return dataclasses.replace(step, cfg=cfg, argv=argv)
+
+
+def run_step(step: Step) -> str:
+    """Call the stage; "ran", or "stopped" for a deliberate pause (fine-tuning's stop_after)."""
+    if step.stage == "notebooks":
+        return step.cfg()
+    if step.stage == "report":
+        result = stages.run_report(step.data, step.cfg, step.out)
+    else:
+        result = stages.STAGES[step.stage].run(step.data, step.cfg, step.out)
+    return "stopped" if result.status == "stopped" or not step.is_done() else "ran"
+
+
+def _stage_failure(step: Step, e: BaseException) -> PipelineError:
+    return PipelineError(f"stage {step.name} failed: {e}\nfix the cause and run the same command again: "
+                         "finished stages are skipped and fine-tuning resumes from its checkpoints")
+
+
+def _run_steps(steps: list[Step], record: dict[str, Any], out: Path, log: Callable[[str], None]) -> None:
+    from cifake_lib.methods.checkpoints import TrainingDiverged
+    from cifake_lib.methods.finetune import OutOfMemory
+
     for i, step in enumerate(steps, 1):
         label = f"[{i}/{len(steps)}] {step.name}"
         if step.is_done():
             log(f"{label}: complete, skipped")
-            record["steps"].append({"name": step.name, "status": "skipped", "seconds": 0.0})
+            record["steps"].append({"name": step.name, "status": "skipped", "seconds": 0.0,
+                                    "command": _command(step.argv)})
             continue
-        argv = _resolve(step.argv)
-        if step.is_partial():
-            argv += step.resume_argv
+        step = _resolved(step)
+        if "--resume" in step.argv:
             log(f"{label}: resuming from its checkpoints")
-        log(f"{label}: cifake {' '.join(argv)}")
+        log(f"{label}: {_command(step.argv)}")
         start = time.perf_counter()
-        code = _call(cli_main, argv, step.out / step.capture if step.capture else None)
-        seconds = time.perf_counter() - start
-        if code != 0:
-            record["steps"].append({"name": step.name, "status": "failed", "seconds": seconds})
+        try:
+            status = run_step(step)
+        except (CifakeError, ValueError, FileNotFoundError, NotADirectoryError, TrainingDiverged, OutOfMemory) as e:
+            record["steps"].append({"name": step.name, "status": "failed", "seconds": time.perf_counter() - start,
+                                    "command": _command(step.argv)})
             write_json(out / "pipeline.json", record)
-            raise PipelineError(
-                f"stage {step.name} failed (exit status {code}); fix the cause and run the same command "
-                "again: finished stages are skipped and fine-tuning resumes from its checkpoints"
-            )
-        if not step.is_done():  # e.g. fine-tuning with stop_after: a deliberate pause
+            raise _stage_failure(step, e) from e
+        seconds = time.perf_counter() - start
+        record["steps"].append({"name": step.name, "status": status, "seconds": round(seconds, 2),
+                                "command": _command(step.argv)})
+        if status == "stopped":
             log(f"{label}: stopped before finishing; run the same command again to continue")
-            record["steps"].append({"name": step.name, "status": "stopped", "seconds": round(seconds, 2)})
             record["stopped_at"] = step.name
             break
         log(f"{label}: done in {seconds:.1f} s")
-        record["steps"].append({"name": step.name, "status": "ran", "seconds": round(seconds, 2)})
         write_json(out / "pipeline.json", record)
+
+
+def _command(argv: list[str] | None) -> str | None:
+    return None if argv is None else "cifake " + " ".join(argv)
+
+
+def _write_study(out: Path, record: Mapping[str, Any]) -> None:
+    """OUT/study.json; an older study's OUT/config.json (which made the folder look like a model) goes."""
+    write_json(out / STUDY, record)
+    old = out / OLD_STUDY
+    if old.is_file() and read_study(out) is not None:
+        try:
+            saved = read_json(old)
+        except (OSError, ValueError):
+            return
+        if isinstance(saved, dict) and "preset" in saved and "model_type" not in saved:
+            old.unlink()
+
+
+def run_study(*, preset: str = "report", data: str | None = None, config_file: str | os.PathLike | None = None,
+              out: str | os.PathLike = "study", notebooks: bool = False,
+              run_overrides: Mapping[str, Any] | None = None, log=None) -> dict[str, Any]:
+    """Run (or continue) the study; returns {"out", "steps": [{name, status, seconds, command}], ...}."""
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    config = load_config(preset, config_file)
+    config["run"].update(run_overrides or {})
     if notebooks:
-        record["notebooks"] = run_notebooks(out / "notebooks", data=source, smoke=preset == "smoke", log=log)
-    write_json(out / "pipeline.json", record)
+        config["run"]["notebooks"] = True
+    source = resolve_data(data or config.get("data", {}).get("data"), preset)
+    out = Path(out)
+    model = str(config["run"].get("model", DEFAULT_MODEL))
+    tiny = model == TINY_MODEL
+    if tiny:
+        model = str(out / "tiny_model")
+    try:
+        planner = plan_study(config, out, source, model)
+    except SettingError as e:
+        raise PipelineError(f"{e}" + (f" (in --config {config_file} or the {preset} preset)" if config_file
+                                      else f" (in the {preset} preset)")) from None
+    steps = planner.steps
+    if planner.run.notebooks:
+        steps.append(_notebooks_step(out, source, preset))
+    out.mkdir(parents=True, exist_ok=True)
+    if tiny:
+        _tiny_model(Path(model), seed=int(config.get("data", {}).get("seed", 0)))
+    _write_study(out, {"preset": preset, "config_file": str(config_file) if config_file else None, "data": source,
+                       "model": model, "config": config, "layout": planner.layout})
+    record: dict[str, Any] = {"out": str(out), "preset": preset, "data": source, "steps": []}
+    try:
+        _run_steps(steps, record, out, log)
+    finally:
+        write_json(out / "pipeline.json", record)
     return record
-
-
-def _call(cli_main, argv: list[str], capture: Path | None) -> int:
-    if capture is None:
-        return cli_main(argv)
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        code = cli_main(argv)
-    if code == 0:
-        from cifake_lib.core.files import write_text_atomic
-
-        write_text_atomic(capture, buf.getvalue())
-    return code
 
 
 def _tiny_model(folder: Path, seed: int) -> Path:
@@ -308,6 +475,35 @@ def _tiny_model(folder: Path, seed: int) -> Path:
     if not (folder / "config.json").is_file():
         write_tiny_clip(folder, seed=seed)
     return folder
+
+
+# ---------------------------------------------------------------------------
+# Notebooks: a stage after the report, reading the study's runs
+# ---------------------------------------------------------------------------
+
+
+def _notebooks_step(out: Path, source: str, preset: str) -> Step:
+    folder = out / "notebooks"
+
+    def run() -> str:
+        results = run_notebooks(folder, data=source, smoke=preset == "smoke", study=out)
+        write_json(folder / NOTEBOOKS_DONE, {"notebooks": results})
+        return "ran"
+
+    return Step("notebooks", "notebooks", folder, NOTEBOOKS_DONE, source, run,
+                ["run", "--preset", preset, "--data", source, "--out", str(out), "--notebooks"])
+
+
+def _kernel_manager(workdir: Path):
+    """A python3 kernel on local IPC sockets where the OS has them (no 'TCP without encryption' warning)."""
+    from jupyter_client.manager import KernelManager
+
+    if os.name != "posix":
+        return KernelManager(kernel_name="python3")
+    import tempfile
+
+    sockets = Path(tempfile.mkdtemp(prefix="cifake-kernel-"))  # short: socket paths are limited to ~100 bytes
+    return KernelManager(kernel_name="python3", transport="ipc", ip=str(sockets / "k"))
 
 
 def execute_notebook(path: Path, workdir: Path, env: dict[str, str], *, timeout: int = 3600):
@@ -326,7 +522,7 @@ def execute_notebook(path: Path, workdir: Path, env: dict[str, str], *, timeout:
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)  # the kernel inherits this process's environment
     try:
-        NotebookClient(nb, timeout=timeout, kernel_name="python3",
+        NotebookClient(nb, km=_kernel_manager(workdir), timeout=timeout, kernel_name="python3",
                        resources={"metadata": {"path": str(workdir)}}).execute()
     except Exception as e:
         e.notebook = nb
@@ -340,15 +536,22 @@ def execute_notebook(path: Path, workdir: Path, env: dict[str, str], *, timeout:
     return nb
 
 
-def run_notebooks(folder: Path, *, data: str, smoke: bool, log=print, timeout: int = 3600) -> list[dict]:
-    """Execute the four notebooks headless with the run's settings; save executed copies in `folder`."""
+def run_notebooks(folder: Path, *, data: str, smoke: bool, study: Path | None = None, log=None,
+                  timeout: int = 3600) -> list[dict]:
+    """Execute the four notebooks headless with the study's settings; save executed copies in `folder`.
+
+    The kernels see CIFAKE_STUDY=<study>, so the notebooks can read the study's own runs.
+    """
     import nbformat
 
-    source_dir = Path(__file__).resolve().parent.parent / "notebooks"
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    source_dir = Path(__file__).resolve().parent.parent.parent / "notebooks"
     if not source_dir.is_dir():
         raise PipelineError(f"{source_dir}: the notebooks are not here (run from a checkout of the repository)")
     folder.mkdir(parents=True, exist_ok=True)
     env = {"CIFAKE_DATA": data, "CIFAKE_SMOKE": "1" if smoke else "0", "CIFAKE_RUNS": str(folder / "runs")}
+    if study is not None:
+        env["CIFAKE_STUDY"] = str(Path(study).resolve())
     results = []
     for name in NOTEBOOKS:
         log(f"notebook {name}: running")
@@ -367,3 +570,7 @@ def run_notebooks(folder: Path, *, data: str, smoke: bool, log=print, timeout: i
         if status != "ran":
             raise PipelineError(f"notebook {name} failed; its executed copy is {folder / (name + '.ipynb')}")
     return results
+
+
+__all__ = ["FinetunePlan", "PipelineError", "RunConfig", "Step", "StudyOptions", "best_zeroshot",
+           "execute_notebook", "load_config", "plan", "plan_study", "run_notebooks", "run_study", "study_config"]

@@ -24,8 +24,10 @@ from typing import Any
 import numpy as np
 
 from cifake_lib import CIFAR_CLASSES, LABEL_NAMES
+from cifake_lib.core.formatting import format_metric
 
 MAX_SIDE = 1024  # uploads larger than this are shrunk (aspect kept) before scoring
+TAB_TITLES = ("Upload", "Browse")
 
 
 # --------------------------------------------------------------------------- plain functions
@@ -180,28 +182,61 @@ def _scale_for(image: np.ndarray, target: int = 128) -> int:
     return max(1, target // max(image.shape[:2]))
 
 
-def uploads_html(rows: Sequence[Mapping[str, Any]]) -> str:
-    """A table: file, detector, p_fake, decision, and the image with its saliency overlay."""
-    from cifake_lib.analysis.explain import overlay
+# Explicit styles on every table element: ipywidgets 7 (classic notebook, Colab) gives an HTML
+# widget's tables no padding at all, so cells ran together ("p_fakedecision"); 8 (JupyterLab)
+# pads them. The same inline styles read the same in both.
+TABLE = "border-collapse:collapse;margin:4px 0;font-size:13px"
+TH = "padding:4px 12px;text-align:left;border-bottom:2px solid #888;white-space:nowrap"
+TD = "padding:4px 12px;text-align:left;vertical-align:middle;border-bottom:1px solid #ddd"
 
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """An HTML table with explicit padding; cells are HTML already (escape text before)."""
+    head = "".join(f"<th style='{TH}'>{h}</th>" for h in header)
+    body = "".join("<tr>" + "".join(cell if cell.startswith("<td") else f"<td style='{TD}'>{cell}</td>"
+                                    for cell in row) + "</tr>" for row in rows)
+    return f"<table style='{TABLE}'><tr>{head}</tr>{body}</table>"
+
+
+def colour_scale_html(cmap: str = "jet", width: int = 160) -> str:
+    """The saliency colour scale: a strip from low to high, as the overlays use it."""
+    from matplotlib import colormaps
+
+    strip = (colormaps[cmap](np.linspace(0, 1, width))[None, :, :3] * 255).astype(np.uint8).repeat(12, axis=0)
+    return (f"<div style='margin:6px 0;font-size:12px'>saliency (each map scaled to its own range): "
+            f"low <img src='{png_data_uri(strip)}' width={width} height=12 style='vertical-align:middle'> high"
+            "</div>")
+
+
+def _saliency_cell(r: Mapping[str, Any], scale: int) -> str:
+    from cifake_lib.analysis.explain import BLANK_MAP_TEXT, is_blank, overlay
+
+    if r.get("saliency") is None:
+        return html.escape(r["error"]) if r.get("error") else "–"
+    if is_blank(r["saliency"]):  # a flat colour square would look like an answer; it is not one
+        return f"<i>{BLANK_MAP_TEXT}</i>"
+    return f"<img src='{png_data_uri(overlay(r['image'], r['saliency']), scale)}' width=128>"
+
+
+def uploads_html(rows: Sequence[Mapping[str, Any]]) -> str:
+    """A table: file, detector, p_fake, decision at the detector's threshold, image, saliency overlay."""
     if not rows:
         return "<p>No images uploaded yet.</p>"
-    cells = ["<table><tr><th>file</th><th>detector</th><th>p_fake</th><th>decision (threshold)</th>"
-             "<th>image</th><th>saliency</th></tr>"]
+    body = []
     for r in rows:
+        file, det = html.escape(str(r["file"])), html.escape(str(r.get("detector") or ""))
         if r.get("image") is None or r.get("p_fake") is None:
-            cells.append(f"<tr><td>{html.escape(str(r['file']))}</td><td>{html.escape(str(r.get('detector') or ''))}"
-                         f"</td><td colspan='4' style='color:#b00'>{html.escape(str(r['error']))}</td></tr>")
+            body.append([file, det, f"<td style='{TD};color:#b00' colspan='4'>{html.escape(str(r['error']))}</td>"])
             continue
-        im = r["image"]
-        scale = _scale_for(im)
-        sal = (f"<img src='{png_data_uri(overlay(im, r['saliency']), scale)}' width=128>"
-               if r.get("saliency") is not None else (html.escape(r["error"]) if r.get("error") else "–"))
-        cells.append(f"<tr><td>{html.escape(r['file'])}</td><td>{html.escape(r['detector'])}</td>"
-                     f"<td>{r['p_fake']:.4f}</td><td><b>{r['label']}</b> ({r['threshold']:.3f})</td>"
-                     f"<td><img src='{png_data_uri(im, scale)}' width=128></td><td>{sal}</td></tr>")
-    cells.append("</table>")
-    return "".join(cells)
+        scale = _scale_for(r["image"])
+        body.append([file, det, format_metric(r["p_fake"]),
+                     f"<b>{r['label']}</b><br><span style='color:#666'>threshold {r['threshold']:.3f}</span>",
+                     f"<img src='{png_data_uri(r['image'], scale)}' width=128>", _saliency_cell(r, scale)])
+    from cifake_lib.analysis.explain import is_blank
+
+    drawn = any(r.get("saliency") is not None and not is_blank(r["saliency"]) for r in rows if r.get("image") is not None)
+    legend = colour_scale_html() if drawn else ""
+    return _table(["file", "detector", "p_fake", "decision", "image", "saliency"], body) + legend
 
 
 def browse_html(rows: Sequence[Mapping[str, Any]], images: Sequence[np.ndarray | None] | None = None,
@@ -210,17 +245,14 @@ def browse_html(rows: Sequence[Mapping[str, Any]], images: Sequence[np.ndarray |
     head = f"<p>{len(rows)} shown" + (f" of {total} matching" if total is not None else "") + "</p>"
     if not rows:
         return head
-    cells = [head, "<table><tr><th>id</th><th>label</th><th>class</th><th>p_fake</th><th>predicted</th>"
-                   "<th>image</th></tr>"]
+    body = []
     for k, r in enumerate(rows):
         im = images[k] if images is not None else None
         pic = f"<img src='{png_data_uri(im, _scale_for(im, 96))}' width=96>" if im is not None else "–"
         colour = "#070" if r["correct"] else "#b00"
-        cells.append(f"<tr><td>{html.escape(r['id'])}</td><td>{r['label']}</td><td>{r['cifar_class']}</td>"
-                     f"<td>{r['p_fake']:.4f}</td><td style='color:{colour}'>{r['predicted']}</td>"
-                     f"<td>{pic}</td></tr>")
-    cells.append("</table>")
-    return "".join(cells)
+        body.append([html.escape(r["id"]), r["label"], r["cifar_class"], format_metric(r["p_fake"]),
+                     f"<td style='{TD};color:{colour}'>{r['predicted']}</td>", pic])
+    return head + _table(["id", "label", "class", "p_fake", "predicted", "image"], body)
 
 
 # --------------------------------------------------------------------------- the widget
@@ -255,7 +287,8 @@ class Explorer:
                                     description="label")
         self.class_box = w.Dropdown(options=[("all", "all")] + [(c, c) for c in CIFAR_CLASSES],
                                     description="class")
-        self.correct_box = w.Dropdown(options=[("all", None), ("right", True), ("wrong", False)],
+        # String values: ipywidgets 7 shows an option whose value is None as an empty box.
+        self.correct_box = w.Dropdown(options=[("all", "all"), ("right", "right"), ("wrong", "wrong")],
                                       description="decision")
         self.count_box = w.IntSlider(value=12, min=1, max=max(1, page * 4), description="show")
         self.browse_out = w.HTML()
@@ -264,10 +297,12 @@ class Explorer:
 
         upload_pane = w.VBox([w.HTML(f"<b>Detectors:</b> {html.escape(', '.join(self.detectors) or 'none loaded')}"),
                               self.upload, self.upload_out])
-        browse_pane = w.VBox([w.HBox([self.run_box, self.label_box]),
+        browse_pane = w.VBox([w.HTML("<b>Test predictions</b> of one run, filtered, the most confident first."),
+                              w.HBox([self.run_box, self.label_box]),
                               w.HBox([self.class_box, self.correct_box]), self.count_box, self.browse_out])
         self.widget = w.Tab(children=[upload_pane, browse_pane])
-        for i, title in enumerate(("Upload", "Browse test predictions")):
+        # Short titles: both versions cut a tab title at about 20 characters.
+        for i, title in enumerate(TAB_TITLES):
             self.widget.set_title(i, title)  # ipywidgets 7 and 8 both have set_title
         if self.runs:
             self.on_filter(None)
@@ -288,7 +323,7 @@ class Explorer:
             return self.browse_rows
         preds, t = run["predictions"], float(run["metrics"]["threshold"])
         idx = filter_predictions(preds, label=self.label_box.value, cifar_class=self.class_box.value,
-                                 correct=self.correct_box.value, threshold=t)
+                                 correct={"right": True, "wrong": False}.get(self.correct_box.value), threshold=t)
         self.browse_rows = prediction_rows(preds, idx[: self.count_box.value], t)
         images = None
         if self.split is not None:

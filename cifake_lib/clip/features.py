@@ -34,7 +34,8 @@ import numpy as np
 import torch
 
 from cifake_lib.clip.models import inference_dtype
-from cifake_lib.core.files import atomic_write, cache_root, write_json
+from cifake_lib.core.files import atomic_write, write_json
+from cifake_lib.core.settings import cache_root
 from cifake_lib.data.preprocess import ImagePreprocessor
 
 # Bump when the way features are computed changes, so old cache entries stop matching.

@@ -9,14 +9,17 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from cifake_lib.core.errors import CifakeError
 from cifake_lib.core.files import follow_umask
+from cifake_lib.core.settings import DEFAULT_MODEL
 
-DEFAULT_MODEL = "openai/clip-vit-base-patch32"
 KNOWN_MODELS = (
     "openai/clip-vit-base-patch32",
     "openai/clip-vit-base-patch16",
@@ -114,7 +117,7 @@ def load_clip(
 
     Raises a clear error naming the id when it cannot be fetched (e.g. offline).
     """
-    from transformers import CLIPModel, CLIPProcessor
+    from transformers import CLIPModel
 
     name = os.fspath(name_or_path)
     path = Path(name).expanduser()
@@ -123,9 +126,10 @@ def load_clip(
     source = str(path) if local else name
     device = pick_device(str(device)) if device is not None else pick_device()
     try:
-        processor = CLIPProcessor.from_pretrained(source)
-        # SDPA: fused attention kernels, never the (tokens x tokens) scores in memory (speed.check_sdpa).
-        model = CLIPModel.from_pretrained(source, dtype=dtype or torch.float32, attn_implementation="sdpa")
+        with quiet_transformers():
+            processor = load_processor(source)
+            # SDPA: fused attention kernels, never the (tokens x tokens) scores in memory (speed.check_sdpa).
+            model = CLIPModel.from_pretrained(source, dtype=dtype or torch.float32, attn_implementation="sdpa")
     except OSError as e:
         if local:
             raise FileNotFoundError(f"{path}: could not load a CLIP model from this folder ({e})") from None
@@ -136,6 +140,49 @@ def load_clip(
         ) from None
     model.to(device).eval()
     return model, processor
+
+
+@contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """No "Loading weights" / "Writing model shards" bars from transformers inside the block.
+
+    Loading a model takes a second; a bar per load only fills notebooks with red stderr.
+    Our own long work shows its progress through tqdm.
+    """
+    from transformers.utils import logging as hf_logging
+
+    was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            hf_logging.enable_progress_bar()
+
+
+def image_processor_class() -> type:
+    """`CLIPImageProcessor`, or its PIL twin when torchvision is absent.
+
+    Without torchvision, transformers 5 falls back to the PIL class by itself but warns on every
+    load. We only read the processor's settings (sizes, mean, std: `preprocess.ImagePreprocessor`
+    works on tensors), which both classes hold alike, so we ask for the right one directly.
+    """
+    import importlib.util
+
+    import transformers
+
+    if importlib.util.find_spec("torchvision") is None and hasattr(transformers, "CLIPImageProcessorPil"):
+        return transformers.CLIPImageProcessorPil
+    return transformers.CLIPImageProcessor
+
+
+def load_processor(source: str | os.PathLike) -> Any:
+    """`CLIPProcessor.from_pretrained(source)`, with the image processor of `image_processor_class`."""
+    from transformers import AutoTokenizer, CLIPProcessor
+
+    source = os.fspath(source)
+    return CLIPProcessor(image_processor=image_processor_class().from_pretrained(source),
+                         tokenizer=AutoTokenizer.from_pretrained(source))
 
 
 def write_tiny_clip(
@@ -153,7 +200,6 @@ def write_tiny_clip(
     """
     from transformers import (
         CLIPConfig,
-        CLIPImageProcessor,
         CLIPModel,
         CLIPProcessor,
         CLIPTextConfig,
@@ -190,7 +236,7 @@ def write_tiny_clip(
     )
     torch.manual_seed(seed)
     model = CLIPModel(config)
-    image_processor = CLIPImageProcessor(
+    image_processor = image_processor_class()(
         size={"shortest_edge": s["image_size"]},
         crop_size={"height": s["image_size"], "width": s["image_size"]},
         resample=3,  # bicubic, as OpenAI's CLIP
@@ -198,8 +244,9 @@ def write_tiny_clip(
         image_std=list(CLIP_STD),
     )
     processor = CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer)
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
+    with quiet_transformers():
+        model.save_pretrained(out)
+        processor.save_pretrained(out)
     follow_umask(out)  # save_pretrained's safetensors file is 0600 whatever the umask
     (out / "TINY_MODEL.json").write_text(json.dumps({"shape": shape, "seed": seed}, indent=2) + "\n")
     return out

@@ -1,4 +1,4 @@
-"""Small file helpers shared by every stage: atomic writes, JSON, environment defaults."""
+"""Small file helpers shared by every stage: atomic writes, JSON, CSV."""
 
 from __future__ import annotations
 
@@ -13,27 +13,14 @@ from typing import Any
 
 from cifake_lib.core.errors import NoSpaceLeft, is_disk_full
 
-DEFAULT_HF_REPO = "dragonintelligence/CIFAKE-image-dataset"
-DEFAULT_KAGGLE_HANDLE = "birdy654/cifake-real-and-ai-generated-synthetic-images"
-
-
-def default_data_source() -> str:
-    """`$CIFAKE_DATA` when set, else the Hugging Face Hub mirror."""
-    return os.environ.get("CIFAKE_DATA") or "hf"
-
-
-def cache_root() -> Path:
-    """`$CIFAKE_CACHE`, else `<user cache>/cifake` (XDG_CACHE_HOME or ~/.cache)."""
-    env = os.environ.get("CIFAKE_CACHE")
-    if env:
-        return Path(env).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "cifake"
-
-
-def smoke_mode() -> bool:
-    """True when `CIFAKE_SMOKE` asks notebooks and presets to run small and fast."""
-    return os.environ.get("CIFAKE_SMOKE", "").strip().lower() in {"1", "true", "yes", "on"}
+# Environment settings live in core/settings.py; imported here for code written against this module.
+from cifake_lib.core.settings import (  # noqa: E402,F401
+    DEFAULT_HF_REPO,
+    DEFAULT_KAGGLE_HANDLE,
+    cache_root,
+    default_data_source,
+    smoke_mode,
+)
 
 
 def current_umask() -> int:

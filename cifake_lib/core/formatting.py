@@ -42,3 +42,24 @@ def _as_float(v: Any) -> Any:
         return float(v)
     except (TypeError, ValueError):
         return None
+
+
+# How a metrics.json key reads in figures and tables ("roc_auc" -> "ROC AUC").
+METRIC_LABELS = {
+    "accuracy": "Accuracy",
+    "natural_threshold.accuracy": "Accuracy at p_fake ≥ 0.5",
+    "precision": "Precision",
+    "recall": "Recall",
+    "f1": "F1",
+    "roc_auc": "ROC AUC",
+    "natural_threshold.roc_auc": "ROC AUC",
+    "average_precision": "Average precision",
+    "ece": "ECE (15 bins)",
+    "brier": "Brier score",
+    "threshold": "Threshold",
+}
+
+
+def metric_label(key: str) -> str:
+    """A metrics.json key as a human label: "roc_auc" -> "ROC AUC"; unknown keys lose their underscores."""
+    return METRIC_LABELS.get(key) or key.replace("natural_threshold.", "").replace("_", " ")

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from cifake_lib import CIFAR_CLASSES, LABEL_NAMES
-from cifake_lib.core.files import cache_root
+from cifake_lib.core.settings import cache_root
 from cifake_lib.data.cache import read_arrays, write_arrays
 from cifake_lib.data.decode import ImageDecodeError, decode_image_info
 from cifake_lib.data.sources import (

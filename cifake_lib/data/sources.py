@@ -43,7 +43,7 @@ from pathlib import Path, PurePosixPath
 
 from cifake_lib import LABEL_NAMES
 from cifake_lib.core.errors import CifakeError
-from cifake_lib.core.files import (
+from cifake_lib.core.settings import (
     DEFAULT_HF_REPO,
     DEFAULT_KAGGLE_HANDLE,
     cache_root,
@@ -684,8 +684,11 @@ def load_hf_dataset(repo: str = DEFAULT_HF_REPO):
         import datasets
     except ImportError:
         raise DataSourceError(f"--data hf:{repo} needs the datasets package (pip install datasets). {HOW_TO_GET}") from None
+    from cifake_lib.core.network import offline_unless_hub_reachable
+
     try:
-        dd = datasets.load_dataset(repo)
+        with offline_unless_hub_reachable():  # no Hub: fail (or use the local cache) at once, not after 30 s
+            dd = datasets.load_dataset(repo)
     except Exception as e:  # offline, unknown repo, auth, rate limit: many exception types, one message
         raise DataSourceError(
             f"could not load CIFAKE from the Hugging Face Hub (hf:{repo}): {type(e).__name__}: {e}. {HOW_TO_GET}"

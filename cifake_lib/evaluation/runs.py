@@ -7,6 +7,9 @@
     DIR/run.json             arguments, package versions, python, platform, device, seconds
     DIR/detector.json        the detector dict + the chosen "threshold"
 
+`StageResult` (what every stage function returns) and `read_study` (a `cifake run` output
+folder's own settings, OUT/study.json) are defined in `study.py` and importable from here.
+
 metrics.json is written last, so a folder that holds it is a complete run (find_runs
 relies on this). The threshold is chosen on validation predictions only: the test
 predictions never influence it.
@@ -21,7 +24,7 @@ import os
 import platform
 import sys
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -47,6 +50,8 @@ PREDICTIONS = "predictions.csv"
 PREDICTIONS_VAL = "predictions_val.csv"
 RUN = "run.json"
 DETECTOR = "detector.json"
+# The study folder and the stage result live in `study.py` (no numpy: `cifake --help` imports them).
+from cifake_lib.evaluation.study import OLD_STUDY, STUDY, StageResult, read_study  # noqa: E402,F401
 
 # Distribution names of the packages whose versions a run records (key -> distribution).
 _PACKAGES = {
@@ -328,3 +333,20 @@ def find_runs(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Pa
             if isinstance(record, dict) and record.get("split") == "test":
                 found.add(file.parent.resolve())
     return sorted(found)
+
+
+# The study's detectors, by the prefix of metrics.json's "detector", and the notebook that makes each.
+STUDY_DETECTORS = {"zeroshot": ("zero-shot CLIP", "02"), "probe": ("linear probe", "02"),
+                   "finetune": ("fine-tuned CLIP", "03"), "cnn": ("CIFAKE paper's CNN", "cifake cnn / smoke mode")}
+
+
+def runs_found_note(runs: Iterable[Mapping[str, Any]]) -> str:
+    """Which of the study's detectors have a run among `runs` (read_run dicts) and which have none.
+
+    "found: zero-shot CLIP, linear probe | not found: fine-tuned CLIP (run notebook 03), ..."
+    """
+    kinds = {str(r["metrics"].get("detector", "")).split(":")[0] for r in runs}
+    found = [name for key, (name, _) in STUDY_DETECTORS.items() if key in kinds]
+    missing = [f"{name} (run {'notebook ' if src[0].isdigit() else ''}{src})"
+               for key, (name, src) in STUDY_DETECTORS.items() if key not in kinds]
+    return f"found: {', '.join(found) or 'none'} | not found: {', '.join(missing) or 'none'}"

@@ -28,10 +28,11 @@ bicubic interpolation. p_fake = sigmoid(logit); label 1 = FAKE.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,7 +42,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from cifake_lib.data.preprocess import check_uint8_images
+from cifake_lib.methods.cnn_config import CNNConfig, CnnStageConfig, TrainConfig  # noqa: F401 (re-exported)
 from cifake_lib.methods.training import TrainState, val_scores, warmup_cosine
+
+logger = logging.getLogger(__name__)  # epoch lines; progress goes through tqdm
 
 if TYPE_CHECKING:
     from cifake_lib.data.load import CifakeData, Split
@@ -54,63 +58,6 @@ DETECTOR = "cnn"
 # ---------------------------------------------------------------------------
 # Configuration
 # ---------------------------------------------------------------------------
-
-
-@dataclass
-class CNNConfig:
-    """The network. The defaults are Bird & Lotfi's best topology (`paper()`)."""
-
-    channels: tuple[int, ...] = (32, 32)  # one conv block per entry: conv 3x3 -> [BN] -> ReLU -> pool 2x2
-    kernel_size: int = 3
-    padding: int = 0  # 0 = Keras' "valid", as in the paper
-    dense: int = 64
-    batch_norm: bool = False  # after each conv; not in the paper
-    dropout: float = 0.0  # before the output layer
-    image_size: int = 32  # the network's input side; other sizes are resized to it
-
-    @classmethod
-    def paper(cls) -> CNNConfig:
-        """Exactly the paper's best network: 2x conv(32, 3x3) + maxpool(2x2), dense 64, sigmoid."""
-        return cls(channels=(32, 32), kernel_size=3, padding=0, dense=64, batch_norm=False, dropout=0.0)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> CNNConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown CNN architecture keys: {sorted(unknown)}")
-        d = dict(d)
-        if "channels" in d:
-            d["channels"] = tuple(int(c) for c in d["channels"])
-        return cls(**d)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["channels"] = list(self.channels)
-        return d
-
-
-@dataclass
-class TrainConfig:
-    """How to train (what the paper leaves open). Defaults: the recipe that beats the paper."""
-
-    epochs: int = 15
-    # lr and batch size chosen on validation accuracy by bench/sweep_cnn.py (best of 6: 0.9283)
-    batch_size: int = 128
-    lr: float = 4e-3  # peak learning rate (Adam)
-    min_lr_ratio: float = 0.02  # cosine decays to lr * min_lr_ratio
-    warmup_fraction: float = 0.03  # linear warm-up over this share of training
-    weight_decay: float = 0.0
-    flip: bool = True  # random horizontal flips
-    seed: int = 0
-    # Seconds of training (validation included). The schedule then runs on whichever is further
-    # along, steps or time, so the learning rate has annealed when the time is up; the result then
-    # depends on the machine's speed (not deterministic).
-    time_limit: float | None = None
-    eval_batch_size: int = 1024
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def describe_deviations(config: CNNConfig, train_config: TrainConfig, *,
@@ -346,10 +293,10 @@ def _report_epoch(record: dict[str, Any], tc: TrainConfig, out_of_time: bool, n:
     msg = f"cnn epoch {record['epoch']}/{tc.epochs}: loss {record['train_loss']:.4f}"
     if "val_accuracy" in record:
         msg += f", val acc {record['val_accuracy']:.4f}, val AUC {record['val_auc']:.4f}"
-    print(msg + f", {record['images_per_second']:.0f} img/s", file=sys.stderr, flush=True)
+    logger.info(msg + f", {record['images_per_second']:.0f} img/s")
     if out_of_time:
-        print(f"cnn: time limit ({tc.time_limit:g}s) reached in epoch {record['epoch']} "
-              f"({record['images']:,}/{n:,} images)", file=sys.stderr, flush=True)
+        logger.info("cnn: time limit (%gs) reached in epoch %d (%s/%s images)", tc.time_limit, record["epoch"],
+                    f"{record['images']:,}", f"{n:,}")
 
 
 def train_cnn(train: Split, val: Split | None = None, *, config: CNNConfig | None = None,

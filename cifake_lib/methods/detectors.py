@@ -1,10 +1,15 @@
 """One way to load any detector: `load_detector(path_or_id)`.
 
+    study folder (`cifake run --out`)                  -> its run with the best validation AUC
+    zero-shot folder (summary.csv, one run per set)    -> the prompt set chosen on validation
     run folder (or its detector.json) with kind "clip"  -> zeroshot.ClipDetector.from_run
                                          kind "probe" -> probe.ProbeDetector.from_run
                                          kind "cnn"   -> baseline.load_cnn_detector
     CLIP model folder (config.json, no detector.json) -> zero-shot ClipDetector, "plain" prompts, 0.5
     Hub id ("openai/clip-vit-base-patch32")            -> the same, from the Hub
+
+The two folder choices are made on validation data only, as `report` makes them, and
+`load_detector` says on stderr which run it took.
 
 Every detector has `kind`, `detector`, `threshold` and `predict_proba(images, batch_size)` ->
 p_fake for uint8 images (N, H, W, 3).
@@ -14,15 +19,19 @@ from __future__ import annotations
 
 import os
 import re
+import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 
+from cifake_lib.core.files import read_json
 from cifake_lib.evaluation.runs import read_detector_meta
 
 DETECTOR_FILE = "detector.json"
+STUDY_FILES = ("study.json", "config.json")  # a study's own settings; config.json in older studies
 KINDS = ("clip", "probe", "cnn")
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
@@ -38,10 +47,68 @@ class Detector(Protocol):
         ...
 
 
-def load_detector(path_or_id: str | os.PathLike, device: str | torch.device | None = None) -> Detector:
-    """Load a detector from a run folder, its detector.json, a CLIP model folder or a Hub id."""
+def is_study(path: Path) -> bool:
+    """A `cifake run` output folder: study.json, or (older studies) a config.json of the study's form.
+
+    A CLIP model folder has a config.json too; the study's holds "preset" and "config" instead
+    of a model's "model_type".
+    """
+    if (path / STUDY_FILES[0]).is_file():
+        return True
+    cfg = path / STUDY_FILES[1]
+    if not cfg.is_file() or (path / DETECTOR_FILE).is_file():
+        return False
+    try:
+        meta = read_json(cfg)
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and "config" in meta and "preset" in meta and "model_type" not in meta
+
+
+def _val_auc(run_dir: Path) -> tuple[float, float] | None:
+    m = run_dir / "metrics_val.json"
+    if not m.is_file():
+        return None
+    metrics = read_json(m)
+    auc = metrics.get("roc_auc") if isinstance(metrics, dict) else None
+    return None if auc is None else (float(auc), float(metrics.get("accuracy") or 0.0))
+
+
+def best_run_on_val(folder: Path) -> tuple[Path, float]:
+    """The run folder under `folder` (itself or up to two levels down) with the best validation
+    ROC AUC (ties: validation accuracy), and that AUC. Test data play no part in the choice."""
+    candidates = [d for d in [folder, *folder.glob("*"), *folder.glob("*/*")]
+                  if d.is_dir() and (d / DETECTOR_FILE).is_file() and _val_auc(d) is not None]
+    if not candidates:
+        raise FileNotFoundError(f"{folder}: no run folder with {DETECTOR_FILE} and metrics_val.json inside, so no "
+                                "detector can be chosen on validation; pass one run folder with --model")
+    best = max(sorted(candidates), key=lambda d: _val_auc(d))
+    return best, _val_auc(best)[0]
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def resolve_detector_path(path: Path, note: Callable[[str], Any] = _say) -> Path:
+    """A study folder or a zero-shot folder -> the run chosen on validation (said through `note`);
+    anything else unchanged."""
+    if not path.is_dir() or (path / DETECTOR_FILE).is_file():
+        return path
+    if is_study(path) or (path / "summary.csv").is_file():
+        best, auc = best_run_on_val(path)
+        what = "study" if is_study(path) else "zero-shot folder"
+        note(f"{path}: {what}; using {best} (best validation ROC AUC, {auc:.4f})")
+        return best
+    return path
+
+
+def load_detector(path_or_id: str | os.PathLike, device: str | torch.device | None = None, *,
+                  note: Callable[[str], Any] = _say) -> Detector:
+    """Load a detector from a study or zero-shot folder (the run chosen on validation), a run
+    folder, its detector.json, a CLIP model folder or a Hub id."""
     name = os.fspath(path_or_id)
-    path = Path(name).expanduser()
+    path = resolve_detector_path(Path(name).expanduser(), note)
     meta_path = path if path.is_file() and path.suffix == ".json" else path / DETECTOR_FILE
     if meta_path.is_file():
         _, meta = read_detector_meta(meta_path)  # every field checked, the file named in errors
@@ -77,4 +144,4 @@ def load_detector(path_or_id: str | os.PathLike, device: str | torch.device | No
                             "(like 'openai/clip-vit-base-patch32')")
 
 
-__all__ = ["Detector", "load_detector", "KINDS"]
+__all__ = ["Detector", "load_detector", "KINDS", "is_study", "best_run_on_val", "resolve_detector_path"]

@@ -70,18 +70,15 @@ position in the epoch, seed, best validation AUC, patience, the config). Nothing
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
-import json
 import math
 import os
 import random
-import re
 import shutil
 import sys
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -114,6 +111,18 @@ from cifake_lib.methods.checkpoints import (
     save_checkpoint,
     set_rng_state,
 )
+from cifake_lib.methods.finetune_config import (  # noqa: F401 (re-exported: the settings live there)
+    LOSS_NAMES,
+    LOSSES,
+    MIXED_PRECISION,
+    RUNTIME_FIELDS,
+    TRAIN_CHOICES,
+    FinetuneConfig,
+    config_changes,
+    parse_alphas,
+    parse_train,
+)
+from cifake_lib.methods.speed import compile_towers, make_adamw
 from cifake_lib.methods.training import TrainState, val_scores, warmup_cosine
 from cifake_lib.viz.run_figures import (
     training_curves_figure,  # re-exported: notebook 03 imports it here
@@ -125,183 +134,11 @@ if TYPE_CHECKING:
 MODEL_DIR = "model"
 FINETUNED_DIR = "model_finetuned"  # with WiSE-FT at alpha < 1: the fine-tuned model itself
 CURVES_FILE = "training_curves.png"
-TRAIN_CHOICES = ("both", "image", "text", "prompt")
-LOSSES = ("flyp", "ce", "clip-label-aware")
-LOSS_NAMES = {
-    "flyp": "FLYP: symmetric in-batch contrastive loss, each image paired with a caption of its label",
-    "ce": "cross-entropy over class-prompt embeddings (FLYP's CE ablation)",
-    "clip-label-aware": "in-batch CLIP loss with targets spread over same-label pairs",
-}
-MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
 MAX_LOGIT_SCALE = math.log(100.0)  # CLIP's own clamp
-
-# Fields that say how to run, not what to train: they may change on --resume.
-RUNTIME_FIELDS = frozenset({"out", "resume", "stop_after", "progress", "keep_checkpoints", "cpu",
-                            "eval_batch_size", "data", "wise_ft"})
 
 
 class OutOfMemory(RuntimeError):
     """CUDA or CPU memory ran out; the message names the batch size and what to change."""
-
-
-# ---------------------------------------------------------------------------
-# Configuration
-# ---------------------------------------------------------------------------
-
-
-def parse_train(value: str) -> str:
-    """"both" | "image" | "text" | "prompt", also accepting "text,image", "image+text", "all"."""
-    parts = {p.strip().lower() for p in re.split(r"[,+ ]", str(value)) if p.strip()}
-    if parts in ({"both"}, {"all"}, {"text", "image"}):
-        return "both"
-    if parts in ({"image"}, {"text"}, {"prompt"}):
-        return parts.pop()
-    raise ValueError(f"train must be both, image, text, prompt or text,image; got {value!r}")
-
-
-def parse_alphas(value: Any) -> list[float] | None:
-    """WiSE-FT mixing weights from "0,0.5,1" or a list; None or "" for none. Each in [0, 1]."""
-    if value is None or value == "" or value == []:
-        return None
-    items = value.split(",") if isinstance(value, str) else list(value)
-    try:
-        alphas = [float(a) for a in items]
-    except (TypeError, ValueError):
-        raise ValueError(f"wise_ft must be numbers in [0, 1] separated by commas, e.g. 0,0.5,1; got {value!r}") from None
-    bad = [a for a in alphas if not 0.0 <= a <= 1.0]
-    if bad:
-        raise ValueError(f"wise_ft: every alpha must be in [0, 1]; got {bad}")
-    return sorted(set(alphas))
-
-
-@dataclass
-class FinetuneConfig:
-    """Everything that defines a fine-tuning run; saved into every checkpoint and run.json.
-
-    Defaults suit CLIP ViT-B/32 on CIFAKE (AdamW lr 1e-5, weight decay 0.1, cosine with
-    warm-up, clipping at 1.0). `batch_size` is the global batch of one forward pass, split
-    across processes; an optimizer step sees batch_size * grad_accum images. `max_steps`, when
-    set, fixes the run's length (it overrides `epochs`). `stop_after` ends this invocation after
-    that many optimizer steps without changing the schedule; `--resume` continues.
-    """
-
-    model: str = "openai/clip-vit-base-patch32"
-    out: str = ""
-    train: str = "both"  # both | image | text: which encoder(s) learn
-    prompts: str = "ensemble"  # prompt set name, .json/.toml file, or a zero-shot run folder
-    loss: str = "flyp"  # flyp (FLYP's contrastive loss) | ce (FLYP's CE ablation) | clip-label-aware
-    epochs: int = 3
-    max_steps: int | None = None
-    batch_size: int = 128
-    grad_accum: int = 1
-    lr: float = 1e-5
-    min_lr_ratio: float = 0.1  # the cosine ends at lr * min_lr_ratio
-    warmup_steps: int | None = None  # None: 5% of the run (of each phase with lp_ft)
-    weight_decay: float = 0.1  # not on biases, norms, embeddings, logit_scale
-    beta1: float = 0.9
-    beta2: float = 0.98  # CLIP's
-    eps: float = 1e-6
-    grad_clip: float = 1.0
-    freeze_logit_scale: bool = False
-    lp_ft: bool = False
-    lp_steps: int | None = None  # None: 10% of the run
-    flip: bool = True
-    jpeg_prob: float = 0.0
-    blur_prob: float = 0.0
-    mixed_precision: str = "auto"  # auto: bf16 on GPUs that have it, fp16 (+GradScaler) otherwise, no on CPU
-    gradient_checkpointing: bool = False
-    eval_every: int | None = None  # also evaluate every N steps (always at each epoch end)
-    save_every: int = 500  # checkpoint every N steps (always at each epoch end)
-    keep_checkpoints: int = 2
-    patience: int | None = 3  # evaluations without a better validation AUC before stopping; None: never
-    eval_batch_size: int = 256
-    log_every: int = 10
-    seed: int = 0
-    cpu: bool = False
-    data: str | None = None  # for the record; the data's identity is checked by fingerprint
-    resume: bool = False
-    stop_after: int | None = None
-    progress: bool = True
-    # --train prompt (CoOp): learned context vectors before the label word; encoders frozen.
-    n_ctx: int = 16  # number of context vectors (CoOp's default)
-    prompt_lr: float = 2e-3  # AdamW learning rate of the context vectors (CoOp: SGD, 2e-3)
-    # WiSE-FT: mixing weights alpha of (1 - alpha) * zero-shot + alpha * fine-tuned weights,
-    # each scored on validation; the best validation AUC becomes the exported model.
-    wise_ft: list[float] | None = None
-
-    def __post_init__(self) -> None:
-        self.train = parse_train(self.train)
-        self.wise_ft = parse_alphas(self.wise_ft)
-        if self.train == "prompt" and self.loss == "flyp":
-            self.loss = "ce"  # CoOp's objective: the default loss means CoOp's own with --train prompt
-
-    @property
-    def base_lr(self) -> float:
-        """The peak learning rate of what trains: the context vectors' with --train prompt."""
-        return self.prompt_lr if self.train == "prompt" else self.lr
-
-    def validate(self) -> FinetuneConfig:
-        def positive(name: str, allow_none: bool = False) -> None:
-            v = getattr(self, name)
-            if (v is None and not allow_none) or (v is not None and (not isinstance(v, int) or v < 1)):
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
-
-        for name in ("epochs", "batch_size", "grad_accum", "save_every", "keep_checkpoints",
-                     "eval_batch_size", "log_every"):
-            positive(name)
-        for name in ("max_steps", "eval_every", "patience", "stop_after", "lp_steps"):
-            positive(name, allow_none=True)
-        if self.warmup_steps is not None and self.warmup_steps < 0:
-            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        if not 0 <= self.min_lr_ratio <= 1:
-            raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
-        if self.weight_decay < 0 or self.grad_clip <= 0:
-            raise ValueError("weight_decay must be >= 0 and grad_clip > 0")
-        if self.loss not in LOSSES:
-            raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
-        if self.mixed_precision not in MIXED_PRECISION:
-            raise ValueError(f"mixed_precision must be one of {', '.join(MIXED_PRECISION)}, "
-                             f"got {self.mixed_precision!r}")
-        if self.lp_ft and self.train == "text":
-            raise ValueError("lp_ft trains the text side first, then the image encoder: it needs "
-                             "train=both or train=image, not train=text")
-        for name in ("jpeg_prob", "blur_prob"):
-            if not 0 <= getattr(self, name) <= 1:
-                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
-        positive("n_ctx")
-        if not self.prompt_lr > 0:
-            raise ValueError(f"prompt_lr must be > 0, got {self.prompt_lr}")
-        if self.train == "prompt" and (self.lp_ft or self.loss != "ce"):
-            raise ValueError("train=prompt (CoOp) learns context vectors with the cross-entropy over the "
-                             f"class prompts (loss=ce), without lp_ft; got loss={self.loss}, lp_ft={self.lp_ft}")
-        if self.train == "prompt" and self.wise_ft:
-            raise ValueError("wise_ft interpolates encoder weights; train=prompt leaves them unchanged")
-        return self
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def identity(self) -> dict[str, Any]:
-        """The fields a resumed run must share with its checkpoint."""
-        return {k: v for k, v in self.to_dict().items() if k not in RUNTIME_FIELDS}
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> FinetuneConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
-
-
-def config_changes(saved: Mapping[str, Any], current: FinetuneConfig) -> list[str]:
-    """Human-readable differences between a checkpoint's config and `current` (runtime fields aside)."""
-    now = current.identity()
-    out = []
-    for key in sorted(set(now) | {k for k in saved if k not in RUNTIME_FIELDS}):
-        a, b = saved.get(key, "<absent>"), now.get(key, "<absent>")
-        if json.dumps(a) != json.dumps(b):
-            out.append(f"{key}: {a!r} -> {b!r}")
-    return out
 
 
 # ---------------------------------------------------------------------------
@@ -814,11 +651,14 @@ def checkpoint_to_resume(cfg: FinetuneConfig, fingerprint: str, prompts: PromptS
 
 
 def _load_clip(cfg: FinetuneConfig):
-    from transformers import CLIPModel, CLIPProcessor
+    from transformers import CLIPModel
+
+    from cifake_lib.clip.models import load_processor, quiet_transformers
 
     check_model_source(cfg.model)  # a CNN run, a pickle-only folder: a clear error, not an OSError
-    processor = CLIPProcessor.from_pretrained(cfg.model)
-    clip = CLIPModel.from_pretrained(cfg.model, dtype=torch.float32)  # fp32 master weights
+    with quiet_transformers():
+        processor = load_processor(cfg.model)
+        clip = CLIPModel.from_pretrained(cfg.model, dtype=torch.float32, attn_implementation="sdpa")  # fp32 master
     if cfg.gradient_checkpointing:
         # transformers >= 5.2x renames it; Colab's 5.15 has only the old name.
         if hasattr(clip, "activation_checkpointing_enable"):
@@ -853,8 +693,10 @@ def build(data: CifakeData, cfg: FinetuneConfig) -> tuple[Setup, Path | None]:
     model = ClipClassifier(clip, processor.tokenizer, prompts, context)
     set_trainable(model, cfg)
     model.to(accelerator.device).train()
-    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr,
-                                  betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
+    # CoOp inserts its context through a hook that changes at every call: its towers stay eager.
+    compile_towers(model, "off" if cfg.train == "prompt" else cfg.compile)
+    optimizer = make_adamw(param_groups(model, cfg.weight_decay), lr=cfg.base_lr, betas=(cfg.beta1, cfg.beta2),
+                           eps=cfg.eps, weight_decay=cfg.weight_decay, device=accelerator.device)
     if ckpt is not None:  # before prepare: the weights and the optimiser as they were
         from safetensors.torch import load_file
 

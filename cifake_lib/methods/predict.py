@@ -1,11 +1,12 @@
 """Scoring with any saved detector: `evaluate` (a CIFAKE split -> metrics.json) and `predict` (files).
 
-Both load the detector with `detectors.load_detector` (a fine-tuned CLIP run folder, a zero-shot
-or probe run, a CNN run, or a plain CLIP folder / Hub id) and use its saved threshold and prompts.
+Both load the detector with `detectors.load_detector` (a study folder, a zero-shot folder, a
+fine-tuned CLIP run folder, a zero-shot or probe run, a CNN run, or a plain CLIP folder / Hub
+id) and use its saved threshold and prompts.
 
 `predict_paths` takes files and folders (a folder stands for its image files, sorted by name)
-and yields one record per image in input order: {"path", "p_fake", "label"} with label "FAKE" or
-"REAL" at the detector's threshold, or {"path", "error"} for a file that cannot be read. One bad
+and yields one record per image in input order: {"path", "p_fake", "threshold", "label"} with
+label "FAKE" or "REAL" at the detector's `threshold` (chosen on validation), or {"path", "error"} for a file that cannot be read. One bad
 file never stops the others. Images above PIL's decompression-bomb limit get an error without
 being decoded; very large ones below it are first reduced by an integer factor (box filter) so
 that their shorter side stays >= `REDUCE_TO` pixels, which keeps memory bounded and changes
@@ -99,8 +100,8 @@ def predict_paths(detector: Any, paths: Sequence[str | os.PathLike], *, batch_si
                     records[i]["error"] = f"{records[i]['path']}: scoring failed ({type(e).__name__}: {e})"
                 continue
             for (i, _), pi in zip(group, p, strict=True):
-                records[i]["p_fake"] = float(pi)
-                records[i]["label"] = label_of(float(pi), threshold)
+                # The threshold travels with each answer: p_fake 0.28 is FAKE at 0.208, REAL at 0.5.
+                records[i].update(p_fake=float(pi), threshold=threshold, label=label_of(float(pi), threshold))
         yield from records
 
 

@@ -142,16 +142,17 @@ def duplicates_figure(data: CifakeData | Mapping[str, Split] | Split, *, max_gro
                 key = " / ".join(sorted({g[a][0], g[b][0]})) if g[a][0] != g[b][0] else f"within {g[a][0]}"
                 counts[key] = counts.get(key, 0) + 1
     shown = groups[:max_groups]
-    width = max((len(g) for g in shown), default=1)
-    fig = Figure(figsize=(2.6 * width, 2.3 * max(len(shown), 1) + 0.5), layout="constrained")
-    summary = ", ".join(f"{k}: {v:,}" for k, v in sorted(counts.items())) or "none"
+    if not shown:  # the empty state, in words: no canvas of blank panels
+        total = sum(len(split) for split in splits.values())
+        fig = Figure(figsize=(6.5, 0.9), layout="constrained")
+        fig.text(0.5, 0.5, f"No identical images: all {total:,} images of {' / '.join(splits)} differ\n"
+                 "(compared pixel by pixel)", ha="center", va="center")
+        return fig
+    width = max(len(g) for g in shown)
+    fig = Figure(figsize=(2.6 * width, 2.3 * len(shown) + 0.5), layout="constrained")
+    summary = ", ".join(f"{k}: {v:,}" for k, v in sorted(counts.items()))
     more = f", first {len(shown)} shown" if len(shown) < len(groups) else ""
     fig.suptitle(f"identical images: {len(groups):,} group(s){more}\npairs {summary}", fontsize="medium")
-    if not shown:
-        ax = fig.add_subplot()
-        ax.text(0.5, 0.5, "no identical images", ha="center", va="center")
-        ax.set_axis_off()
-        return fig
     axes = fig.subplots(len(shown), width, squeeze=False)
     for r, group in enumerate(shown):
         for k in range(width):

@@ -14,6 +14,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from cifake_lib import CIFAR_CLASSES
+from cifake_lib.core.formatting import format_metric
 
 # Gallery groups: (key, true label, whether the detector was right, heading)
 GROUPS: tuple[tuple[str, int, bool, str], ...] = (
@@ -81,13 +82,15 @@ def gallery_figure(images: np.ndarray, groups: Mapping[str, np.ndarray], p_fake:
             if col < len(idx):
                 i = int(idx[col])
                 ax.imshow(upsample_nearest(images[i], scale), interpolation="nearest")
-                label = f"p={p[i]:.3f}"
+                label = f"p={format_metric(p[i], digits=3)}"
                 if classes is not None and 0 <= int(classes[i]) < len(CIFAR_CLASSES):
                     label += f"\n{CIFAR_CLASSES[int(classes[i])]}"
                 ax.set_title(label, fontsize="x-small")
             elif col == 0:
                 ax.text(0.5, 0.5, "none", ha="center", va="center", transform=ax.transAxes)
-        axes[row, 0].set_ylabel(heading.replace(", ", ",\n", 1), fontsize="x-small")
+        # Horizontal, on three short lines: a vertical label is taller than its row of images.
+        axes[row, 0].set_ylabel(heading.replace(", ", ",\n", 1).replace(" (", "\n("), fontsize="x-small",
+                                rotation=0, ha="right", va="center")
     if title:
         fig.suptitle(title)
     return fig

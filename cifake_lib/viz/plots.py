@@ -22,6 +22,7 @@ from matplotlib.figure import Figure
 
 from cifake_lib import LABEL_NAMES
 from cifake_lib.core.files import atomic_write
+from cifake_lib.core.formatting import format_metric, metric_label
 from cifake_lib.evaluation.metrics import (
     ECE_BINS,
     _check_inputs,
@@ -66,7 +67,7 @@ def roc_figure(curves: Curves, *, title: str = "ROC curve", ax: Axes | None = No
     fig, ax = _axes(ax)
     for name, y, p in _checked_curves(curves):
         fpr, tpr, _ = roc_curve(y, p)
-        ax.plot(fpr, tpr, label=f"{name} (AUC {roc_auc_score(y, p):.3f})")
+        ax.plot(fpr, tpr, label=f"{name} (AUC {format_metric(roc_auc_score(y, p), digits=3)})")
     ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, label="chance")
     ax.set(xlabel="false positive rate (REAL called FAKE)", ylabel="true positive rate (FAKE caught)",
            xlim=(0, 1), ylim=(0, 1.01), title=title)
@@ -84,7 +85,7 @@ def pr_figure(curves: Curves, *, title: str = "Precision-recall curve (FAKE posi
     for name, y, p in _checked_curves(curves):
         precision, recall, _ = precision_recall_curve(y, p)
         ax.plot(recall, precision, drawstyle="steps-post",
-                label=f"{name} (AP {average_precision_score(y, p):.3f})")
+                label=f"{name} (AP {format_metric(average_precision_score(y, p), digits=3)})")
     ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.01), title=title)
     ax.legend(loc="lower left", fontsize="small")
     return fig
@@ -116,7 +117,7 @@ def confusion_figure(metrics: Mapping[str, Any] | None = None, *, labels: Any = 
     ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
     for i in range(2):
         for j in range(2):
-            ax.text(j, i, f"{cm[i, j]:,}\n{share[i, j]:.1%}", ha="center", va="center",
+            ax.text(j, i, f"{cm[i, j]:,}\n{format_metric(share[i, j], percent=True, digits=3)}", ha="center", va="center",
                     color="white" if share[i, j] > 0.5 else "black")
     ax.set_xticks([0, 1], LABEL_NAMES)
     ax.set_yticks([0, 1], LABEL_NAMES)
@@ -128,15 +129,16 @@ def histogram_figure(labels: Any, p_fake: Any, *, threshold: float | None = 0.5,
                      log: bool = False, title: str = "p_fake by true label", ax: Axes | None = None) -> Figure:
     """Histograms of p_fake for REAL and FAKE images (2 patches), the threshold as a vertical line."""
     y, p, _ = _check_inputs(labels, p_fake)
-    fig, ax = _axes(ax, (6, 4))
+    fig, ax = _axes(ax, (7.5, 4))
     edges = np.linspace(0, 1, bins + 1)
     for label in (0, 1):
         ax.hist(p[y == label], bins=edges, histtype="stepfilled", alpha=0.5, color=COLORS[label],
                 label=f"{LABEL_NAMES[label]} (n={int((y == label).sum()):,})", log=log)
     if threshold is not None:
         ax.axvline(threshold, color="black", linestyle="--", linewidth=1, label=f"threshold {threshold:.3f}")
-    ax.set(xlabel="p_fake", ylabel="images", xlim=(0, 1), title=title)
-    ax.legend(fontsize="small")
+    ax.set(xlabel="p_fake (score for FAKE)", ylabel="images", xlim=(0, 1), title=title)
+    # Outside the axes: inside, it would sit on the bars of one class or the other.
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0, fontsize="small")
     return fig
 
 
@@ -157,9 +159,9 @@ def reliability_figure(labels: Any, p_fake: Any, *, p_calibrated: Any = None, n_
         full = bins["count"] > 0
         ece = expected_calibration_error(labels, p, n_bins)
         eces.append(ece)
-        ax.plot(bins["confidence"][full], bins["accuracy"][full], marker="o", label=f"{name} (ECE {ece:.3f})")
+        ax.plot(bins["confidence"][full], bins["accuracy"][full], marker="o", label=f"{name} (ECE {format_metric(ece, digits=3)})")
     ax.set(xlabel="confidence of the predicted label", ylabel="accuracy", xlim=(0.45, 1.0), ylim=(0, 1.02),
-           title=f"{title} (ECE {' → '.join(f'{e:.3f}' for e in eces)}, {n_bins} bins)")
+           title=f"{title} (ECE {' → '.join(format_metric(e, digits=3) for e in eces)}, {n_bins} bins)")
     ax.legend(loc="upper left", fontsize="small")
     return fig
 
@@ -174,39 +176,84 @@ def _lookup(row: Mapping[str, Any], key: str) -> Any:
     return value
 
 
-def compare_bar(rows: Sequence[Mapping[str, Any]], metric: str = "roc_auc", *,
-                published: Mapping[str, float] | None = None, title: str | None = None,
-                ax: Axes | None = None) -> Figure:
-    """Horizontal bars of `metric` for each row (metrics dicts with a "name"), 95% CI error bars.
+def _anchor_rows(published: Mapping[str, Any]) -> list[tuple[str, float, float]]:
+    """Published anchors as (label, low, high); a single value has low == high.
 
-    The CI comes from `<metric>_ci95` when the row has it; a missing value is drawn empty
-    and marked n/a. `published` anchors ({label: value}) are dashed vertical lines marked
-    "(published)", never bars. Patches: one bar per row.
+    A value may be a number or a (low, high) range; the pair "NAME, low" / "NAME, high" (how
+    `zeroshot.published_anchors` spells a range) becomes one range row "NAME".
+    """
+    rows: dict[str, list[float]] = {}
+    for label, value in published.items():
+        if isinstance(value, (tuple, list)):
+            rows[str(label)] = [float(value[0]), float(value[1])]
+            continue
+        base, _, end = str(label).rpartition(", ")
+        key = base if base and end in ("low", "high") else str(label)
+        rows.setdefault(key, []).append(float(value))
+    return [(label, min(v), max(v)) for label, v in rows.items()]
+
+
+def compare_bar(rows: Sequence[Mapping[str, Any]], metric: str = "roc_auc", *,
+                published: Mapping[str, Any] | None = None, title: str | None = None,
+                ax: Axes | None = None) -> Figure:
+    """Horizontal bars of `metric` for each row (metrics dicts with a "name"), 95% CI whiskers.
+
+    Every bar is labelled with its value (right of its whisker; "n/a" when missing). The CI
+    comes from `<metric>_ci95` when the row has it. `published` anchors ({label: value or
+    (low, high)}) get rows of their own below ours, as diamonds (a range: a line between two
+    diamonds) labelled "(published)", never bars, so nothing covers a bar. The legend sits
+    outside the axes. Patches: one bar per row.
     """
     if not rows:
         raise ValueError("compare_bar: no rows")
     names = [str(r.get("name") or r.get("detector") or f"row {i}") for i, r in enumerate(rows)]
     values = [_lookup(r, metric) for r in rows]
-    fig, ax = _axes(ax, (6.5, 0.45 * len(rows) + 1.6))
+    anchors = _anchor_rows(published or {})
+    percent = metric_label(metric).startswith("Accuracy")
+    own_figure = ax is None
+    fig, ax = _axes(ax, (8.5, 0.4 * (len(rows) + len(anchors)) + 2.1))
     ypos = np.arange(len(rows))
     heights = [v if v is not None else 0.0 for v in values]
-    ax.barh(ypos, heights, color="tab:blue", alpha=0.8)
+    handles = [ax.barh(ypos, heights, color="tab:blue", alpha=0.8, label="ours (bar), 95% CI (whisker)")]
+    ends = []
     for i, r in enumerate(rows):
         ci = _lookup(r, f"{metric}_ci95")
-        if values[i] is not None and ci is not None:
+        has_ci = values[i] is not None and isinstance(ci, (list, tuple)) and len(ci) == 2 and None not in ci
+        if has_ci:
             ax.errorbar(values[i], i, xerr=[[values[i] - ci[0]], [ci[1] - values[i]]], fmt="none",
                         ecolor="black", capsize=3)
-        text = f"{values[i]:.4f}" if values[i] is not None else "n/a"
-        ax.text((ci[1] if values[i] is not None and ci else heights[i]) + 0.01, i, text, va="center",
-                fontsize="small")
-    for k, (label, value) in enumerate((published or {}).items()):
-        ax.axvline(value, linestyle="--", linewidth=1, color=f"C{k + 1}", label=f"{label} (published)")
-    if published:
-        ax.legend(loc="lower right", fontsize="small")
-    top = max([1.0] + [v for v in heights if v is not None])
-    ax.set_yticks(ypos, names)
+        ends.append(max(heights[i], float(ci[1])) if has_ci else heights[i])
+    ay = len(rows) + 0.5 + np.arange(len(anchors))  # half a row of space between ours and theirs
+    for k, (_, lo, hi) in enumerate(anchors):
+        line = ax.plot([lo, hi], [ay[k], ay[k]], color="tab:orange", marker="D", markersize=6, linewidth=2,
+                       label="published (not ours)")[0]
+        handles += [line] if k == 0 else []
+        ends.append(hi)
+    top = max([1.0] + ends)
+    for i, end in enumerate(ends[:len(rows)]):
+        text = format_metric(values[i], percent=percent) if values[i] is not None else "n/a"
+        ax.text(end + 0.02 * top, ypos[i], text, va="center", fontsize="small")
+    for k, (_, lo, hi) in enumerate(anchors):
+        text = format_metric(lo, percent=percent) + ("" if hi == lo else f"–{format_metric(hi, percent=percent)}")
+        ax.text(hi + 0.03 * top, ay[k], text, va="center", fontsize="small", color="tab:orange")
+    ax.set_yticks(list(ypos) + list(ay), names + [f"{label} (published)" for label, _, _ in anchors])
+    for tick in ax.get_yticklabels()[len(rows):]:
+        tick.set_color("tab:orange")
+    if anchors:
+        ax.axhline(len(rows) - 0.25, color="grey", linewidth=0.6)
     ax.invert_yaxis()  # first row on top
-    ax.set(xlim=(0, top * 1.15), xlabel=metric, title=title or f"{metric} (95% CI)")
+    # Room on the right for the value labels, inside the axes: nothing is drawn over them.
+    ax.set_xlim(0, top * 1.25)
+    ax.set_xticks([t for t in ax.get_xticks() if 0 <= t <= top + 1e-9])
+    ax.set(xlabel=metric_label(metric), title=title or f"{metric_label(metric)} (95% CI)")
+    if percent:
+        from matplotlib.ticker import PercentFormatter
+
+        ax.xaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
+    if own_figure:  # below the axes, across the figure: the bars keep the width
+        fig.legend(handles=handles, loc="outside lower center", ncols=2, fontsize="small")
+    else:
+        ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0, fontsize="small")
     return fig
 
 
@@ -222,8 +269,113 @@ def metrics_figure(labels: Any, p_fake: Any, *, threshold: float = 0.5, name: st
     return fig
 
 
+def _renderer(fig: Figure) -> Any:
+    """Lay the figure out and return a renderer to measure its artists with."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
+    canvas.draw()
+    return canvas.get_renderer()
+
+
+def _titles(fig: Figure) -> list[tuple[Any, float]]:
+    """(title Text, width in pixels it may take): the suptitle and every axes' titles."""
+    out = []
+    if fig._suptitle is not None:  # noqa: SLF001  (matplotlib keeps it here; there is no getter)
+        out.append((fig._suptitle, 0.96 * fig.bbox.width))  # noqa: SLF001
+    for ax in fig.axes:
+        room = max(ax.get_window_extent().width * 1.15, 40.0)
+        for t in (ax.title, ax._left_title, ax._right_title):  # noqa: SLF001
+            out.append((t, min(room, 0.96 * fig.bbox.width)))
+    return out
+
+
+def fit_text(fig: Figure, rounds: int = 3) -> Figure:
+    """Wrap every title wider than its room (the figure for the suptitle, its axes otherwise).
+
+    Constrained layout keeps labels, tick labels and legends inside the figure but not a title
+    wider than the figure itself, which a saved PNG would cut at both edges.
+    """
+    import textwrap
+
+    for _ in range(rounds):
+        renderer, changed = _renderer(fig), False
+        for t, room in _titles(fig):
+            text = t.get_text()
+            width = t.get_window_extent(renderer).width if text else 0.0
+            if width <= room:
+                continue
+            longest = max(len(line) for line in text.splitlines())
+            chars = max(12, int(longest * room / width) - 1)
+            t.set_text("\n".join(textwrap.fill(line, chars) for line in text.splitlines()))
+            changed = True
+        if not changed:
+            break
+    return fig
+
+
+def _legend_clashes(ax: Axes, legend: Any, renderer: Any) -> list[str]:
+    box = legend.get_window_extent(renderer)
+    out = []
+    for patch in ax.patches:  # bars, histogram fills
+        if not patch.get_visible():
+            continue
+        path = patch.get_path().transformed(patch.get_transform())
+        if path.intersects_bbox(box, filled=True):
+            out.append(f"legend of {ax.get_title()!r} covers a bar")
+            break
+    for text in ax.texts:  # value labels
+        if text.get_visible() and text.get_text() and box.overlaps(text.get_window_extent(renderer)):
+            out.append(f"legend of {ax.get_title()!r} covers the label {text.get_text()!r}")
+    return out
+
+
+def _outside(box: Any, bounds: Any, tolerance: float) -> bool:
+    return (box.x0 < bounds.x0 - tolerance or box.y0 < bounds.y0 - tolerance
+            or box.x1 > bounds.x1 + tolerance or box.y1 > bounds.y1 + tolerance)
+
+
+def layout_problems(fig: Figure, tolerance: float = 1.0) -> list[str]:
+    """Text cut at the figure's edges, and legends that cover a bar or a value label; [] when clean.
+
+    Every drawn text (titles, labels, tick labels, annotations, legends) must lie inside the
+    figure, within `tolerance` pixels. An axes' drawn texts are measured through its tight
+    box, which counts only the tick labels actually drawn.
+    """
+    renderer = _renderer(fig)
+    bounds, out = fig.bbox, []
+    texts = [t for t in fig.texts if t.get_visible() and t.get_text().strip()]
+    if fig._suptitle is not None and fig._suptitle.get_text():  # noqa: SLF001
+        texts.append(fig._suptitle)  # noqa: SLF001
+    for t in texts:
+        if _outside(t.get_window_extent(renderer), bounds, tolerance):
+            out.append(f"text {t.get_text()[:60]!r} extends beyond the figure")
+    for legend in fig.legends:
+        if _outside(legend.get_window_extent(renderer), bounds, tolerance):
+            out.append("a figure legend extends beyond the figure")
+    for ax in fig.axes:
+        if not ax.get_visible():
+            continue
+        box = ax.get_tightbbox(renderer)
+        if box is not None and _outside(box, bounds, tolerance):
+            parts = [ax.title, ax.xaxis.label, ax.yaxis.label, *ax.texts]
+            culprits = [repr(t.get_text()[:60]) for t in parts if t.get_visible() and t.get_text().strip()
+                        and _outside(t.get_window_extent(renderer), bounds, tolerance)]
+            out.append(f"axes {ax.get_title()[:40]!r}: " + (", ".join(culprits) if culprits else
+                                                             "its tick labels or legend") + " extend beyond the figure")
+        if ax.get_legend() is not None:
+            out += _legend_clashes(ax, ax.get_legend(), renderer)
+    return out
+
+
 def save_figure(fig: Figure, path: str | os.PathLike, *, dpi: int = 150) -> Path:
-    """Write `fig` atomically; the format follows the suffix (.png, .pdf, .svg; default png)."""
+    """Write `fig` atomically, long titles wrapped and every text inside the image (`fit_text`).
+
+    The format follows the suffix (.png, .pdf, .svg; default png).
+    """
     path = Path(path)
     fmt = path.suffix.lstrip(".").lower() or "png"
-    return atomic_write(path, lambda tmp: fig.savefig(tmp, format=fmt, dpi=dpi))
+    fit_text(fig)
+    # "tight" is a safety net for text placed by hand outside the layout's reach.
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight",
+                                                      pad_inches=0.05))

@@ -1,0 +1,228 @@
+"""The fine-tuning stage's settings (`FinetuneConfig`): every option declared once.
+
+Each field is a CLI option of `cifake finetune`, a key of the `[finetune]` table of a study's
+TOML, and a value recorded in run.json and every checkpoint. Adding an option is adding a
+field here. Torch-free, so `cifake --help` stays light; the training lives in `finetune.py`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from cifake_lib.core.config import setting
+from cifake_lib.core.settings import DEFAULT_MODEL
+
+TRAIN_CHOICES = ("both", "image", "text", "prompt")
+LOSSES = ("flyp", "ce", "clip-label-aware")
+LOSS_NAMES = {
+    "flyp": "FLYP: symmetric in-batch contrastive loss, each image paired with a caption of its label",
+    "ce": "cross-entropy over class-prompt embeddings (FLYP's CE ablation)",
+    "clip-label-aware": "in-batch CLIP loss with targets spread over same-label pairs",
+}
+MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
+COMPILE = ("auto", "on", "off")
+
+# Fields that say how to run, not what to train: they may change on --resume.
+RUNTIME_FIELDS = frozenset({"out", "resume", "stop_after", "progress", "keep_checkpoints", "cpu",
+                            "eval_batch_size", "data", "compile", "wise_ft"})
+
+WHAT = "what to train"
+OPTIM = "optimisation"
+EVAL = "evaluation and checkpoints"
+
+
+def parse_train(value: str) -> str:
+    """"both" | "image" | "text" | "prompt", also accepting "text,image", "image+text", "all"."""
+    parts = {p.strip().lower() for p in re.split(r"[,+ ]", str(value)) if p.strip()}
+    if parts in ({"both"}, {"all"}, {"text", "image"}):
+        return "both"
+    if parts in ({"image"}, {"text"}, {"prompt"}):
+        return parts.pop()
+    raise ValueError(f"train must be both, image, text, prompt or text,image; got {value!r}")
+
+
+def parse_alphas(value: Any) -> list[float] | None:
+    """WiSE-FT mixing weights from "0,0.5,1" or a list; None or "" for none. Each in [0, 1]."""
+    if value is None or value == "" or value == []:
+        return None
+    items = value.split(",") if isinstance(value, str) else list(value)
+    try:
+        alphas = [float(a) for a in items]
+    except (TypeError, ValueError):
+        raise ValueError(f"wise_ft must be numbers in [0, 1] separated by commas, e.g. 0,0.5,1; got {value!r}") from None
+    bad = [a for a in alphas if not 0.0 <= a <= 1.0]
+    if bad:
+        raise ValueError(f"wise_ft: every alpha must be in [0, 1]; got {bad}")
+    return sorted(set(alphas))
+
+
+def _zero_is_none(value: int | None) -> int | None:
+    return None if value == 0 else value
+
+
+@dataclass
+class FinetuneConfig:
+    """Everything that defines a fine-tuning run; saved into every checkpoint and run.json.
+
+    Defaults suit CLIP ViT-B/32 on CIFAKE (AdamW lr 1e-5, weight decay 0.1, cosine with
+    warm-up, clipping at 1.0). `batch_size` is the global batch of one forward pass, split
+    across processes; an optimizer step sees batch_size * grad_accum images. `max_steps`, when
+    set, fixes the run's length (it overrides `epochs`). `stop_after` ends this invocation after
+    that many optimizer steps without changing the schedule; `--resume` continues.
+    """
+
+    model: str = setting(DEFAULT_MODEL, "CLIP Hub id or local model folder to start from", metavar="M")
+    out: str = setting("", cli=False)  # the run folder; given to the stage, not as a setting
+    train: str = setting("both", "what learns: both encoders (= text,image), image, text, or prompt (CoOp: "
+                         "context vectors before the label word, CLIP frozen, loss ce)",
+                         convert=parse_train, metavar="PARTS", group=WHAT)
+    prompts: str = setting("ensemble", "class prompts: a prompt set name, a .json/.toml file, or a "
+                           "zero-shot run folder (its detector.json prompts)", metavar="NAME", group=WHAT)
+    loss: str = setting("flyp", "flyp: FLYP, each image paired with a caption of its label, symmetric in-batch "
+                        "contrastive loss; ce: cross-entropy over class-prompt embeddings (FLYP's CE ablation); "
+                        "clip-label-aware: in-batch CLIP loss with targets spread over same-label pairs",
+                        choices=LOSSES, group=WHAT)
+    epochs: int = setting(3, "epochs", low=1, group=OPTIM)
+    max_steps: int | None = setting(None, "optimizer steps of the whole run (overrides --epochs)", low=1,
+                                    metavar="S", group=OPTIM)
+    batch_size: int = setting(128, "images per forward pass, all processes together", low=1, group=OPTIM)
+    grad_accum: int = setting(1, "forward passes per optimizer step", low=1, metavar="K", group=OPTIM)
+    lr: float = setting(1e-5, "peak AdamW learning rate", low=0.0, low_open=True, group=OPTIM)
+    min_lr_ratio: float = setting(0.1, "the cosine ends at lr x this", low=0.0, high=1.0, group=OPTIM)
+    warmup_steps: int | None = setting(None, "linear warm-up steps", low=0, group=OPTIM,
+                                       show_default="5% of the run (of each phase with --lp-ft)")
+    weight_decay: float = setting(0.1, "AdamW weight decay on weight matrices (not on biases, norms, "
+                                  "embeddings, logit scale)", low=0.0, group=OPTIM)
+    beta1: float = setting(0.9, "AdamW beta1", low=0.0, high=1.0, high_open=True, group=OPTIM)
+    beta2: float = setting(0.98, "AdamW beta2 (CLIP's)", low=0.0, high=1.0, high_open=True, group=OPTIM)
+    eps: float = setting(1e-6, "AdamW epsilon", low=0.0, low_open=True, group=OPTIM)
+    grad_clip: float = setting(1.0, "gradient-norm clip", low=0.0, low_open=True, group=OPTIM)
+    freeze_logit_scale: bool = setting(False, "keep CLIP's logit scale fixed", group=WHAT)
+    lp_ft: bool = setting(False, "LP-FT: first train only the text side (the class embeddings) with the "
+                          "image encoder frozen, then fine-tune as --train says", group=WHAT)
+    lp_steps: int | None = setting(None, "steps of the LP phase", low=1, metavar="N", group=WHAT,
+                                   show_default="10% of the run")
+    flip: bool = setting(True, "no random horizontal flips", group=OPTIM)
+    jpeg_prob: float = setting(0.0, "probability of a random JPEG re-encoding", low=0.0, high=1.0, group=OPTIM)
+    blur_prob: float = setting(0.0, "probability of a random Gaussian blur", low=0.0, high=1.0, group=OPTIM)
+    mixed_precision: str = setting("auto", "auto: bf16 on Ampere+ GPUs, fp16 with loss scaling on older "
+                                   "ones (T4), no on CPU", choices=MIXED_PRECISION, group=OPTIM)
+    gradient_checkpointing: bool = setting(False, "trade compute for memory", group=OPTIM)
+    compile: str = setting("auto", "torch.compile the vision and text towers: on, off, or auto (on only for "
+                           "GPUs where it was measured to help; see methods/speed.py)", choices=COMPILE, group=OPTIM)
+    eval_every: int | None = setting(None, "also evaluate on validation every N steps (always at each "
+                                     "epoch end)", low=1, metavar="N", group=EVAL)
+    save_every: int = setting(500, "checkpoint every N steps (also at each epoch end)", low=1, metavar="N",
+                              group=EVAL)
+    keep_checkpoints: int = setting(2, "newest checkpoints kept", low=1, metavar="K", group=EVAL)
+    patience: int | None = setting(3, "stop after this many evaluations without a better validation AUC "
+                                   "(0: never)", convert=_zero_is_none, low=1, group=EVAL)
+    eval_batch_size: int = setting(256, "images per evaluation batch", low=1, group=EVAL)
+    log_every: int = setting(10, "log every N steps", low=1, metavar="N", group=EVAL)
+    seed: int = setting(0, "training seed: initialisation of new parameters, batch order, augmentation",
+                        key="train_seed", metavar="N", show_default="the data --seed")
+    cpu: bool = setting(False, "train on the CPU even when a GPU is present")
+    data: str | None = setting(None, cli=False)  # for the record; the data's identity is checked by fingerprint
+    resume: bool = setting(False, "continue from the newest checkpoint in OUT (refused if the config "
+                           "changed)", group=EVAL)
+    stop_after: int | None = setting(None, "end this invocation after N optimizer steps (schedule unchanged; "
+                                     "--resume continues)", low=1, metavar="N", group=EVAL)
+    progress: bool = setting(True, "no progress bar", flags=("--quiet",))
+    # --train prompt (CoOp): learned context vectors before the label word; encoders frozen.
+    n_ctx: int = setting(16, "--train prompt: number of learned context vectors (CoOp's default)", low=1,
+                         metavar="N", group=WHAT)
+    prompt_lr: float = setting(2e-3, "--train prompt: AdamW learning rate of the context vectors (CoOp: SGD "
+                               "at 2e-3)", low=0.0, low_open=True, metavar="LR", group=WHAT)
+    # WiSE-FT: (1 - alpha) * zero-shot + alpha * fine-tuned weights, each alpha scored on validation.
+    wise_ft: list[float] | None = setting(None, "WiSE-FT: mix zero-shot and fine-tuned weights at each alpha "
+                                          "(e.g. 0,0.25,0.5,0.75,1), score each on validation, export the "
+                                          "best (OUT/wise_ft.csv)", convert=parse_alphas, metavar="A,B,...",
+                                          group=WHAT)
+
+    def __post_init__(self) -> None:
+        self.train = parse_train(self.train)
+        self.wise_ft = parse_alphas(self.wise_ft)
+        if self.train == "prompt" and self.loss == "flyp":
+            self.loss = "ce"  # CoOp's objective: the default loss means CoOp's own with --train prompt
+
+    @property
+    def base_lr(self) -> float:
+        """The peak learning rate of what trains: the context vectors' with --train prompt."""
+        return self.prompt_lr if self.train == "prompt" else self.lr
+
+    def validate(self) -> FinetuneConfig:
+        """Raise ValueError naming the first bad value; returns self."""
+        def positive(name: str, allow_none: bool = False) -> None:
+            v = getattr(self, name)
+            if (v is None and not allow_none) or (v is not None and (not isinstance(v, int) or v < 1)):
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+
+        for name in ("epochs", "batch_size", "grad_accum", "save_every", "keep_checkpoints",
+                     "eval_batch_size", "log_every"):
+            positive(name)
+        for name in ("max_steps", "eval_every", "patience", "stop_after", "lp_steps"):
+            positive(name, allow_none=True)
+        if self.warmup_steps is not None and self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if self.weight_decay < 0 or self.grad_clip <= 0:
+            raise ValueError("weight_decay must be >= 0 and grad_clip > 0")
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise ValueError(f"mixed_precision must be one of {', '.join(MIXED_PRECISION)}, "
+                             f"got {self.mixed_precision!r}")
+        if self.lp_ft and self.train == "text":
+            raise ValueError("lp_ft trains the text side first, then the image encoder: it needs "
+                             "train=both or train=image, not train=text")
+        for name in ("jpeg_prob", "blur_prob"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        positive("n_ctx")
+        if not self.prompt_lr > 0:
+            raise ValueError(f"prompt_lr must be > 0, got {self.prompt_lr}")
+        if self.train == "prompt" and (self.lp_ft or self.loss != "ce"):
+            raise ValueError("train=prompt (CoOp) learns context vectors with the cross-entropy over the "
+                             f"class prompts (loss=ce), without lp_ft; got loss={self.loss}, lp_ft={self.lp_ft}")
+        if self.train == "prompt" and self.wise_ft:
+            raise ValueError("wise_ft interpolates encoder weights; train=prompt leaves them unchanged")
+        return self
+
+    def check(self) -> None:
+        """The rules that tie fields together (called by `core.config.build`)."""
+        self.validate()
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def identity(self) -> dict[str, Any]:
+        """The fields a resumed run must share with its checkpoint."""
+        return {k: v for k, v in self.to_dict().items() if k not in RUNTIME_FIELDS}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> FinetuneConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def config_changes(saved: Mapping[str, Any], current: FinetuneConfig) -> list[str]:
+    """Human-readable differences between a checkpoint's config and `current` (runtime fields aside)."""
+    now = current.identity()
+    out = []
+    for key in sorted(set(now) | {k for k in saved if k not in RUNTIME_FIELDS}):
+        a, b = saved.get(key, "<absent>"), now.get(key, "<absent>")
+        if json.dumps(a) != json.dumps(b):
+            out.append(f"{key}: {a!r} -> {b!r}")
+    return out
+
+
+__all__ = ["FinetuneConfig", "LOSS_NAMES", "LOSSES", "MIXED_PRECISION", "RUNTIME_FIELDS", "TRAIN_CHOICES", "config_changes",
+           "parse_alphas", "parse_train"]
