@@ -114,18 +114,21 @@ def test_classifier_logits_equal_the_zero_shot_head(tiny_model_dir, prompts):
     from cifake_lib.data.preprocess import ImagePreprocessor
     from cifake_lib.methods.zeroshot import ClipDetector
 
-    # The training-time logits take each image's class (class-aware sets); the detector does so
-    # only when asked (use_known_class), since by default it marginalises over the classes.
-    det = ClipDetector.from_pretrained(tiny_model_dir, prompts, device="cpu", use_known_class=True)
+    det = ClipDetector.from_pretrained(tiny_model_dir, prompts, device="cpu")
     model = ClipClassifier(det.model, det.processor.tokenizer, det.prompts).eval()
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(12, 32, 32, 3)).astype(np.uint8)
     classes = np.array([-1, 3, 0, 9, -1, 5, 1, 2, -1, 7, 8, 4])
     pre = ImagePreprocessor.from_processor(det.processor)
-    ours = ft.predict_logits(model, pre, images, classes, 5, torch.device("cpu"))
-    theirs = det.predict_logits(images, classes=classes)
-    np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4)
+    # Without classes (validation during training, and the exported detector by default): class-aware
+    # sets marginalise over the classes.
+    ours = ft.predict_logits(model, pre, images, None, 5, torch.device("cpu"))
+    np.testing.assert_allclose(ours, det.predict_logits(images, classes=classes), rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(p_fake(ours), det.predict_proba(images, classes=classes), atol=1e-5)
+    # With classes: each image's own class, as the detector's known-class (oracle) mode scores it.
+    oracle = ClipDetector(det.model, det.processor, det.prompts, use_known_class=True)
+    ours = ft.predict_logits(model, pre, images, classes, 5, torch.device("cpu"))
+    np.testing.assert_allclose(ours, oracle.predict_logits(images, classes=classes), rtol=1e-4, atol=1e-4)
 
 
 def test_label_aware_loss_spreads_targets_over_same_label_pairs():

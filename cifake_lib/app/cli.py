@@ -261,7 +261,7 @@ COMMANDS: list[Command] = [
             (DataConfig, *stages.STAGES["zeroshot"].classes), _stage_runner("zeroshot"), out=True, json=True),
     Command("probe", "linear probe (logistic regression, C chosen on validation) on frozen CLIP image features",
             (DataConfig, *stages.STAGES["probe"].classes), _stage_runner("probe"), out=True, json=True),
-    Command("finetune", "fine-tune CLIP's text and image encoders on CIFAKE (contrastive, FLYP-style); "
+    Command("finetune", "fine-tune CLIP's text and image encoders on CIFAKE (FLYP; its CE ablation; CoOp); "
             "checkpoints, resume, best model exported", (DataConfig, *stages.STAGES["finetune"].classes),
             _finetune, out=True, json=True),
     Command("cnn", "train the CIFAKE paper's CNN (Bird & Lotfi) as a reference detector",

@@ -490,8 +490,10 @@ def _evaluate(accelerator, model: ClipClassifier, preprocess, split: Split, batc
     n = len(split)
     per = math.ceil(n / world)
     idx = np.arange(rank * per, min(n, (rank + 1) * per))
-    logits = predict_logits(model, preprocess, split.images[idx], np.asarray(split.classes)[idx], batch_size,
-                            accelerator.device, accelerator.autocast)
+    # No CIFAR classes: class-aware sets marginalise, as the exported detector does (it cannot know
+    # a test image's class), so early stopping sees the scores the run will report.
+    logits = predict_logits(model, preprocess, split.images[idx], None, batch_size, accelerator.device,
+                            accelerator.autocast)
     if world > 1:
         padded = np.zeros((per, 2), dtype=np.float32)
         padded[:len(logits)] = logits
@@ -656,7 +658,7 @@ def _load_clip(cfg: FinetuneConfig):
     check_model_source(cfg.model)  # a CNN run, a pickle-only folder: a clear error, not an OSError
     with quiet_transformers():
         processor = load_processor(cfg.model)
-        clip = CLIPModel.from_pretrained(cfg.model, dtype=torch.float32, attn_implementation="sdpa")  # fp32 master weights
+        clip = CLIPModel.from_pretrained(cfg.model, dtype=torch.float32, attn_implementation="sdpa")  # fp32 master
     if cfg.gradient_checkpointing:
         # transformers >= 5.2x renames it; Colab's 5.15 has only the old name.
         if hasattr(clip, "activation_checkpointing_enable"):
@@ -691,8 +693,9 @@ def build(data: CifakeData, cfg: FinetuneConfig) -> tuple[Setup, Path | None]:
     model = ClipClassifier(clip, processor.tokenizer, prompts, context)
     set_trainable(model, cfg)
     model.to(accelerator.device).train()
-    compile_towers(model, cfg.compile)
-    optimizer = make_adamw(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+    # CoOp inserts its context through a hook that changes at every call: its towers stay eager.
+    compile_towers(model, "off" if cfg.train == "prompt" else cfg.compile)
+    optimizer = make_adamw(param_groups(model, cfg.weight_decay), lr=cfg.base_lr, betas=(cfg.beta1, cfg.beta2),
                            eps=cfg.eps, weight_decay=cfg.weight_decay, device=accelerator.device)
     if ckpt is not None:  # before prepare: the weights and the optimiser as they were
         from safetensors.torch import load_file
