@@ -157,3 +157,18 @@ def test_probe_detector_on_cuda(tiny_model_dir, tmp_path):
     gpu = load_detector(tmp_path / "run", device="cuda")
     assert gpu.device.type == "cuda"
     np.testing.assert_allclose(gpu.predict_proba(images), det.predict_proba(images), atol=2e-2)
+
+
+def test_read_probe_returns_what_run_probe_returned(sample_dir, tiny_model_dir, tmp_path):
+    """A notebook reading a study's probe sees what fitting it returned; nothing is refitted."""
+    from cifake_lib.data.load import load_cifake
+    from cifake_lib.methods.probe import read_probe, run_probe
+
+    data = load_cifake(str(sample_dir), subset=(400, 200), val_fraction=0.2, progress=False)
+    out = tmp_path / "probe"
+    fitted = run_probe(data, out, model=tiny_model_dir, device="cpu", figures=False, n_boot=50)
+    weights = (out / "probe.safetensors").stat().st_mtime_ns
+    read = read_probe(out)
+    fitted.pop("feature_seconds")
+    assert json.loads(json.dumps(read)) == json.loads(json.dumps(fitted))
+    assert read["C"] == fitted["selection"]["best"] and (out / "probe.safetensors").stat().st_mtime_ns == weights

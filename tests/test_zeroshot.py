@@ -295,3 +295,21 @@ def test_run_zeroshot_without_validation_split(tiny_model_dir, tmp_path):
     assert r.best is None and [row["prompt_set"] for row in read_summary(tmp_path / "zs")] == ["plain", "class_aware"]
     assert all(m["threshold"] == 0.5 and m["threshold_source"] == "default" for m in r.metrics.values())
     assert not (tmp_path / "zs" / "plain" / "predictions_val.csv").exists()
+
+
+def test_read_zeroshot_returns_what_run_zeroshot_returned(sample_dir, tiny_model_dir, tmp_path):
+    """A notebook reading a study's zero-shot runs sees the rows, metrics and choice of the scoring."""
+    from cifake_lib.data.load import load_cifake
+    from cifake_lib.methods.zeroshot import read_zeroshot, run_zeroshot
+
+    data = load_cifake(str(sample_dir), subset=(400, 200), val_fraction=0.2, progress=False)
+    scored = run_zeroshot(data, tmp_path / "zs", model=tiny_model_dir, prompts=["plain", "class_aware"],
+                          device="cpu", figures=False, n_boot=50, progress=False)
+    read = read_zeroshot(tmp_path / "zs")
+    assert read.best == scored.best and list(read.metrics) == ["plain", "class_aware"]
+    for name, m in scored.metrics.items():
+        assert read.metrics[name] == json.loads(json.dumps(m))
+    for a, b in zip(read.rows, scored.rows, strict=True):
+        assert a["prompt_set"] == b["prompt_set"] and a["best_on_val"] == b["best_on_val"]
+        for key in ("roc_auc", "accuracy", "natural_accuracy", "val_roc_auc", "threshold"):
+            assert a[key] == pytest.approx(b[key], rel=1e-12)

@@ -7,9 +7,9 @@ validation). The report is assembled from sections, each computed once:
 
     study = load_study(run_dirs); results = compute_results(study)
     sections = [methods_section(...), quantitative_section(...), ..., references_section()]
-    assemble_report(sections, out_dir)
+    assemble_report(sections, out_dir, title=TITLE, preamble=preamble(study))
 
-so a notebook can compute, show and reuse each part. Files written into `out_dir`:
+so a notebook can compute each part once, show it (`show_section`) and assemble the same parts. Files written into `out_dir`:
 
     report.md                 Methods, Quantitative results, Qualitative results, Analysis,
                               Discussion, References; every figure linked relative to it
@@ -48,6 +48,7 @@ from cifake_lib.core.files import read_json, write_csv, write_text_atomic
 from cifake_lib.evaluation.metrics import utc_now
 
 REPORT = "report.md"
+TITLE = "CIFAKE detectors: report"
 SECTIONS = ("Methods", "Quantitative results", "Qualitative results", "Analysis", "Discussion", "References")
 # Settings worth naming in the methods text, as run.json "args" / detector.json spell them. Epochs
 # and step caps are what was asked for; what ran comes from history.json / detector.json.
@@ -141,6 +142,23 @@ def assemble_report(sections: Sequence[Section], out_dir: str | os.PathLike, *, 
     write_text_atomic(path, "\n".join(md))
     return path
 
+
+def show_section(section: Section) -> None:
+    """Display a section in a notebook as report.md shows it: its Markdown, its figures in place."""
+    from IPython.display import Markdown, display
+
+    text: list[str] = []
+    for block in section.blocks:
+        link = re.fullmatch(r"!\[[^\]]*\]\(([^)]+)\)\s*", block)
+        if link and link.group(1) in section.figures:
+            if text:
+                display(Markdown("\n".join(text)))
+                text = []
+            display(section.figures[link.group(1)])
+        else:
+            text.append(block)
+    if text:
+        display(Markdown("\n".join(text)))
 
 # --------------------------------------------------------------------------- methods text
 
@@ -675,7 +693,7 @@ def build_report(run_dirs: str | os.PathLike | Iterable[str | os.PathLike], out_
                  data: Any = None, n_boot: int = 1000, gallery_k: int = 8, saliency: bool = True,
                  saliency_per_group: int = 1, detectors: Mapping[str, Any] | None = None, device: Any = None,
                  embeddings: bool = True, embedding_limit: int = 1000, study: Study | None = None,
-                 results: Results | None = None, title: str = "CIFAKE detectors: report") -> Path:
+                 results: Results | None = None, title: str = TITLE) -> Path:
     """Write report.md (and its CSVs and PNGs) into `out_dir`; returns its path.
 
     run_dirs: run folders, or folders searched recursively (a whole study folder works).
@@ -694,8 +712,8 @@ def build_report(run_dirs: str | os.PathLike | Iterable[str | os.PathLike], out_
             split = _load_test_split(data)
         except (OSError, ValueError) as e:
             error = str(e)
-    if split is not None and study.leak_free:
-        split = _only_ids(split, study)
+    if split is not None:
+        split = headline_split(split, study)
     sections = [
         methods_section(study),
         quantitative_section(study, results),
@@ -706,15 +724,22 @@ def build_report(run_dirs: str | os.PathLike | Iterable[str | os.PathLike], out_
         discussion_section(study, results),
         references_section(),
     ]
-    preamble = (f"Generated {utc_now()} by cifake_lib from {study.n_folders} run folder(s) under "
-                f"{', '.join(f'`{d}`' for d in run_dirs)}. Label 1 = FAKE is the positive class. Every choice "
-                "(threshold, prompt set, C, early stopping, temperature) was made on validation data; test data "
-                "gave these numbers only. Main numbers: the leak-free test split (see Quantitative results).\n")
-    return assemble_report(sections, out_dir, title=title, preamble=preamble)
+    return assemble_report(sections, out_dir, title=title, preamble=preamble(study))
 
 
-def _only_ids(split: Any, study: Study) -> Any:
-    """The loaded test split restricted to the headline's (leak-free) images, for galleries/embeddings."""
+def preamble(study: Study) -> str:
+    """report.md's opening paragraph: where the runs came from, the label convention, what chose what."""
+    return (f"Generated {utc_now()} by cifake_lib from {study.n_folders} run folder(s) under "
+            f"{', '.join(f'`{d}`' for d in study.paths)}. Label 1 = FAKE is the positive class. Every choice "
+            "(threshold, prompt set, C, early stopping, temperature) was made on validation data; test data "
+            "gave these numbers only. Main numbers: the leak-free test split (see Quantitative results).\n")
+
+
+def headline_split(split: Any, study: Study) -> Any:
+    """The loaded test split restricted to the headline's images (the leak-free ones when the headline
+    is leak-free), so galleries and embeddings show only images the tables count."""
+    if not study.leak_free:
+        return split
     keep = set()
     for r in study.runs:
         if r.get("predictions") is not None:

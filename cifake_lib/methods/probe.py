@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from cifake_lib.clip.features import image_features, l2_normalize
+from cifake_lib.core.files import read_json
 
 if TYPE_CHECKING:
     from cifake_lib.data.load import CifakeData
@@ -416,6 +417,16 @@ def run_probe(data: CifakeData, out_dir: str | os.PathLike, *, model: str | os.P
     return {**metrics, key: fit.best, "selection": selection, "feature_seconds": feature_seconds}
 
 
+
+def read_probe(out_dir: str | os.PathLike) -> dict[str, Any]:
+    """A finished `run_probe` folder read back: its test metrics with the chosen C (or alpha) and the
+    selection record, as `run_probe` returns them; nothing is refitted."""
+    out = Path(out_dir)
+    det = read_json(out / "detector.json")
+    selection = det.get("selection") or {}
+    key = selection.get("parameter", "C")
+    return {**read_json(out / "metrics.json"), key: det.get(key, selection.get("best")), "selection": selection}
+
 __all__ = [
     "ProbeModel",
     "ProbeFit",
@@ -423,4 +434,5 @@ __all__ = [
     "DEFAULT_CS",
     "fit_probe",
     "run_probe",
+    "read_probe",
 ]

@@ -397,10 +397,26 @@ def run_zeroshot(data: CifakeData, out_dir: str | os.PathLike, *, model: str | o
                           feature_seconds=feature_seconds, seconds=time.perf_counter() - t0)
 
 
+
+def read_zeroshot(out_dir: str | os.PathLike) -> ZeroShotResult:
+    """A finished `run_zeroshot` folder read back (summary.csv and each set's metrics.json), nothing rescored.
+
+    Notebooks use it to show a study's zero-shot runs without writing into them.
+    """
+    out = Path(out_dir)
+    rows = read_summary(out)
+    metrics = {r["prompt_set"]: read_json(out / folder_name(r["prompt_set"]) / "metrics.json") for r in rows}
+    # Every set's run.json counts the shared image pass once, so the longest is the stage's time.
+    runs = [out / folder_name(r["prompt_set"]) / "run.json" for r in rows]
+    seconds = max((float(read_json(f).get("seconds") or 0.0) for f in runs if f.is_file()), default=0.0)
+    return ZeroShotResult(out_dir=out, rows=rows, metrics=metrics, best=best_on_val(rows),
+                          feature_seconds=0.0, seconds=seconds)
+
 __all__ = [
     "ClipDetector",
     "ZeroShotResult",
     "run_zeroshot",
+    "read_zeroshot",
     "score_prompt_sets",
     "best_on_val",
     "read_summary",
