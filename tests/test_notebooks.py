@@ -52,7 +52,7 @@ def test_first_cell_sets_up_colab_and_smoke_mode(name):
     nb = json.loads((NOTEBOOKS / f"{name}.ipynb").read_text())
     first = "".join(nb["cells"][0]["source"]) if nb["cells"][0]["cell_type"] == "code" else \
         "".join(nb["cells"][1]["source"])
-    assert REPO_URL in first and "colab_setup.sh" in first and "smoke_mode" in first
+    assert REPO_URL in first and "colab_setup.sh" in first and "notebook_context()" in first
 
 
 def test_repo_url_copies_agree():

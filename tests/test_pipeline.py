@@ -103,6 +103,36 @@ def test_every_figure_keeps_its_text_inside_and_no_legend_covers_a_bar(study):
     assert not problems, "\n".join(f"{p}: {f}" for p, f in problems.items())
 
 
+def test_notebooks_read_the_study_and_write_no_runs(study, sample_dir):
+    """`cifake run --notebooks` on a finished study: the four notebooks run for real, read the study's
+    runs (nothing below OUT/notebooks but the executed copies), rewrite nothing of the study, and
+    notebook 04 shows report.md's own tables."""
+    import nbformat
+
+    out = study["out"]
+    # study.json and pipeline.json are the pipeline's own record of each invocation
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")
+              if p.is_file() and p.name not in ("pipeline.json", "study.json")}
+    record = run_study(preset="smoke", data=str(sample_dir), out=out, notebooks=True, log=lambda m: None)
+    assert {s["name"]: s["status"] for s in record["steps"] if s["status"] != "skipped"} == {"notebooks": "ran"}
+    written = sorted(p.relative_to(out / "notebooks").as_posix() for p in (out / "notebooks").rglob("*")
+                     if p.is_file())
+    assert written == ["01_data.ipynb", "02_zero_shot.ipynb", "03_fine_tune.ipynb", "04_analysis.ipynb",
+                       "notebooks.json"]
+    assert not list((out / "notebooks").rglob("metrics.json"))
+    changed = [str(p) for p, mtime in before.items() if not p.is_file() or p.stat().st_mtime_ns != mtime]
+    assert not changed, f"reading the study, the notebooks rewrote {changed}"
+    nb = nbformat.read(out / "notebooks" / "04_analysis.ipynb", as_version=4)
+    shown = "\n".join("".join(o.get("data", {}).get("text/markdown", "")) for c in nb.cells
+                      for o in c.get("outputs", []))
+    report = (out / "report" / "report.md").read_text()
+    rows = [line for line in report.splitlines() if line.startswith("| ")]
+    assert len(rows) > 20 and [r for r in rows if r not in shown] == []
+    assert "the leak-free test split" in shown.lower() or "Leak-free test split" in shown
+    text = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
+    assert f"the study's runs in {out.resolve()}" in text
+
+
 def test_smoke_preset_without_local_data_fails_at_once(tmp_path):
     start = time.perf_counter()
     with pytest.raises(PipelineError, match="Kaggle"):
@@ -248,11 +278,16 @@ def test_notebooks_stage_runs_with_the_study_and_is_skipped_when_complete(seeds_
     argv = ["run", "--preset", "smoke", "--data", str(sample_dir), "--config", str(cfg), "--out", str(out),
             "--notebooks"]
     assert cli_main(argv) == 0
-    assert len(seen) == 4 and all(env["CIFAKE_STUDY"] == str(out.resolve()) for env in seen)
+    # This study trained only CNNs: 02 (zero-shot, probe) and 03 (fine-tuning) have nothing to read.
+    assert len(seen) == 2 and all(env["CIFAKE_STUDY"] == str(out.resolve()) for env in seen)
+    assert all("CIFAKE_RUNS" not in env for env in seen)  # reading a study, a notebook writes no runs
     assert "1 step(s) ran" in capsys.readouterr().out  # the notebooks; the rest was complete
-    assert (out / "notebooks" / "notebooks.json").is_file()
+    done = json.loads((out / "notebooks" / "notebooks.json").read_text())["notebooks"]
+    assert {n["name"]: n["status"] for n in done} == {
+        "01_data": "ran", "02_zero_shot": "skipped: the study has no zeroshot, probe run",
+        "03_fine_tune": "skipped: the study has no finetune run", "04_analysis": "ran"}
     assert cli_main(argv) == 0
-    assert "0 step(s) ran, 4 already complete" in capsys.readouterr().out and len(seen) == 4
+    assert "0 step(s) ran, 4 already complete" in capsys.readouterr().out and len(seen) == 2
 
 
 def test_notebook_kernel_uses_local_sockets(tmp_path):

@@ -22,6 +22,7 @@ import dataclasses
 import difflib
 import json
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -532,13 +533,18 @@ def execute_notebook(path: Path, workdir: Path, env: dict[str, str], *, timeout:
     env = {"MPLBACKEND": "module://matplotlib_inline.backend_inline", **env}
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)  # the kernel inherits this process's environment
+    km = _kernel_manager(workdir)
     try:
-        NotebookClient(nb, km=_kernel_manager(workdir), timeout=timeout, kernel_name="python3",
-                       resources={"metadata": {"path": str(workdir)}}).execute()
+        # cleanup_kc: shut the kernel down here; nbclient leaves a kernel manager it did not make
+        # running, and four idle kernels would linger until this process exits.
+        NotebookClient(nb, km=km, timeout=timeout, kernel_name="python3",
+                       resources={"metadata": {"path": str(workdir)}}).execute(cleanup_kc=True)
     except Exception as e:
         e.notebook = nb
         raise
     finally:
+        if getattr(km, "transport", "tcp") == "ipc":  # its socket folder (see _kernel_manager)
+            shutil.rmtree(Path(km.ip).parent, ignore_errors=True)
         for k, v in old.items():
             if v is None:
                 os.environ.pop(k, None)
@@ -547,11 +553,24 @@ def execute_notebook(path: Path, workdir: Path, env: dict[str, str], *, timeout:
     return nb
 
 
+# The study run folders each notebook reads under `cifake run --notebooks`, and the file that
+# says a run is complete.
+NOTEBOOK_INPUTS = {"02_zero_shot": (("zeroshot", "summary.csv"), ("probe", "metrics.json")),
+                   "03_fine_tune": (("finetune", "metrics.json"),)}
+
+
+def missing_study_runs(study: Path, notebook: str) -> list[str]:
+    """The runs `notebook` reads that the study at `study` does not have (complete)."""
+    return [name for name, done in NOTEBOOK_INPUTS.get(notebook, ()) if not (study / name / done).is_file()]
+
+
 def run_notebooks(folder: Path, *, data: str, smoke: bool, study: Path | None = None, log=None,
                   timeout: int = 3600) -> list[dict]:
     """Execute the four notebooks headless with the study's settings; save executed copies in `folder`.
 
-    The kernels see CIFAKE_STUDY=<study>, so the notebooks can read the study's own runs.
+    With `study`, the kernels see CIFAKE_STUDY=<study>: the notebooks read the study's own data,
+    model and runs and train nothing (app/notebook.py); a notebook whose runs the study lacks is
+    skipped. Without, they write their own runs under `folder/runs`.
     """
     import nbformat
 
@@ -560,11 +579,19 @@ def run_notebooks(folder: Path, *, data: str, smoke: bool, study: Path | None = 
     if not source_dir.is_dir():
         raise PipelineError(f"{source_dir}: the notebooks are not here (run from a checkout of the repository)")
     folder.mkdir(parents=True, exist_ok=True)
-    env = {"CIFAKE_DATA": data, "CIFAKE_SMOKE": "1" if smoke else "0", "CIFAKE_RUNS": str(folder / "runs")}
-    if study is not None:
+    env = {"CIFAKE_DATA": data, "CIFAKE_SMOKE": "1" if smoke else "0"}
+    if study is not None:  # the notebooks read the study's runs and write none
         env["CIFAKE_STUDY"] = str(Path(study).resolve())
+    else:
+        env["CIFAKE_RUNS"] = str(folder / "runs")
     results = []
     for name in NOTEBOOKS:
+        missing = missing_study_runs(Path(study), name) if study is not None else []
+        if missing:  # reading the study, the notebook would have nothing to show (and must not train)
+            status = f"skipped: the study has no {', '.join(missing)} run"
+            results.append({"name": name, "status": status, "seconds": 0.0})
+            log(f"notebook {name}: {status}")
+            continue
         log(f"notebook {name}: running")
         start = time.perf_counter()
         try:
