@@ -55,3 +55,17 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     from cifake_lib.clip.models import write_tiny_clip
 
     return write_tiny_clip(tmp_path_factory.mktemp("tiny_clip") / "model", seed=0)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models are overhead-bound: one thread is as fast and does not fight other jobs.
+
+    Use per module: `pytestmark = pytest.mark.usefixtures("one_torch_thread")`.
+    """
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

@@ -41,13 +41,7 @@ from cifake_lib.methods.finetune import (
 SAMPLE_STEPS = 200
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models are overhead-bound: one thread is as fast and does not fight other jobs."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _data(n_train: int = 64, n_val: int = 32, n_test: int = 32, seed: int = 0):

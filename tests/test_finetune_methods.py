@@ -22,13 +22,7 @@ from cifake_lib.methods import finetune as ft
 from cifake_lib.methods.checkpoints import latest_checkpoint
 from cifake_lib.methods.finetune import FinetuneConfig, finetune, flyp_loss, train
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
