@@ -9,7 +9,7 @@ The paper's published 92.98% is shown beside it, labelled as published.
     python bench/bench_cnn.py --json                # the same, as JSON
     python bench/bench_cnn.py --subset 20000:4000 --epochs 2   # a quick calibration
 
-The data come from `--data` (default: $CIFAKE_ARCHIVE, else the shared CIFAKE.tar.gz); decoded
+The data come from `--data` (default: $CIFAKE_ARCHIVE); decoded
 arrays are cached under $CIFAKE_CACHE (default here: a folder in the system temp dir, reused
 between runs). The run folder goes to `--out` (default: a temporary folder, deleted).
 Progress goes to stderr; the summary (or `--json`) to stdout.
@@ -32,11 +32,11 @@ import os
 import sys
 import tempfile
 import time
-from pathlib import Path
+
+from _common import add_data_argument, add_threads_argument, prepare
 
 PAPER_ACCURACY = 0.9298  # Bird & Lotfi, published (not ours)
 TARGET_SECONDS = 15 * 60
-DEFAULT_ARCHIVE = "/work/shared/data/cifake/CIFAKE.tar.gz"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
 
     d = TrainConfig()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default=os.environ.get("CIFAKE_ARCHIVE") or DEFAULT_ARCHIVE)
+    add_data_argument(ap)
     ap.add_argument("--subset", default=None, metavar="TRAIN:TEST", help="default: the full split")
     ap.add_argument("--batch-norm", action="store_true", help="add batch norm (not in the paper)")
     ap.add_argument("--time-limit", type=float, default=TARGET_SECONDS,
@@ -54,22 +54,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lr", type=float, default=d.lr)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default=None)
-    ap.add_argument("--threads", type=int, default=None,
-                    help="torch.set_num_threads for this benchmark (default: torch's own default)")
+    add_threads_argument(ap)
     ap.add_argument("--out", default=None, help="keep the run folder here (default: temporary)")
     ap.add_argument("--json", action="store_true", help="print the results as one JSON object")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     a = ap.parse_args(argv)
 
-    os.environ.setdefault("CIFAKE_CACHE", str(Path(tempfile.gettempdir()) / "cifake_bench_cache"))
+    prepare(a.threads)
     from cifake_lib.data.config import parse_subset
     from cifake_lib.data.load import load_cifake
     from cifake_lib.methods.cnn import run_cnn
 
-    if a.threads:
-        import torch
-
-        torch.set_num_threads(a.threads)
     subset = parse_subset(a.subset) if a.subset else None
     t0 = time.perf_counter()
     data = load_cifake(a.data, subset=subset, val_fraction=0.1, seed=a.seed, progress=not a.quiet)

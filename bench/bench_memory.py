@@ -1,6 +1,6 @@
 """Does the report preset fit a 15 GB GPU (Colab's T4)? Peak memory per stage, estimated on any machine.
 
-    python bench/bench_memory.py --model STANDIN   # folder from `python ../shared/tools/clip_replica.py`
+    python bench/bench_memory.py --model STANDIN   # a ViT-B/32 CLIP folder (see below)
     python bench/bench_memory.py                   # ViT-B/32-shaped random CLIP (small tokenizer vocabulary)
     python bench/bench_memory.py --json
 

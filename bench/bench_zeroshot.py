@@ -35,7 +35,6 @@ import numpy as np
 
 TARGET_PROMPT_RATIO = 1.2
 TARGET_THROUGHPUT_RATIO = 0.9
-DEFAULT_SAMPLE = "/work/shared/data/cifake_sample"
 
 
 def _data(n_images: int, seed: int):
@@ -43,8 +42,8 @@ def _data(n_images: int, seed: int):
     from cifake_lib.data.load import CifakeData, Split, load_cifake
 
     n_val = max(2, n_images // 8)
-    folder = os.environ.get("CIFAKE_DATA") or DEFAULT_SAMPLE
-    if Path(folder).is_dir():
+    folder = os.environ.get("CIFAKE_DATA")
+    if folder and Path(folder).is_dir():
         # val_fraction 0.5 of a 2*n_val train subset gives n_val validation images.
         data = load_cifake(folder, subset=(2 * n_val, n_images), val_fraction=0.5, seed=seed, progress=False)
         return data, f"CIFAKE sample ({folder})"

@@ -1,7 +1,6 @@
 """The GPU study in one command: fine-tuning speed per variant, embedding extraction, the memory estimate,
 and the whole report preset at full scale with the ViT-B/32 stand-in, per stage time and peak GPU memory.
 
-    python ../shared/tools/clip_replica.py STANDIN WHEELS/open_clip_torch-*.whl   # once, anywhere
     python bench/gpu_study.py --standin STANDIN --data CIFAKE.tar.gz --out gpu_study
 
 Writes OUT/gpu_study.json (every figure) and OUT/gpu_study.md (the tables for the README's Performance
@@ -161,7 +160,8 @@ def markdown(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--standin", required=True, help="the ViT-B/32 stand-in folder (clip_replica.py)")
+    ap.add_argument("--standin", required=True, help="a ViT-B/32 CLIP folder in Hugging Face format (config, "
+                    "preprocessor, tokenizer; random weights do for speed and memory)")
     ap.add_argument("--data", default=os.environ.get("CIFAKE_ARCHIVE"), help="full CIFAKE (default $CIFAKE_ARCHIVE)")
     ap.add_argument("--out", type=Path, default=Path("gpu_study"))
     ap.add_argument("--only", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}")

@@ -14,13 +14,10 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
 import sys
-import tempfile
 import time
-from pathlib import Path
 
-DEFAULT_ARCHIVE = "/work/shared/data/cifake/CIFAKE.tar.gz"
+from _common import add_data_argument, add_threads_argument, prepare
 
 
 def sweep(a: argparse.Namespace) -> list[dict]:
@@ -48,22 +45,18 @@ def sweep(a: argparse.Namespace) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default=os.environ.get("CIFAKE_ARCHIVE") or DEFAULT_ARCHIVE)
+    add_data_argument(ap)
     ap.add_argument("--subset", type=int, default=20000, help="train images before the validation split")
     ap.add_argument("--val-fraction", type=float, default=0.2)
     ap.add_argument("--epochs", type=int, default=15)
     ap.add_argument("--lrs", type=lambda s: [float(x) for x in s.split(",")], default=[1e-3, 2e-3, 4e-3])
     ap.add_argument("--batch-sizes", type=lambda s: [int(x) for x in s.split(",")], default=[64, 128])
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    add_threads_argument(ap)
     ap.add_argument("--json", action="store_true", help="print the rows as one JSON list")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     a = ap.parse_args(argv)
-    os.environ.setdefault("CIFAKE_CACHE", str(Path(tempfile.gettempdir()) / "cifake_bench_cache"))
-    if a.threads:
-        import torch
-
-        torch.set_num_threads(a.threads)
+    prepare(a.threads)
     rows = sweep(a)
     if a.json:
         print(json.dumps(rows, indent=2))
