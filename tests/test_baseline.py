@@ -253,3 +253,59 @@ def test_cli_cnn_rejects_bad_arguments(bad, tmp_path, capsys):
 
     assert main(["cnn", "--data", str(tmp_path), "--out", str(tmp_path / "o"), *bad]) == 2
     assert bad[0] in capsys.readouterr().err
+
+
+# --- checkpoint and resume --------------------------------------------------
+
+
+def _interrupt_after(monkeypatch, epochs: int) -> None:
+    """Make the epoch after `epochs` finished ones raise, as a crash or Ctrl-C would."""
+    from cifake_lib.methods import cnn
+
+    real, calls = cnn._train_epoch, {"n": 0}
+
+    def epoch(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > epochs:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cnn, "_train_epoch", epoch)
+
+
+def _untimed(history):
+    return [{k: v for k, v in h.items() if "seconds" not in k and k != "images_per_second"} for h in history]
+
+
+def test_an_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    """Batch order, flips, dropout masks and Adam's moments all continue: the weights are identical."""
+    train, val = _synthetic(192, 0), _synthetic(64, 1)
+    tc = TrainConfig(epochs=3, batch_size=32, seed=5)
+    whole = train_cnn(train, val, train_config=tc, device="cpu", progress=False, checkpoint_dir=tmp_path / "a")
+    with monkeypatch.context() as m:
+        _interrupt_after(m, 2)
+        with pytest.raises(KeyboardInterrupt):
+            train_cnn(train, val, train_config=tc, device="cpu", progress=False, checkpoint_dir=tmp_path / "b")
+    assert json.loads((tmp_path / "b" / "state.json").read_text())["state"]["epoch"] == 2
+    resumed = train_cnn(train, val, train_config=tc, device="cpu", progress=False, checkpoint_dir=tmp_path / "b")
+    for k, v in whole.model.state_dict().items():
+        assert torch.equal(v, resumed.model.state_dict()[k]), k
+    assert resumed.best_epoch == whole.best_epoch and _untimed(resumed.history) == _untimed(whole.history)
+
+
+def test_a_checkpoint_from_other_settings_or_torn_is_not_used(tmp_path, caplog):
+    train, val = _synthetic(128, 0), _synthetic(64, 1)
+    folder = tmp_path / "ckpt"
+    train_cnn(train, val, train_config=TrainConfig(epochs=1, batch_size=32, seed=5), device="cpu",
+              progress=False, checkpoint_dir=folder)
+    other = TrainConfig(epochs=2, batch_size=32, seed=5, lr=1e-3)
+    with caplog.at_level("WARNING", logger="cifake_lib.cnn"):
+        result = train_cnn(train, val, train_config=other, device="cpu", progress=False, checkpoint_dir=folder)
+    assert "other settings or data" in caplog.text and [h["epoch"] for h in result.history] == [1, 2]
+    state = json.loads((folder / "state.json").read_text())
+    state["state"]["epoch"] = 1  # state.json of epoch 1 beside the tensors of epoch 2: a torn pair
+    (folder / "state.json").write_text(json.dumps(state))
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="cifake_lib.cnn"):
+        again = train_cnn(train, val, train_config=other, device="cpu", progress=False, checkpoint_dir=folder)
+    assert "incomplete" in caplog.text and [h["epoch"] for h in again.history] == [1, 2]

@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field, fields
@@ -42,8 +43,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from cifake_lib.data.preprocess import check_uint8_images
+from cifake_lib.methods.cnn_checkpoint import (
+    CHECKPOINT_DIR,
+    load_checkpoint,
+    save_checkpoint,
+    started_at,
+)
 from cifake_lib.methods.cnn_config import CNNConfig, CnnStageConfig, TrainConfig  # noqa: F401 (re-exported)
-from cifake_lib.methods.training import TrainState, val_scores, warmup_cosine
+from cifake_lib.methods.training import TrainState, data_fingerprint, val_scores, warmup_cosine
 
 logger = logging.getLogger(__name__)  # epoch lines; progress goes through tqdm
 
@@ -301,10 +308,13 @@ def _report_epoch(record: dict[str, Any], tc: TrainConfig, out_of_time: bool, n:
 
 def train_cnn(train: Split, val: Split | None = None, *, config: CNNConfig | None = None,
               train_config: TrainConfig | None = None, device: str | torch.device | None = None,
-              progress: bool = True) -> TrainResult:
+              progress: bool = True, checkpoint_dir: str | Path | None = None) -> TrainResult:
     """Train the CNN on `train`; keep the epoch with the best validation accuracy (then AUC).
 
     Deterministic on CPU for a given seed and thread count. `val` None: the last epoch is kept.
+    checkpoint_dir: write a checkpoint there after every epoch, and continue from the one found
+    there when it comes from the same settings and data (methods/cnn_checkpoint.py); a resumed
+    run ends with the same weights as an uninterrupted one.
     """
     config = config or CNNConfig()
     tc = train_config or TrainConfig()
@@ -331,6 +341,13 @@ def train_cnn(train: Split, val: Split | None = None, *, config: CNNConfig | Non
     state = TrainState()  # step, epoch, the best (validation accuracy, AUC) so far, history
     best_weights: dict[str, torch.Tensor] | None = None
     best_epoch, train_seconds = 0, 0.0
+    folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    identity = json.loads(json.dumps({"architecture": config.to_dict(), "train": tc.to_dict(),
+                                      "data": data_fingerprint(train, val)}))
+    resumed = load_checkpoint(folder, model=model, opt=opt, gen=gen, identity=identity) if folder else None
+    if resumed is not None:
+        state, best_weights = resumed.state, resumed.best_weights
+        best_epoch, train_seconds, run.t_start = resumed.best_epoch, resumed.train_seconds, started_at(resumed)
     while state.epoch < tc.epochs:
         # one epoch of optimisation steps (or what the time limit leaves)
         record, out_of_time = _train_epoch(run, state, progress)
@@ -348,6 +365,10 @@ def train_cnn(train: Split, val: Split | None = None, *, config: CNNConfig | Non
             best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
         record["best_epoch"] = best_epoch
         state.history.append(record)
+        if folder is not None:
+            save_checkpoint(folder, model=model, opt=opt, gen=gen, state=state, best_weights=best_weights,
+                            best_epoch=best_epoch, train_seconds=train_seconds,
+                            elapsed=time.perf_counter() - run.t_start, identity=identity)
         if progress:
             _report_epoch(record, tc, out_of_time, len(x_all))
         if out_of_time:
@@ -452,7 +473,9 @@ def run_cnn(data: CifakeData, out_dir: str | Path, *, config: CNNConfig | None =
     """Train on data.train (select on data.val), score val and test, write the run folder.
 
     Writes cnn.safetensors, history.json and, via `runs.write_run`, metrics.json,
-    predictions.csv, predictions_val.csv, run.json and detector.json. Returns the metrics
+    predictions.csv, predictions_val.csv, run.json and detector.json. While training,
+    OUT/checkpoint/ holds the last finished epoch: run the same command again after an
+    interruption and training continues from there. Returns the metrics
     dict, with "best_epoch", "epochs_run", "train_seconds" and "images_per_second" added.
     """
     from cifake_lib.core.files import write_json
@@ -465,7 +488,7 @@ def run_cnn(data: CifakeData, out_dir: str | Path, *, config: CNNConfig | None =
     device = _pick_device(device)
     t0 = time.perf_counter()
     result = train_cnn(data.train, data.val, config=config, train_config=tc, device=device,
-                       progress=progress)
+                       progress=progress, checkpoint_dir=out_dir / CHECKPOINT_DIR)
     save_cnn_weights(result.model, out_dir / WEIGHTS_FILE)
     write_json(out_dir / HISTORY_FILE, {"best_epoch": result.best_epoch, "epochs": result.history})
 
@@ -489,6 +512,7 @@ def run_cnn(data: CifakeData, out_dir: str | Path, *, config: CNNConfig | None =
         model="cifake-cnn" + ("" if config == CNNConfig.paper() else "-variant"),
         data=data.source, seed=tc.seed, args=all_args, seconds=time.perf_counter() - t0,
     )
+    shutil.rmtree(out_dir / CHECKPOINT_DIR, ignore_errors=True)  # the run folder now holds it all
     return {
         **metrics,
         "best_epoch": result.best_epoch,

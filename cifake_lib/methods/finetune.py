@@ -70,7 +70,6 @@ position in the epoch, seed, best validation AUC, patience, the config). Nothing
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import math
 import os
 import random
@@ -123,7 +122,7 @@ from cifake_lib.methods.finetune_config import (  # noqa: F401 (re-exported: the
     parse_train,
 )
 from cifake_lib.methods.speed import compile_towers, make_adamw
-from cifake_lib.methods.training import TrainState, val_scores, warmup_cosine
+from cifake_lib.methods.training import TrainState, data_fingerprint, val_scores, warmup_cosine
 from cifake_lib.viz.run_figures import (
     training_curves_figure,  # re-exported: notebook 03 imports it here
 )
@@ -402,20 +401,6 @@ def set_trainable(model: ClipClassifier, cfg: FinetuneConfig) -> None:
 def epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
     """The order of epoch `epoch`: a function of (seed, epoch) only, so resume needs no state."""
     return np.random.default_rng([seed, epoch, 0xC1FA]).permutation(n)
-
-
-def data_fingerprint(train: Split, val: Split | None) -> str:
-    """A hash of the train/val ids, labels and ~1000 of their images: a resumed run must see the same data."""
-    h = hashlib.sha256()
-    for split in (train, val):
-        if split is None:
-            h.update(b"none")
-            continue
-        h.update(str(len(split)).encode())
-        h.update("\n".join(map(str, split.ids)).encode())
-        h.update(np.ascontiguousarray(np.asarray(split.labels, dtype=np.int64)).tobytes())
-        h.update(np.ascontiguousarray(split.images[::max(1, len(split) // 1000)]).tobytes())
-    return h.hexdigest()[:16]
 
 
 def resolve_mixed_precision(requested: str, device: torch.device) -> str:

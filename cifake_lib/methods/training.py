@@ -9,6 +9,7 @@ score, never a test score.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -103,4 +104,18 @@ class TrainState:
         return cls(**known, history=list(history or []))
 
 
-__all__ = ["TrainState", "val_scores", "warmup_cosine"]
+def data_fingerprint(train: Any, val: Any) -> str:
+    """A hash of the train/val ids, labels and ~1000 of their images: a resumed run must see the same data."""
+    h = hashlib.sha256()
+    for split in (train, val):
+        if split is None:
+            h.update(b"none")
+            continue
+        h.update(str(len(split)).encode())
+        h.update("\n".join(map(str, getattr(split, "ids", range(len(split))))).encode())
+        h.update(np.ascontiguousarray(np.asarray(split.labels, dtype=np.int64)).tobytes())
+        h.update(np.ascontiguousarray(split.images[::max(1, len(split) // 1000)]).tobytes())
+    return h.hexdigest()[:16]
+
+
+__all__ = ["TrainState", "data_fingerprint", "val_scores", "warmup_cosine"]
