@@ -121,3 +121,11 @@ def test_notebook_04_analysis_smoke(sample_dir, workdir):
     assert stderr_of(nb) == ""
     text = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
     assert "found: zero-shot CLIP, linear probe, fine-tuned CLIP" in text
+
+
+def test_the_absence_claim_in_notebook_03_carries_the_date_of_the_search():
+    """The claim that nothing published fine-tunes both encoders is dated, as the report's is."""
+    from cifake_lib.evaluation.published import checked
+
+    intro = "".join(json.loads((NOTEBOOKS / "03_fine_tune.ipynb").read_text())["cells"][0]["source"])
+    assert f"As of {checked()} we found no published result" in intro
