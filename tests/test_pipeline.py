@@ -130,7 +130,7 @@ def test_notebooks_read_the_study_and_write_no_runs(study, sample_dir):
     assert len(rows) > 20 and [r for r in rows if r not in shown] == []
     assert "the leak-free test split" in shown.lower() or "Leak-free test split" in shown
     text = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
-    assert f"the study's runs in {out.resolve()}" in text
+    assert f"runs: the study's, in {out.resolve()} (read only" in text
 
 
 def test_smoke_preset_without_local_data_fails_at_once(tmp_path):

@@ -192,6 +192,8 @@ def test_discussion_follows_the_paired_table(dedup_study, tmp_path):
         if (lo > 0 or hi < 0) and p < 0.05:
             word = "higher" if float(r["difference"]) > 0 else "lower"
             assert f"{r['detector_a']} has {word} {metric} than {r['detector_b']}" in discussion
+        elif lo > 0 or hi < 0:  # interval and test disagree: neither "higher" nor "not distinguishable"
+            assert f"{r['detector_a']} vs {r['detector_b']}, {metric}: mixed evidence" in discussion
         else:
             assert f"{r['detector_a']} and {r['detector_b']} are not distinguishable on {metric}" in discussion
     # Unpaired wording is gone; the absence claim is dated.
@@ -208,3 +210,15 @@ def test_uninformative_temperature_is_not_called_an_improvement():
     (text,) = report._calibration_statements([row])
     assert "uninformative, not an improvement" in text
     assert calibration_verdict({**row, "sd_after": 0.2}) == "ECE and Brier lower"
+
+
+@pytest.mark.parametrize(("lo", "hi", "p", "expected"), [
+    (0.01, 0.2, 0.01, "has higher accuracy than"),
+    (0.005, 0.155, 0.0519, "mixed evidence, not called a difference"),
+    (-0.05, 0.1, 0.3, "are not distinguishable on accuracy"),
+    (-0.2, -0.01, 0.001, "has lower accuracy than"),
+])
+def test_paired_statement_wording(lo, hi, p, expected):
+    row = {"detector_a": "a", "detector_b": "b", "metric": "accuracy", "difference": (lo + hi) / 2,
+           "ci_low": lo, "ci_high": hi, "p_value": p, "test": "McNemar exact"}
+    assert expected in report.paired_statement(row)

@@ -379,10 +379,13 @@ def reliability_grid(runs: Sequence[Mapping[str, Any]]) -> Figure:
     fig = Figure(figsize=(5.2 * cols, 4.4 * rows), layout="constrained")
     axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
     for ax, r in zip(axes, runs, strict=False):
-        p = r["predictions"]
-        reliability_figure(p["label"], p["p_fake"], p_calibrated=calibrated_predictions(r),
-                           title=r["name"], ax=ax)
-        ax.title.set_fontsize("small")
+        p, q = r["predictions"], calibrated_predictions(r)
+        # A temperature that flattens every score makes a low ECE meaningless: say so on the panel.
+        flat = q is not None and float(np.std(q)) < UNINFORMATIVE_SD
+        reliability_figure(p["label"], p["p_fake"], p_calibrated=q, ax=ax,
+                           title=r["name"] + (", scaling uninformative" if flat else ""),
+                           calibrated_label="after temperature scaling" + (" (uninformative)" if flat else ""))
+        ax.title.set_fontsize("medium")
     for ax in axes[len(runs):]:
         ax.set_visible(False)
     return fig

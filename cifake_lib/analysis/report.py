@@ -314,7 +314,7 @@ def _caption(study: Study) -> str:
 
 def quantitative_section(study: Study, res: Results) -> Section:
     from cifake_lib.evaluation.published import published_anchors, published_table
-    from cifake_lib.viz.plots import compare_bar, roc_figure
+    from cifake_lib.viz.plots import anchored_title, compare_bar, roc_figure
 
     s = Section("Quantitative results")
     ours = [dict(r, name=r["name"] + ("" if run.get("leak_free") else " †"))
@@ -345,13 +345,15 @@ def quantitative_section(study: Study, res: Results) -> Section:
           compare.markdown_table(published_table(), PUBLISHED_COLUMNS))
     curves = compare.roc_curves(study.runs)
     if curves:
-        s.image(roc_figure(curves, title="ROC curves, leak-free test split"), "roc.png", "ROC curves of every detector")
-    s.image(compare_bar(ours, "roc_auc", published=published_anchors("roc_auc"),
-                        title="ROC AUC (95% CI), published results as diamonds"), "compare_auc.png",
-            "ROC AUC of every detector with published anchors")
-    s.image(compare_bar(ours, "accuracy", published=published_anchors("accuracy", setting="supervised")
-                        | published_anchors("accuracy", setting="probe") | published_anchors("accuracy", setting="fine-tuned"),
-                        title="Accuracy at the validation threshold (95% CI), published results as diamonds"),
+        split = "leak-free test split" if study.leak_free else "test split"
+        s.image(roc_figure(curves, title=f"ROC curves, {split}"), "roc.png", "ROC curves of every detector")
+    auc_anchors = published_anchors("roc_auc")
+    s.image(compare_bar(ours, "roc_auc", published=auc_anchors, title=anchored_title("ROC AUC (95% CI)", auc_anchors)),
+            "compare_auc.png", "ROC AUC of every detector with published anchors")
+    acc_anchors = published_anchors("accuracy", setting="supervised") | published_anchors(
+        "accuracy", setting="probe") | published_anchors("accuracy", setting="fine-tuned")
+    s.image(compare_bar(ours, "accuracy", published=acc_anchors,
+                        title=anchored_title("Accuracy at the validation threshold (95% CI)", acc_anchors)),
             "compare_accuracy.png", "Accuracy of every detector with published anchors")
     _per_class_block(s, res.per_class)
     return s
@@ -530,6 +532,9 @@ def paired_statement(row: Mapping[str, Any]) -> str:
     if significant(row):
         word = "higher" if d > 0 else "lower"
         return f"{row['detector_a']} has {word} {metric} than {row['detector_b']} ({numbers})"
+    if lo > 0 or hi < 0:  # the two criteria disagree: say so rather than "not distinguishable"
+        return (f"{row['detector_a']} vs {row['detector_b']}, {metric}: mixed evidence, not called a difference "
+                f"(the bootstrap interval excludes 0 but the test does not reach p < 0.05: {numbers})")
     return f"{row['detector_a']} and {row['detector_b']} are not distinguishable on {metric} here ({numbers})"
 
 
@@ -736,10 +741,8 @@ def preamble(study: Study) -> str:
 
 
 def headline_split(split: Any, study: Study) -> Any:
-    """The loaded test split restricted to the headline's images (the leak-free ones when the headline
-    is leak-free), so galleries and embeddings show only images the tables count."""
-    if not study.leak_free:
-        return split
+    """The loaded test split restricted to the images the headline scored (the leak-free ones when it
+    is leak-free; a run's subset), so galleries and embeddings show only images the tables count."""
     keep = set()
     for r in study.runs:
         if r.get("predictions") is not None:

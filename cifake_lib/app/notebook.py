@@ -119,9 +119,9 @@ class NotebookContext:
 
     def describe(self) -> str:
         """One line for the notebook's output: what is read, and what will be written."""
-        where = (f"the study's runs in {self.study} (nothing is trained or written)" if self.study
-                 else f"runs written and read in {self.runs}")
-        return f"smoke mode: {self.smoke} | data: {self.source} | {where}"
+        where = (f"runs: the study's, in {self.study} (read only: nothing is trained or written)" if self.study
+                 else f"runs: written and read in {self.runs}")
+        return f"smoke mode: {self.smoke} | data: {self.source}\n{where}"
 
 
 def _study_context(folder: Path, smoke: bool) -> NotebookContext:

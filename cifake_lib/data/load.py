@@ -597,6 +597,9 @@ def _counts_line(train: Split, test: Split) -> str:
                      for label, label_name in enumerate(LABEL_NAMES))
 
 
+_WARNED_SHORT: set[str] = set()  # sources whose shortfall was already logged (CifakeData.warnings keeps it)
+
+
 def _shortfall(source: str, train: Split, test: Split) -> str | None:
     """A warning when a source names its files like CIFAKE but holds fewer images than CIFAKE.
 
@@ -643,7 +646,8 @@ def load_cifake(data: str | os.PathLike | None = None, *, subset: tuple[int, int
                 raise ValueError(f"{source.name}: no readable {name} {label_name} images")
     logger.info("loaded %s: %s", source.name, _counts_line(train, test))
     shortfall = _shortfall(source.name, train, test)
-    if shortfall:
+    if shortfall and str(source) not in _WARNED_SHORT:  # once per source and process: notebooks load often
+        _WARNED_SHORT.add(str(source))
         logger.warning(shortfall)
     if subset is not None:
         train = stratified_subset(train, subset[0], seed=seed)

@@ -145,8 +145,10 @@ def duplicates_figure(data: CifakeData | Mapping[str, Split] | Split, *, max_gro
     if not shown:  # the empty state, in words: no canvas of blank panels
         total = sum(len(split) for split in splits.values())
         fig = Figure(figsize=(6.5, 0.9), layout="constrained")
-        fig.text(0.5, 0.5, f"No identical images: all {total:,} images of {' / '.join(splits)} differ\n"
-                 "(compared pixel by pixel)", ha="center", va="center")
+        ax = fig.add_subplot()  # an axes, even blank: notebooks draw no figure without one (only its repr)
+        ax.set_axis_off()
+        ax.text(0.5, 0.5, f"No identical images: all {total:,} images of {' / '.join(splits)} differ\n"
+                "(compared pixel by pixel)", ha="center", va="center", transform=ax.transAxes)
         return fig
     width = max(len(g) for g in shown)
     fig = Figure(figsize=(2.6 * width, 2.3 * len(shown) + 0.5), layout="constrained")

@@ -193,6 +193,12 @@ def _anchor_rows(published: Mapping[str, Any]) -> list[tuple[str, float, float]]
     return [(label, min(v), max(v)) for label, v in rows.items()]
 
 
+def anchored_title(title: str, published: Mapping[str, Any] | None) -> str:
+    """`title`, then how published results are drawn, or that none reports this metric (so a
+    reader does not look for diamonds that are not there)."""
+    return f"{title}; published results as diamonds" if published else f"{title}; no published result for this metric"
+
+
 def compare_bar(rows: Sequence[Mapping[str, Any]], metric: str = "roc_auc", *,
                 published: Mapping[str, Any] | None = None, title: str | None = None,
                 ax: Axes | None = None) -> Figure:

@@ -4,6 +4,7 @@ reliability from a detector's scores (shared by the zero-shot, probe and fine-tu
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -97,7 +98,7 @@ def table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = Non
     columns = list(columns) if columns is not None else list(dict.fromkeys(k for r in rows for k in r))
     data = [[r.get(c) for c in columns] for r in rows]
     try:
-        import pandas as pd
+        import pandas  # noqa: F401  (the DataFrame below needs it)
     except ImportError:
         def fmt(v: Any) -> str:
             return "" if v is None else f"{v:.{digits}f}" if isinstance(v, float) else str(v)
@@ -106,7 +107,28 @@ def table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = Non
         widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
         return TextTable("\n".join("  ".join(v.rjust(w) for v, w in zip(row, widths, strict=True))
                                    for row in cells))
-    return pd.DataFrame(data, columns=columns).round(digits)
+    return _full_text_frame()(data, columns=columns).round(digits)
+
+
+@functools.cache
+def _full_text_frame() -> type:
+    """A DataFrame that shows every cell's whole text (pandas cuts cells at 50 characters)."""
+    import pandas as pd
+
+    class FullTextFrame(pd.DataFrame):
+        @property
+        def _constructor(self):
+            return FullTextFrame
+
+        def _repr_html_(self) -> str | None:
+            with pd.option_context("display.max_colwidth", None):
+                return super()._repr_html_()
+
+        def __repr__(self) -> str:
+            with pd.option_context("display.max_colwidth", None):
+                return super().__repr__()
+
+    return FullTextFrame
 
 
 def training_curves_figure(history: Sequence[Mapping[str, Any]] | Mapping[str, Any] | str | os.PathLike,
@@ -123,22 +145,32 @@ def training_curves_figure(history: Sequence[Mapping[str, Any]] | Mapping[str, A
     va = [r for r in history if r.get("kind") == "val"]
     fig = Figure(figsize=(11, 4), layout="constrained")
     ax_loss, ax_acc = fig.subplots(1, 2)
+    # The training objective (FLYP's contrastive loss over the batch's captions, or a CE) and the
+    # validation loss (the two-way head's cross-entropy) are different quantities on different
+    # scales: each gets its own y axis.
+    ax_val = ax_loss.twinx() if va else None
+    lines = []
     if tr:
-        ax_loss.plot([r["step"] for r in tr], [r["loss"] for r in tr], label="train loss")
-        ax_acc.plot([r["step"] for r in tr], [r["train_accuracy"] for r in tr], label="train accuracy")
+        lines += ax_loss.plot([r["step"] for r in tr], [r["loss"] for r in tr], color="C0", label="train loss (left)")
+        acc = [(r["step"], r["train_accuracy"]) for r in tr if r.get("train_accuracy") is not None]
+        if acc:  # FLYP's contrastive batches have no REAL/FAKE decision to count
+            ax_acc.plot(*zip(*acc, strict=True), color="C0", label="train accuracy")
     if va:
         steps = [r["step"] for r in va]
-        ax_loss.plot(steps, [r["val_loss"] for r in va], "o-", label="val loss")
-        ax_acc.plot(steps, [r["val_accuracy"] for r in va], "o-", label="val accuracy (0.5)")
-        ax_acc.plot(steps, [r["val_auc"] for r in va], "s--", label="val ROC AUC")
+        lines += ax_val.plot(steps, [r["val_loss"] for r in va], "o-", color="C1",
+                             label="val loss, 2-way cross-entropy (right)")
+        ax_val.set_ylabel("validation cross-entropy", color="C1")
+        ax_acc.plot(steps, [r["val_accuracy"] for r in va], "o-", color="C1", label="val accuracy (0.5)")
+        ax_acc.plot(steps, [r["val_auc"] for r in va], "s--", color="C2", label="val ROC AUC")
         best = [r for r in va if r.get("best")]
         if best:
             ax_acc.axvline(best[-1]["step"], color="grey", linestyle=":", label=f"best (step {best[-1]['step']})")
-    ax_loss.set(xlabel="optimizer step", ylabel="cross-entropy", title=f"{title}: loss")
+    ax_loss.set(xlabel="optimizer step", ylabel="training loss", title=f"{title}: loss")
     ax_acc.set(xlabel="optimizer step", ylabel="score", ylim=(0, 1.02), title=f"{title}: accuracy / AUC")
-    for ax in (ax_loss, ax_acc):
-        if ax.has_data():
-            ax.legend(fontsize="small")
+    if lines:
+        ax_loss.legend(lines, [line.get_label() for line in lines], fontsize="small")
+    if ax_acc.has_data():
+        ax_acc.legend(fontsize="small")
     return fig
 
 
