@@ -258,42 +258,50 @@ def test_cli_cnn_rejects_bad_arguments(bad, tmp_path, capsys):
 # --- checkpoint and resume --------------------------------------------------
 
 
-def _interrupt_after(monkeypatch, epochs: int) -> None:
-    """Make the epoch after `epochs` finished ones raise, as a crash or Ctrl-C would."""
+def _count_and_interrupt(monkeypatch, after: int | None = None) -> dict[str, int]:
+    """Count the epochs trained; with `after`, the epoch after that many raises, as a crash or Ctrl-C would."""
     from cifake_lib.methods import cnn
 
     real, calls = cnn._train_epoch, {"n": 0}
 
     def epoch(*args, **kwargs):
         calls["n"] += 1
-        if calls["n"] > epochs:
+        if after is not None and calls["n"] > after:
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
     monkeypatch.setattr(cnn, "_train_epoch", epoch)
+    return calls
 
 
 def _untimed(history):
     return [{k: v for k, v in h.items() if "seconds" not in k and k != "images_per_second"} for h in history]
 
 
-def test_an_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
-    """Batch order, flips, dropout masks and Adam's moments all continue: the weights are identical."""
+def test_an_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch, caplog):
+    """Batch order, flips, dropout masks and Adam's moments (with weight decay) all continue: the
+    resumed run trains only the missing epoch and ends with identical weights."""
     train, val = _synthetic(192, 0), _synthetic(64, 1)
-    tc = TrainConfig(epochs=3, batch_size=32, seed=5)
+    tc = TrainConfig(epochs=3, batch_size=32, seed=5, weight_decay=1e-3)
     whole = train_cnn(train, val, train_config=tc, device="cpu", progress=False, checkpoint_dir=tmp_path / "a")
     with monkeypatch.context() as m:
-        _interrupt_after(m, 2)
+        _count_and_interrupt(m, after=2)
         with pytest.raises(KeyboardInterrupt):
             train_cnn(train, val, train_config=tc, device="cpu", progress=False, checkpoint_dir=tmp_path / "b")
-    assert json.loads((tmp_path / "b" / "state.json").read_text())["state"]["epoch"] == 2
-    resumed = train_cnn(train, val, train_config=tc, device="cpu", progress=False, checkpoint_dir=tmp_path / "b")
+    saved = json.loads((tmp_path / "b" / "state.json").read_text())
+    assert saved["state"]["epoch"] == 2 and sorted(p.name for p in (tmp_path / "b").iterdir()) == [
+        "epoch-0002.safetensors", "state.json"]
+    with monkeypatch.context() as m, caplog.at_level("INFO", logger="cifake_lib.cnn"):
+        trained = _count_and_interrupt(m)
+        resumed = train_cnn(train, val, train_config=tc, device="cpu", progress=False, checkpoint_dir=tmp_path / "b")
+    assert trained["n"] == 1 and "resuming after epoch 2" in caplog.text
     for k, v in whole.model.state_dict().items():
         assert torch.equal(v, resumed.model.state_dict()[k]), k
     assert resumed.best_epoch == whole.best_epoch and _untimed(resumed.history) == _untimed(whole.history)
 
 
-def test_a_checkpoint_from_other_settings_or_torn_is_not_used(tmp_path, caplog):
+def test_a_checkpoint_from_other_settings_is_not_used_and_a_torn_write_loses_one_epoch(tmp_path, monkeypatch,
+                                                                                       caplog):
     train, val = _synthetic(128, 0), _synthetic(64, 1)
     folder = tmp_path / "ckpt"
     train_cnn(train, val, train_config=TrainConfig(epochs=1, batch_size=32, seed=5), device="cpu",
@@ -302,10 +310,21 @@ def test_a_checkpoint_from_other_settings_or_torn_is_not_used(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="cifake_lib.cnn"):
         result = train_cnn(train, val, train_config=other, device="cpu", progress=False, checkpoint_dir=folder)
     assert "other settings or data" in caplog.text and [h["epoch"] for h in result.history] == [1, 2]
-    state = json.loads((folder / "state.json").read_text())
-    state["state"]["epoch"] = 1  # state.json of epoch 1 beside the tensors of epoch 2: a torn pair
-    (folder / "state.json").write_text(json.dumps(state))
+    # A crash after epoch 3's tensors were written but before state.json named them: state.json
+    # still names epoch 2's file, which is kept until then, so only epoch 3 is trained again.
+    (folder / "epoch-0003.safetensors").write_bytes(b"partial")
+    longer = TrainConfig(epochs=3, batch_size=32, seed=5, lr=1e-3)
+    with monkeypatch.context() as m:
+        trained = _count_and_interrupt(m)
+        # (epochs is part of the identity, so edit it as a longer run of the same settings would see it)
+        state = json.loads((folder / "state.json").read_text())
+        state["identity"]["train"]["epochs"] = 3
+        (folder / "state.json").write_text(json.dumps(state))
+        again = train_cnn(train, val, train_config=longer, device="cpu", progress=False, checkpoint_dir=folder)
+    assert trained["n"] == 1 and [h["epoch"] for h in again.history] == [1, 2, 3]
+    assert sorted(p.name for p in folder.iterdir()) == ["epoch-0003.safetensors", "state.json"]
+    (folder / "epoch-0003.safetensors").unlink()  # the file state.json names is gone: start afresh, say so
     caplog.clear()
     with caplog.at_level("WARNING", logger="cifake_lib.cnn"):
-        again = train_cnn(train, val, train_config=other, device="cpu", progress=False, checkpoint_dir=folder)
-    assert "incomplete" in caplog.text and [h["epoch"] for h in again.history] == [1, 2]
+        fresh = train_cnn(train, val, train_config=longer, device="cpu", progress=False, checkpoint_dir=folder)
+    assert "incomplete or unreadable" in caplog.text and len(fresh.history) == 3

@@ -264,7 +264,10 @@ def test_run_folder_history_and_curves(sample_run):
     assert [h["step"] for h in val_recs][:3] == [82, 100, 164]  # epoch ends (82 steps) and every 100
     assert val_recs[-1]["step"] == SAMPLE_STEPS
     fig = ft.training_curves_figure(records)
-    assert len(fig.axes) == 2 and fig.axes[0].has_data()
+    # loss (training objective, and the validation cross-entropy on its own y axis), accuracy / AUC
+    loss, acc, val_loss = fig.axes
+    assert loss.has_data() and acc.has_data() and val_loss.has_data()
+    assert val_loss.get_ylabel() == "validation cross-entropy"
     # Checkpoints: the newest two, complete, loadable without unpickling anything.
     ckpts = list_checkpoints(out)
     assert [p.name for p in ckpts] == ["step-0000164", "step-0000200"]

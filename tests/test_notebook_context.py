@@ -79,3 +79,31 @@ def test_load_data_loads_the_studys_subset(study_dir, sample_dir):
     data = notebook_context().load_data(subset=(2000, 1000), progress=False)
     assert (len(data.train) + len(data.val), len(data.test)) == (400, 100)
     assert len(data.val) == 100  # the study's validation fraction, 0.25
+
+
+def test_a_relative_or_moved_study_finds_its_own_model_and_its_seed_runs(study_dir):
+    """study.json may record the smoke model as `smoke/tiny_model` (a relative --out) or as an absolute
+    path that no longer exists (a moved study): the model folder inside the study is used."""
+    (study_dir / "tiny_model").mkdir()
+    (study_dir / "tiny_model" / "config.json").write_text("{}")
+    record = json.loads((study_dir / "study.json").read_text())
+    for recorded in ("smoke/tiny_model", "/gone/elsewhere/tiny_model"):
+        (study_dir / "study.json").write_text(json.dumps({**record, "model": recorded}))
+        assert notebook_context().clip_model() == str(study_dir / "tiny_model")
+    (study_dir / "study.json").write_text(json.dumps({**record, "model": "openai/clip-vit-base-patch32"}))
+    assert notebook_context().clip_model() == "openai/clip-vit-base-patch32"  # a Hub id stays one
+    # --seeds 1,2: the first seed's probe is probe_seed1, as study.json's layout says
+    (study_dir / "probe_seed1").mkdir()
+    layout = {**record["layout"], "main_runs": {"probe": "probe_seed1"}}
+    (study_dir / "study.json").write_text(json.dumps({**record, "layout": layout}))
+    ctx = notebook_context()
+    assert ctx.run_dir("probe") == ctx.study_run("probe") == study_dir / "probe_seed1"
+    assert ctx.run_dir("cnn") == study_dir / "cnn"
+
+
+def test_a_study_without_a_model_is_never_written_into(study_dir):
+    record = json.loads((study_dir / "study.json").read_text())
+    (study_dir / "study.json").write_text(json.dumps({**record, "model": None}))
+    with pytest.raises(CifakeError, match="records no model"):
+        notebook_context().clip_model()
+    assert not (study_dir / "tiny_clip").exists()

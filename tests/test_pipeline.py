@@ -110,9 +110,12 @@ def test_notebooks_read_the_study_and_write_no_runs(study, sample_dir):
     import nbformat
 
     out = study["out"]
-    # study.json and pipeline.json are the pipeline's own record of each invocation
-    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")
-              if p.is_file() and p.name not in ("pipeline.json", "study.json")}
+    def study_files() -> dict[Path, int]:
+        # study.json and pipeline.json are the pipeline's own record of each invocation
+        return {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()
+                and p.name not in ("pipeline.json", "study.json") and "notebooks" not in p.relative_to(out).parts}
+
+    before = study_files()
     record = run_study(preset="smoke", data=str(sample_dir), out=out, notebooks=True, log=lambda m: None)
     assert {s["name"]: s["status"] for s in record["steps"] if s["status"] != "skipped"} == {"notebooks": "ran"}
     written = sorted(p.relative_to(out / "notebooks").as_posix() for p in (out / "notebooks").rglob("*")
@@ -120,8 +123,8 @@ def test_notebooks_read_the_study_and_write_no_runs(study, sample_dir):
     assert written == ["01_data.ipynb", "02_zero_shot.ipynb", "03_fine_tune.ipynb", "04_analysis.ipynb",
                        "notebooks.json"]
     assert not list((out / "notebooks").rglob("metrics.json"))
-    changed = [str(p) for p, mtime in before.items() if not p.is_file() or p.stat().st_mtime_ns != mtime]
-    assert not changed, f"reading the study, the notebooks rewrote {changed}"
+    after = study_files()
+    assert after == before, f"reading the study, the notebooks wrote or rewrote {sorted(set(after.items()) ^ set(before.items()))}"
     nb = nbformat.read(out / "notebooks" / "04_analysis.ipynb", as_version=4)
     shown = "\n".join("".join(o.get("data", {}).get("text/markdown", "")) for c in nb.cells
                       for o in c.get("outputs", []))
@@ -198,6 +201,11 @@ def test_seeds_plan_names_and_training_seed():
     assert "evaluate:cnn_seed2" in names
     robustness = next(s for s in steps if s.stage == "robustness")
     assert not any("seed" in Path(r).name for r in robustness.cfg.runs)  # the first seed's runs only
+    # The notebooks and the headline show the first seed's run of each method, whatever its name.
+    config["run"]["seeds"] = [2, 0]
+    layout = pipeline.plan_study(config, Path("/tmp/o"), "hf", "m").layout
+    assert layout["main_runs"] == {"zeroshot": "zeroshot", "probe": "probe_seed2", "finetune": "finetune_seed2",
+                                   "cnn": "cnn_seed2"}
 
 
 def test_pipeline_calls_the_stages_not_the_cli():
@@ -288,8 +296,31 @@ def test_notebooks_stage_runs_with_the_study_and_is_skipped_when_complete(seeds_
         "03_fine_tune": "skipped: the study has no finetune run", "04_analysis": "ran"}
     assert cli_main(argv) == 0
     assert "0 step(s) ran, 4 already complete" in capsys.readouterr().out and len(seen) == 2
+    # A fine-tuning run appears (a stage added later): the skipped notebook 03 is due, so the stage runs.
+    (out / "finetune").mkdir()
+    (out / "finetune" / "metrics.json").write_text("{}")
+    try:
+        assert cli_main(argv) == 0
+        assert "1 step(s) ran" in capsys.readouterr().out and len(seen) == 2 + 3  # 01, 03 and 04
+    finally:
+        import shutil
+
+        shutil.rmtree(out / "finetune")
 
 
 def test_notebook_kernel_uses_local_sockets(tmp_path):
     km = pipeline._kernel_manager(tmp_path)
     assert km.transport == ("ipc" if sys.platform != "win32" else "tcp")
+
+
+def test_a_relative_data_path_is_recorded_absolute(sample_dir, tmp_path, monkeypatch):
+    """The notebooks read study.json from another working directory: a relative --data must not break them."""
+    import os
+
+    monkeypatch.chdir(tmp_path)
+    cfg = tmp_path / "data_only.toml"
+    cfg.write_text('[run]\nstages = ["data"]\n[data]\nsubset = "200:100"\n')
+    run_study(preset="smoke", data=os.path.relpath(sample_dir, tmp_path), config_file=cfg, out="rel_study",
+              log=lambda m: None)
+    record = read_study(tmp_path / "rel_study")
+    assert record["data"] == str(sample_dir.resolve())

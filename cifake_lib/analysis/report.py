@@ -737,7 +737,9 @@ def preamble(study: Study) -> str:
     return (f"Generated {utc_now()} by cifake_lib from {study.n_folders} run folder(s) under "
             f"{', '.join(f'`{d}`' for d in study.paths)}. Label 1 = FAKE is the positive class. Every choice "
             "(threshold, prompt set, C, early stopping, temperature) was made on validation data; test data "
-            "gave these numbers only. Main numbers: the leak-free test split (see Quantitative results).\n")
+            "gave these numbers only. Main numbers: "
+            + ("the leak-free test split" if study.leak_free else "the test split as loaded (not leak-free)")
+            + " (see Quantitative results).\n")
 
 
 def headline_split(split: Any, study: Study) -> Any:

@@ -81,8 +81,10 @@ class NotebookContext:
 
     def clip_model(self) -> str:
         """The study's CLIP model; on its own, the tiny offline CLIP in smoke mode, else ViT-B/32."""
-        if self.model is not None:
-            return self.model
+        if self.study is not None:
+            if self.model is None:  # never write a model into a study: it is read only here
+                raise CifakeError(f"{self.study / 'study.json'} records no model; run `cifake run` again")
+            return _study_model(self.study, self.model)
         from cifake_lib.clip.models import DEFAULT_MODEL, write_tiny_clip
 
         if not self.smoke:
@@ -91,11 +93,18 @@ class NotebookContext:
         tiny = self.runs / TINY_FOLDER
         return str(tiny if (tiny / "config.json").is_file() else write_tiny_clip(tiny))
 
+    def run_dir(self, name: str) -> Path:
+        """Where method `name`'s run is: the study's main run of it (the first training seed's),
+        or `runs / name` on its own. It may not exist yet."""
+        if self.study is None:
+            return self.runs / name
+        return self.study / self.layout.get("main_runs", {}).get(name, name)
+
     def study_run(self, name: str) -> Path:
         """The study's run folder `name` (e.g. "probe"); a clear error when the study did not run it."""
         if self.study is None:
             raise ValueError("study_run: no study (CIFAKE_STUDY is not set); use ctx.runs / name")
-        folder = self.study / name
+        folder = self.run_dir(name)  # with --seeds it may be "probe_seed1": study.json says
         if not folder.is_dir():
             planned = ", ".join(self.layout.get("trained_runs", [])) or "none"
             raise CifakeError(f"the study at {self.study} has no '{name}' run folder (its trained runs: "
@@ -124,6 +133,18 @@ class NotebookContext:
         return f"smoke mode: {self.smoke} | data: {self.source}\n{where}"
 
 
+def _study_model(study: Path, model: str) -> str:
+    """The study's model as recorded, or, for a model folder inside the study (the smoke preset's
+    tiny CLIP) that is not where it was recorded (a relative --out, a moved study), that folder."""
+    recorded = Path(model).expanduser()
+    if recorded.is_absolute() and recorded.is_dir():
+        return str(recorded)
+    inside = study / recorded.name
+    if (inside / "config.json").is_file():
+        return str(inside)
+    return model  # a Hugging Face id (or a folder elsewhere, as recorded)
+
+
 def _study_context(folder: Path, smoke: bool) -> NotebookContext:
     record = read_study(folder)
     if record is None:
@@ -147,7 +168,7 @@ def notebook_context() -> NotebookContext:
     smoke = smoke_mode()
     study = os.environ.get(STUDY_ENV)
     if study:
-        return _study_context(Path(study).expanduser(), smoke)
+        return _study_context(Path(study).expanduser().resolve(), smoke)
     return NotebookContext(smoke=smoke, source=default_data_source(), runs=Path(os.environ.get(RUNS_ENV, "runs")))
 
 

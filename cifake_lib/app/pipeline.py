@@ -106,11 +106,12 @@ class RunConfig:
 
 # What each ablation changes in the main run's settings. WiSE-FT belongs to the main run only:
 # an ablation is compared with the main run as trained, and prompt tuning has no weights to mix.
+# (None, not []: an empty list is a value the command line would have to spell as `--wise-ft ''`.)
 ABLATIONS: dict[str, dict[str, Any]] = {
-    "image": {"train": "image", "wise_ft": []},
-    "text": {"train": "text", "wise_ft": []},
-    "ce": {"loss": "ce", "wise_ft": []},
-    "prompt": {"train": "prompt", "loss": "ce", "wise_ft": []},
+    "image": {"train": "image", "wise_ft": None},
+    "text": {"train": "text", "wise_ft": None},
+    "ce": {"loss": "ce", "wise_ft": None},
+    "prompt": {"train": "prompt", "loss": "ce", "wise_ft": None},
 }
 
 
@@ -217,8 +218,11 @@ class Step:
     argv: list[str]  # the equivalent `cifake ...` options
     best_zeroshot: Path | None = None  # evaluate: the zero-shot folder whose best set is the model
     resumable: bool = False
+    complete: Callable[[], bool] | None = None  # a finer "done" test than the done file's presence
 
     def is_done(self) -> bool:
+        if self.complete is not None:
+            return self.complete()
         return (self.out / self.done_file).is_file()
 
     def is_partial(self) -> bool:
@@ -324,8 +328,11 @@ def plan_study(config: Mapping[str, Any], out: Path, data: str, model: str) -> P
     def rel(paths: list[Path]) -> list[str]:
         return [os.path.relpath(x, out) for x in paths]
 
+    # Each method's run of the first training seed: what the report's headline and the notebooks show.
+    main_runs = {base: p.seed_name(base, p.seeds[0]) for base in ("probe", "finetune", "cnn") if base in todo}
     p.layout = {"report_runs": rel(report_runs), "trained_runs": rel([d for d, _ in p.detectors]),
                 "evaluated": rel([s.out for s in p.steps if s.stage == "evaluate"]),
+                "main_runs": ({"zeroshot": rel([zeroshot])[0]} if zeroshot else {}) | main_runs,
                 "seeds": p.seeds}
     return p
 
@@ -391,7 +398,7 @@ def run_step(step: Step) -> str:
 
 def _stage_failure(step: Step, e: BaseException) -> PipelineError:
     return PipelineError(f"stage {step.name} failed: {e}\nfix the cause and run the same command again: "
-                         "finished stages are skipped and fine-tuning resumes from its checkpoints")
+                         "finished stages are skipped, and fine-tuning and the CNN resume from their checkpoints")
 
 
 def _run_steps(steps: list[Step], record: dict[str, Any], out: Path, log: Callable[[str], None]) -> None:
@@ -455,6 +462,8 @@ def run_study(*, preset: str = "report", data: str | None = None, config_file: s
     if notebooks:
         config["run"]["notebooks"] = True
     source = resolve_data(data or config.get("data", {}).get("data"), preset)
+    if Path(source).expanduser().exists():  # a local path, recorded absolute: the notebooks run elsewhere
+        source = str(Path(source).expanduser().resolve())
     out = Path(out)
     model = str(config["run"].get("model", DEFAULT_MODEL))
     tiny = model == TINY_MODEL
@@ -502,8 +511,17 @@ def _notebooks_step(out: Path, source: str, preset: str) -> Step:
         write_json(folder / NOTEBOOKS_DONE, {"notebooks": results})
         return "ran"
 
+    def complete() -> bool:
+        # Done, unless a notebook was skipped for want of runs the study has now (a stage added since).
+        try:
+            done = read_json(folder / NOTEBOOKS_DONE)["notebooks"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
+        return not any(str(n.get("status", "")).startswith("skipped") and not missing_study_runs(out, n["name"])
+                       for n in done)
+
     return Step("notebooks", "notebooks", folder, NOTEBOOKS_DONE, source, run,
-                ["run", "--preset", preset, "--data", source, "--out", str(out), "--notebooks"])
+                ["run", "--preset", preset, "--data", source, "--out", str(out), "--notebooks"], complete=complete)
 
 
 def _kernel_manager(workdir: Path):
@@ -518,7 +536,7 @@ def _kernel_manager(workdir: Path):
     return KernelManager(kernel_name="python3", transport="ipc", ip=str(sockets / "k"))
 
 
-def execute_notebook(path: Path, workdir: Path, env: dict[str, str], *, timeout: int = 3600):
+def execute_notebook(path: Path, workdir: Path, env: dict[str, str], *, timeout: int = 3600) -> Any:
     """Execute one notebook with nbclient, cwd = `workdir`, the kernel seeing `env`.
 
     Returns the notebook with its outputs; on failure the exception carries the partial notebook
@@ -561,7 +579,9 @@ NOTEBOOK_INPUTS = {"02_zero_shot": (("zeroshot", "summary.csv"), ("probe", "metr
 
 def missing_study_runs(study: Path, notebook: str) -> list[str]:
     """The runs `notebook` reads that the study at `study` does not have (complete)."""
-    return [name for name, done in NOTEBOOK_INPUTS.get(notebook, ()) if not (study / name / done).is_file()]
+    main = ((read_study(study) or {}).get("layout") or {}).get("main_runs", {})
+    return [name for name, done in NOTEBOOK_INPUTS.get(notebook, ())
+            if not (study / main.get(name, name) / done).is_file()]
 
 
 def run_notebooks(folder: Path, *, data: str, smoke: bool, study: Path | None = None, log=None,

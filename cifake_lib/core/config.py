@@ -382,8 +382,8 @@ def to_argv(classes: type | Sequence[type], values: Mapping[str, Any]) -> list[s
         elif o.kind is bool:
             if bool(value) != bool(o.default):
                 argv.append(o.flags[0])
-        elif value is None or (isinstance(value, list | tuple) and not value and not o.default):
-            continue  # the default already: `--wise-ft ''` would say nothing
+        elif value is None:
+            continue
         elif o.meta.get("nargs") in ("+", "*"):
             argv += [o.flags[0], *map(str, value)]
         elif isinstance(value, list | tuple):

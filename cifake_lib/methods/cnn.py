@@ -348,6 +348,7 @@ def train_cnn(train: Split, val: Split | None = None, *, config: CNNConfig | Non
     if resumed is not None:
         state, best_weights = resumed.state, resumed.best_weights
         best_epoch, train_seconds, run.t_start = resumed.best_epoch, resumed.train_seconds, started_at(resumed)
+        run.eval_seconds = resumed.eval_seconds
     while state.epoch < tc.epochs:
         # one epoch of optimisation steps (or what the time limit leaves)
         record, out_of_time = _train_epoch(run, state, progress)
@@ -368,7 +369,8 @@ def train_cnn(train: Split, val: Split | None = None, *, config: CNNConfig | Non
         if folder is not None:
             save_checkpoint(folder, model=model, opt=opt, gen=gen, state=state, best_weights=best_weights,
                             best_epoch=best_epoch, train_seconds=train_seconds,
-                            elapsed=time.perf_counter() - run.t_start, identity=identity)
+                            elapsed=time.perf_counter() - run.t_start, eval_seconds=run.eval_seconds,
+                            identity=identity)
         if progress:
             _report_epoch(record, tc, out_of_time, len(x_all))
         if out_of_time:

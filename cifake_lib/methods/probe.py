@@ -417,15 +417,15 @@ def run_probe(data: CifakeData, out_dir: str | os.PathLike, *, model: str | os.P
     return {**metrics, key: fit.best, "selection": selection, "feature_seconds": feature_seconds}
 
 
-
 def read_probe(out_dir: str | os.PathLike) -> dict[str, Any]:
     """A finished `run_probe` folder read back: its test metrics with the chosen C (or alpha) and the
-    selection record, as `run_probe` returns them; nothing is refitted."""
+    selection record, as `run_probe` returns them (less "feature_seconds"); nothing is refitted."""
     out = Path(out_dir)
     det = read_json(out / "detector.json")
     selection = det.get("selection") or {}
     key = selection.get("parameter", "C")
     return {**read_json(out / "metrics.json"), key: det.get(key, selection.get("best")), "selection": selection}
+
 
 __all__ = [
     "ProbeModel",

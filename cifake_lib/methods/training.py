@@ -13,9 +13,12 @@ import hashlib
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from cifake_lib.data.load import Split
 
 
 def warmup_cosine(lr: float, min_lr_ratio: float, *, warmup: float, progress: float) -> float:
@@ -104,7 +107,7 @@ class TrainState:
         return cls(**known, history=list(history or []))
 
 
-def data_fingerprint(train: Any, val: Any) -> str:
+def data_fingerprint(train: Split, val: Split | None) -> str:
     """A hash of the train/val ids, labels and ~1000 of their images: a resumed run must see the same data."""
     h = hashlib.sha256()
     for split in (train, val):

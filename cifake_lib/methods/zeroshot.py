@@ -397,7 +397,6 @@ def run_zeroshot(data: CifakeData, out_dir: str | os.PathLike, *, model: str | o
                           feature_seconds=feature_seconds, seconds=time.perf_counter() - t0)
 
 
-
 def read_zeroshot(out_dir: str | os.PathLike) -> ZeroShotResult:
     """A finished `run_zeroshot` folder read back (summary.csv and each set's metrics.json), nothing rescored.
 
@@ -411,6 +410,7 @@ def read_zeroshot(out_dir: str | os.PathLike) -> ZeroShotResult:
     seconds = max((float(read_json(f).get("seconds") or 0.0) for f in runs if f.is_file()), default=0.0)
     return ZeroShotResult(out_dir=out, rows=rows, metrics=metrics, best=best_on_val(rows),
                           feature_seconds=0.0, seconds=seconds)
+
 
 __all__ = [
     "ClipDetector",
