@@ -25,7 +25,14 @@ def run_notebook(name: str, workdir: Path, timeout: int = 600) -> dict:
 
 
 def stderr_of(nb) -> str:
-    """Everything the notebook wrote to stderr (warnings, raw progress bars, stray logs): shown red to a user."""
+    """Everything the notebook wrote to stderr (warnings, raw progress bars, stray logs): shown red to a user.
+
+    Also fails on a figure shown as its repr (`<Figure size ... with 0 Axes>`), which is what a
+    user sees when a figure cannot be drawn.
+    """
+    reprs = [o["data"]["text/plain"] for c in nb.cells for o in c.get("outputs", [])
+             if "image/png" not in o.get("data", {}) and "<Figure size" in str(o.get("data", {}).get("text/plain", ""))]
+    assert not reprs, f"figures shown as text, not drawn: {reprs}"
     return "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", [])
                    if o.get("output_type") == "stream" and o.get("name") == "stderr")
 
