@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from cifake_lib.methods.training import val_scores
+
 if TYPE_CHECKING:
     from cifake_lib.data.load import Split
 
@@ -49,14 +51,6 @@ def interpolate(zero_shot: Mapping[str, torch.Tensor], fine_tuned: Mapping[str, 
     return out
 
 
-def _scores(labels: np.ndarray, p: np.ndarray) -> tuple[float, float]:
-    from sklearn.metrics import roc_auc_score
-
-    labels = np.asarray(labels)
-    auc = float(roc_auc_score(labels, p)) if len(np.unique(labels)) == 2 else float("nan")
-    return auc, float(((p >= 0.5).astype(np.int64) == labels).mean())
-
-
 def choose_alpha(rows: Sequence[Mapping[str, Any]]) -> float:
     """The alpha of the best validation AUC (NaN counts as worst; ties: the larger alpha)."""
     def key(r: Mapping[str, Any]) -> tuple[float, float]:
@@ -78,13 +72,17 @@ def wise_ft_curve(zero_shot: Mapping[str, torch.Tensor], fine_tuned: Mapping[str
         det = make_detector(interpolate(zero_shot, fine_tuned, alpha))
         return det.predict_proba(split.images, batch_size, classes=split.classes)
 
+    def auc_accuracy(split: Split, p: np.ndarray) -> tuple[float, float]:
+        s = val_scores(split.labels, p, p >= 0.5)
+        return s["val_auc"], s["val_accuracy"]
+
     rows = []
     for alpha in sorted(alphas):
-        val_auc, val_acc = _scores(val.labels, p_fake(alpha, val))
+        val_auc, val_acc = auc_accuracy(val, p_fake(alpha, val))
         rows.append({"alpha": alpha, "val_roc_auc": val_auc, "val_accuracy": val_acc})
     best = choose_alpha(rows)
     for r in rows:  # test: after the choice, for the curve only
-        r["test_roc_auc"], r["test_accuracy"] = _scores(test.labels, p_fake(r["alpha"], test))
+        r["test_roc_auc"], r["test_accuracy"] = auc_accuracy(test, p_fake(r["alpha"], test))
         r["chosen"] = r["alpha"] == best
     return rows
 
