@@ -7,8 +7,9 @@ Schmidt, "Robust fine-tuning of zero-shot models", CVPR 2022. For each mixing we
 
 (alpha = 0 is the starting model, alpha = 1 the fine-tuned one). Each theta(alpha) is scored as
 a zero-shot classifier with the run's prompts on the validation split; the alpha with the best
-validation ROC AUC (ties: the larger alpha) is chosen. Test metrics are computed for every
-alpha after that choice, for the report's curve only: they choose nothing.
+validation ROC AUC (ties: the larger alpha) is chosen. Each alpha's model also scores the test
+split, but the test columns are read only after the choice, for the report's curve: they
+choose nothing.
 """
 
 from __future__ import annotations
@@ -63,26 +64,26 @@ def choose_alpha(rows: Sequence[Mapping[str, Any]]) -> float:
 def wise_ft_curve(zero_shot: Mapping[str, torch.Tensor], fine_tuned: Mapping[str, torch.Tensor],
                   alphas: Sequence[float], *, make_detector, val: Split, test: Split,
                   batch_size: int = 256) -> list[dict[str, Any]]:
-    """Score theta(alpha) for every alpha on val (accuracy at 0.5, AUC); choose; then score test.
+    """Score theta(alpha) for every alpha on val (accuracy at 0.5, AUC) and choose by val alone.
 
-    make_detector(state_dict) -> a detector (`predict_proba(images, batch_size, classes=)`) with
-    those weights (it may reuse one model). Returns the rows (COLUMNS) in alpha order.
+    Each alpha's detector is built once and scores both splits; the test columns are read only
+    after the choice, for the curve. make_detector(state_dict) -> a detector
+    (`predict_proba(images, batch_size, classes=)`) with those weights (it may reuse one model).
+    Returns the rows (COLUMNS) in alpha order.
     """
-    def p_fake(alpha: float, split: Split) -> np.ndarray:
-        det = make_detector(interpolate(zero_shot, fine_tuned, alpha))
-        return det.predict_proba(split.images, batch_size, classes=split.classes)
-
     def auc_accuracy(split: Split, p: np.ndarray) -> tuple[float, float]:
         s = val_scores(split.labels, p, p >= 0.5)
         return s["val_auc"], s["val_accuracy"]
 
-    rows = []
+    rows, test_p = [], {}
     for alpha in sorted(alphas):
-        val_auc, val_acc = auc_accuracy(val, p_fake(alpha, val))
+        det = make_detector(interpolate(zero_shot, fine_tuned, alpha))
+        val_auc, val_acc = auc_accuracy(val, det.predict_proba(val.images, batch_size, classes=val.classes))
+        test_p[alpha] = det.predict_proba(test.images, batch_size, classes=test.classes)  # set aside
         rows.append({"alpha": alpha, "val_roc_auc": val_auc, "val_accuracy": val_acc})
-    best = choose_alpha(rows)
+    best = choose_alpha(rows)  # reads only val_roc_auc
     for r in rows:  # test: after the choice, for the curve only
-        r["test_roc_auc"], r["test_accuracy"] = auc_accuracy(test, p_fake(r["alpha"], test))
+        r["test_roc_auc"], r["test_accuracy"] = auc_accuracy(test, test_p[r["alpha"]])
         r["chosen"] = r["alpha"] == best
     return rows
 
