@@ -88,7 +88,7 @@ from torch import nn
 
 from cifake_lib.clip.coop import CONTEXT_FILE, PromptContext
 from cifake_lib.clip.head import ZeroShotHead, encode_rows, normalize, p_fake, prompt_index
-from cifake_lib.clip.models import check_model_source
+from cifake_lib.clip.models import load_clip
 from cifake_lib.clip.prompts import CLASS_FIELD, PromptSet, get_prompt_set
 from cifake_lib.core.errors import out_of_memory_kind
 from cifake_lib.core.files import read_json, write_json
@@ -636,14 +636,9 @@ def checkpoint_to_resume(cfg: FinetuneConfig, fingerprint: str, prompts: PromptS
 
 
 def _load_clip(cfg: FinetuneConfig):
-    from transformers import CLIPModel
-
-    from cifake_lib.clip.models import load_processor, quiet_transformers
-
-    check_model_source(cfg.model)  # a CNN run, a pickle-only folder: a clear error, not an OSError
-    with quiet_transformers():
-        processor = load_processor(cfg.model)
-        clip = CLIPModel.from_pretrained(cfg.model, dtype=torch.float32, attn_implementation="sdpa")  # fp32 master
+    """CLIP (fp32 master weights, SDPA) and its processor on the CPU; build() moves and trains it."""
+    # load_clip checks the source first: a CNN run, a pickle-only folder give a clear error
+    clip, processor = load_clip(cfg.model, device="cpu", dtype=torch.float32)
     if cfg.gradient_checkpointing:
         # transformers >= 5.2x renames it; Colab's 5.15 has only the old name.
         if hasattr(clip, "activation_checkpointing_enable"):
