@@ -1015,7 +1015,8 @@ def apply_wise_ft(data: CifakeData, cfg: FinetuneConfig, device=None) -> float:
     out = Path(cfg.out)
     ft_dir = out / FINETUNED_DIR if (out / FINETUNED_DIR / "config.json").is_file() else out / MODEL_DIR
     zero_shot = CLIPModel.from_pretrained(cfg.model, dtype=torch.float32).state_dict()
-    fine_tuned = CLIPModel.from_pretrained(ft_dir, dtype=torch.float32).state_dict()
+    ft = CLIPModel.from_pretrained(ft_dir, dtype=torch.float32)  # loaded once: the curve's weights and the export
+    fine_tuned = ft.state_dict()
     det = _detector(cfg, ft_dir, resolve_prompts(cfg.prompts), device)
 
     def make_detector(state: Mapping[str, torch.Tensor]):
@@ -1030,9 +1031,9 @@ def apply_wise_ft(data: CifakeData, cfg: FinetuneConfig, device=None) -> float:
     if alpha != 1.0:
         if ft_dir == out / MODEL_DIR:
             os.replace(out / MODEL_DIR, out / FINETUNED_DIR)
-        clip = CLIPModel.from_pretrained(out / FINETUNED_DIR, dtype=torch.float32)
-        clip.load_state_dict(interpolate(zero_shot, fine_tuned, alpha))
-        export_model(clip, det.processor, out / MODEL_DIR)
+        # interpolate returns new tensors before load_state_dict copies them into ft (fine_tuned aliases ft)
+        ft.load_state_dict(interpolate(zero_shot, fine_tuned, alpha))
+        export_model(ft, det.processor, out / MODEL_DIR)
     elif ft_dir != out / MODEL_DIR:  # an earlier call chose alpha < 1: the fine-tuned model is the one
         shutil.rmtree(out / MODEL_DIR, ignore_errors=True)
         os.replace(ft_dir, out / MODEL_DIR)
