@@ -87,7 +87,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from cifake_lib.clip.coop import CONTEXT_FILE, PromptContext
-from cifake_lib.clip.head import ZeroShotHead, encode_rows, normalize, p_fake, prompt_index
+from cifake_lib.clip.head import (
+    ZeroShotHead,
+    build_head,
+    encode_rows,
+    normalize,
+    p_fake,
+    prompt_index,
+)
 from cifake_lib.clip.models import load_clip
 from cifake_lib.clip.prompts import CLASS_FIELD, PromptSet, get_prompt_set
 from cifake_lib.core.errors import out_of_memory_kind
@@ -1021,7 +1028,8 @@ def apply_wise_ft(data: CifakeData, cfg: FinetuneConfig, device=None) -> float:
 
     def make_detector(state: Mapping[str, torch.Tensor]):
         det.model.load_state_dict(state, strict=True)  # copies into the loaded model (its dtype/device)
-        det.head = type(det)(det.model, det.processor, det.prompts).head  # the prompts through this text tower
+        # the prompts through this text tower (no context: wise_ft refuses train=prompt)
+        det.head = build_head(det.model, det.processor, det.prompts, marginal=det.head.marginal)
         return det
 
     rows = wise_ft_curve(zero_shot, fine_tuned, cfg.wise_ft, make_detector=make_detector, val=val,
