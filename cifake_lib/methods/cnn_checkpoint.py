@@ -92,8 +92,6 @@ def load_checkpoint(folder: Path, *, model: torch.nn.Module, opt: torch.optim.Op
         logger.warning("cnn: the checkpoint in %s is incomplete or unreadable (%s); training from the start",
                        folder, e)
         return None
-    if isinstance(state.best, list):  # (validation accuracy, AUC): JSON gave it back as a list
-        state.best = tuple(state.best)
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")} or None
     opt_state = opt.state_dict()

@@ -104,6 +104,8 @@ class TrainState:
     def from_json(cls, d: Mapping[str, Any], history: list[dict[str, Any]] | None = None) -> TrainState:
         known = {k: d[k] for k in ("step", "epoch", "position", "best", "best_step", "patience", "status",
                                    "window") if k in d}
+        if isinstance(known.get("best"), list):  # a tuple score (the CNN's (accuracy, AUC)): JSON gave a list
+            known["best"] = tuple(known["best"])
         return cls(**known, history=list(history or []))
 
 
