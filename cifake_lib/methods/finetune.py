@@ -253,11 +253,10 @@ class ClipClassifier(nn.Module):
     def head(self) -> ZeroShotHead:
         """The zero-shot head of the prompts (or of the learned context) through the current text tower."""
         with torch.set_grad_enabled(self._text_grad()):
-            if self.context is not None:
-                rows = self.context.rows(self.clip)
-            else:
-                rows = encode_rows(self.clip, self.input_ids, self.attention_mask, self.rows)
-        return ZeroShotHead.from_rows(rows, self.n_classes if self.context is None else 0, self.logit_scale())
+            if self.context is not None:  # CoOp: the logit scale is frozen, so its grad mode changes nothing
+                return self.context.head(self.clip)
+            rows = encode_rows(self.clip, self.input_ids, self.attention_mask, self.rows)
+        return ZeroShotHead.from_rows(rows, self.n_classes, self.logit_scale())
 
     def caption_embeddings(self, captions: torch.Tensor) -> torch.Tensor:
         """(B, D) unit embeddings of texts[captions]: each distinct caption encoded once."""
