@@ -74,7 +74,9 @@ def variants(spec: str, device: str) -> list[Variant]:
         return [Variant("off", best, m) for m in ("flyp", "ce", "prompt")]
     if spec == "all":
         opts = ("fused", "foreach") if device.startswith("cuda") else ("foreach", "for-loop")
-        return [Variant(c, o, loss) for c, o, loss in itertools.product(("off", "on"), opts, (*LOSSES, "prompt"))]
+        # CoOp's towers stay eager (finetune.tower_compile_mode): no compiled prompt variants
+        return [Variant(c, o, loss) for c, o, loss in itertools.product(("off", "on"), opts, (*LOSSES, "prompt"))
+                if not (c == "on" and loss == "prompt")]
     raise SystemExit(f"--variants: expected eager, compile, methods or all, got {spec!r}")
 
 
@@ -101,7 +103,7 @@ def _setup(model_dir: str, v: Variant, batch_size: int, device: str):
     from cifake_lib.methods import finetune as ft
     from cifake_lib.methods import speed
 
-    cfg = ft.FinetuneConfig(model=model_dir, prompts=PROMPTS, **METHODS[v.loss])
+    cfg = ft.FinetuneConfig(model=model_dir, prompts=PROMPTS, compile=v.compile, **METHODS[v.loss])
     torch.manual_seed(0)
     processor = CLIPProcessor.from_pretrained(model_dir)
     clip = CLIPModel.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="sdpa")
@@ -137,11 +139,13 @@ def model_only(model_dir: str, v: Variant, batch_size: int, steps: int, warmup: 
     """Img/s of forward + backward + clip + AdamW step on ready pixel_values; FLOPs/image; attention calls."""
     import torch
 
+    from cifake_lib.methods import finetune as ft
+
     cfg, model, opt, batch, speed = _setup(model_dir, v, batch_size, device)
     loss_fn = _loss_fn(cfg)
     sdpa_calls = speed.check_sdpa(model, lambda: model(batch[0], batch[2]))
     flops = speed.flops_per_image(model, batch, loss_fn)  # eager: the compiled model does the same arithmetic
-    speed.compile_towers(model, v.compile)
+    speed.compile_towers(model, ft.tower_compile_mode(cfg))  # the training code's rule: CoOp stays eager
     trainable = [p for p in model.parameters() if p.requires_grad]
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mp)
     dev_type = torch.device(device).type

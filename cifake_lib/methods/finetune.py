@@ -654,6 +654,12 @@ def _load_clip(cfg: FinetuneConfig):
     return clip, processor
 
 
+def tower_compile_mode(cfg: FinetuneConfig) -> str:
+    """cfg.compile, except for CoOp: it inserts its context through a hook that changes at every
+    call, so its towers stay eager ("off")."""
+    return "off" if cfg.train == "prompt" else cfg.compile
+
+
 def build(data: CifakeData, cfg: FinetuneConfig) -> tuple[Setup, Path | None]:
     """Check the config and data, load CLIP, make the optimiser; also the checkpoint to resume from."""
     from cifake_lib.data.preprocess import ImagePreprocessor
@@ -679,8 +685,7 @@ def build(data: CifakeData, cfg: FinetuneConfig) -> tuple[Setup, Path | None]:
     model = ClipClassifier(clip, processor.tokenizer, prompts, context)
     set_trainable(model, cfg)
     model.to(accelerator.device).train()
-    # CoOp inserts its context through a hook that changes at every call: its towers stay eager.
-    compile_towers(model, "off" if cfg.train == "prompt" else cfg.compile)
+    compile_towers(model, tower_compile_mode(cfg))
     optimizer = make_adamw(param_groups(model, cfg.weight_decay), lr=cfg.base_lr, betas=(cfg.beta1, cfg.beta2),
                            eps=cfg.eps, weight_decay=cfg.weight_decay, device=accelerator.device)
     if ckpt is not None:  # before prepare: the weights and the optimiser as they were
