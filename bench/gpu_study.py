@@ -83,10 +83,9 @@ def part_study(a, out: Path) -> dict:
     config = out / "standin.toml"
     config.write_text(f'[run]\nmodel = "{Path(a.standin).resolve()}"\n')
     peaks: list[float | None] = []
-    # Until the pipeline records peak memory itself: wrap the function that runs one step
-    # (run_step, or _call in older pipelines); skipped steps do not reach it.
-    name = "run_step" if hasattr(pipeline, "run_step") else "_call"
-    original = getattr(pipeline, name)
+    # Until the pipeline records peak memory itself: wrap run_step, which runs one step;
+    # skipped steps do not reach it.
+    original = pipeline.run_step
 
     def measured(*args, **kwargs):
         with peak_gpu_memory() as mem:
@@ -96,7 +95,7 @@ def part_study(a, out: Path) -> dict:
         peaks.append(mem.peak_mb)
         return result
 
-    setattr(pipeline, name, measured)
+    pipeline.run_step = measured
     start = time.perf_counter()
     try:
         record = pipeline.run_study(preset=a.preset, data=a.data, config_file=config, out=out / "study")
@@ -105,7 +104,7 @@ def part_study(a, out: Path) -> dict:
         record = json.loads(saved.read_text()) if saved.is_file() else {"steps": []}
         record["error"] = f"{type(e).__name__}: {e}"
     finally:
-        setattr(pipeline, name, original)
+        pipeline.run_step = original
     ran = [s for s in record["steps"] if s["status"] != "skipped"]
     for step, peak in zip(ran, peaks, strict=False):
         step.setdefault("peak_gpu_mb", peak)

@@ -58,10 +58,10 @@ def _finetune(r: dict) -> list[tuple]:
             ("fine-tuning, FLOPs per image (one step, FlopCounterMode)", v["gflops_per_image"], "GFLOP", "", None)]
     if v["model_only_mfu"] is not None:
         rows.append(("fine-tuning, model FLOP utilisation (model only)", v["model_only_mfu"], "", "", None))
-    if r["end_to_end_images_per_second"] is not None:
+    if v["end_to_end_images_per_second"] is not None:
         rows += [(f"fine-tuning ViT-B/32 shape, end to end ({r['device']}, {r['mixed_precision']})",
-                  r["end_to_end_images_per_second"], "img/s", "", None),
-                 ("fine-tuning, end to end / model forward+backward", r["ratio"], "x", f">= {r['target_ratio']}",
+                  v["end_to_end_images_per_second"], "img/s", "", None),
+                 ("fine-tuning, end to end / model forward+backward", v["ratio"], "x", f">= {r['target_ratio']}",
                   r["meets_target"])]
     return rows
 
