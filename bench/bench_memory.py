@@ -19,64 +19,50 @@ import sys
 import tempfile
 from pathlib import Path
 
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib
-
-PRESET = Path(__file__).resolve().parent.parent / "cifake_lib" / "app" / "presets" / "report.toml"
+PRESETS = ("report", "smoke")
+# bench_finetune.METHODS keys measured: both encoders under FLYP, and CoOp's context (its PromptContext)
+MEASURED = ("flyp", "prompt")
 
 
-def preset_batches(path: Path) -> dict[str, int]:
-    """The batch sizes the preset gives each stage (the stage's default where it gives none)."""
-    from cifake_lib.methods.finetune import FinetuneConfig
+def preset_batches(preset: str) -> dict[str, int]:
+    """The batch sizes the preset gives each stage, every default filled in by `pipeline.study_config`."""
+    from cifake_lib.app.pipeline import study_config
 
-    cfg = tomllib.loads(path.read_text())
-    ft, default = cfg.get("finetune", {}), FinetuneConfig()
+    cfg = study_config(preset)
+    ft = cfg["finetune"]
     return {
-        "finetune_batch": int(ft.get("batch_size", default.batch_size)),
-        "grad_accum": int(ft.get("grad_accum", default.grad_accum)),
-        "finetune_eval": int(ft.get("eval_batch_size", default.eval_batch_size)),
-        "zeroshot": int(cfg.get("zeroshot", {}).get("batch_size", 256)),
-        "probe": int(cfg.get("probe", {}).get("batch_size", 256)),
-        "robustness": int(cfg.get("robustness", {}).get("batch_size", 256)),
-        "ablations": list(ft.get("ablations", [])),
-        "train": ft.get("train", default.train),
-        "prompts": ft.get("prompts", default.prompts),
+        "finetune_batch": int(ft["batch_size"]),
+        "grad_accum": int(ft["grad_accum"]),
+        "finetune_eval": int(ft["eval_batch_size"]),
+        "zeroshot": int(cfg["zeroshot"]["batch_size"]),
+        "probe": int(cfg["probe"]["batch_size"]),
+        "robustness": int(cfg["robustness"]["batch_size"]),
     }
 
 
-def measure_training(model_dir: str, train: str, prompts: str, dtype, sizes: tuple[int, int]):
-    """(n_params, n_trainable, bytes/image, fixed bytes) of ClipClassifier fine-tuning `train` side(s)."""
-    import torch
-    from transformers import CLIPModel, CLIPProcessor
+def measure_training(model_dir: str, method: str, dtype, sizes: tuple[int, int]):
+    """(CLIP config, n_params, n_trainable, bytes/image, fixed bytes) of fine-tuning with `method`
+    (a bench_finetune.METHODS key), on bench_finetune's classifier, batch and loss."""
+    from bench_finetune import Variant, _loss_fn, _setup
 
-    from cifake_lib.methods import finetune as ft
     from cifake_lib.methods.memory import activation_fit, saved_activation_bytes
 
-    processor = CLIPProcessor.from_pretrained(model_dir)
-    clip = CLIPModel.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="sdpa")
-    cfg = ft.FinetuneConfig(model=model_dir, train=train, prompts=prompts)
-    model = ft.ClipClassifier(clip, processor.tokenizer, ft.resolve_prompts(prompts))
-    ft.set_trainable(model, cfg)
-    model.train()
-    size = clip.config.vision_config.image_size
-
-    def loss_fn(m, batch):
-        return ft.flyp_loss(m(batch[0], batch[1])[0], batch[2])
+    variant = Variant("off", "foreach", method)  # eager on the CPU; the optimizer is not stepped
+    built = {}
 
     def measure(b: int) -> int:
-        torch.manual_seed(0)
-        batch = (torch.randn(b, 3, size, size), torch.zeros(b, dtype=torch.long), torch.arange(b) % 2)
-        return saved_activation_bytes(model, batch, loss_fn, dtype)
+        cfg, model, _, batch, _ = _setup(model_dir, variant, b, "cpu")
+        built["model"] = model
+        return saved_activation_bytes(model, batch, _loss_fn(cfg), dtype)
 
     per_image, fixed = activation_fit(measure, sizes)
+    model = built["model"]
     n_params = sum(p.numel() for p in model.parameters())
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return clip.config, n_params, n_trainable, per_image, fixed
+    return model.clip.config, n_params, n_trainable, per_image, fixed
 
 
-def estimates(model_dir: str, preset: Path, precision: str, sizes: tuple[int, int]) -> dict:
+def estimates(model_dir: str, preset: str, precision: str, sizes: tuple[int, int]) -> dict:
     import torch
 
     from cifake_lib.methods.memory import inference_memory, training_memory
@@ -84,15 +70,16 @@ def estimates(model_dir: str, preset: Path, precision: str, sizes: tuple[int, in
     b = preset_batches(preset)
     dtype = torch.bfloat16  # on the CPU; fp16 saves the same bytes
     rows, measured = [], {}
-    for name, side in [("finetune", b["train"])] + [(f"finetune_{a}", a) for a in b["ablations"]]:
-        config, n_params, n_trainable, per_image, fixed = measure_training(model_dir, side, b["prompts"], dtype, sizes)
-        measured[name] = {"train": side, "activation_mib_per_image": round(per_image / 2**20, 2),
+    for method in MEASURED:
+        name = f"finetune ({method})"
+        config, n_params, n_trainable, per_image, fixed = measure_training(model_dir, method, dtype, sizes)
+        measured[name] = {"method": method, "activation_mib_per_image": round(per_image / 2**20, 2),
                           "activation_mib_fixed": round(fixed / 2**20, 1), "trainable_params": n_trainable}
         rows.append(training_memory(name, n_params, n_trainable, per_image, fixed, b["finetune_batch"], precision))
     for name, batch in [("finetune eval", b["finetune_eval"]), ("zeroshot", b["zeroshot"]), ("probe", b["probe"]),
                         ("evaluate / robustness", b["robustness"])]:
         rows.append(inference_memory(name, config.vision_config, n_params, batch, "fp16"))
-    return {"model": model_dir, "preset": str(preset), "precision": precision, "batches": b,
+    return {"model": model_dir, "preset": preset, "precision": precision, "batches": b,
             "measured_at_batch_sizes": list(sizes), "measured": measured, "n_params": n_params,
             "rows": [r.to_dict() for r in rows]}
 
@@ -100,7 +87,7 @@ def estimates(model_dir: str, preset: Path, precision: str, sizes: tuple[int, in
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", help="CLIP folder (the ViT-B/32 stand-in); default: a ViT-B/32-shaped random CLIP")
-    ap.add_argument("--preset", type=Path, default=PRESET, help="preset TOML (default: the report preset)")
+    ap.add_argument("--preset", choices=PRESETS, default="report", help="the study preset (default: report)")
     ap.add_argument("--precision", choices=("fp16", "bf16"), default="fp16",
                     help="training precision (fp16 on a T4, which has no bf16 tensor cores)")
     ap.add_argument("--sizes", default="2,4", help="two batch sizes to measure activations at (default 2,4)")
@@ -117,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.json:
         print(json.dumps(result, indent=2))
         return 0
-    print(f"ESTIMATED peak GPU memory per stage, report preset, {a.precision} (T4 budget {T4_BUDGET_GIB} GiB "
+    print(f"ESTIMATED peak GPU memory per stage, {a.preset} preset, {a.precision} (T4 budget {T4_BUDGET_GIB} GiB "
           "of max_memory_allocated)")
     if not a.model:
         print("  (no --model: ViT-B/32 shapes with a small tokenizer vocabulary; the real 49,408-word one adds "
