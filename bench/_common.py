@@ -23,8 +23,11 @@ def add_threads_argument(ap: argparse.ArgumentParser) -> None:
 
 def prepare(threads: int | None = None) -> None:
     """Decoded arrays cached in a folder of the system temp dir (reused between runs, never the
-    user's cache unless CIFAKE_CACHE says so); torch's CPU threads when asked."""
+    user's cache unless CIFAKE_CACHE says so); models from the local Hugging Face cache only
+    (HF_HUB_OFFLINE, unless set; call this before anything imports transformers); torch's CPU
+    threads when asked."""
     os.environ.setdefault("CIFAKE_CACHE", str(Path(tempfile.gettempdir()) / "cifake_bench_cache"))
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if threads:
         import torch
 

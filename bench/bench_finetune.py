@@ -33,6 +33,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from _common import prepare
+
 TARGET_RATIO = 0.9
 OPTIMIZERS = {"fused": {"fused": True}, "foreach": {"foreach": True}, "for-loop": {"foreach": False}}
 
@@ -257,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-end-to-end", action="store_true", help="model-only figures only")
     ap.add_argument("--json", action="store_true", help="print the results as one JSON object")
     a = ap.parse_args(argv)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    prepare()  # HF_HUB_OFFLINE before transformers is imported
 
     import torch
 

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 from pathlib import Path
+
+from _common import prepare
 
 PRESETS = ("report", "smoke")
 # bench_finetune.METHODS keys measured: both encoders under FLYP, and CoOp's context (its PromptContext)
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sizes", default="2,4", help="two batch sizes to measure activations at (default 2,4)")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    prepare()  # HF_HUB_OFFLINE before transformers is imported
     sizes = tuple(int(s) for s in a.sizes.split(","))
     from cifake_lib.clip.models import write_tiny_clip
     from cifake_lib.methods.memory import T4_BUDGET_GIB

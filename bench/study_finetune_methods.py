@@ -19,6 +19,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from _common import add_data_argument, add_threads_argument, prepare
+
 
 def _row(method: str, seed: int, acc: float, auc: float) -> dict:
     return {"method": method, "seed": seed, "accuracy@0.5": acc, "roc_auc": auc}
@@ -58,7 +60,7 @@ def summarise(rows: list[dict]) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", required=True)
+    add_data_argument(ap, env="CIFAKE_DATA", what="a CIFAKE folder or archive (e.g. the sample)")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--data-seed", type=int, default=0, help="the split's seed, fixed across training seeds")
     ap.add_argument("--epochs", type=int, default=3)
@@ -67,15 +69,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--prompts", default="ensemble")
     ap.add_argument("--wise-ft", default="0,0.25,0.5,0.75,1")
     ap.add_argument("--out", default=None, help="keep the run folders here (default: a temporary folder)")
+    add_threads_argument(ap)
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
-
-    import torch
+    prepare(a.threads or 1)  # one thread unless asked: the tiny model gains nothing from more
 
     from cifake_lib.clip.models import write_tiny_clip
     from cifake_lib.data.load import load_cifake
 
-    torch.set_num_threads(1)
     data = load_cifake(a.data, val_fraction=0.1, seed=a.data_seed, progress=False)
     with tempfile.TemporaryDirectory(prefix="study_ft_") as tmp:
         out = Path(a.out or tmp)
