@@ -455,7 +455,7 @@ def analysis_section(study: Study, res: Results, split: Any, *, embeddings: bool
           compare.markdown_table(res.calibration, compare.CALIBRATION_COLUMNS))
     s.tables["calibration.csv"] = (res.calibration, None)
     if any(r.get("predictions") is not None for r in study.runs):
-        s.image(compare.reliability_grid(study.runs), "reliability.png", "Reliability diagrams before and after")
+        s.image(compare.reliability_grid(study.runs, res.calibration), "reliability.png", "Reliability diagrams before and after")
     _robustness_block(s, res.robustness)
     return s
 
