@@ -46,6 +46,7 @@ from cifake_lib.analysis.study import (
 )
 from cifake_lib.core.files import read_json, write_csv, write_text_atomic
 from cifake_lib.evaluation.metrics import utc_now
+from cifake_lib.evaluation.runs import detector_kind
 
 REPORT = "report.md"
 TITLE = "CIFAKE detectors: report"
@@ -558,7 +559,7 @@ def _published_statements(rows: Sequence[Mapping[str, Any]]) -> list[str]:
         key = compared_with(e)
         key = "accuracy_at_0.5" if key == "acc@0.5" else key
         ours = [r for r in rows if r.get("source") == "ours" and r.get(key) is not None
-                and str(r.get("detector", "")).split(":")[0] in kinds[e["setting"]]]
+                and detector_kind(r.get("detector", "")) in kinds[e["setting"]]]
         if ours:
             mine = "; ".join(f"{r['name']} {r[key]:.2%}" if e["metric"] == "accuracy" else f"{r['name']} {r[key]:.4f}"
                              for r in ours)
