@@ -36,6 +36,12 @@ from cifake_lib.evaluation.metrics import (
 from cifake_lib.evaluation.runs import find_runs, read_run
 
 
+def comparison_key(compared: str) -> str:
+    """The comparison-row key of what a published figure is compared with (published.compared_with):
+    "acc@0.5" -> "accuracy_at_0.5", the column of accuracy at p_fake >= 0.5; others stay as they are."""
+    return "accuracy_at_0.5" if compared == "acc@0.5" else compared
+
+
 def published_rows() -> list[dict[str, Any]]:
     """The published results (evaluation/published.toml) as table rows, source "published".
 
@@ -48,7 +54,7 @@ def published_rows() -> list[dict[str, Any]]:
     for e in published_results():
         row: dict[str, Any] = {"name": f"{e['name']} ({cite(e)})", "source": "published", "reference": cite(e),
                                "setting": e["setting"], "split": e["split"]}
-        row[{"acc@0.5": "accuracy_at_0.5"}.get(compared_with(e), compared_with(e))] = e["text"]
+        row[comparison_key(compared_with(e))] = e["text"]
         rows.append(row)
     return rows
 

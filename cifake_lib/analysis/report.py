@@ -556,8 +556,7 @@ def _published_statements(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     kinds = {"supervised": ("cnn",), "probe": ("probe",), "zero-shot": ("zeroshot",), "fine-tuned": ("finetune",)}
     out = []
     for e in published_results():
-        key = compared_with(e)
-        key = "accuracy_at_0.5" if key == "acc@0.5" else key
+        key = compare.comparison_key(compared_with(e))
         ours = [r for r in rows if r.get("source") == "ours" and r.get(key) is not None
                 and detector_kind(r.get("detector", "")) in kinds[e["setting"]]]
         if ours:
