@@ -520,7 +520,7 @@ def format_p(p: float | None) -> str:
 
 
 def _p_words(p: float) -> str:
-    return "< 0.0001" if p < 1e-4 else f"= {p:.4f}"
+    return format_p(p) if p < 1e-4 else "= " + format_p(p)
 
 
 def paired_statement(row: Mapping[str, Any]) -> str:
