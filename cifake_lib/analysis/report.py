@@ -50,7 +50,6 @@ from cifake_lib.evaluation.runs import detector_kind
 
 REPORT = "report.md"
 TITLE = "CIFAKE detectors: report"
-SECTIONS = ("Methods", "Quantitative results", "Qualitative results", "Analysis", "Discussion", "References")
 # Settings worth naming in the methods text, as run.json "args" / detector.json spell them. Epochs
 # and step caps are what was asked for; what ran comes from history.json / detector.json.
 SETTINGS = (("epochs", "epochs planned"), ("max_steps", "step cap"), ("lr", "learning rate"),
@@ -595,9 +594,11 @@ def _real_accuracy(row: Mapping[str, Any]) -> float | None:
 
 
 def _mean_drop_by_kind(rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    from cifake_lib.analysis.robustness import CLEAN
+
     strongest: dict[tuple[str, str], Mapping[str, Any]] = {}
     for r in rows:
-        if r["perturbation"] == "none":
+        if r["perturbation"] == CLEAN:
             continue
         key = (r["perturbation"], r["detector"])
         if key not in strongest or r["severity"] > strongest[key]["severity"]:
