@@ -36,6 +36,12 @@ from cifake_lib.evaluation.metrics import (
 from cifake_lib.evaluation.runs import find_runs, read_run
 
 
+def comparison_key(compared: str) -> str:
+    """The comparison-row key of what a published figure is compared with (published.compared_with):
+    "acc@0.5" -> "accuracy_at_0.5", the column of accuracy at p_fake >= 0.5; others stay as they are."""
+    return "accuracy_at_0.5" if compared == "acc@0.5" else compared
+
+
 def published_rows() -> list[dict[str, Any]]:
     """The published results (evaluation/published.toml) as table rows, source "published".
 
@@ -48,7 +54,7 @@ def published_rows() -> list[dict[str, Any]]:
     for e in published_results():
         row: dict[str, Any] = {"name": f"{e['name']} ({cite(e)})", "source": "published", "reference": cite(e),
                                "setting": e["setting"], "split": e["split"]}
-        row[{"acc@0.5": "accuracy_at_0.5"}.get(compared_with(e), compared_with(e))] = e["text"]
+        row[comparison_key(compared_with(e))] = e["text"]
         rows.append(row)
     return rows
 
@@ -361,27 +367,27 @@ def calibration_verdict(row: Mapping[str, Any]) -> str:
     return "ECE lower, Brier not" if better_ece else "Brier lower, ECE not"
 
 
-def calibrated_predictions(run: Mapping[str, Any]) -> np.ndarray | None:
-    """Test p_fake after the temperature fitted on the run's validation predictions (None: no val)."""
-    preds, val = run.get("predictions"), run.get("predictions_val")
-    if preds is None or val is None or not len(val["label"]):
-        return None
-    return apply_temperature(preds["p_fake"], fit_temperature(val["label"], val["p_fake"]))
+def reliability_grid(runs: Sequence[Mapping[str, Any]], calibration: Sequence[Mapping[str, Any]]) -> Figure:
+    """Reliability diagrams of every run with predictions: test scores before and after temperature scaling.
 
-
-def reliability_grid(runs: Sequence[Mapping[str, Any]]) -> Figure:
-    """Reliability diagrams of every run with predictions: test scores before and after temperature scaling."""
+    `calibration` is `calibration_rows(runs)`: one row per run with predictions, in order, holding
+    the fitted temperature (None: not fitted) and the verdict, so nothing is refitted here.
+    """
     from cifake_lib.viz.plots import reliability_figure
 
     runs = [r for r in runs if r.get("predictions") is not None]
+    if len(calibration) != len(runs) or any(
+            c["name"] != (r.get("name") or r["metrics"].get("detector")) for r, c in zip(runs, calibration, strict=True)):
+        raise ValueError("calibration must be calibration_rows(runs): one row per run with predictions, in order")
     cols = min(3, len(runs))
     rows = -(-len(runs) // cols)
     fig = Figure(figsize=(5.2 * cols, 4.4 * rows), layout="constrained")
     axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
-    for ax, r in zip(axes, runs, strict=False):
-        p, q = r["predictions"], calibrated_predictions(r)
+    for ax, r, c in zip(axes, runs, calibration, strict=False):
+        p = r["predictions"]
+        q = None if c["temperature"] is None else apply_temperature(p["p_fake"], c["temperature"])
         # A temperature that flattens every score makes a low ECE meaningless: say so on the panel.
-        flat = q is not None and float(np.std(q)) < UNINFORMATIVE_SD
+        flat = str(c["verdict"]).startswith("uninformative")
         reliability_figure(p["label"], p["p_fake"], p_calibrated=q, ax=ax,
                            title=r["name"] + (", scaling uninformative" if flat else ""),
                            calibrated_label="after temperature scaling" + (" (uninformative)" if flat else ""))

@@ -469,23 +469,21 @@ def saliency_gallery(run: Mapping[str, Any], split: Any, detector: Any, per_grou
     first two gradient/attention methods available (methods_for). None when no
     prediction id is in `split`.
     """
-    from cifake_lib.viz.gallery import GROUPS, confident_examples, match_ids
+    from cifake_lib.viz.gallery import GROUPS, confident_picks
 
-    preds = run["predictions"]
-    index = match_ids(preds["id"], split.ids)
-    ok = np.flatnonzero(index >= 0)
-    if not len(ok):
+    picked = confident_picks(run, split, per_group)
+    if picked is None:
         return None
-    groups = confident_examples(preds["label"][ok], preds["p_fake"][ok], float(run["metrics"]["threshold"]),
-                                per_group)
-    picks = [(g[0], int(ok[i])) for g in GROUPS for i in groups[g[0]]]
+    rows, split_rows, groups = picked
+    preds = run["predictions"]
+    picks = [(g[0], int(rows[i]), int(split_rows[i])) for g in GROUPS for i in groups[g[0]]]
     if not picks:
         return None
     if methods is None:
         methods = [m for m in methods_for(detector) if m != "occlusion"][:2] or ["occlusion"]
     images, titles, maps = [], [], {m: [] for m in methods}
-    for key, i in picks:
-        image = split.images[index[i]]
+    for key, i, j in picks:
+        image = split.images[j]
         cls = int(preds["cifar_class"][i])
         images.append(image)
         titles.append(f"{key.replace('_', ' ')}\np={format_metric(preds['p_fake'][i], digits=3)}")

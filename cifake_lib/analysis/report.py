@@ -46,10 +46,10 @@ from cifake_lib.analysis.study import (
 )
 from cifake_lib.core.files import read_json, write_csv, write_text_atomic
 from cifake_lib.evaluation.metrics import utc_now
+from cifake_lib.evaluation.runs import detector_kind
 
 REPORT = "report.md"
 TITLE = "CIFAKE detectors: report"
-SECTIONS = ("Methods", "Quantitative results", "Qualitative results", "Analysis", "Discussion", "References")
 # Settings worth naming in the methods text, as run.json "args" / detector.json spell them. Epochs
 # and step caps are what was asked for; what ran comes from history.json / detector.json.
 SETTINGS = (("epochs", "epochs planned"), ("max_steps", "step cap"), ("lr", "learning rate"),
@@ -455,7 +455,7 @@ def analysis_section(study: Study, res: Results, split: Any, *, embeddings: bool
           compare.markdown_table(res.calibration, compare.CALIBRATION_COLUMNS))
     s.tables["calibration.csv"] = (res.calibration, None)
     if any(r.get("predictions") is not None for r in study.runs):
-        s.image(compare.reliability_grid(study.runs), "reliability.png", "Reliability diagrams before and after")
+        s.image(compare.reliability_grid(study.runs, res.calibration), "reliability.png", "Reliability diagrams before and after")
     _robustness_block(s, res.robustness)
     return s
 
@@ -519,7 +519,7 @@ def format_p(p: float | None) -> str:
 
 
 def _p_words(p: float) -> str:
-    return "< 0.0001" if p < 1e-4 else f"= {p:.4f}"
+    return format_p(p) if p < 1e-4 else "= " + format_p(p)
 
 
 def paired_statement(row: Mapping[str, Any]) -> str:
@@ -555,10 +555,9 @@ def _published_statements(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     kinds = {"supervised": ("cnn",), "probe": ("probe",), "zero-shot": ("zeroshot",), "fine-tuned": ("finetune",)}
     out = []
     for e in published_results():
-        key = compared_with(e)
-        key = "accuracy_at_0.5" if key == "acc@0.5" else key
+        key = compare.comparison_key(compared_with(e))
         ours = [r for r in rows if r.get("source") == "ours" and r.get(key) is not None
-                and str(r.get("detector", "")).split(":")[0] in kinds[e["setting"]]]
+                and detector_kind(r.get("detector", "")) in kinds[e["setting"]]]
         if ours:
             mine = "; ".join(f"{r['name']} {r[key]:.2%}" if e["metric"] == "accuracy" else f"{r['name']} {r[key]:.4f}"
                              for r in ours)
@@ -595,9 +594,11 @@ def _real_accuracy(row: Mapping[str, Any]) -> float | None:
 
 
 def _mean_drop_by_kind(rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    from cifake_lib.analysis.robustness import CLEAN
+
     strongest: dict[tuple[str, str], Mapping[str, Any]] = {}
     for r in rows:
-        if r["perturbation"] == "none":
+        if r["perturbation"] == CLEAN:
             continue
         key = (r["perturbation"], r["detector"])
         if key not in strongest or r["severity"] > strongest[key]["severity"]:

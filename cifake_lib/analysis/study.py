@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from cifake_lib.analysis import compare
+from cifake_lib.evaluation.runs import detector_kind
 from cifake_lib.evaluation.stats import compare_pair
 
 
@@ -127,7 +128,7 @@ PAIRED_COLUMNS = ("detector_a", "detector_b", "metric", "difference", "ci_low", 
 
 
 def _kind(run: Mapping[str, Any]) -> str:
-    return str(run["metrics"].get("detector", "")).split(":")[0]
+    return detector_kind(run["metrics"].get("detector", ""))
 
 
 def main_pairs(runs: Sequence[Mapping[str, Any]]) -> list[tuple[Mapping[str, Any], Mapping[str, Any], str]]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -243,16 +244,25 @@ def _bootstrap(y: np.ndarray, p: np.ndarray, thresholds: list[float], n_boot: in
 
     Each resample draws n indices with replacement; batches of about 2M draws keep memory small.
     """
-    n = len(y)
-    rng = np.random.default_rng(seed)
     resample = _Resampler(y, p, thresholds)
     acc = np.empty((n_boot, len(thresholds)))
     auc = np.empty(n_boot)
-    chunk = max(1, min(n_boot, 2_000_000 // n))
+    for rows, idx in _draw_batches(len(y), n_boot, seed):
+        acc[rows], auc[rows] = resample(idx)
+    return acc, auc
+
+
+def _draw_batches(n: int, n_boot: int, seed: int) -> Iterator[tuple[slice, np.ndarray]]:
+    """Seeded bootstrap draws in batches: (rows of the n_boot resamples, indices (b, n)).
+
+    `numpy.random.default_rng(seed).integers(0, n, size=(b, n))` per batch of about 2M draws;
+    the same (n, n_boot, seed) gives the same indices to every caller (paired resamples).
+    """
+    rng = np.random.default_rng(seed)
+    chunk = max(1, min(n_boot, 2_000_000 // max(n, 1)))
     for start in range(0, n_boot, chunk):
         b = min(chunk, n_boot - start)
-        acc[start:start + b], auc[start:start + b] = resample(rng.integers(0, n, size=(b, n)))
-    return acc, auc
+        yield slice(start, start + b), rng.integers(0, n, size=(b, n))
 
 
 def _percentile_ci(values: np.ndarray, level: float) -> list[float] | None:

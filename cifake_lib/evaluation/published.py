@@ -18,6 +18,8 @@ from functools import lru_cache
 from importlib import resources
 from typing import Any
 
+from cifake_lib.core.formatting import format_metric
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
@@ -97,10 +99,9 @@ def published_table(metric: str | None = None) -> list[dict[str, Any]]:
              "model": e["model"]} for e in published_results(metric=metric)]
 
 
-def _fmt(v: Any, pct: bool) -> str:
-    if v is None:
-        return "—"
-    return f"{v:.2%}" if pct else f"{v:.4f}"
+def _cell(value: Any, ci: Sequence[Any] | None = None, *, percent: bool = False) -> str:
+    """format_metric's text; a metric we do not have reads "—", as in the published rows."""
+    return "—" if value is None else format_metric(value, ci, percent=percent)
 
 
 def anchor_table(ours: Mapping[str, Mapping[str, Any]]) -> list[dict[str, str]]:
@@ -108,12 +109,11 @@ def anchor_table(ours: Mapping[str, Mapping[str, Any]]) -> list[dict[str, str]]:
     95% CIs) marked "ours", then the published results at their published precision, cited."""
     rows = []
     for name, m in ours.items():
-        acc_ci, auc_ci = m.get("accuracy_ci95"), m.get("roc_auc_ci95")
         rows.append({
             "detector": name, "source": "ours",
-            "accuracy": _fmt(m.get("accuracy"), True) + (f" [{acc_ci[0]:.2%}, {acc_ci[1]:.2%}]" if acc_ci else ""),
-            "acc@0.5": _fmt((m.get("natural_threshold") or {}).get("accuracy"), True),
-            "roc_auc": _fmt(m.get("roc_auc"), False) + (f" [{auc_ci[0]:.4f}, {auc_ci[1]:.4f}]" if auc_ci else ""),
+            "accuracy": _cell(m.get("accuracy"), m.get("accuracy_ci95"), percent=True),
+            "acc@0.5": _cell((m.get("natural_threshold") or {}).get("accuracy"), percent=True),
+            "roc_auc": _cell(m.get("roc_auc"), m.get("roc_auc_ci95")),
             "reference": ""})
     for e in published_results():
         value = {"accuracy": "—", "acc@0.5": "—", "roc_auc": "—"}

@@ -335,6 +335,11 @@ def find_runs(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Pa
     return sorted(found)
 
 
+def detector_kind(detector: Any) -> str:
+    """The kind of a detector: the prefix of metrics.json's "detector" ("finetune:both" -> "finetune")."""
+    return str(detector).split(":")[0]
+
+
 # The study's detectors, by the prefix of metrics.json's "detector", and the notebook that makes each.
 STUDY_DETECTORS = {"zeroshot": ("zero-shot CLIP", "02"), "probe": ("linear probe", "02"),
                    "finetune": ("fine-tuned CLIP", "03"), "cnn": ("CIFAKE paper's CNN", "cifake cnn / smoke mode")}
@@ -345,7 +350,7 @@ def runs_found_note(runs: Iterable[Mapping[str, Any]]) -> str:
 
     "found: zero-shot CLIP, linear probe | not found: fine-tuned CLIP (run notebook 03), ..."
     """
-    kinds = {str(r["metrics"].get("detector", "")).split(":")[0] for r in runs}
+    kinds = {detector_kind(r["metrics"].get("detector", "")) for r in runs}
     found = [name for key, (name, _) in STUDY_DETECTORS.items() if key in kinds]
     missing = [f"{name} (run {'notebook ' if src[0].isdigit() else ''}{src})"
                for key, (name, src) in STUDY_DETECTORS.items() if key not in kinds]

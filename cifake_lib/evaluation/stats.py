@@ -23,7 +23,14 @@ from typing import Any
 
 import numpy as np
 
-from cifake_lib.evaluation.metrics import CI_LEVEL, _check_inputs, _check_threshold, _Resampler
+from cifake_lib.evaluation.metrics import (
+    CI_LEVEL,
+    _check_inputs,
+    _check_threshold,
+    _draw_batches,
+    _percentile_ci,
+    _Resampler,
+)
 
 PAIRED_METRICS = ("accuracy", "roc_auc")
 
@@ -35,6 +42,37 @@ def _pair(labels: Any, p_a: Any, p_b: Any) -> tuple[np.ndarray, np.ndarray, np.n
     y, a, _ = _check_inputs(labels, p_a)
     _, b, _ = _check_inputs(labels, p_b)
     return y, a, b
+
+
+def _paired_differences(y: np.ndarray, a: np.ndarray, b: np.ndarray, ta: float, tb: float, n_boot: int,
+                        seed: int) -> dict[str, tuple[float, float, np.ndarray]]:
+    """Per metric of PAIRED_METRICS: (value A, value B, A - B over each paired resample).
+
+    One pass over the seeded draws (`metrics._draw_batches`) scores both detectors on the same
+    indices; accuracy and ROC AUC come out of the same resample counts.
+    """
+    ra, rb = _Resampler(y, a, [ta]), _Resampler(y, b, [tb])
+    (acc_a, auc_a), (acc_b, auc_b) = ra(np.arange(len(y))[None, :]), rb(np.arange(len(y))[None, :])
+    diffs = {metric: np.empty(n_boot) for metric in PAIRED_METRICS}
+    for rows, idx in _draw_batches(len(y), n_boot, seed):
+        (boot_acc_a, boot_auc_a), (boot_acc_b, boot_auc_b) = ra(idx), rb(idx)
+        diffs["accuracy"][rows] = boot_acc_a[:, 0] - boot_acc_b[:, 0]
+        diffs["roc_auc"][rows] = boot_auc_a - boot_auc_b
+    return {"accuracy": (float(acc_a[0, 0]), float(acc_b[0, 0]), diffs["accuracy"]),
+            "roc_auc": (float(auc_a[0]), float(auc_b[0]), diffs["roc_auc"])}
+
+
+def _interval(value_a: float, value_b: float, diffs: np.ndarray, level: float) -> dict[str, float | None]:
+    """paired_bootstrap's result from the point values and the resampled differences."""
+    point = {"value_a": value_a, "value_b": value_b}
+    diffs = diffs[np.isfinite(diffs)]
+    diff = value_a - value_b
+    ci = _percentile_ci(diffs, level)
+    if ci is None or not math.isfinite(diff):
+        return {**point, "difference": None if not math.isfinite(diff) else diff, "ci_low": None,
+                "ci_high": None, "se": None, "n_boot_used": len(diffs)}
+    return {**point, "difference": diff, "ci_low": ci[0], "ci_high": ci[1],
+            "se": float(diffs.std(ddof=1)) if len(diffs) > 1 else None, "n_boot_used": len(diffs)}
 
 
 def paired_bootstrap(labels: Any, p_a: Any, p_b: Any, *, metric: str = "roc_auc", threshold_a: float = 0.5,
@@ -53,28 +91,7 @@ def paired_bootstrap(labels: Any, p_a: Any, p_b: Any, *, metric: str = "roc_auc"
         raise ValueError(f"n_boot must be >= 1, got {n_boot}")
     y, a, b = _pair(labels, p_a, p_b)
     ta, tb = _check_threshold(threshold_a), _check_threshold(threshold_b)
-    point = {}
-    for key, p, t in (("value_a", a, ta), ("value_b", b, tb)):
-        acc, auc = _Resampler(y, p, [t])(np.arange(len(y))[None, :])
-        point[key] = float(acc[0, 0] if metric == "accuracy" else auc[0])
-    ra, rb = _Resampler(y, a, [ta]), _Resampler(y, b, [tb])
-    n = len(y)
-    rng = np.random.default_rng(seed)
-    diffs = np.empty(n_boot)
-    chunk = max(1, min(n_boot, 2_000_000 // max(n, 1)))
-    for start in range(0, n_boot, chunk):
-        idx = rng.integers(0, n, size=(min(chunk, n_boot - start), n))
-        (acc_a, auc_a), (acc_b, auc_b) = ra(idx), rb(idx)
-        d = acc_a[:, 0] - acc_b[:, 0] if metric == "accuracy" else auc_a - auc_b
-        diffs[start:start + len(idx)] = d
-    diffs = diffs[np.isfinite(diffs)]
-    diff = point["value_a"] - point["value_b"]
-    if len(diffs) == 0 or not math.isfinite(diff):
-        return {**point, "difference": None if not math.isfinite(diff) else diff, "ci_low": None,
-                "ci_high": None, "se": None, "n_boot_used": len(diffs)}
-    lo, hi = np.percentile(diffs, [50 * (1 - level), 50 * (1 + level)])
-    return {**point, "difference": diff, "ci_low": float(lo), "ci_high": float(hi),
-            "se": float(diffs.std(ddof=1)) if len(diffs) > 1 else None, "n_boot_used": len(diffs)}
+    return _interval(*_paired_differences(y, a, b, ta, tb, n_boot, seed)[metric], level)
 
 
 def mcnemar_exact(labels: Any, p_a: Any, p_b: Any, *, threshold_a: float = 0.5,
@@ -157,10 +174,14 @@ def compare_pair(labels: Any, p_a: Any, p_b: Any, *, threshold_a: float, thresho
     accuracy: at each detector's own (validation-chosen) threshold, McNemar's exact p;
     roc_auc: DeLong's p. Intervals: paired bootstrap.
     """
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
+    y, a, b = _pair(labels, p_a, p_b)
+    ta, tb = _check_threshold(threshold_a), _check_threshold(threshold_b)
+    differences = _paired_differences(y, a, b, ta, tb, n_boot, seed)  # one pass for both metrics
     rows = []
     for metric in PAIRED_METRICS:
-        boot = paired_bootstrap(labels, p_a, p_b, metric=metric, threshold_a=threshold_a,
-                                threshold_b=threshold_b, n_boot=n_boot, seed=seed)
+        boot = _interval(*differences[metric], CI_LEVEL)
         if metric == "accuracy":
             test = mcnemar_exact(labels, p_a, p_b, threshold_a=threshold_a, threshold_b=threshold_b)
             name = "McNemar exact"

@@ -96,23 +96,39 @@ def gallery_figure(images: np.ndarray, groups: Mapping[str, np.ndarray], p_fake:
     return fig
 
 
+def confident_picks(run: Mapping[str, Any], split: Any, k: int = 8
+                    ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]] | None:
+    """The run's (read_run dict) most confident right and wrong test images that `split` holds.
+
+    Returns (rows, split_rows, groups): rows, the prediction rows whose id the split has;
+    split_rows, where those images lie in the split; groups, `confident_examples` of the matched
+    predictions at the run's threshold (positions in rows). None when the run has no predictions
+    or none of its ids is in the split (e.g. it was made on other data).
+    """
+    preds = run.get("predictions")
+    if preds is None:
+        return None
+    index = match_ids(preds["id"], split.ids)
+    rows = np.flatnonzero(index >= 0)
+    if not len(rows):
+        return None
+    groups = confident_examples(preds["label"][rows], preds["p_fake"][rows], float(run["metrics"]["threshold"]), k)
+    return rows, index[rows], groups
+
+
 def run_gallery(run: Mapping[str, Any], split: Any, *, k: int = 8, scale: int = 4) -> Figure | None:
     """The gallery of one run (read_run dict) from its test predictions and the test `split`.
 
     Predictions whose ids the split lacks are left out; None when none match (e.g. the run
     was made on other data) or the run has no predictions.
     """
-    preds = run.get("predictions")
-    if preds is None:
+    picked = confident_picks(run, split, k)
+    if picked is None:
         return None
-    index = match_ids(preds["id"], split.ids)
-    ok = index >= 0
-    if not ok.any():
-        return None
-    images = np.asarray(split.images)[index[ok]]
-    groups = confident_examples(preds["label"][ok], preds["p_fake"][ok], float(run["metrics"]["threshold"]), k)
+    rows, split_rows, groups = picked
+    preds = run["predictions"]
+    images = np.asarray(split.images)[split_rows]
     name = run.get("name") or run["metrics"].get("detector")
-    return gallery_figure(images, groups, preds["p_fake"][ok], classes=preds["cifar_class"][ok], scale=scale,
+    return gallery_figure(images, groups, preds["p_fake"][rows], classes=preds["cifar_class"][rows], scale=scale,
                           title=f"{name}: most confident right and wrong test images "
                                 f"(threshold {float(run['metrics']['threshold']):.3f})")
-

@@ -179,8 +179,9 @@ def _lookup(row: Mapping[str, Any], key: str) -> Any:
 def _anchor_rows(published: Mapping[str, Any]) -> list[tuple[str, float, float]]:
     """Published anchors as (label, low, high); a single value has low == high.
 
-    A value may be a number or a (low, high) range; the pair "NAME, low" / "NAME, high" (how
-    `zeroshot.published_anchors` spells a range) becomes one range row "NAME".
+    `published` is e.g. `evaluation.published.published_anchors` ({"NAME (Authors Year)": value}).
+    A value may be a number or a (low, high) range; a pair of labels "NAME, low" / "NAME, high"
+    (a range given as two numbers) becomes one range row "NAME".
     """
     rows: dict[str, list[float]] = {}
     for label, value in published.items():
