@@ -38,7 +38,7 @@ from cifake_lib.core.errors import CifakeError
 from cifake_lib.core.files import read_json, write_json
 from cifake_lib.core.settings import DEFAULT_MODEL, default_data_source
 from cifake_lib.data.config import DataConfig
-from cifake_lib.evaluation.study import OLD_STUDY, STUDY, read_study
+from cifake_lib.evaluation.study import OLD_STUDY, STUDY, is_study_record, read_study
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -448,7 +448,7 @@ def _write_study(out: Path, record: Mapping[str, Any]) -> None:
             saved = read_json(old)
         except (OSError, ValueError):
             return
-        if isinstance(saved, dict) and "preset" in saved and "model_type" not in saved:
+        if is_study_record(saved):
             old.unlink()
 
 
