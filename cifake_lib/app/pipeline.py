@@ -443,7 +443,7 @@ def _write_study(out: Path, record: Mapping[str, Any]) -> None:
     """OUT/study.json; an older study's OUT/config.json (which made the folder look like a model) goes."""
     write_json(out / STUDY, record)
     old = out / OLD_STUDY
-    if old.is_file() and read_study(out) is not None:
+    if old.is_file():  # study.json was just written, so the folder is a study
         try:
             saved = read_json(old)
         except (OSError, ValueError):
