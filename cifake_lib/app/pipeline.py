@@ -33,7 +33,15 @@ from typing import Any
 
 from cifake_lib.analysis.config import ReportData
 from cifake_lib.app import stages
-from cifake_lib.core.config import SettingError, build, option_map, setting, to_argv, to_mapping
+from cifake_lib.core.config import (
+    SettingError,
+    build,
+    negated,
+    option_map,
+    setting,
+    to_argv,
+    to_mapping,
+)
 from cifake_lib.core.errors import CifakeError
 from cifake_lib.core.files import read_json, write_json
 from cifake_lib.core.settings import DEFAULT_MODEL, default_data_source
@@ -138,9 +146,10 @@ def _table_classes(table: str) -> tuple[type, ...]:
 def split_table(table: str, values: Mapping[str, Any]) -> dict[type, dict[str, Any]]:
     """{settings class: its keys} of one TOML table; an unknown or study-set key is an error."""
     known = option_map(_table_classes(table))
+    by_key = {k: o for k, (_, o) in known.items()}
     out: dict[type, dict[str, Any]] = {cls: {} for cls in _table_classes(table)}
     for key, value in values.items():
-        bare = key[3:] if key.startswith("no_") and key[3:] in known else key
+        bare = negated(key, value, by_key)[0]
         if bare in RESERVED.get(table, ()):
             raise PipelineError(f"[{table}] {key}: set by the study itself, not by the config")
         if bare not in known:
