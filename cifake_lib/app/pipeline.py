@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import json
 import os
 import shutil
 import sys
@@ -352,15 +351,15 @@ def plan(config: Mapping[str, Any], out: Path, data: str, model: str) -> list[St
 
 
 def best_zeroshot(folder: Path) -> Path:
-    """The zero-shot prompt set with the highest validation ROC-AUC (never chosen on test)."""
-    best, best_auc = None, -1.0
-    for metrics_val in sorted(folder.glob("*/metrics_val.json")):
-        auc = json.loads(metrics_val.read_text()).get("roc_auc")
-        if auc is not None and auc > best_auc:
-            best, best_auc = metrics_val.parent, auc
-    if best is None:
-        raise PipelineError(f"{folder}: no zero-shot prompt set with validation metrics")
-    return best
+    """The zero-shot prompt set with the highest validation ROC-AUC (never chosen on test), picked
+    as `load_detector` picks a study's run (methods.detectors.best_run_on_val: ties by accuracy)."""
+    # Imported here: methods.detectors imports torch, and `cifake --help` must not.
+    from cifake_lib.methods.detectors import best_run_on_val
+
+    try:
+        return best_run_on_val(folder)[0]
+    except FileNotFoundError:
+        raise PipelineError(f"{folder}: no zero-shot prompt set with validation metrics") from None
 
 
 def resolve_data(data: str | None, preset: str) -> str:
