@@ -57,6 +57,7 @@ STAGES = ("data", "zeroshot", "probe", "finetune", "cnn", "evaluate", "robustnes
 NOTEBOOKS = ("01_data", "02_zero_shot", "03_fine_tune", "04_analysis")
 NOTEBOOKS_DONE = "notebooks.json"
 TINY_MODEL = "tiny"
+TINY_FOLDER = "tiny_model"  # under OUT: the tiny CLIP of `--model tiny`
 BEST_ZEROSHOT = "@best"  # placeholder for the zero-shot prompt set chosen on validation
 # Keys the study itself sets: a config may not.
 RESERVED = {"evaluate": {"model"}, "robustness": {"runs"}, "report": {"runs"}}
@@ -187,24 +188,34 @@ def load_config(preset: str = "report", config_file: str | os.PathLike | None = 
     return config
 
 
+def _merged_config(preset: str, config_file: str | os.PathLike | None,
+                   run_overrides: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The preset and --config merged, with the `cifake run` options given over its [run] table."""
+    config = load_config(preset, config_file)
+    config["run"].update(run_overrides or {})
+    return config
+
+
+def _model_path(config: Mapping[str, Any], out: Path) -> tuple[str, bool]:
+    """(the CLIP the study uses, whether it is the tiny one): [run] model, or for "tiny" the tiny
+    CLIP the study writes into OUT/tiny_model."""
+    model = str(config["run"].get("model", DEFAULT_MODEL))
+    return (str(out / TINY_FOLDER), True) if model == TINY_MODEL else (model, False)
+
+
 def study_config(preset: str = "report", config_file: str | os.PathLike | None = None, *,
                  run_overrides: Mapping[str, Any] | None = None, data: str | None = None,
                  out: str | os.PathLike = "study") -> dict[str, Any]:
     """The merged config, checked as `run_study` checks it, with every setting's value filled in."""
-    config = load_config(preset, config_file)
-    config["run"].update(run_overrides or {})
+    config = _merged_config(preset, config_file, run_overrides)
     source = data or config.get("data", {}).get("data") or default_data_source()
-    model = str(config["run"].get("model", DEFAULT_MODEL))
-    model = str(Path(out) / "tiny_model") if model == TINY_MODEL else model
-    steps = plan(config, Path(out), source, model)
-    full: dict[str, Any] = {"run": to_mapping(build(RunConfig, config["run"], where="[run]"))}
-    full["data"] = to_mapping(build(DataConfig, {**config.get("data", {}), "data": source}, where="[data]"))
-    for step in steps:
+    planner = plan_study(config, Path(out), source, _model_path(config, Path(out))[0])
+    full: dict[str, Any] = {"run": to_mapping(planner.run), "data": to_mapping(planner.data)}
+    for step in planner.steps:
         if step.cfg is not None and step.stage not in full:
             full[step.stage] = {k: v for k, v in to_mapping(step.cfg).items() if k not in RESERVED.get(step.stage, ())}
     if "finetune" in full:
-        full["finetune"]["ablations"] = build(FinetunePlan, split_table("finetune", config.get("finetune", {}))
-                                              [FinetunePlan]).ablations
+        full["finetune"]["ablations"] = planner.ft_plan.ablations
     return full
 
 
@@ -249,6 +260,7 @@ class Planner:
     steps: list[Step] = field(default_factory=list)
     detectors: list[tuple[Path, int]] = field(default_factory=list)  # (run folder, training seed)
     layout: dict[str, Any] = field(default_factory=dict)  # study.json "layout", paths relative to OUT
+    ft_plan: FinetunePlan | None = None  # the [finetune] study keys (ablations), when fine-tuning is planned
 
     def __post_init__(self) -> None:
         self.run = build(RunConfig, self.config.get("run", {}), where="[run]")
@@ -288,14 +300,14 @@ class Planner:
 
 
 def _plan_trained(p: Planner, stages_: list[str], model: dict[str, str]) -> None:
-    ft_plan = build(FinetunePlan, split_table("finetune", p.config.get("finetune", {}))[FinetunePlan]) \
-        if "finetune" in stages_ else None
+    if "finetune" in stages_:
+        p.ft_plan = build(FinetunePlan, split_table("finetune", p.config.get("finetune", {}))[FinetunePlan])
     for seed in p.seeds:
         if "probe" in stages_:
             step = p.add("probe", p.seed_name("probe", seed), "metrics.json", p.seed_extra(seed, model))
             p.detectors.append((step.out, seed))
         if "finetune" in stages_:
-            runs = [("finetune", {})] + [(f"finetune_{name}", ABLATIONS[name]) for name in ft_plan.ablations]
+            runs = [("finetune", {})] + [(f"finetune_{name}", ABLATIONS[name]) for name in p.ft_plan.ablations]
             for base, extra in runs:
                 step = p.add("finetune", p.seed_name(base, seed), "metrics.json",
                              p.seed_extra(seed, {**model, **extra}), resumable=True)
@@ -465,18 +477,14 @@ def run_study(*, preset: str = "report", data: str | None = None, config_file: s
               run_overrides: Mapping[str, Any] | None = None, log=None) -> dict[str, Any]:
     """Run (or continue) the study; returns {"out", "steps": [{name, status, seconds, command}], ...}."""
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-    config = load_config(preset, config_file)
-    config["run"].update(run_overrides or {})
+    config = _merged_config(preset, config_file, run_overrides)
     if notebooks:
         config["run"]["notebooks"] = True
     source = resolve_data(data or config.get("data", {}).get("data"), preset)
     if Path(source).expanduser().exists():  # a local path, recorded absolute: the notebooks run elsewhere
         source = str(Path(source).expanduser().resolve())
     out = Path(out)
-    model = str(config["run"].get("model", DEFAULT_MODEL))
-    tiny = model == TINY_MODEL
-    if tiny:
-        model = str(out / "tiny_model")
+    model, tiny = _model_path(config, out)
     try:
         planner = plan_study(config, out, source, model)
     except SettingError as e:
@@ -487,7 +495,7 @@ def run_study(*, preset: str = "report", data: str | None = None, config_file: s
         steps.append(_notebooks_step(out, source, preset))
     out.mkdir(parents=True, exist_ok=True)
     if tiny:
-        _tiny_model(Path(model), seed=int(config.get("data", {}).get("seed", 0)))
+        _tiny_model(Path(model), seed=planner.data.seed)
     _write_study(out, {"preset": preset, "config_file": str(config_file) if config_file else None, "data": source,
                        "model": model, "config": config, "layout": planner.layout})
     record: dict[str, Any] = {"out": str(out), "preset": preset, "data": source, "steps": []}
