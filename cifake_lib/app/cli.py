@@ -81,13 +81,17 @@ def build_parser() -> argparse.ArgumentParser:
 # ---------------------------------------------------------------------------
 
 
-def _configs(name: str, args: argparse.Namespace) -> tuple[DataConfig | None, Any]:
-    where = ""  # main() prefixes "cifake <command>: error:"
+def _configs(name: str, args: argparse.Namespace) -> tuple[DataConfig | str | None, Any]:
+    """(what the stage reads, its settings) from the command line: the DataConfig, or for the
+    report the CIFAKE source of its galleries. Messages name the flags; main() prefixes
+    "cifake <command>: error:"."""
     s = stages.STAGES[name]
-    data = build(DataConfig, given(args, DataConfig), where=where, flag_names=True) if s.reads_data else None
-    cfg = stages.stage_config(name, given(args, s.classes[0]), data, where=where, flag_names=True) \
-        if s.classes else None
-    return data, cfg
+    dcfg = build(DataConfig, given(args, DataConfig), flag_names=True) if s.reads_data else None
+    # The data stage has no settings class (classes[0] would fail); stage_config then gives None.
+    cfg = stages.stage_config(name, given(args, s.classes[0]), dcfg, flag_names=True) if s.classes else None
+    if not s.reads_data:  # the report: the source whose test images its galleries show
+        return build(ReportData, given(args, ReportData), flag_names=True).data, cfg
+    return dcfg, cfg
 
 
 def _auc(m: dict) -> float:
@@ -173,12 +177,7 @@ PRINTERS = {"data": _print_data, "zeroshot": _print_zeroshot, "probe": _print_pr
 def _stage_runner(name: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         data, cfg = _configs(name, args)
-        out = getattr(args, "out", None)
-        if name == "report":
-            source = build(ReportData, given(args, ReportData), flag_names=True).data
-            r = stages.run_report(source, cfg, out)
-        else:
-            r = stages.STAGES[name].run(data, cfg, out)
+        r = stages.STAGES[name].run(data, cfg, getattr(args, "out", None))
         PRINTERS[name](r, args)
         return 0
 

@@ -409,10 +409,7 @@ def run_step(step: Step) -> str:
     """Call the stage; "ran", or "stopped" for a deliberate pause (fine-tuning's stop_after)."""
     if step.stage == "notebooks":
         return step.cfg()
-    if step.stage == "report":
-        result = stages.run_report(step.data, step.cfg, step.out)
-    else:
-        result = stages.STAGES[step.stage].run(step.data, step.cfg, step.out)
+    result = stages.STAGES[step.stage].run(step.data, step.cfg, step.out)
     return "stopped" if result.status == "stopped" or not step.is_done() else "ran"
 
 
