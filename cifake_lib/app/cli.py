@@ -254,26 +254,27 @@ def _tiny_model(args: argparse.Namespace) -> int:
 COMMANDS: list[Command] = [
     Command("run", "run the whole study: data, zero-shot, probe, fine-tune, CNN, evaluate, robustness, report; "
             "finished stages are skipped, interrupted ones resumed", (StudyOptions, RunConfig), _run),
-    Command("data", "load CIFAKE (decoding and caching it once), audit it and print a summary", (DataConfig,),
+    Command("data", "load CIFAKE (decoding and caching it once), audit it and print a summary",
+            stages.STAGES["data"].option_classes,
             _stage_runner("data"), json=True),
     Command("zeroshot", "zero-shot CLIP with text prompts: one run folder per prompt set, plus summary.csv",
-            (DataConfig, *stages.STAGES["zeroshot"].classes), _stage_runner("zeroshot"), out=True, json=True),
+            stages.STAGES["zeroshot"].option_classes, _stage_runner("zeroshot"), out=True, json=True),
     Command("probe", "linear probe (logistic regression, C chosen on validation) on frozen CLIP image features",
-            (DataConfig, *stages.STAGES["probe"].classes), _stage_runner("probe"), out=True, json=True),
+            stages.STAGES["probe"].option_classes, _stage_runner("probe"), out=True, json=True),
     Command("finetune", "fine-tune CLIP's text and image encoders on CIFAKE (FLYP; its CE ablation; CoOp); "
-            "checkpoints, resume, best model exported", (DataConfig, *stages.STAGES["finetune"].classes),
+            "checkpoints, resume, best model exported", stages.STAGES["finetune"].option_classes,
             _finetune, out=True, json=True),
     Command("cnn", "train the CIFAKE paper's CNN (Bird & Lotfi) as a reference detector",
-            (DataConfig, *stages.STAGES["cnn"].classes), _stage_runner("cnn"), out=True, json=True),
+            stages.STAGES["cnn"].option_classes, _stage_runner("cnn"), out=True, json=True),
     Command("evaluate", "score a saved detector on a CIFAKE split at its own threshold: metrics.json, "
-            "predictions.csv", (DataConfig, *stages.STAGES["evaluate"].classes), _stage_runner("evaluate"),
+            "predictions.csv", stages.STAGES["evaluate"].option_classes, _stage_runner("evaluate"),
             out=True, json=True),
     Command("robustness", "accuracy and AUC of every detector under JPEG, blur, noise, down/up-scaling and "
-            "cropping at increasing severity", (DataConfig, *stages.STAGES["robustness"].classes),
+            "cropping at increasing severity", stages.STAGES["robustness"].option_classes,
             _stage_runner("robustness"), out=True),
     Command("report", "write report.md (comparison with published anchors, per-class, calibration, robustness, "
             "galleries, saliency, generated discussion) from run folders or a study folder",
-            stages.STAGES["report"].classes, _stage_runner("report"), out=True),
+            stages.STAGES["report"].option_classes, _stage_runner("report"), out=True),
     Command("predict", "p_fake for image files: one JSON line per image, in input order "
             "(exit 1 if any file failed)", (PredictConfig,), _predict),
     Command("tiny-model", "write a small randomly initialised CLIP (offline, for tests and smoke runs)",

@@ -138,9 +138,8 @@ def _table_classes(table: str) -> tuple[type, ...]:
         return (RunConfig,)
     if table == "data":
         return (DataConfig,)
-    s = stages.STAGES[table]
     extra = (FinetunePlan,) if table == "finetune" else ()
-    return ((DataConfig,) if s.reads_data else ()) + s.classes + extra
+    return stages.STAGES[table].option_classes + extra
 
 
 def split_table(table: str, values: Mapping[str, Any]) -> dict[type, dict[str, Any]]:
