@@ -32,6 +32,7 @@ from typing import Any
 
 from cifake_lib.analysis.config import ReportData
 from cifake_lib.app import stages
+from cifake_lib.app.notebook import RUNS_ENV, STUDY_ENV
 from cifake_lib.core.config import (
     SettingError,
     build,
@@ -613,9 +614,9 @@ def run_notebooks(folder: Path, *, data: str, smoke: bool, study: Path | None = 
     folder.mkdir(parents=True, exist_ok=True)
     env = {"CIFAKE_DATA": data, "CIFAKE_SMOKE": "1" if smoke else "0"}
     if study is not None:  # the notebooks read the study's runs and write none
-        env["CIFAKE_STUDY"] = str(Path(study).resolve())
+        env[STUDY_ENV] = str(Path(study).resolve())
     else:
-        env["CIFAKE_RUNS"] = str(folder / "runs")
+        env[RUNS_ENV] = str(folder / "runs")
     results = []
     for name in NOTEBOOKS:
         missing = missing_study_runs(Path(study), name) if study is not None else []
