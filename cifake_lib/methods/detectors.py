@@ -29,7 +29,7 @@ import torch
 
 from cifake_lib.core.files import read_json
 from cifake_lib.evaluation.runs import read_detector_meta
-from cifake_lib.evaluation.study import read_study
+from cifake_lib.evaluation.study import STUDY, read_study
 
 DETECTOR_FILE = "detector.json"
 KINDS = ("clip", "probe", "cnn")
@@ -48,9 +48,13 @@ class Detector(Protocol):
 
 
 def is_study(path: Path) -> bool:
-    """A `cifake run` output folder: its study.json (or an older study's config.json) holds a study
-    record (`evaluation.study.read_study`), not a CLIP model's config."""
-    return read_study(path) is not None
+    """A `cifake run` output folder: it has a study.json, or its (older) config.json holds a study
+    record (`evaluation.study.read_study`), not a CLIP model's config.
+
+    Any study.json counts, even one read_study cannot use: such a folder is still a study, and
+    loading a detector from it should say that no run can be chosen on validation.
+    """
+    return (path / STUDY).is_file() or read_study(path) is not None
 
 
 def _val_auc(run_dir: Path) -> tuple[float, float] | None:
