@@ -81,13 +81,17 @@ def build_parser() -> argparse.ArgumentParser:
 # ---------------------------------------------------------------------------
 
 
-def _configs(name: str, args: argparse.Namespace) -> tuple[DataConfig | None, Any]:
-    where = ""  # main() prefixes "cifake <command>: error:"
+def _configs(name: str, args: argparse.Namespace) -> tuple[DataConfig | str | None, Any]:
+    """(what the stage reads, its settings) from the command line: the DataConfig, or for the
+    report the CIFAKE source of its galleries. Messages name the flags; main() prefixes
+    "cifake <command>: error:"."""
     s = stages.STAGES[name]
-    data = build(DataConfig, given(args, DataConfig), where=where, flag_names=True) if s.reads_data else None
-    cfg = stages.stage_config(name, given(args, s.classes[0]), data, where=where, flag_names=True) \
-        if s.classes else None
-    return data, cfg
+    dcfg = build(DataConfig, given(args, DataConfig), flag_names=True) if s.reads_data else None
+    # The data stage has no settings class (classes[0] would fail); stage_config then gives None.
+    cfg = stages.stage_config(name, given(args, s.classes[0]), dcfg, flag_names=True) if s.classes else None
+    if not s.reads_data:  # the report: the source whose test images its galleries show
+        return build(ReportData, given(args, ReportData), flag_names=True).data, cfg
+    return dcfg, cfg
 
 
 def _auc(m: dict) -> float:
@@ -173,12 +177,7 @@ PRINTERS = {"data": _print_data, "zeroshot": _print_zeroshot, "probe": _print_pr
 def _stage_runner(name: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         data, cfg = _configs(name, args)
-        out = getattr(args, "out", None)
-        if name == "report":
-            source = build(ReportData, given(args, ReportData), flag_names=True).data
-            r = stages.run_report(source, cfg, out)
-        else:
-            r = stages.STAGES[name].run(data, cfg, out)
+        r = stages.STAGES[name].run(data, cfg, getattr(args, "out", None))
         PRINTERS[name](r, args)
         return 0
 
@@ -255,26 +254,27 @@ def _tiny_model(args: argparse.Namespace) -> int:
 COMMANDS: list[Command] = [
     Command("run", "run the whole study: data, zero-shot, probe, fine-tune, CNN, evaluate, robustness, report; "
             "finished stages are skipped, interrupted ones resumed", (StudyOptions, RunConfig), _run),
-    Command("data", "load CIFAKE (decoding and caching it once), audit it and print a summary", (DataConfig,),
+    Command("data", "load CIFAKE (decoding and caching it once), audit it and print a summary",
+            stages.STAGES["data"].option_classes,
             _stage_runner("data"), json=True),
     Command("zeroshot", "zero-shot CLIP with text prompts: one run folder per prompt set, plus summary.csv",
-            (DataConfig, *stages.STAGES["zeroshot"].classes), _stage_runner("zeroshot"), out=True, json=True),
+            stages.STAGES["zeroshot"].option_classes, _stage_runner("zeroshot"), out=True, json=True),
     Command("probe", "linear probe (logistic regression, C chosen on validation) on frozen CLIP image features",
-            (DataConfig, *stages.STAGES["probe"].classes), _stage_runner("probe"), out=True, json=True),
+            stages.STAGES["probe"].option_classes, _stage_runner("probe"), out=True, json=True),
     Command("finetune", "fine-tune CLIP's text and image encoders on CIFAKE (FLYP; its CE ablation; CoOp); "
-            "checkpoints, resume, best model exported", (DataConfig, *stages.STAGES["finetune"].classes),
+            "checkpoints, resume, best model exported", stages.STAGES["finetune"].option_classes,
             _finetune, out=True, json=True),
     Command("cnn", "train the CIFAKE paper's CNN (Bird & Lotfi) as a reference detector",
-            (DataConfig, *stages.STAGES["cnn"].classes), _stage_runner("cnn"), out=True, json=True),
+            stages.STAGES["cnn"].option_classes, _stage_runner("cnn"), out=True, json=True),
     Command("evaluate", "score a saved detector on a CIFAKE split at its own threshold: metrics.json, "
-            "predictions.csv", (DataConfig, *stages.STAGES["evaluate"].classes), _stage_runner("evaluate"),
+            "predictions.csv", stages.STAGES["evaluate"].option_classes, _stage_runner("evaluate"),
             out=True, json=True),
     Command("robustness", "accuracy and AUC of every detector under JPEG, blur, noise, down/up-scaling and "
-            "cropping at increasing severity", (DataConfig, *stages.STAGES["robustness"].classes),
+            "cropping at increasing severity", stages.STAGES["robustness"].option_classes,
             _stage_runner("robustness"), out=True),
     Command("report", "write report.md (comparison with published anchors, per-class, calibration, robustness, "
             "galleries, saliency, generated discussion) from run folders or a study folder",
-            stages.STAGES["report"].classes, _stage_runner("report"), out=True),
+            stages.STAGES["report"].option_classes, _stage_runner("report"), out=True),
     Command("predict", "p_fake for image files: one JSON line per image, in input order "
             "(exit 1 if any file failed)", (PredictConfig,), _predict),
     Command("tiny-model", "write a small randomly initialised CLIP (offline, for tests and smoke runs)",

@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cifake_lib.analysis.config import ReportConfig
-from cifake_lib.core.config import build
+from cifake_lib.core.config import build, options
 from cifake_lib.core.errors import CifakeError
 from cifake_lib.core.files import default_data_source, smoke_mode
+from cifake_lib.core.settings import study_folder
 from cifake_lib.data.config import DataConfig
 from cifake_lib.evaluation.study import read_study
 
@@ -156,7 +157,8 @@ def _study_context(folder: Path, smoke: bool) -> NotebookContext:
                            report_table=(record.get("config") or {}).get("report", {}))
 
 
-_DATA_KEYS = {"subset", "val_fraction", "seed", "dedup", "skip_bad"}
+# The study's data settings a notebook takes (the source is the study's own "data" field).
+_DATA_KEYS = {o.key for o in options(DataConfig)} - {"data"}
 
 
 def notebook_context() -> NotebookContext:
@@ -166,10 +168,10 @@ def notebook_context() -> NotebookContext:
     (else the Hugging Face mirror), runs under $CIFAKE_RUNS (default `runs`).
     """
     smoke = smoke_mode()
-    study = os.environ.get(STUDY_ENV)
-    if study:
-        return _study_context(Path(study).expanduser().resolve(), smoke)
+    study = study_folder()  # $CIFAKE_STUDY (STUDY_ENV)
+    if study is not None:
+        return _study_context(study.resolve(), smoke)
     return NotebookContext(smoke=smoke, source=default_data_source(), runs=Path(os.environ.get(RUNS_ENV, "runs")))
 
 
-__all__ = ["NotAStudy", "NotebookContext", "STUDY_ENV", "notebook_context"]
+__all__ = ["NotAStudy", "NotebookContext", "RUNS_ENV", "STUDY_ENV", "notebook_context"]

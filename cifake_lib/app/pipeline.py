@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import json
 import os
 import shutil
 import sys
@@ -33,12 +32,21 @@ from typing import Any
 
 from cifake_lib.analysis.config import ReportData
 from cifake_lib.app import stages
-from cifake_lib.core.config import SettingError, build, option_map, setting, to_argv, to_mapping
+from cifake_lib.app.notebook import RUNS_ENV, STUDY_ENV
+from cifake_lib.core.config import (
+    SettingError,
+    build,
+    negated,
+    option_map,
+    setting,
+    to_argv,
+    to_mapping,
+)
 from cifake_lib.core.errors import CifakeError
 from cifake_lib.core.files import read_json, write_json
 from cifake_lib.core.settings import DEFAULT_MODEL, default_data_source
 from cifake_lib.data.config import DataConfig
-from cifake_lib.evaluation.study import OLD_STUDY, STUDY, read_study
+from cifake_lib.evaluation.study import OLD_STUDY, STUDY, is_study_record, read_study
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -50,6 +58,7 @@ STAGES = ("data", "zeroshot", "probe", "finetune", "cnn", "evaluate", "robustnes
 NOTEBOOKS = ("01_data", "02_zero_shot", "03_fine_tune", "04_analysis")
 NOTEBOOKS_DONE = "notebooks.json"
 TINY_MODEL = "tiny"
+TINY_FOLDER = "tiny_model"  # under OUT: the tiny CLIP of `--model tiny`
 BEST_ZEROSHOT = "@best"  # placeholder for the zero-shot prompt set chosen on validation
 # Keys the study itself sets: a config may not.
 RESERVED = {"evaluate": {"model"}, "robustness": {"runs"}, "report": {"runs"}}
@@ -130,17 +139,17 @@ def _table_classes(table: str) -> tuple[type, ...]:
         return (RunConfig,)
     if table == "data":
         return (DataConfig,)
-    s = stages.STAGES[table]
     extra = (FinetunePlan,) if table == "finetune" else ()
-    return ((DataConfig,) if s.reads_data else ()) + s.classes + extra
+    return stages.STAGES[table].option_classes + extra
 
 
 def split_table(table: str, values: Mapping[str, Any]) -> dict[type, dict[str, Any]]:
     """{settings class: its keys} of one TOML table; an unknown or study-set key is an error."""
     known = option_map(_table_classes(table))
+    by_key = {k: o for k, (_, o) in known.items()}
     out: dict[type, dict[str, Any]] = {cls: {} for cls in _table_classes(table)}
     for key, value in values.items():
-        bare = key[3:] if key.startswith("no_") and key[3:] in known else key
+        bare = negated(key, value, by_key)[0]
         if bare in RESERVED.get(table, ()):
             raise PipelineError(f"[{table}] {key}: set by the study itself, not by the config")
         if bare not in known:
@@ -179,24 +188,34 @@ def load_config(preset: str = "report", config_file: str | os.PathLike | None = 
     return config
 
 
+def _merged_config(preset: str, config_file: str | os.PathLike | None,
+                   run_overrides: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The preset and --config merged, with the `cifake run` options given over its [run] table."""
+    config = load_config(preset, config_file)
+    config["run"].update(run_overrides or {})
+    return config
+
+
+def _model_path(config: Mapping[str, Any], out: Path) -> tuple[str, bool]:
+    """(the CLIP the study uses, whether it is the tiny one): [run] model, or for "tiny" the tiny
+    CLIP the study writes into OUT/tiny_model."""
+    model = str(config["run"].get("model", DEFAULT_MODEL))
+    return (str(out / TINY_FOLDER), True) if model == TINY_MODEL else (model, False)
+
+
 def study_config(preset: str = "report", config_file: str | os.PathLike | None = None, *,
                  run_overrides: Mapping[str, Any] | None = None, data: str | None = None,
                  out: str | os.PathLike = "study") -> dict[str, Any]:
     """The merged config, checked as `run_study` checks it, with every setting's value filled in."""
-    config = load_config(preset, config_file)
-    config["run"].update(run_overrides or {})
+    config = _merged_config(preset, config_file, run_overrides)
     source = data or config.get("data", {}).get("data") or default_data_source()
-    model = str(config["run"].get("model", DEFAULT_MODEL))
-    model = str(Path(out) / "tiny_model") if model == TINY_MODEL else model
-    steps = plan(config, Path(out), source, model)
-    full: dict[str, Any] = {"run": to_mapping(build(RunConfig, config["run"], where="[run]"))}
-    full["data"] = to_mapping(build(DataConfig, {**config.get("data", {}), "data": source}, where="[data]"))
-    for step in steps:
+    planner = plan_study(config, Path(out), source, _model_path(config, Path(out))[0])
+    full: dict[str, Any] = {"run": to_mapping(planner.run), "data": to_mapping(planner.data)}
+    for step in planner.steps:
         if step.cfg is not None and step.stage not in full:
             full[step.stage] = {k: v for k, v in to_mapping(step.cfg).items() if k not in RESERVED.get(step.stage, ())}
     if "finetune" in full:
-        full["finetune"]["ablations"] = build(FinetunePlan, split_table("finetune", config.get("finetune", {}))
-                                              [FinetunePlan]).ablations
+        full["finetune"]["ablations"] = planner.ft_plan.ablations
     return full
 
 
@@ -241,6 +260,7 @@ class Planner:
     steps: list[Step] = field(default_factory=list)
     detectors: list[tuple[Path, int]] = field(default_factory=list)  # (run folder, training seed)
     layout: dict[str, Any] = field(default_factory=dict)  # study.json "layout", paths relative to OUT
+    ft_plan: FinetunePlan | None = None  # the [finetune] study keys (ablations), when fine-tuning is planned
 
     def __post_init__(self) -> None:
         self.run = build(RunConfig, self.config.get("run", {}), where="[run]")
@@ -280,14 +300,14 @@ class Planner:
 
 
 def _plan_trained(p: Planner, stages_: list[str], model: dict[str, str]) -> None:
-    ft_plan = build(FinetunePlan, split_table("finetune", p.config.get("finetune", {}))[FinetunePlan]) \
-        if "finetune" in stages_ else None
+    if "finetune" in stages_:
+        p.ft_plan = build(FinetunePlan, split_table("finetune", p.config.get("finetune", {}))[FinetunePlan])
     for seed in p.seeds:
         if "probe" in stages_:
             step = p.add("probe", p.seed_name("probe", seed), "metrics.json", p.seed_extra(seed, model))
             p.detectors.append((step.out, seed))
         if "finetune" in stages_:
-            runs = [("finetune", {})] + [(f"finetune_{name}", ABLATIONS[name]) for name in ft_plan.ablations]
+            runs = [("finetune", {})] + [(f"finetune_{name}", ABLATIONS[name]) for name in p.ft_plan.ablations]
             for base, extra in runs:
                 step = p.add("finetune", p.seed_name(base, seed), "metrics.json",
                              p.seed_extra(seed, {**model, **extra}), resumable=True)
@@ -343,15 +363,15 @@ def plan(config: Mapping[str, Any], out: Path, data: str, model: str) -> list[St
 
 
 def best_zeroshot(folder: Path) -> Path:
-    """The zero-shot prompt set with the highest validation ROC-AUC (never chosen on test)."""
-    best, best_auc = None, -1.0
-    for metrics_val in sorted(folder.glob("*/metrics_val.json")):
-        auc = json.loads(metrics_val.read_text()).get("roc_auc")
-        if auc is not None and auc > best_auc:
-            best, best_auc = metrics_val.parent, auc
-    if best is None:
-        raise PipelineError(f"{folder}: no zero-shot prompt set with validation metrics")
-    return best
+    """The zero-shot prompt set with the highest validation ROC-AUC (never chosen on test), picked
+    as `load_detector` picks a study's run (methods.detectors.best_run_on_val: ties by accuracy)."""
+    # Imported here: methods.detectors imports torch, and `cifake --help` must not.
+    from cifake_lib.methods.detectors import best_run_on_val
+
+    try:
+        return best_run_on_val(folder)[0]
+    except FileNotFoundError:
+        raise PipelineError(f"{folder}: no zero-shot prompt set with validation metrics") from None
 
 
 def resolve_data(data: str | None, preset: str) -> str:
@@ -389,10 +409,7 @@ def run_step(step: Step) -> str:
     """Call the stage; "ran", or "stopped" for a deliberate pause (fine-tuning's stop_after)."""
     if step.stage == "notebooks":
         return step.cfg()
-    if step.stage == "report":
-        result = stages.run_report(step.data, step.cfg, step.out)
-    else:
-        result = stages.STAGES[step.stage].run(step.data, step.cfg, step.out)
+    result = stages.STAGES[step.stage].run(step.data, step.cfg, step.out)
     return "stopped" if result.status == "stopped" or not step.is_done() else "ran"
 
 
@@ -443,12 +460,12 @@ def _write_study(out: Path, record: Mapping[str, Any]) -> None:
     """OUT/study.json; an older study's OUT/config.json (which made the folder look like a model) goes."""
     write_json(out / STUDY, record)
     old = out / OLD_STUDY
-    if old.is_file() and read_study(out) is not None:
+    if old.is_file():  # study.json was just written, so the folder is a study
         try:
             saved = read_json(old)
         except (OSError, ValueError):
             return
-        if isinstance(saved, dict) and "preset" in saved and "model_type" not in saved:
+        if is_study_record(saved):
             old.unlink()
 
 
@@ -457,18 +474,14 @@ def run_study(*, preset: str = "report", data: str | None = None, config_file: s
               run_overrides: Mapping[str, Any] | None = None, log=None) -> dict[str, Any]:
     """Run (or continue) the study; returns {"out", "steps": [{name, status, seconds, command}], ...}."""
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-    config = load_config(preset, config_file)
-    config["run"].update(run_overrides or {})
+    config = _merged_config(preset, config_file, run_overrides)
     if notebooks:
         config["run"]["notebooks"] = True
     source = resolve_data(data or config.get("data", {}).get("data"), preset)
     if Path(source).expanduser().exists():  # a local path, recorded absolute: the notebooks run elsewhere
         source = str(Path(source).expanduser().resolve())
     out = Path(out)
-    model = str(config["run"].get("model", DEFAULT_MODEL))
-    tiny = model == TINY_MODEL
-    if tiny:
-        model = str(out / "tiny_model")
+    model, tiny = _model_path(config, out)
     try:
         planner = plan_study(config, out, source, model)
     except SettingError as e:
@@ -479,7 +492,7 @@ def run_study(*, preset: str = "report", data: str | None = None, config_file: s
         steps.append(_notebooks_step(out, source, preset))
     out.mkdir(parents=True, exist_ok=True)
     if tiny:
-        _tiny_model(Path(model), seed=int(config.get("data", {}).get("seed", 0)))
+        _tiny_model(Path(model), seed=planner.data.seed)
     _write_study(out, {"preset": preset, "config_file": str(config_file) if config_file else None, "data": source,
                        "model": model, "config": config, "layout": planner.layout})
     record: dict[str, Any] = {"out": str(out), "preset": preset, "data": source, "steps": []}
@@ -601,9 +614,9 @@ def run_notebooks(folder: Path, *, data: str, smoke: bool, study: Path | None = 
     folder.mkdir(parents=True, exist_ok=True)
     env = {"CIFAKE_DATA": data, "CIFAKE_SMOKE": "1" if smoke else "0"}
     if study is not None:  # the notebooks read the study's runs and write none
-        env["CIFAKE_STUDY"] = str(Path(study).resolve())
+        env[STUDY_ENV] = str(Path(study).resolve())
     else:
-        env["CIFAKE_RUNS"] = str(folder / "runs")
+        env[RUNS_ENV] = str(folder / "runs")
     results = []
     for name in NOTEBOOKS:
         missing = missing_study_runs(Path(study), name) if study is not None else []

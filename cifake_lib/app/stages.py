@@ -227,6 +227,11 @@ class Stage:
     reads_data: bool = True  # takes the DataConfig options
     trains: bool = False  # repeated per training seed by `cifake run --seeds`
 
+    @property
+    def option_classes(self) -> tuple[type, ...]:
+        """Every settings class of the stage's command: the data's (when it reads data), then its own."""
+        return ((DataConfig,) if self.reads_data else ()) + self.classes
+
 
 STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("data", (), run_data),

@@ -25,8 +25,8 @@ import numpy as np
 
 from cifake_lib import CIFAR_CLASSES, LABEL_NAMES
 from cifake_lib.core.formatting import format_metric
+from cifake_lib.methods.predict import REDUCE_ABOVE, REDUCE_TO
 
-MAX_SIDE = 1024  # uploads larger than this are shrunk (aspect kept) before scoring
 TAB_TITLES = ("Upload", "Browse")
 
 
@@ -57,22 +57,13 @@ def uploaded_files(value: Any) -> list[tuple[str, bytes]]:
     raise TypeError(f"unrecognised FileUpload value of type {type(value).__name__}")
 
 
-def decode_image(name: str, content: bytes, max_side: int = MAX_SIDE) -> np.ndarray:
-    """Bytes of any image PIL reads -> (H, W, 3) uint8 (alpha on white; huge images shrunk)."""
-    from PIL import Image, UnidentifiedImageError
+def decode_image(name: str, content: bytes) -> np.ndarray:
+    """Bytes of an uploaded image -> (H, W, 3) uint8, as `cifake predict` reads a file: the data
+    loader's decoder (`data.decode`, with the decompression-bomb guard; alpha on white) and
+    predict's reduction of very large images. Raises ValueError (an `ImageDecodeError`) naming it."""
+    from cifake_lib.data.decode import decode_image as decode
 
-    from cifake_lib.data.preprocess import pil_to_rgb
-
-    if not content:
-        raise ValueError(f"{name}: empty file")
-    try:
-        with Image.open(io.BytesIO(content)) as im:
-            im.load()
-            if max(im.size) > max_side:
-                im.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
-            return pil_to_rgb(im)
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise ValueError(f"{name}: not a readable image ({e})") from None
+    return decode(content, name, reduce_above=REDUCE_ABOVE, reduce_to=REDUCE_TO)
 
 
 def score_uploads(detectors: Mapping[str, Any], files: Sequence[tuple[str, bytes]], *,

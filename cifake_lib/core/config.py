@@ -223,6 +223,15 @@ def coerce(o: Option, value: Any, name: str | None = None) -> Any:
     return value
 
 
+def negated(key: str, value: Any, by_key: Mapping[str, Option]) -> tuple[str, Any]:
+    """`no_flip = true` == `flip = false`: a "no_" key of a true-by-default switch (`by_key`:
+    {key: Option}) as the switch's own key and value; any other key unchanged."""
+    o = by_key.get(key[3:]) if key.startswith("no_") and key not in by_key else None
+    if o is None or o.kind is not bool or o.default is not True:
+        return key, value
+    return o.key, (not value) if isinstance(value, bool) else value
+
+
 def build(cls: type, values: Mapping[str, Any] | None = None, *, where: str = "",
           defaults: Mapping[str, Any] | None = None, flag_names: bool = False, check: bool = True) -> Any:
     """An instance of `cls` from {key: value}: unknown keys, types and ranges checked, then `check()`.
@@ -231,13 +240,8 @@ def build(cls: type, values: Mapping[str, Any] | None = None, *, where: str = ""
     the data seed). where: prefixes messages ("--config my.toml [cnn]"). flag_names: name options
     by their CLI flag in messages (`--epochs`), else by key (`epochs`).
     """
-    values = dict(values or {})
     by_key = {o.key: o for o in options(cls)}
-    negated = {"no_" + k: o for k, o in by_key.items() if o.kind is bool and o.default is True}
-    for key in list(values):
-        if key in negated and key not in by_key:  # `no_flip = true` == `flip = false`
-            v = values.pop(key)
-            values[negated[key].key] = (not v) if isinstance(v, bool) else v
+    values = dict(negated(k, v, by_key) for k, v in (values or {}).items())
     unknown = [k for k in values if k not in by_key]
     if unknown:
         hint = difflib.get_close_matches(unknown[0], list(by_key), n=1)
@@ -371,9 +375,8 @@ def to_argv(classes: type | Sequence[type], values: Mapping[str, Any]) -> list[s
     known = option_map([classes] if isinstance(classes, type) else classes)
     argv: list[str] = []
     positional: list[str] = []
-    for key, value in values.items():
-        if key not in known and key.startswith("no_") and known.get(key[3:], (None, None))[1] is not None:
-            key, value = key[3:], not value  # `no_flip = true` == `flip = false`
+    by_key = {k: o for k, (_, o) in known.items()}
+    for key, value in (negated(k, v, by_key) for k, v in values.items()):
         if key not in known:
             raise SettingError(f"unknown setting {key!r}")
         o = known[key][1]
@@ -393,5 +396,5 @@ def to_argv(classes: type | Sequence[type], values: Mapping[str, Any]) -> list[s
     return argv + positional
 
 
-__all__ = ["Option", "SettingError", "add_options", "build", "coerce", "given", "option_map", "options",
+__all__ = ["Option", "SettingError", "add_options", "build", "coerce", "given", "negated", "option_map", "options",
            "run_checks", "setting", "to_argv", "to_mapping"]

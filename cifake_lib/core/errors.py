@@ -23,7 +23,8 @@ class NoSpaceLeft(CifakeError, OSError):
     """
 
 
-_DISK_FULL_TEXT = ("no space left", "unexpected pos", "file write failed", "disk quota exceeded")
+# safetensors: "IoError(Os { code: 28, kind: StorageFull, ... })"
+_DISK_FULL_TEXT = ("no space left", "unexpected pos", "file write failed", "disk quota exceeded", "storagefull")
 _CPU_OOM_TEXT = ("defaultcpuallocator: can't allocate memory", "cannot allocate memory", "out of memory")
 
 
@@ -37,8 +38,8 @@ def is_disk_full(e: BaseException) -> bool:
 
     if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
         return True
-    text = str(e).lower()  # safetensors: "IoError(Os { code: 28, kind: StorageFull, ... })"
-    return any(t in text for t in _DISK_FULL_TEXT) or "storagefull" in text
+    text = str(e).lower()
+    return any(t in text for t in _DISK_FULL_TEXT)
 
 
 def out_of_memory_kind(e: BaseException) -> str | None:

@@ -222,13 +222,6 @@ def load_image_rgb(path: str | os.PathLike) -> np.ndarray:
     return decode_image(path)
 
 
-def pil_to_rgb(im) -> np.ndarray:
-    """Convert a PIL image of any mode to an (H, W, 3) uint8 array (`cifake_lib.data.decode.to_rgb`)."""
-    from cifake_lib.data.decode import to_rgb
-
-    return to_rgb(im)
-
-
 def resize_uint8(images: np.ndarray, height: int, width: int) -> np.ndarray:
     """Resize a (N, H, W, 3) uint8 batch with PIL-style bicubic (antialiased when shrinking).
 

@@ -33,6 +33,12 @@ class StageResult:
     info: dict[str, Any] = field(default_factory=dict)
 
 
+def is_study_record(record: Any) -> bool:
+    """True for a study's own settings: a dict with "preset" and "config" (a CLIP model folder's
+    config.json, read by the same name in older studies, has "model_type" instead)."""
+    return isinstance(record, dict) and "preset" in record and "config" in record and "model_type" not in record
+
+
 def read_study(folder: str | os.PathLike) -> dict[str, Any] | None:
     """A study folder's study.json (or, for studies written before, its config.json); None if not a study.
 
@@ -48,9 +54,9 @@ def read_study(folder: str | os.PathLike) -> dict[str, Any] | None:
                 record = json.loads(path.read_text(encoding="utf-8"))
             except (OSError, ValueError):
                 continue
-            if isinstance(record, dict) and "preset" in record and "config" in record:
+            if is_study_record(record):
                 return record
     return None
 
 
-__all__ = ["OLD_STUDY", "STUDY", "StageResult", "read_study"]
+__all__ = ["OLD_STUDY", "STUDY", "StageResult", "is_study_record", "read_study"]

@@ -29,9 +29,9 @@ import torch
 
 from cifake_lib.core.files import read_json
 from cifake_lib.evaluation.runs import read_detector_meta
+from cifake_lib.evaluation.study import STUDY, read_study
 
 DETECTOR_FILE = "detector.json"
-STUDY_FILES = ("study.json", "config.json")  # a study's own settings; config.json in older studies
 KINDS = ("clip", "probe", "cnn")
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
@@ -48,21 +48,13 @@ class Detector(Protocol):
 
 
 def is_study(path: Path) -> bool:
-    """A `cifake run` output folder: study.json, or (older studies) a config.json of the study's form.
+    """A `cifake run` output folder: it has a study.json, or its (older) config.json holds a study
+    record (`evaluation.study.read_study`), not a CLIP model's config.
 
-    A CLIP model folder has a config.json too; the study's holds "preset" and "config" instead
-    of a model's "model_type".
+    Any study.json counts, even one read_study cannot use: such a folder is still a study, and
+    loading a detector from it should say that no run can be chosen on validation.
     """
-    if (path / STUDY_FILES[0]).is_file():
-        return True
-    cfg = path / STUDY_FILES[1]
-    if not cfg.is_file() or (path / DETECTOR_FILE).is_file():
-        return False
-    try:
-        meta = read_json(cfg)
-    except (OSError, ValueError):
-        return False
-    return isinstance(meta, dict) and "config" in meta and "preset" in meta and "model_type" not in meta
+    return (path / STUDY).is_file() or read_study(path) is not None
 
 
 def _val_auc(run_dir: Path) -> tuple[float, float] | None:
@@ -95,9 +87,10 @@ def resolve_detector_path(path: Path, note: Callable[[str], Any] = _say) -> Path
     anything else unchanged."""
     if not path.is_dir() or (path / DETECTOR_FILE).is_file():
         return path
-    if is_study(path) or (path / "summary.csv").is_file():
+    study = is_study(path)
+    if study or (path / "summary.csv").is_file():
         best, auc = best_run_on_val(path)
-        what = "study" if is_study(path) else "zero-shot folder"
+        what = "study" if study else "zero-shot folder"
         note(f"{path}: {what}; using {best} (best validation ROC AUC, {auc:.4f})")
         return best
     return path

@@ -251,17 +251,18 @@ def fit_probe(train_features: np.ndarray, train_labels: np.ndarray, val_features
 
     fit_values(sorted(grid))
     for _ in range(extend):
-        more = _extension(sorted(tried), min(tried, key=lambda v: tried[v][0]))
+        chosen = min(tried, key=lambda v: tried[v][0])
+        more = _extension(sorted(tried), chosen)
         if not more:
             break
-        warnings.warn(f"probe: the chosen {key} ({min(tried, key=lambda v: tried[v][0]):g}) is at the edge of "
+        warnings.warn(f"probe: the chosen {key} ({chosen:g}) is at the edge of "
                       f"the grid; extending it with {', '.join(f'{v:g}' for v in more)}", stacklevel=2)
         fit_values(more)
     grid = sorted(tried)
     losses = [tried[v][0] for v in grid]
     best_i = int(np.argmin(losses))  # ties: the first, i.e. the strongest regularisation
     best = float(grid[best_i])
-    at_edge = len(grid) >= 3 and best_i in (0, len(grid) - 1)
+    at_edge = bool(_extension(grid, best))  # the first or last of three or more values
     if at_edge:
         warnings.warn(f"probe: the chosen {key} ({best:g}) is still at the edge of the grid tried "
                       f"({grid[0]:g}..{grid[-1]:g}); a wider grid may fit better", stacklevel=2)
