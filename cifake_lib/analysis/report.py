@@ -713,13 +713,10 @@ def build_report(run_dirs: str | os.PathLike | Iterable[str | os.PathLike], out_
     study = study or load_study(run_dirs)
     results = results or compute_results(study, n_boot=n_boot)
     split, error = None, None
-    if data is not None:
-        try:
-            split = _load_test_split(data)
-        except (OSError, ValueError) as e:
-            error = str(e)
-    if split is not None:
-        split = headline_split(split, study)
+    try:
+        split = headline_test_split(study, data)
+    except (OSError, ValueError) as e:
+        error = str(e)
     sections = [
         methods_section(study),
         quantitative_section(study, results),
@@ -741,6 +738,13 @@ def preamble(study: Study) -> str:
             "gave these numbers only. Main numbers: "
             + ("the leak-free test split" if study.leak_free else "the test split as loaded (not leak-free)")
             + " (see Quantitative results).\n")
+
+
+def headline_test_split(study: Study, data: Any) -> Any:
+    """The test images the report shows: `data` (a source, a Split or a CifakeData; None: none)
+    loaded and kept to the headline's images (`headline_split`). Notebook 04 calls it too."""
+    split = _load_test_split(data)
+    return None if split is None else headline_split(split, study)
 
 
 def headline_split(split: Any, study: Study) -> Any:
