@@ -548,11 +548,12 @@ def _zero_shot_thresholds(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     return ["Zero-shot accuracy depends on the threshold: " + "; ".join(out) + "."] if out else []
 
 
-def _published_statements(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+def _published_statements(rows: Sequence[Mapping[str, Any]], leak_free: bool = True) -> list[str]:
     """Descriptive: a published figure beside ours of the same setting (different split and protocol)."""
     from cifake_lib.evaluation.published import cite, compared_with, published_results
 
     kinds = {"supervised": ("cnn",), "probe": ("probe",), "zero-shot": ("zeroshot",), "fine-tuned": ("finetune",)}
+    split = "leak-free split" if leak_free else "test split as loaded"
     out = []
     for e in published_results():
         key = compare.comparison_key(compared_with(e))
@@ -562,7 +563,7 @@ def _published_statements(rows: Sequence[Mapping[str, Any]]) -> list[str]:
             mine = "; ".join(f"{r['name']} {r[key]:.2%}" if e["metric"] == "accuracy" else f"{r['name']} {r[key]:.4f}"
                              for r in ours)
             out.append(f"Published {e['name']} ({cite(e)}): {METRIC_WORDS.get(e['metric'], e['metric'])} {e['text']} "
-                       f"on {e['split']}; ours ({compared_with(e)}, leak-free split): {mine}. Descriptive only: a "
+                       f"on {e['split']}; ours ({compared_with(e)}, {split}): {mine}. Descriptive only: a "
                        "different split and protocol, no paired test is possible.")
     return out
 
@@ -669,7 +670,7 @@ def discussion(study: Study, res: Results) -> list[str]:
         out.append(f"A difference is called higher or lower only when its paired interval excludes 0 and its "
                    f"test gives p < 0.05; {len(res.paired)} tests, not corrected for multiple comparisons.")
     out += _zero_shot_thresholds(res.rows)
-    out += _published_statements(res.rows)
+    out += _published_statements(res.rows, study.leak_free)
     out += _calibration_statements(res.calibration)
     out += _descriptive_statements(res.rows, res.per_class, [r for rec in res.robustness for r in rec["rows"]])
     if any(str(r["metrics"].get("detector", "")).startswith("finetune:both") for r in study.runs):

@@ -200,7 +200,8 @@ def _model_path(config: Mapping[str, Any], out: Path) -> tuple[str, bool]:
     """(the CLIP the study uses, whether it is the tiny one): [run] model, or for "tiny" the tiny
     CLIP the study writes into OUT/tiny_model."""
     model = str(config["run"].get("model", DEFAULT_MODEL))
-    return (str(out / TINY_FOLDER), True) if model == TINY_MODEL else (model, False)
+    # absolute: run folders record it, and notebooks and reports read them from other directories
+    return (str((out / TINY_FOLDER).resolve()), True) if model == TINY_MODEL else (model, False)
 
 
 def study_config(preset: str = "report", config_file: str | os.PathLike | None = None, *,

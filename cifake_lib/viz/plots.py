@@ -162,7 +162,7 @@ def reliability_figure(labels: Any, p_fake: Any, *, p_calibrated: Any = None, n_
         ax.plot(bins["confidence"][full], bins["accuracy"][full], marker="o", label=f"{name} (ECE {format_metric(ece, digits=3)})")
     ax.set(xlabel="confidence of the predicted label", ylabel="accuracy", xlim=(0.45, 1.0), ylim=(0, 1.02),
            title=f"{title} (ECE {' → '.join(format_metric(e, digits=3) for e in eces)}, {n_bins} bins)")
-    ax.legend(loc="upper left", fontsize="small")
+    ax.legend(loc="best", fontsize="small")  # wherever it covers the fewest points
     return fig
 
 

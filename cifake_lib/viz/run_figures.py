@@ -135,6 +135,7 @@ def training_curves_figure(history: Sequence[Mapping[str, Any]] | Mapping[str, A
                            *, title: str = "Fine-tuning") -> Figure:
     """Loss (train, val) and accuracy (train, val) plus val AUC against optimizer steps."""
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     if isinstance(history, (str, os.PathLike)):
         path = Path(history)
@@ -167,8 +168,10 @@ def training_curves_figure(history: Sequence[Mapping[str, Any]] | Mapping[str, A
             ax_acc.axvline(best[-1]["step"], color="grey", linestyle=":", label=f"best (step {best[-1]['step']})")
     ax_loss.set(xlabel="optimizer step", ylabel="training loss", title=f"{title}: loss")
     ax_acc.set(xlabel="optimizer step", ylabel="score", ylim=(0, 1.02), title=f"{title}: accuracy / AUC")
+    for ax in (ax_loss, ax_acc):  # steps are whole numbers
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if lines:
-        ax_loss.legend(lines, [line.get_label() for line in lines], fontsize="small")
+        ax_loss.legend(lines, [line.get_label() for line in lines], loc="lower left", fontsize="small")  # clear of both falling curves
     if ax_acc.has_data():
         ax_acc.legend(fontsize="small")
     return fig
