@@ -25,7 +25,6 @@ from cifake_lib.methods.cnn import (
     load_cnn_detector,
     load_cnn_model,
     lr_at_progress,
-    run_cnn,
     save_cnn_weights,
     train_cnn,
 )
@@ -167,9 +166,12 @@ def sample_data(sample_dir):
 @pytest.fixture(scope="module")
 def sample_run(sample_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("cnn_run")
-    metrics = run_cnn(sample_data, out, train_config=TrainConfig(epochs=SAMPLE_EPOCHS, batch_size=SAMPLE_BATCH, seed=0),
-                      device="cpu", args={"test": True}, progress=False)
-    return out, metrics
+    from cifake_lib.methods import cnn
+    from cifake_lib.methods.cnn_config import CnnStageConfig
+
+    cfg = CnnStageConfig(train=TrainConfig(epochs=SAMPLE_EPOCHS, batch_size=SAMPLE_BATCH, seed=0), device="cpu",
+                         progress=False)
+    return out, cnn.run(sample_data, cfg, out).metrics["cnn"]
 
 
 def test_cnn_learns_the_real_sample(sample_run):
@@ -244,7 +246,9 @@ def test_cli_cnn_end_to_end(sample_dir, tmp_path, capsys):
     det = load_cnn_detector(out)
     assert det.predict_proba(np.zeros((2, 32, 32, 3), np.uint8)).shape == (2,)
     run = json.loads((out / "run.json").read_text())
-    assert run  # arguments, versions, device, seconds
+    # the settings, once, from the dataclasses (the data's and the CNN's, flattened), and what ran where
+    assert run["args"]["command"] == "cnn" and run["args"]["epochs"] == 1 and run["args"]["batch_size"] == 64
+    assert {"versions", "device", "seconds"} <= set(run)
 
 
 @pytest.mark.parametrize("bad", [["--epochs", "0"], ["--batch-size", "0"], ["--lr", "-1"], ["--time-limit", "0"]])

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from cifake_lib.app.cli import COMMANDS, build_parser, main, read_inputs
-from cifake_lib.app.pipeline import FinetunePlan, RunConfig, split_table
+from cifake_lib.app.pipeline import PipelineError, RunConfig, split_table
 from cifake_lib.core.config import (
     SettingError,
     build,
@@ -60,11 +60,13 @@ def test_fine_tuning_field_is_option_toml_key_and_record():
     for o in options(FinetuneConfig):
         assert o.flags[0] in flags
     assert "train_seed" in keys and "out" not in keys and "data" not in keys  # set by the stage, not the user
-    parts = split_table("finetune", {"lr": 1e-4, "ablations": ["image"], "seed": 3, "no_flip": True})
+    parts = split_table("finetune", {"lr": 1e-4, "seed": 3, "no_flip": True})
     cfg = build(FinetuneConfig, parts[FinetuneConfig])
     assert cfg.lr == 1e-4 and cfg.flip is False
-    assert build(FinetunePlan, parts[FinetunePlan]).ablations == ["image"]
     assert to_mapping(cfg)["lr"] == 1e-4
+    # the ablations are methods of the study grid now: the old key says where they went
+    with pytest.raises(PipelineError, match=r"\[run\] methods"):
+        split_table("finetune", {"ablations": ["image"]})
 
 
 def test_old_option_names_still_work_and_map_to_fields():
@@ -189,7 +191,7 @@ def test_print_config_is_the_checked_merged_config(sample_dir, tmp_path, capsys)
     assert config["run"]["seeds"] == [0, 1] and config["data"]["subset"] == [1600, 400]
     user.write_text("[finetune]\nlr = -1\n")
     assert main(["run", "--preset", "smoke", "--data", str(sample_dir), "--config", str(user), "--print-config"]) == 2
-    assert "[finetune] lr must be > 0" in capsys.readouterr().err
+    assert "[finetune] (flyp) lr must be > 0" in capsys.readouterr().err  # the table, and the method it built
 
 
 def test_predict_dash_reads_paths_from_stdin():

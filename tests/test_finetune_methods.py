@@ -264,11 +264,11 @@ def test_config_choices_and_refusals():
 def test_report_preset_runs_flyp_with_wise_ft_and_the_ce_and_prompt_ablations(tmp_path):
     from cifake_lib.app.pipeline import load_config, plan_study
 
-    plan = plan_study(load_config("report"), tmp_path, "data", "openai/clip-vit-base-patch32")
+    plan = plan_study(load_config("report"), tmp_path, "data")
     ft_steps = {s.name: s for s in plan.steps if s.stage == "finetune" and "seed" not in s.name}
-    assert set(ft_steps) == {"finetune", "finetune_image", "finetune_text", "finetune_ce", "finetune_prompt"}
-    main, ce, prompt = (ft_steps[n].cfg for n in ("finetune", "finetune_ce", "finetune_prompt"))
+    assert set(ft_steps) == {"flyp", "image", "text", "ce", "prompt"}
+    main, ce, prompt = (ft_steps[n].cfg for n in ("flyp", "ce", "prompt"))
     assert main.loss == "flyp" and main.wise_ft == [0.0, 0.25, 0.5, 0.75, 1.0]
     assert ce.loss == "ce" and ce.train == "both" and ce.wise_ft is None
     assert prompt.train == "prompt" and prompt.loss == "ce" and prompt.wise_ft is None
-    assert ft_steps["finetune_image"].cfg.train == "image" and ft_steps["finetune_image"].cfg.wise_ft is None
+    assert ft_steps["image"].cfg.train == "image" and ft_steps["image"].cfg.wise_ft is None

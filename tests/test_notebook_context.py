@@ -22,7 +22,7 @@ def study_dir(tmp_path, monkeypatch) -> Path:
                          "data": {"subset": "400:100", "val_fraction": 0.25, "seed": 3},
                          "report": {"n_boot": 50, "embeddings": 30}},
               "layout": {"report_runs": ["probe", "evaluate/probe"], "trained_runs": ["probe"],
-                         "evaluated": ["evaluate/probe"], "seeds": [3]}}
+                         "evaluated": ["evaluate/probe"], "seeds": [3], "main_runs": {"probe": "probe"}}}
     (out / "study.json").write_text(json.dumps(record))
     monkeypatch.setenv("CIFAKE_STUDY", str(out))
     monkeypatch.delenv("CIFAKE_RUNS", raising=False)
@@ -98,7 +98,7 @@ def test_a_relative_or_moved_study_finds_its_own_model_and_its_seed_runs(study_d
     (study_dir / "study.json").write_text(json.dumps({**record, "layout": layout}))
     ctx = notebook_context()
     assert ctx.run_dir("probe") == ctx.study_run("probe") == study_dir / "probe_seed1"
-    assert ctx.run_dir("cnn") == study_dir / "cnn"
+    assert ctx.run_dir("cnn") == study_dir / "runs" / "cnn"  # not in main_runs: the grid's folder rule
 
 
 def test_a_study_without_a_model_is_never_written_into(study_dir):

@@ -23,7 +23,7 @@ from cifake_lib.app.cli import main as cli_main
 from cifake_lib.app.pipeline import PipelineError, load_config, plan, run_study
 from cifake_lib.evaluation.runs import read_study
 
-DETECTORS = ("zeroshot", "probe", "finetune", "cnn")
+DETECTORS = ("zeroshot", "probe", "flyp", "cnn")
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +36,8 @@ def study(sample_dir, tmp_path_factory):
     with checked_figures() as figures:
         first = run_study(preset="smoke", data=str(sample_dir), config_file=pause, out=out, log=first_log.append)
         finished = {p: p.stat().st_mtime_ns for p in [out / "data" / "summary.json",
-                                                      out / "zeroshot" / "summary.csv", out / "probe" / "metrics.json"]}
+                                                      out / "runs" / "zeroshot" / "summary.csv",
+                                                      out / "runs" / "probe" / "metrics.json"]}
         time.sleep(0.01)
         second_log: list[str] = []
         second = run_study(preset="smoke", data=str(sample_dir), out=out, log=second_log.append)
@@ -50,17 +51,17 @@ def _status(record: dict) -> dict[str, str]:
 
 def test_first_run_pauses_inside_fine_tuning(study):
     status = _status(study["first"])
-    assert status == {"data": "ran", "zeroshot": "ran", "probe": "ran", "finetune": "stopped"}
-    assert study["first"]["stopped_at"] == "finetune"
-    ft = study["out"] / "finetune"
+    assert status == {"data": "ran", "zeroshot": "ran", "probe": "ran", "flyp": "stopped"}
+    assert study["first"]["stopped_at"] == "flyp"
+    ft = study["out"] / "runs" / "flyp"
     assert any((ft / "checkpoints").iterdir())
 
 
 def test_rerun_skips_finished_stages_and_resumes_fine_tuning(study):
     status = _status(study["second"])
     assert [status[s] for s in ("data", "zeroshot", "probe")] == ["skipped"] * 3
-    assert status["finetune"] == "ran"
-    assert any("finetune: resuming" in line for line in study["second_log"])
+    assert status["flyp"] == "ran"
+    assert any("flyp: resuming" in line for line in study["second_log"])
     assert all(v == "ran" for k, v in status.items() if k not in ("data", "zeroshot", "probe"))
     for path, mtime in study["finished"].items():
         assert path.stat().st_mtime_ns == mtime, f"{path} was rewritten"
@@ -71,7 +72,7 @@ def test_every_stage_wrote_its_outputs(study):
 
     out = study["out"]
     for det in DETECTORS:
-        folder = out / det if det != "zeroshot" else next((out / "zeroshot").glob("*/metrics.json")).parent
+        folder = out / "runs" / det if det != "zeroshot" else next((out / "runs" / "zeroshot").glob("*/metrics.json")).parent
         metrics = json.loads((folder / "metrics.json").read_text())
         assert metrics["split"] == "test" and metrics["n"] == 400
         assert (folder / "predictions.csv").is_file() and (folder / "detector.json").is_file()
@@ -163,17 +164,19 @@ def test_config_errors_are_caught_before_anything_runs(tmp_path, sample_dir):
 def test_plan_and_command_lines():
     config = load_config("report")
     assert config["run"]["model"] == "openai/clip-vit-base-patch32"
-    steps = plan(config, Path("/tmp/o"), "hf", "openai/clip-vit-base-patch32")
+    steps = plan(config, Path("/tmp/o"), "hf")
     names = [s.name for s in steps]
-    assert names[:4] == ["data", "zeroshot", "probe", "finetune"]
-    assert {"finetune_image", "finetune_text", "cnn", "robustness", "report"} <= set(names)
-    ablation = next(s for s in steps if s.name == "finetune_text")
+    assert names[:4] == ["data", "zeroshot", "probe", "flyp"]
+    assert {"image", "text", "ce", "prompt", "cnn", "robustness", "report"} <= set(names)
+    ablation = next(s for s in steps if s.name == "text")
+    assert ablation.out == Path("/tmp/o/runs/text") and ablation.cfg.wise_ft is None
     assert ablation.argv[ablation.argv.index("--train") + 1] == "text" and ablation.cfg.train == "text"
     assert ablation.cfg.lr == 1e-5 and ablation.cfg.batch_size == 128  # the [finetune] table, then the ablation
     report = next(s for s in steps if s.stage == "report")
     assert report.argv[report.argv.index("--runs") + 1] == "/tmp/o" and report.cfg.runs == ["/tmp/o"]
     evaluate = next(s for s in steps if s.name == "evaluate:cnn")
     assert evaluate.data.dedup and not next(s for s in steps if s.name == "cnn").data.dedup
+    assert next(s for s in steps if s.name == "flyp").cfg.wise_ft == [0, 0.25, 0.5, 0.75, 1]
     # Every command line parses back to the same settings.
     from cifake_lib.app import stages
     from cifake_lib.app.cli import build_parser
@@ -189,12 +192,12 @@ def test_plan_and_command_lines():
 def test_seeds_plan_names_and_training_seed():
     config = load_config("report")
     config["run"]["seeds"] = [0, 1, 2]
-    steps = plan(config, Path("/tmp/o"), "hf", "m")
+    steps = plan(config, Path("/tmp/o"), "hf")
     names = [s.name for s in steps]
     assert names.count("zeroshot") == 1
-    for base in ("probe", "finetune", "finetune_image", "cnn"):
+    for base in ("probe", "flyp", "image", "cnn"):
         assert {base, f"{base}_seed1", f"{base}_seed2"} <= set(names)
-    seed2 = next(s for s in steps if s.name == "finetune_seed2")
+    seed2 = next(s for s in steps if s.name == "flyp_seed2")
     assert seed2.cfg.seed == 2 and "--train-seed" in seed2.argv and seed2.data.seed == 0
     assert next(s for s in steps if s.name == "cnn_seed1").cfg.train.seed == 1
     assert next(s for s in steps if s.name == "probe_seed1").cfg.train_seed == 1
@@ -203,9 +206,14 @@ def test_seeds_plan_names_and_training_seed():
     assert not any("seed" in Path(r).name for r in robustness.cfg.runs)  # the first seed's runs only
     # The notebooks and the headline show the first seed's run of each method, whatever its name.
     config["run"]["seeds"] = [2, 0]
-    layout = pipeline.plan_study(config, Path("/tmp/o"), "hf", "m").layout
-    assert layout["main_runs"] == {"zeroshot": "zeroshot", "probe": "probe_seed2", "finetune": "finetune_seed2",
-                                   "cnn": "cnn_seed2"}
+    layout = pipeline.plan_study(config, Path("/tmp/o"), "hf").layout
+    main = layout["main_runs"]
+    assert {k: main[k] for k in ("zeroshot", "probe", "finetune", "flyp", "image", "cnn")} == {
+        "zeroshot": "runs/zeroshot", "probe": "runs/probe_seed2", "finetune": "runs/flyp_seed2",
+        "flyp": "runs/flyp_seed2", "image": "runs/image_seed2", "cnn": "runs/cnn_seed2"}
+    # study.json says where each folder of the layout before the grid went
+    assert layout["renamed"]["finetune_image_seed2"] == "runs/image_seed2"
+    assert layout["renamed"]["finetune"] == "runs/flyp" and layout["renamed"]["zeroshot"] == "runs/zeroshot"
 
 
 def test_pipeline_calls_the_stages_not_the_cli():
@@ -220,7 +228,7 @@ def test_study_json_and_old_config_json(study, tmp_path):
     out = study["out"]
     assert not (out / "config.json").exists()  # a study folder must not look like a model folder
     record = read_study(out)
-    assert record["preset"] == "smoke" and record["layout"]["report_runs"][0] == "zeroshot"
+    assert record["preset"] == "smoke" and record["layout"]["report_runs"][0] == "runs/zeroshot"
     assert "robustness" in record["layout"]["report_runs"] and "evaluate/cnn" in record["layout"]["evaluated"]
     old = tmp_path / "old"
     old.mkdir()
@@ -254,15 +262,15 @@ def test_two_seeds_same_split_different_weights(seeds_study):
 
     out, _, record = seeds_study
     assert [s["name"] for s in record["steps"]] == ["data", "cnn", "cnn_seed1"]
-    a, b = out / "cnn", out / "cnn_seed1"
+    a, b = out / "runs" / "cnn", out / "runs" / "cnn_seed1"
     val_a, val_b = read_predictions(a / "predictions_val.csv"), read_predictions(b / "predictions_val.csv")
     assert list(val_a["id"]) == list(val_b["id"]) and list(val_a["label"]) == list(val_b["label"])
     assert (a / "cnn.safetensors").read_bytes() != (b / "cnn.safetensors").read_bytes()
     seeds = [json.loads((d / "metrics.json").read_text())["seed"] for d in (a, b)]
     assert seeds == [0, 1]
-    from cifake_lib.app.stages import study_inputs
+    from cifake_lib.analysis.report_stage import study_inputs
 
-    _, trained = study_inputs([str(out)])
+    _, trained, _ = study_inputs([str(out)])
     assert trained == [a, b]
     rows = __import__("csv").DictReader(write_seed_table(trained, out / "seeds.csv").open())
     acc = next(r for r in rows if r["metric"] == "accuracy")
@@ -297,15 +305,15 @@ def test_notebooks_stage_runs_with_the_study_and_is_skipped_when_complete(seeds_
     assert cli_main(argv) == 0
     assert "0 step(s) ran, 4 already complete" in capsys.readouterr().out and len(seen) == 2
     # A fine-tuning run appears (a stage added later): the skipped notebook 03 is due, so the stage runs.
-    (out / "finetune").mkdir()
-    (out / "finetune" / "metrics.json").write_text("{}")
+    (out / "runs" / "finetune").mkdir()
+    (out / "runs" / "finetune" / "metrics.json").write_text("{}")
     try:
         assert cli_main(argv) == 0
         assert "1 step(s) ran" in capsys.readouterr().out and len(seen) == 2 + 3  # 01, 03 and 04
     finally:
         import shutil
 
-        shutil.rmtree(out / "finetune")
+        shutil.rmtree(out / "runs" / "finetune")
 
 
 def test_notebook_kernel_uses_local_sockets(tmp_path):

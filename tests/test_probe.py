@@ -161,14 +161,21 @@ def test_probe_detector_on_cuda(tiny_model_dir, tmp_path):
 
 def test_read_probe_returns_what_run_probe_returned(sample_dir, tiny_model_dir, tmp_path):
     """A notebook reading a study's probe sees what fitting it returned; nothing is refitted."""
-    from cifake_lib.data.load import load_cifake
-    from cifake_lib.methods.probe import read_probe, run_probe
+    from cifake_lib.data.config import DataConfig
+    from cifake_lib.methods import probe
+    from cifake_lib.methods.config import ProbeConfig
 
-    data = load_cifake(str(sample_dir), subset=(400, 200), val_fraction=0.2, progress=False)
+    data = DataConfig(data=str(sample_dir), subset=(400, 200), val_fraction=0.2)
     out = tmp_path / "probe"
-    fitted = run_probe(data, out, model=tiny_model_dir, device="cpu", figures=False, n_boot=50)
+    fitted = probe.run(data, ProbeConfig(model=str(tiny_model_dir), device="cpu", figures=False, n_boot=50,
+                                         progress=False), out)
     weights = (out / "probe.safetensors").stat().st_mtime_ns
-    read = read_probe(out)
-    fitted.pop("feature_seconds")
-    assert json.loads(json.dumps(read)) == json.loads(json.dumps(fitted))
-    assert read["C"] == fitted["selection"]["best"] and (out / "probe.safetensors").stat().st_mtime_ns == weights
+    read = probe.read_probe(out)
+    fitted.info.pop("feature_seconds")
+    assert json.loads(json.dumps(read.metrics)) == json.loads(json.dumps(fitted.metrics))
+    assert json.loads(json.dumps(read.info)) == json.loads(json.dumps(fitted.info))
+    assert read.info["C"] == fitted.info["selection"]["best"] and (out / "probe.safetensors").stat().st_mtime_ns == weights
+    # run.json records the settings once, from the dataclasses: the data's and the probe's
+    args = json.loads((out / "run.json").read_text())["args"]
+    assert args["command"] == "probe" and args["subset"] == [400, 200] and args["n_boot"] == 50
+    assert args["hidden"] == 512 and args["train_seed"] == 0

@@ -284,15 +284,17 @@ def test_cuda_half_precision_matches_cpu(tiny_model_dir, tmp_path):
 def test_run_zeroshot_without_validation_split(tiny_model_dir, tmp_path):
     """No val: threshold 0.5 (recorded as "default"), no best set, summary still one row per set."""
     from cifake_lib.data.load import CifakeData, Split
-    from cifake_lib.methods.zeroshot import read_summary, run_zeroshot
+    from cifake_lib.methods import zeroshot
+    from cifake_lib.methods.config import ZeroshotConfig
+    from cifake_lib.methods.zeroshot import read_summary
 
     rng = np.random.default_rng(0)
     test = Split(rng.integers(0, 256, (24, 32, 32, 3), dtype=np.uint8), np.arange(24) % 2,
                  np.arange(24) % 10, [f"test/{i}.jpg" for i in range(24)])
     data = CifakeData(train=test, test=test, val=None, source="synthetic", cache_path=None)
-    r = run_zeroshot(data, tmp_path / "zs", model=tiny_model_dir, prompts="plain,class_aware", device="cpu",
-                     cache=False, figures=False, n_boot=50, progress=False)
-    assert r.best is None and [row["prompt_set"] for row in read_summary(tmp_path / "zs")] == ["plain", "class_aware"]
+    r = zeroshot.run(data, ZeroshotConfig(model=str(tiny_model_dir), prompts="plain,class_aware", device="cpu",
+                                          cache=False, figures=False, n_boot=50, progress=False), tmp_path / "zs")
+    assert r.info["best"] is None and [row["prompt_set"] for row in read_summary(tmp_path / "zs")] == ["plain", "class_aware"]
     assert all(m["threshold"] == 0.5 and m["threshold_source"] == "default" for m in r.metrics.values())
     assert not (tmp_path / "zs" / "plain" / "predictions_val.csv").exists()
 
@@ -300,16 +302,18 @@ def test_run_zeroshot_without_validation_split(tiny_model_dir, tmp_path):
 def test_read_zeroshot_returns_what_run_zeroshot_returned(sample_dir, tiny_model_dir, tmp_path):
     """A notebook reading a study's zero-shot runs sees the rows, metrics and choice of the scoring."""
     from cifake_lib.data.load import load_cifake
-    from cifake_lib.methods.zeroshot import read_zeroshot, run_zeroshot
+    from cifake_lib.methods import zeroshot
+    from cifake_lib.methods.config import ZeroshotConfig
 
     data = load_cifake(str(sample_dir), subset=(400, 200), val_fraction=0.2, progress=False)
-    scored = run_zeroshot(data, tmp_path / "zs", model=tiny_model_dir, prompts=["plain", "class_aware"],
-                          device="cpu", figures=False, n_boot=50, progress=False)
-    read = read_zeroshot(tmp_path / "zs")
-    assert read.best == scored.best and list(read.metrics) == ["plain", "class_aware"]
+    scored = zeroshot.run(data, ZeroshotConfig(model=str(tiny_model_dir), prompts="plain,class_aware", device="cpu",
+                                               figures=False, n_boot=50, progress=False), tmp_path / "zs")
+    read = zeroshot.read_zeroshot(tmp_path / "zs")
+    assert read.info["best"] == scored.info["best"] and list(read.metrics) == ["plain", "class_aware"]
+    assert read.runs == scored.runs
     for name, m in scored.metrics.items():
         assert read.metrics[name] == json.loads(json.dumps(m))
-    for a, b in zip(read.rows, scored.rows, strict=True):
+    for a, b in zip(read.info["rows"], scored.info["rows"], strict=True):
         assert a["prompt_set"] == b["prompt_set"] and a["best_on_val"] == b["best_on_val"]
         for key in ("roc_auc", "accuracy", "natural_accuracy", "val_roc_auc", "threshold"):
             assert a[key] == pytest.approx(b[key], rel=1e-12)

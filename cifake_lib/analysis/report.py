@@ -700,7 +700,8 @@ def build_report(run_dirs: str | os.PathLike | Iterable[str | os.PathLike], out_
                  data: Any = None, n_boot: int = 1000, gallery_k: int = 8, saliency: bool = True,
                  saliency_per_group: int = 1, detectors: Mapping[str, Any] | None = None, device: Any = None,
                  embeddings: bool = True, embedding_limit: int = 1000, study: Study | None = None,
-                 results: Results | None = None, title: str = TITLE) -> Path:
+                 results: Results | None = None, title: str = TITLE,
+                 extra_sections: Sequence[Section] = ()) -> Path:
     """Write report.md (and its CSVs and PNGs) into `out_dir`; returns its path.
 
     run_dirs: run folders, or folders searched recursively (a whole study folder works).
@@ -709,6 +710,7 @@ def build_report(run_dirs: str | os.PathLike | Iterable[str | os.PathLike], out_
     loaded by a notebook) or else each run's detector loaded from its folder. embeddings: with
     data, PCA/t-SNE of test image embeddings (`embedding_limit` images). study, results:
     already computed by `load_study` / `compute_results` (a notebook computes them once).
+    extra_sections: placed after the quantitative results (e.g. the study grid's axes).
     """
     run_dirs = [run_dirs] if isinstance(run_dirs, (str, os.PathLike)) else list(run_dirs)
     study = study or load_study(run_dirs)
@@ -721,6 +723,7 @@ def build_report(run_dirs: str | os.PathLike | Iterable[str | os.PathLike], out_
     sections = [
         methods_section(study),
         quantitative_section(study, results),
+        *extra_sections,
         qualitative_section(study, split, data=data, load_error=error, gallery_k=gallery_k, saliency=saliency,
                             saliency_per_group=saliency_per_group, detectors=detectors, device=device),
         analysis_section(study, results, split, embeddings=embeddings, embedding_limit=embedding_limit,
@@ -801,14 +804,15 @@ def ensure_smoke_runs(runs_dir: str | os.PathLike, data: str | None = None, *, s
     small = load_cifake(data, subset=subset, val_fraction=0.2, seed=seed)
     if "clip" not in kinds:
         from cifake_lib.clip.models import write_tiny_clip
-        from cifake_lib.methods.zeroshot import run_zeroshot
+        from cifake_lib.methods import zeroshot
+        from cifake_lib.methods.config import ZeroshotConfig
 
         model = write_tiny_clip(Path(tempfile.mkdtemp(prefix="cifake_tiny_")) / "tiny_clip", seed=seed)
-        run_zeroshot(small, runs_dir / "zeroshot", model=model, prompts=["plain", "ensemble"])
+        zeroshot.run(small, ZeroshotConfig(model=str(model), prompts="plain,ensemble"), runs_dir / "zeroshot")
         written += [runs_dir / "zeroshot"]
     if "cnn" not in kinds:
-        from cifake_lib.methods.cnn import TrainConfig, run_cnn
+        from cifake_lib.methods import cnn
 
-        run_cnn(small, runs_dir / "cnn", train_config=TrainConfig(epochs=1, seed=seed))
+        cnn.run(small, cnn.CnnStageConfig(train=cnn.TrainConfig(epochs=1, seed=seed)), runs_dir / "cnn")
         written.append(runs_dir / "cnn")
     return written

@@ -19,14 +19,20 @@ import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from matplotlib.figure import Figure
 
+from cifake_lib.analysis.config import RobustnessConfig
 from cifake_lib.core.files import read_json, write_json, write_text_atomic
+from cifake_lib.core.results import RunResult
+from cifake_lib.data.config import DataConfig, loaded
 from cifake_lib.data.perturb import PERTURBATIONS, apply_perturbation, battery
 from cifake_lib.evaluation.metrics import compute_metrics, utc_now
+
+if TYPE_CHECKING:
+    from cifake_lib.data.load import CifakeData
 
 RESULTS_JSON = "robustness.json"
 RESULTS_CSV = "robustness.csv"
@@ -266,3 +272,19 @@ def robustness_from_runs(run_dirs: Sequence[str | os.PathLike], split: Any, out_
                           for name in (perturbations or PERTURBATIONS)},
     })
     return rows
+
+
+def run(data: DataConfig | CifakeData, cfg: RobustnessConfig, out: str | os.PathLike) -> RunResult:
+    """Every detector of `cfg.runs` under the perturbation battery, on (a stratified part of) test."""
+    from cifake_lib.data.load import stratified_subset
+
+    t0 = time.perf_counter()
+    cfg.check()
+    cifake, dcfg = loaded(data)
+    seed = dcfg.seed if dcfg else 0
+    test = cifake.test
+    if cfg.limit is not None and cfg.limit < len(test):
+        test = stratified_subset(test, cfg.limit, seed=seed)
+    rows = robustness_from_runs(cfg.runs, test, out, perturbations=cfg.perturbations, seed=seed,
+                                batch_size=cfg.batch_size, device=cfg.device, data=cifake.source)
+    return RunResult("robustness", Path(out), seconds=time.perf_counter() - t0, info={"rows": rows, "n": len(test)})

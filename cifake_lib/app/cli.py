@@ -202,10 +202,14 @@ def _finetune(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from cifake_lib.app.pipeline import run_study, study_config
+    from cifake_lib.app.pipeline import print_plan, run_study, study_config
 
     opts = build(StudyOptions, given(args, StudyOptions), flag_names=True)
     overrides = given(args, RunConfig)
+    if opts.print_plan:
+        print(print_plan(preset=opts.preset, data=opts.data, config_file=opts.config, out=opts.out,
+                         run_overrides=overrides), end="")
+        return 0
     if opts.print_config:
         config = study_config(opts.preset, opts.config, run_overrides=overrides, data=opts.data, out=opts.out)
         print(json.dumps(config, indent=2, default=str))
@@ -230,10 +234,11 @@ def read_inputs(inputs: list[str], stdin=None) -> list[str]:
 
 
 def _predict(args: argparse.Namespace) -> int:
+    from cifake_lib.methods.evaluate import load_detector_or_fail
     from cifake_lib.methods.predict import predict_paths
 
     cfg = build(PredictConfig, given(args, PredictConfig), flag_names=True)
-    detector = stages.load_detector_or_fail(cfg.model, cfg.device)
+    detector = load_detector_or_fail(cfg.model, cfg.device)
     failed = 0
     for record in predict_paths(detector, read_inputs(cfg.inputs), batch_size=cfg.batch_size):
         failed += "error" in record

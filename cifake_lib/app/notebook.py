@@ -26,7 +26,7 @@ from cifake_lib.core.errors import CifakeError
 from cifake_lib.core.files import default_data_source, smoke_mode
 from cifake_lib.core.settings import study_folder
 from cifake_lib.data.config import DataConfig
-from cifake_lib.evaluation.study import read_study
+from cifake_lib.evaluation.study import RUNS_DIR, read_study
 
 if TYPE_CHECKING:
     from cifake_lib.data.load import CifakeData
@@ -99,13 +99,13 @@ class NotebookContext:
         or `runs / name` on its own. It may not exist yet."""
         if self.study is None:
             return self.runs / name
-        return self.study / self.layout.get("main_runs", {}).get(name, name)
+        return self.study / self.layout.get("main_runs", {}).get(name, f"{RUNS_DIR}/{name}")
 
     def study_run(self, name: str) -> Path:
         """The study's run folder `name` (e.g. "probe"); a clear error when the study did not run it."""
         if self.study is None:
             raise ValueError("study_run: no study (CIFAKE_STUDY is not set); use ctx.runs / name")
-        folder = self.run_dir(name)  # with --seeds it may be "probe_seed1": study.json says
+        folder = self.run_dir(name)  # the main cell's run, e.g. "runs/probe_seed1": study.json says
         if not folder.is_dir():
             planned = ", ".join(self.layout.get("trained_runs", [])) or "none"
             raise CifakeError(f"the study at {self.study} has no '{name}' run folder (its trained runs: "

@@ -9,11 +9,14 @@ checkpoints but no final metrics is resumed, so re-running after a crash or a Co
 continues where it stopped. pipeline.json records each step and the `cifake ...` command line
 that runs it alone; OUT/study.json records the settings and where the runs are.
 
-Training seeds (`--seeds 0,1,2`, `[run] seeds`): the trained stages (probe, fine-tunes and
-their ablations, CNN) run once per seed on the same data split (the data seed stays fixed);
-zero-shot runs once. The run of the data seed keeps the plain folder name (`finetune`), the
-others get a suffix (`finetune_seed1`). Robustness and the report's tables use the first
-seed's runs; OUT/report/seeds.csv gives every seed's metrics, mean and sd.
+A study is a grid of runs (docs/architecture.md, "The study grid and its index"): `[run]`
+declares its axes, `methods` (each a `[methods.<name>]` table: a stage and the settings it
+changes), `models` (backbones), `train_sizes` and `seeds`. Each run has a key (method, model,
+train_size, seed) and a folder under OUT/runs named from the key by one rule
+(`evaluation.study.RunKey.folder`), so adding a value to an axis runs only the new runs.
+OUT/runs.csv, the index, is rewritten as runs finish; `--print-plan` lists it without running.
+Robustness and the report's headline use the main cell (first model, largest training set,
+first seed); the report adds a table and a figure along every axis with several values.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import re
 import shutil
 import sys
 import time
@@ -32,6 +36,7 @@ from typing import Any
 
 from cifake_lib.analysis.config import ReportData
 from cifake_lib.app import stages
+from cifake_lib.app.index import plan_text, write_index
 from cifake_lib.app.notebook import RUNS_ENV, STUDY_ENV
 from cifake_lib.core.config import (
     SettingError,
@@ -46,7 +51,14 @@ from cifake_lib.core.errors import CifakeError
 from cifake_lib.core.files import read_json, write_json
 from cifake_lib.core.settings import DEFAULT_MODEL, default_data_source
 from cifake_lib.data.config import DataConfig
-from cifake_lib.evaluation.study import OLD_STUDY, STUDY, is_study_record, read_study
+from cifake_lib.evaluation.study import (
+    OLD_STUDY,
+    RUNS_DIR,
+    STUDY,
+    RunKey,
+    is_study_record,
+    read_study,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -92,66 +104,96 @@ class StudyOptions:
                                  "cifake_lib/app/presets/report.toml)", metavar="FILE.toml")
     out: str = setting("study", "folder for every stage's outputs", metavar="DIR")
     print_config: bool = setting(False, "check the merged config and print it as JSON, then exit")
+    print_plan: bool = setting(False, "list every run of the grid with its key, its status and the single "
+                               "`cifake ...` command that reproduces it, then exit (imports no torch)")
 
 
 @dataclass
 class RunConfig:
-    """The `[run]` table: which stages, which CLIP, which training seeds (also options of `cifake run`)."""
+    """The `[run]` table: the stages, and the study grid's axes (also options of `cifake run`).
+
+    The grid is methods x models x train_sizes x seeds: every method (a named override of its
+    stage's settings, declared in a `[methods.<name>]` table) runs once per backbone, training-set
+    size and training seed it applies to; zero-shot trains nothing (once per backbone), the CNN
+    has no backbone (once per size and seed).
+    """
 
     stages: list[str] = setting(default_factory=lambda: list(STAGES), help="stages in order, comma-separated",
                                 choices=STAGES, metavar="NAMES", show_default=",".join(STAGES))
-    model: str = setting(DEFAULT_MODEL, "CLIP Hub id or local folder for zeroshot, probe and finetune; tiny: "
-                         "a tiny randomly initialised CLIP written into OUT", metavar="M")
-    seeds: list[int] | None = setting(None, "training seeds: probe, fine-tunes and CNN are trained once per "
-                                      "seed on the same data split (zero-shot once); e.g. 0,1,2",
-                                      metavar="S,S", show_default="the data seed")
+    model: str = setting(DEFAULT_MODEL, "the default backbone: CLIP Hub id or local folder; tiny: a tiny "
+                         "randomly initialised CLIP written into OUT", metavar="M")
+    models: list[str] | None = setting(None, "backbones of the grid (the models axis), comma-separated",
+                                       metavar="M,M", show_default="[run] model")
+    methods: list[str] | None = setting(None, "methods of the grid, each a [methods.<name>] table, "
+                                        "comma-separated", metavar="NAMES",
+                                        show_default="every declared method whose stage runs")
+    train_sizes: list[int] | None = setting(None, "training-set sizes of the grid: nested stratified subsets "
+                                            "of the training split, one validation split for all; e.g. "
+                                            "320,1000,4000", metavar="N,N", show_default="the whole split")
+    seeds: list[int] | None = setting(None, "training seeds: every trained method runs once per seed on the "
+                                      "same data split (zero-shot once); e.g. 0,1,2", metavar="S,S",
+                                      show_default="the data --seed")
     notebooks: bool = setting(False, "also execute the four notebooks headless (a stage after the report, "
                               "reading the study's runs) and save executed copies in OUT/notebooks")
 
     def check(self) -> None:
-        if self.seeds is not None and (not self.seeds or len(set(self.seeds)) != len(self.seeds)):
-            raise ValueError(f"seeds must be distinct and at least one, got {self.seeds}")
+        if not self.stages:
+            raise ValueError("stages: at least one stage is required")
+        for name in ("seeds", "train_sizes", "models", "methods"):
+            values = getattr(self, name)
+            if values is not None and (not values or len(set(values)) != len(values)):
+                raise ValueError(f"{name} must be distinct and at least one, got {values}")
+        if self.train_sizes is not None and min(self.train_sizes) < 2:
+            raise ValueError(f"train_sizes: each size must be at least 2 (one REAL, one FAKE), got {self.train_sizes}")
 
 
-# What each ablation changes in the main run's settings. WiSE-FT belongs to the main run only:
-# an ablation is compared with the main run as trained, and prompt tuning has no weights to mix.
-# (None, not []: an empty list is a value the command line would have to spell as `--wise-ft ''`.)
-ABLATIONS: dict[str, dict[str, Any]] = {
-    "image": {"train": "image", "wise_ft": None},
-    "text": {"train": "text", "wise_ft": None},
-    "ce": {"loss": "ce", "wise_ft": None},
-    "prompt": {"train": "prompt", "loss": "ce", "wise_ft": None},
-}
+METHOD_NAME = re.compile(r"[a-z][a-z0-9-]*")
+# The stages whose runs are cells of the grid: zero-shot per backbone, the others also per size and seed.
+METHOD_STAGES = ("zeroshot", "probe", "finetune", "cnn")
+NO_BACKBONE = ("cnn",)  # methods of these stages have no `model` axis
 
 
-@dataclass
-class FinetunePlan:
-    """Keys of the `[finetune]` table that shape the study rather than one fine-tuning run."""
+@dataclass(frozen=True)
+class Method:
+    """One value of the methods axis: a name, its stage, and what it changes in the stage's settings."""
 
-    ablations: list[str] = setting(default_factory=list, help="variants fine-tuned after the main run, each in "
-                                   "its own folder finetune_<name>: image, text (one encoder learns), ce (FLYP's "
-                                   "CE ablation), prompt (CoOp prompt tuning)", choices=tuple(ABLATIONS))
-
-
-
-def _table_classes(table: str) -> tuple[type, ...]:
-    if table == "run":
-        return (RunConfig,)
-    if table == "data":
-        return (DataConfig,)
-    extra = (FinetunePlan,) if table == "finetune" else ()
-    return stages.STAGES[table].option_classes + extra
+    name: str
+    stage: str
+    overrides: Mapping[str, Any]
 
 
-def split_table(table: str, values: Mapping[str, Any]) -> dict[type, dict[str, Any]]:
-    """{settings class: its keys} of one TOML table; an unknown or study-set key is an error."""
-    known = option_map(_table_classes(table))
+def read_methods(config: Mapping[str, Any]) -> dict[str, Method]:
+    """The `[methods.<name>]` tables, each checked: a known stage and keys of that stage's settings."""
+    methods = {}
+    for name, table in (config.get("methods") or {}).items():
+        where = f"[methods.{name}]"
+        if not METHOD_NAME.fullmatch(name):
+            raise PipelineError(f"{where}: a method name is lower case letters, digits and '-', starting with a letter")
+        if not isinstance(table, Mapping) or table.get("stage") not in METHOD_STAGES:
+            raise PipelineError(f"{where}: needs stage = one of {', '.join(METHOD_STAGES)}")
+        overrides = {k: (None if v == [] else v) for k, v in table.items() if k != "stage"}
+        try:
+            split_table(table["stage"], overrides)
+        except SettingError as e:
+            raise SettingError(f"{where}: {e}") from None
+        methods[name] = Method(name, table["stage"], overrides)
+    return methods
+
+
+def split_table(table: str, values: Mapping[str, Any], *, user: bool = True) -> dict[type, dict[str, Any]]:
+    """{settings class: its keys} of one TOML table; an unknown key is an error, and so is a key the
+    study sets itself when the table is the user's (`user`)."""
+    classes = (RunConfig,) if table == "run" else (DataConfig,) if table == "data" else stages.STAGES[table].option_classes
+    known = option_map(classes)
     by_key = {k: o for k, (_, o) in known.items()}
-    out: dict[type, dict[str, Any]] = {cls: {} for cls in _table_classes(table)}
+    out: dict[type, dict[str, Any]] = {cls: {} for cls in classes}
     for key, value in values.items():
         bare = negated(key, value, by_key)[0]
-        if bare in RESERVED.get(table, ()):
+        if user and bare in RESERVED.get(table, ()):
             raise PipelineError(f"[{table}] {key}: set by the study itself, not by the config")
+        if table == "finetune" and key == "ablations":
+            raise PipelineError("[finetune] ablations: the ablations are methods of the grid now; list them in "
+                                "[run] methods (e.g. methods = [\"flyp\", \"image\", \"text\", \"ce\", \"prompt\"])")
         if bare not in known:
             hint = difflib.get_close_matches(key, list(known), n=1)
             raise SettingError(f"[{table}] unknown setting {key!r}" + (f" (did you mean {hint[0]!r}?)" if hint
@@ -166,7 +208,8 @@ def split_table(table: str, values: Mapping[str, Any]) -> dict[type, dict[str, A
 
 
 def load_config(preset: str = "report", config_file: str | os.PathLike | None = None) -> dict[str, Any]:
-    """The preset's TOML, with the tables of `config_file` merged over it key by key (not yet checked)."""
+    """The preset's TOML, with the tables of `config_file` merged over it key by key (not yet checked);
+    `[methods.<name>]` tables merge method by method."""
     if preset not in PRESETS:
         raise PipelineError(f"--preset must be one of {', '.join(PRESETS)}, got {preset!r}")
     text = resources.files("cifake_lib.app").joinpath("presets", f"{preset}.toml").read_text(encoding="utf-8")
@@ -184,7 +227,11 @@ def load_config(preset: str = "report", config_file: str | os.PathLike | None = 
                 raise PipelineError(f"--config {path}: unknown table [{table}]; known: {', '.join(config)}")
             if not isinstance(values, dict):
                 raise PipelineError(f"--config {path}: [{table}] must be a table")
-            config[table].update(values)
+            if table == "methods":
+                for name, method in values.items():
+                    config[table][name] = {**config[table].get(name, {}), **method} if isinstance(method, dict) else method
+            else:
+                config[table].update(values)
     return config
 
 
@@ -196,12 +243,10 @@ def _merged_config(preset: str, config_file: str | os.PathLike | None,
     return config
 
 
-def _model_path(config: Mapping[str, Any], out: Path) -> tuple[str, bool]:
-    """(the CLIP the study uses, whether it is the tiny one): [run] model, or for "tiny" the tiny
-    CLIP the study writes into OUT/tiny_model."""
-    model = str(config["run"].get("model", DEFAULT_MODEL))
+def model_path(model: str, out: Path) -> str:
+    """The backbone a run loads: `model` itself, or for "tiny" the tiny CLIP the study writes into OUT."""
     # absolute: run folders record it, and notebooks and reports read them from other directories
-    return (str((out / TINY_FOLDER).resolve()), True) if model == TINY_MODEL else (model, False)
+    return str((out / TINY_FOLDER).resolve()) if model == TINY_MODEL else model
 
 
 def study_config(preset: str = "report", config_file: str | os.PathLike | None = None, *,
@@ -210,13 +255,12 @@ def study_config(preset: str = "report", config_file: str | os.PathLike | None =
     """The merged config, checked as `run_study` checks it, with every setting's value filled in."""
     config = _merged_config(preset, config_file, run_overrides)
     source = data or config.get("data", {}).get("data") or default_data_source()
-    planner = plan_study(config, Path(out), source, _model_path(config, Path(out))[0])
+    planner = plan_study(config, Path(out), source)
     full: dict[str, Any] = {"run": to_mapping(planner.run), "data": to_mapping(planner.data)}
     for step in planner.steps:
         if step.cfg is not None and step.stage not in full:
             full[step.stage] = {k: v for k, v in to_mapping(step.cfg).items() if k not in RESERVED.get(step.stage, ())}
-    if "finetune" in full:
-        full["finetune"]["ablations"] = planner.ft_plan.ablations
+    full["methods"] = {m.name: {"stage": m.stage, **m.overrides} for m in planner.methods.values()}
     return full
 
 
@@ -239,6 +283,8 @@ class Step:
     best_zeroshot: Path | None = None  # evaluate: the zero-shot folder whose best set is the model
     resumable: bool = False
     complete: Callable[[], bool] | None = None  # a finer "done" test than the done file's presence
+    key: RunKey | None = None  # a run of the grid: its place in it
+    evaluates: Path | None = None  # evaluate: the run folder it re-evaluates
 
     def is_done(self) -> bool:
         if self.complete is not None:
@@ -246,43 +292,61 @@ class Step:
         return (self.out / self.done_file).is_file()
 
     def is_partial(self) -> bool:
-        ckpt = self.out / "checkpoints"
-        return self.resumable and ckpt.is_dir() and any(ckpt.iterdir())
+        return self.resumable and any(d.is_dir() and any(d.iterdir()) for d in (self.out / "checkpoints",
+                                                                                   self.out / "checkpoint"))
 
 
 @dataclass
 class Planner:
-    """Builds the steps of a study from its config tables (see `plan`)."""
+    """Builds the steps of a study from its config tables (see `plan_study`)."""
 
     config: Mapping[str, Any]
     out: Path
     source: str
-    model: str
     steps: list[Step] = field(default_factory=list)
-    detectors: list[tuple[Path, int]] = field(default_factory=list)  # (run folder, training seed)
     layout: dict[str, Any] = field(default_factory=dict)  # study.json "layout", paths relative to OUT
-    ft_plan: FinetunePlan | None = None  # the [finetune] study keys (ablations), when fine-tuning is planned
 
     def __post_init__(self) -> None:
         self.run = build(RunConfig, self.config.get("run", {}), where="[run]")
         self.data_values = {**self.config.get("data", {}), "data": self.source}
         self.data = build(DataConfig, self.data_values, where="[data]")
         self.seeds = self.run.seeds or [self.data.seed]
+        self.models = self.run.models or [self.run.model]
+        self.sizes: list[int | None] = list(self.run.train_sizes or [self.data.train_size])
+        self.methods = read_methods(self.config)
+        self.chosen = self._chosen_methods()
+        self.defaults = RunKey("", self.run.model, self.data.train_size, self.data.seed)
 
-    def tables(self, stage: str, extra: Mapping[str, Any] | None = None) -> tuple[dict, dict, dict]:
-        parts = split_table(stage, self.config.get(stage, {}))
-        classes = stages.STAGES[stage].classes
-        own = {**(parts[classes[0]] if classes else {}), **(extra or {})}
-        return {**self.data_values, **parts.get(DataConfig, {})}, own, parts
+    def _chosen_methods(self) -> list[Method]:
+        names = self.run.methods if self.run.methods is not None else list(self.methods)
+        unknown = [n for n in names if n not in self.methods]
+        if unknown:
+            raise PipelineError(f"[run] methods: unknown {', '.join(unknown)}; declared: {', '.join(self.methods)} "
+                                "(declare a new one as a [methods.<name>] table with its stage)")
+        return [self.methods[n] for n in names if self.methods[n].stage in self.run.stages]
+
+    def main_key(self, method: Method) -> RunKey:
+        """The method's run in the main cell: first model, largest training set, first seed."""
+        size = None if None in self.sizes else max(s for s in self.sizes if s is not None)
+        return self.key(method, self.models[0], size, self.seeds[0])
+
+    def key(self, method: Method, model: str | None, size: int | None, seed: int | None) -> RunKey:
+        if method.stage == "zeroshot":
+            return RunKey(method.name, model, None, None)
+        return RunKey(method.name, None if method.stage in NO_BACKBONE else model, size, seed)
 
     def add(self, stage: str, name: str, done: str, extra: Mapping[str, Any] | None = None, *,
-            folder: str | None = None, **kw: Any) -> Step:
-        data_values, own, parts = self.tables(stage, extra)
+            folder: str | None = None, data_extra: Mapping[str, Any] | None = None, **kw: Any) -> Step:
+        parts = split_table(stage, self.config.get(stage, {}))
+        classes = stages.STAGES[stage].classes
+        extra_parts = split_table(stage, extra or {}, user=False)
+        own = {**(parts[classes[0]] if classes else {}), **(extra_parts[classes[0]] if classes else {})}
+        data_values = {**self.data_values, **parts.get(DataConfig, {}), **extra_parts.get(DataConfig, {}),
+                       **(data_extra or {})}
         out = self.out / (folder or name)
-        where = f"[{stage}]" + (f" ({name})" if name != stage else "")  # e.g. "[finetune] (finetune_text)"
+        where = f"[{stage}]" + (f" ({name})" if name != stage else "")  # e.g. "[finetune] (text)"
         data = build(DataConfig, data_values, where=where) if stages.STAGES[stage].reads_data else None
         cfg = stages.stage_config(stage, own, data, where=where)
-        classes = stages.STAGES[stage].classes
         argv = [stage, *(to_argv(DataConfig, data_values) if data else []),
                 *(to_argv(classes[0], own) if classes else [])]
         if stage == "report":
@@ -292,75 +356,97 @@ class Planner:
         self.steps.append(step)
         return step
 
-    def seed_name(self, base: str, seed: int) -> str:
-        return base if seed == self.data.seed else f"{base}_seed{seed}"
+    def add_run(self, method: Method, key: RunKey) -> Step:
+        """The step of one grid run: the stage's table, the method's overrides, the key's axes."""
+        extra: dict[str, Any] = dict(method.overrides)
+        if key.model is not None:
+            extra["model"] = model_path(key.model, self.out)
+        if key.seed is not None and self.run.seeds:  # only an explicit seeds list writes the training seed out
+            extra[stages.TRAIN_SEED] = key.seed
+        data_extra = {"train_size": key.train_size} if key.train_size is not None else {}
+        folder = key.folder(self.defaults)
+        done = "summary.csv" if method.stage == "zeroshot" else "metrics.json"
+        return self.add(method.stage, folder, done, extra, folder=f"{RUNS_DIR}/{folder}", data_extra=data_extra,
+                        key=key, resumable=method.stage in ("finetune", "cnn"))
 
-    def seed_extra(self, seed: int, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        # Only an explicit --seeds list writes the training seed out; otherwise it is the data seed.
-        return {**(extra or {}), **({stages.TRAIN_SEED: seed} if self.run.seeds else {})}
 
-
-def _plan_trained(p: Planner, stages_: list[str], model: dict[str, str]) -> None:
-    if "finetune" in stages_:
-        p.ft_plan = build(FinetunePlan, split_table("finetune", p.config.get("finetune", {}))[FinetunePlan])
+def _plan_runs(p: Planner) -> list[Step]:
+    """Every run of the grid, zero-shot first (once per backbone), then per seed, size, method and model."""
+    runs = [p.add_run(m, p.key(m, model, None, None)) for m in p.chosen if m.stage == "zeroshot" for model in p.models]
     for seed in p.seeds:
-        if "probe" in stages_:
-            step = p.add("probe", p.seed_name("probe", seed), "metrics.json", p.seed_extra(seed, model))
-            p.detectors.append((step.out, seed))
-        if "finetune" in stages_:
-            runs = [("finetune", {})] + [(f"finetune_{name}", ABLATIONS[name]) for name in p.ft_plan.ablations]
-            for base, extra in runs:
-                step = p.add("finetune", p.seed_name(base, seed), "metrics.json",
-                             p.seed_extra(seed, {**model, **extra}), resumable=True)
-                p.detectors.append((step.out, seed))
-        if "cnn" in stages_:
-            step = p.add("cnn", p.seed_name("cnn", seed), "metrics.json", p.seed_extra(seed))
-            p.detectors.append((step.out, seed))
+        for size in p.sizes:
+            for m in (m for m in p.chosen if m.stage != "zeroshot"):
+                for model in ([None] if m.stage in NO_BACKBONE else p.models):
+                    runs.append(p.add_run(m, p.key(m, model, size, seed)))
+    return runs
 
 
-def plan_study(config: Mapping[str, Any], out: Path, data: str, model: str) -> Planner:
+def _rel(out: Path, paths: list[Path]) -> list[str]:
+    return [os.path.relpath(x, out) for x in paths]
+
+
+def _layout(p: Planner, runs: list[Step], report_runs: list[Path]) -> dict[str, Any]:
+    """study.json's "layout": where the report's runs, each method's main run and the seed runs are,
+    and where each run of the earlier (pre-grid) layout went."""
+    out = p.out
+    main = {m.name: p.main_key(m) for m in p.chosen}
+    by_key = {s.key: s for s in runs}
+    main_runs = {name: _rel(out, [by_key[k].out])[0] for name, k in main.items() if k in by_key}
+    for m in p.chosen:  # the stage's first method answers for the stage ("finetune": the main fine-tune)
+        main_runs.setdefault(m.stage, main_runs[m.name])
+    seed_runs = [s.out for s in runs if s.key.seed is not None and s.key.model in (None, main[s.key.method].model)
+                 and s.key.train_size == main[s.key.method].train_size]
+    first_finetune = next((m.name for m in p.chosen if m.stage == "finetune"), None)
+    renamed = {}
+    for s in runs:  # the folders before the grid: finetune, finetune_<ablation>, <stage>_seed<s>
+        k, stage = s.key, p.methods[s.key.method].stage
+        if k.model not in (None, p.run.model) or k.train_size != p.defaults.train_size:
+            continue
+        base = stage if stage != "finetune" or k.method == first_finetune else f"finetune_{k.method}"
+        renamed[base if k.seed in (None, p.data.seed) else f"{base}_seed{k.seed}"] = _rel(out, [s.out])[0]
+    return {"report_runs": _rel(out, report_runs), "trained_runs": _rel(out, [s.out for s in runs if s.key.seed is not None]),
+            "seed_runs": _rel(out, seed_runs), "evaluated": _rel(out, [s.out for s in p.steps if s.stage == "evaluate"]),
+            "main_runs": main_runs, "seeds": p.seeds, "renamed": renamed,
+            "axes": {"methods": [m.name for m in p.chosen], "models": p.models, "train_sizes": p.sizes,
+                     "seeds": p.seeds}}
+
+
+def plan_study(config: Mapping[str, Any], out: Path, data: str) -> Planner:
     """The study's steps in order (`.steps`), every one's settings checked, and where its runs go
     (`.layout`); raises SettingError or PipelineError. Evaluate, robustness and the report see the
-    detectors planned before them."""
+    runs planned before them."""
     for table in config:
-        if table not in ("run", "data") and table not in stages.STAGES:
-            raise PipelineError(f"unknown table [{table}]; known: run, data, {', '.join(stages.STAGES)}")
-    p = Planner(config, out, data, model)
+        if table not in ("run", "data", "methods") and table not in stages.STAGES:
+            raise PipelineError(f"unknown table [{table}]; known: run, data, methods, {', '.join(stages.STAGES)}")
+    p = Planner(config, out, data)
     todo = p.run.stages
-    with_model = {"model": model}
     if "data" in todo:
         p.add("data", "data", stages.SUMMARY)
-    zeroshot = p.add("zeroshot", "zeroshot", "summary.csv", with_model).out if "zeroshot" in todo else None
-    _plan_trained(p, todo, with_model)
-    primary = ([zeroshot] if zeroshot else []) + [d for d, s in p.detectors if s == p.seeds[0]]
-    report_runs = list(primary)
+    runs = _plan_runs(p)
+    main = {p.main_key(m) for m in p.chosen}
+    primary = [s for s in runs if s.key in main]
+    report_runs = [s.out for s in primary]
     if "evaluate" in todo:
-        for det in ([zeroshot] if zeroshot else []) + [d for d, _ in p.detectors]:
-            step = p.add("evaluate", f"evaluate:{det.name}", "metrics.json", {"split": "test", "model": str(det)},
-                         folder=f"evaluate/{det.name}", best_zeroshot=det if det == zeroshot else None)
-            if det in primary:  # the report's leak-free headline
+        for run in runs:
+            zeroshot = run.stage == "zeroshot"
+            step = p.add("evaluate", f"evaluate:{run.out.name}", "metrics.json",
+                         {"split": "test", "model": str(run.out / BEST_ZEROSHOT) if zeroshot else str(run.out)},
+                         folder=f"evaluate/{run.out.name}", best_zeroshot=run.out if zeroshot else None,
+                         evaluates=run.out)
+            if run in primary:  # the report's leak-free headline
                 report_runs.append(step.out)
     if "robustness" in todo:
-        runs = [str(d / BEST_ZEROSHOT) if d == zeroshot else str(d) for d in primary]
-        report_runs.append(p.add("robustness", "robustness", "robustness.csv", {"runs": runs}).out)
+        names = [str(s.out / BEST_ZEROSHOT) if s.stage == "zeroshot" else str(s.out) for s in primary]
+        report_runs.append(p.add("robustness", "robustness", "robustness.csv", {"runs": names}).out)
     if "report" in todo:
         p.add("report", "report", "report.md", {"runs": [str(out)]})
-
-    def rel(paths: list[Path]) -> list[str]:
-        return [os.path.relpath(x, out) for x in paths]
-
-    # Each method's run of the first training seed: what the report's headline and the notebooks show.
-    main_runs = {base: p.seed_name(base, p.seeds[0]) for base in ("probe", "finetune", "cnn") if base in todo}
-    p.layout = {"report_runs": rel(report_runs), "trained_runs": rel([d for d, _ in p.detectors]),
-                "evaluated": rel([s.out for s in p.steps if s.stage == "evaluate"]),
-                "main_runs": ({"zeroshot": rel([zeroshot])[0]} if zeroshot else {}) | main_runs,
-                "seeds": p.seeds}
+    p.layout = _layout(p, runs, report_runs)
     return p
 
 
-def plan(config: Mapping[str, Any], out: Path, data: str, model: str) -> list[Step]:
+def plan(config: Mapping[str, Any], out: Path, data: str) -> list[Step]:
     """The steps of the study in order (see `plan_study`)."""
-    return plan_study(config, out, data, model).steps
+    return plan_study(config, out, data).steps
 
 
 def best_zeroshot(folder: Path) -> Path:
@@ -423,6 +509,7 @@ def _run_steps(steps: list[Step], record: dict[str, Any], out: Path, log: Callab
     from cifake_lib.methods.checkpoints import TrainingDiverged
     from cifake_lib.methods.finetune import OutOfMemory
 
+    session: dict[str, str] = {}  # step name -> how this invocation's attempt ended
     for i, step in enumerate(steps, 1):
         label = f"[{i}/{len(steps)}] {step.name}"
         if step.is_done():
@@ -440,11 +527,16 @@ def _run_steps(steps: list[Step], record: dict[str, Any], out: Path, log: Callab
         except (CifakeError, ValueError, FileNotFoundError, NotADirectoryError, TrainingDiverged, OutOfMemory) as e:
             record["steps"].append({"name": step.name, "status": "failed", "seconds": time.perf_counter() - start,
                                     "command": _command(step.argv)})
+            session[step.name] = "failed"
             write_json(out / "pipeline.json", record)
+            write_index(steps, out, session)
             raise _stage_failure(step, e) from e
         seconds = time.perf_counter() - start
         record["steps"].append({"name": step.name, "status": status, "seconds": round(seconds, 2),
                                 "command": _command(step.argv)})
+        session[step.name] = status
+        if step.key is not None or step.stage == "evaluate":  # the index's row of this run changed
+            write_index(steps, out, session)
         if status == "stopped":
             log(f"{label}: stopped before finishing; run the same command again to continue")
             record["stopped_at"] = step.name
@@ -470,32 +562,50 @@ def _write_study(out: Path, record: Mapping[str, Any]) -> None:
             old.unlink()
 
 
-def run_study(*, preset: str = "report", data: str | None = None, config_file: str | os.PathLike | None = None,
-              out: str | os.PathLike = "study", notebooks: bool = False,
-              run_overrides: Mapping[str, Any] | None = None, log=None) -> dict[str, Any]:
-    """Run (or continue) the study; returns {"out", "steps": [{name, status, seconds, command}], ...}."""
-    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+def _planned(preset: str, data: str | None, config_file: str | os.PathLike | None, out: Path,
+             run_overrides: Mapping[str, Any] | None, notebooks: bool) -> tuple[dict[str, Any], str, Planner]:
+    """(the merged config, the data source, the checked plan) of a `cifake run` invocation."""
     config = _merged_config(preset, config_file, run_overrides)
     if notebooks:
         config["run"]["notebooks"] = True
     source = resolve_data(data or config.get("data", {}).get("data"), preset)
     if Path(source).expanduser().exists():  # a local path, recorded absolute: the notebooks run elsewhere
         source = str(Path(source).expanduser().resolve())
-    out = Path(out)
-    model, tiny = _model_path(config, out)
     try:
-        planner = plan_study(config, out, source, model)
+        planner = plan_study(config, out, source)
     except SettingError as e:
         raise PipelineError(f"{e}" + (f" (in --config {config_file} or the {preset} preset)" if config_file
                                       else f" (in the {preset} preset)")) from None
+    return config, source, planner
+
+
+def print_plan(*, preset: str = "report", data: str | None = None, config_file: str | os.PathLike | None = None,
+               out: str | os.PathLike = "study", run_overrides: Mapping[str, Any] | None = None) -> str:
+    """Every run of the study's grid (key, status, run folder, the single-run command) and the other
+    steps, as tab-separated text; nothing runs and no torch is imported."""
+    *_, planner = _planned(preset, data, config_file, Path(out), run_overrides, False)
+    return plan_text(planner.steps, Path(out))
+
+
+def run_study(*, preset: str = "report", data: str | None = None, config_file: str | os.PathLike | None = None,
+              out: str | os.PathLike = "study", notebooks: bool = False,
+              run_overrides: Mapping[str, Any] | None = None, log=None) -> dict[str, Any]:
+    """Run (or continue) the study; returns {"out", "steps": [{name, status, seconds, command}], ...}.
+
+    OUT/runs.csv (the grid's index) is written before the first step and after every run."""
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    out = Path(out)
+    config, source, planner = _planned(preset, data, config_file, out, run_overrides, notebooks)
     steps = planner.steps
     if planner.run.notebooks:
         steps.append(_notebooks_step(out, source, preset))
     out.mkdir(parents=True, exist_ok=True)
-    if tiny:
-        _tiny_model(Path(model), seed=planner.data.seed)
+    for model in planner.models:
+        if model == TINY_MODEL:
+            _tiny_model(Path(model_path(model, out)), seed=planner.data.seed)
     _write_study(out, {"preset": preset, "config_file": str(config_file) if config_file else None, "data": source,
-                       "model": model, "config": config, "layout": planner.layout})
+                       "model": model_path(planner.models[0], out), "config": config, "layout": planner.layout})
+    write_index(steps, out)
     record: dict[str, Any] = {"out": str(out), "preset": preset, "data": source, "steps": []}
     try:
         _run_steps(steps, record, out, log)
@@ -592,10 +702,11 @@ NOTEBOOK_INPUTS = {"02_zero_shot": (("zeroshot", "summary.csv"), ("probe", "metr
 
 
 def missing_study_runs(study: Path, notebook: str) -> list[str]:
-    """The runs `notebook` reads that the study at `study` does not have (complete)."""
+    """The runs `notebook` reads that the study at `study` does not have (complete): each stage's main
+    run as study.json's layout names it (from the grid's index)."""
     main = ((read_study(study) or {}).get("layout") or {}).get("main_runs", {})
     return [name for name, done in NOTEBOOK_INPUTS.get(notebook, ())
-            if not (study / main.get(name, name) / done).is_file()]
+            if not (study / main.get(name, f"{RUNS_DIR}/{name}") / done).is_file()]
 
 
 def run_notebooks(folder: Path, *, data: str, smoke: bool, study: Path | None = None, log=None,
@@ -644,5 +755,6 @@ def run_notebooks(folder: Path, *, data: str, smoke: bool, study: Path | None = 
     return results
 
 
-__all__ = ["FinetunePlan", "PipelineError", "RunConfig", "Step", "StudyOptions", "best_zeroshot",
-           "execute_notebook", "load_config", "plan", "plan_study", "run_notebooks", "run_study", "study_config"]
+__all__ = ["Method", "PipelineError", "RunConfig", "Step", "StudyOptions", "best_zeroshot", "execute_notebook",
+           "load_config", "model_path", "plan", "plan_study", "print_plan", "read_methods", "run_notebooks",
+           "run_study", "study_config"]

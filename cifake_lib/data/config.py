@@ -47,14 +47,34 @@ class DataConfig:
     dedup: bool = setting(False, "drop test images whose exact content also occurs in train", group=GROUP)
     skip_bad: bool = setting(False, "skip unreadable image files (and report them) instead of stopping",
                              group=GROUP)
+    train_size: int | None = setting(None, "train on a stratified subset of N of the training images (after "
+                                     "the validation split; the same validation split for every N)", low=2,
+                                     metavar="N", group=GROUP, show_default="all of them")
 
 
 def load_data(cfg: DataConfig, *, progress: bool = True) -> CifakeData:
     """`load_cifake` with these settings."""
     from cifake_lib.data.load import load_cifake
 
-    return load_cifake(cfg.data, subset=cfg.subset, val_fraction=cfg.val_fraction, seed=cfg.seed,
+    data = load_cifake(cfg.data, subset=cfg.subset, val_fraction=cfg.val_fraction, seed=cfg.seed,
                        dedup=cfg.dedup, skip_bad=cfg.skip_bad, progress=progress)
+    if cfg.train_size is not None and cfg.train_size > len(data.train):
+        raise ValueError(f"train_size {cfg.train_size}: the training split has {len(data.train)} images "
+                         "(after the validation split); choose a smaller size or a larger --subset")
+    if cfg.train_size is not None and cfg.train_size < len(data.train):
+        from dataclasses import replace
+
+        from cifake_lib.data.load import stratified_subset
+
+        data = replace(data, train=stratified_subset(data.train, cfg.train_size, seed=cfg.seed))
+    return data
 
 
-__all__ = ["DataConfig", "load_data", "parse_subset"]
+def loaded(data: DataConfig | CifakeData, *, progress: bool = True) -> tuple[CifakeData, DataConfig | None]:
+    """What a method reads: (the loaded data, its settings or None when it came loaded)."""
+    if isinstance(data, DataConfig):
+        return load_data(data, progress=progress), data
+    return data, None
+
+
+__all__ = ["DataConfig", "load_data", "loaded", "parse_subset"]

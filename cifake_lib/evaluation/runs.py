@@ -7,8 +7,8 @@
     DIR/run.json             arguments, package versions, python, platform, device, seconds
     DIR/detector.json        the detector dict + the chosen "threshold"
 
-`StageResult` (what every stage function returns) and `read_study` (a `cifake run` output
-folder's own settings, OUT/study.json) are defined in `study.py` and importable from here.
+`read_study` (a `cifake run` output folder's own settings, OUT/study.json) is defined in
+`study.py` and importable from here; what every method returns is `core.results.RunResult`.
 
 metrics.json is written last, so a folder that holds it is a complete run (find_runs
 relies on this). The threshold is chosen on validation predictions only: the test
@@ -50,8 +50,8 @@ PREDICTIONS = "predictions.csv"
 PREDICTIONS_VAL = "predictions_val.csv"
 RUN = "run.json"
 DETECTOR = "detector.json"
-# The study folder and the stage result live in `study.py` (no numpy: `cifake --help` imports them).
-from cifake_lib.evaluation.study import OLD_STUDY, STUDY, StageResult, read_study  # noqa: E402,F401
+# The study folder lives in `study.py` (no numpy: `cifake --help` imports it).
+from cifake_lib.evaluation.study import OLD_STUDY, STUDY, read_study  # noqa: E402,F401
 
 # Distribution names of the packages whose versions a run records (key -> distribution).
 _PACKAGES = {

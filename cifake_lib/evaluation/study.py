@@ -1,36 +1,95 @@
-"""What a stage returns (`StageResult`) and how a `cifake run` output folder describes itself.
+"""How a `cifake run` output folder describes itself: study.json and the grid's index runs.csv.
+
+A study is a grid of runs. Each run has a key (method, model, train_size, seed); its folder is
+named from the key by one rule (`run_folder`); OUT/runs.csv, the index, has one row per run
+(key columns, run folder, status, seconds, headline metrics) and is rewritten atomically as
+runs finish. Robustness, the report, the notebooks and `predict --model STUDY` read the index,
+never folder-name conventions (docs/architecture.md, "The study grid and its index").
 
 Light on purpose (no numpy, no torch): the command line imports it to build its parser.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import os
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 STUDY = "study.json"  # a `cifake run` output folder's own settings and layout
 OLD_STUDY = "config.json"  # its name before: read for existing studies (a model folder has one too)
+INDEX = "runs.csv"  # the grid's index: one row per run
+RUNS_DIR = "runs"  # under OUT: one folder per run of the grid
+KEY_COLUMNS = ("method", "model", "train_size", "seed")
+INDEX_COLUMNS = (*KEY_COLUMNS, "stage", "run_dir", "status", "seconds", "accuracy", "roc_auc",
+                 "leak_free_accuracy", "leak_free_roc_auc", "evaluated_dir", "command")
+ALL = "all"  # train_size of a run on the whole training split
 
 
-@dataclass
-class StageResult:
-    """What one stage did: the run folders it wrote, their test metrics, its wall time.
+@dataclass(frozen=True)
+class RunKey:
+    """Where a run sits in the grid. model None: the method has no backbone (the CNN); train_size
+    None: the whole training split; seed None: nothing is trained (zero-shot)."""
 
-    status: "complete", or "stopped" when a run paused on purpose (fine-tuning's stop_after)
-    and will continue on resume. info: the stage's own facts (the prompt set chosen on
-    validation, the probe's C, the training outcome, the data summary, robustness rows...).
-    """
+    method: str
+    model: str | None
+    train_size: int | None
+    seed: int | None
 
-    stage: str
-    out: Path | None
-    runs: list[Path] = field(default_factory=list)
-    metrics: dict[str, dict[str, Any]] = field(default_factory=dict)  # run name -> metrics.json record
-    seconds: float = 0.0
-    status: str = "complete"
-    info: dict[str, Any] = field(default_factory=dict)
+    def folder(self, defaults: RunKey) -> str:
+        """The run's folder under OUT/runs, by one rule: the method, then each axis whose value
+        differs from the study's default for it (`defaults`), so adding a value to an axis never
+        renames a run that exists: `flyp`, `flyp_n500`, `flyp_n500_seed1`, `probe_m-vit-b-16`."""
+        parts = [self.method]
+        if self.model is not None and self.model != defaults.model:
+            parts.append(f"m-{model_slug(self.model)}")
+        if self.train_size is not None and self.train_size != defaults.train_size:
+            parts.append(f"n{self.train_size}")
+        if self.seed is not None and self.seed != defaults.seed:
+            parts.append(f"seed{self.seed}")
+        return "_".join(parts)
+
+    def row(self) -> dict[str, Any]:
+        """The key as runs.csv cells ("" where an axis does not apply, "all" for the whole split)."""
+        return {"method": self.method, "model": "" if self.model is None else self.model,
+                "train_size": "" if self.seed is None else (ALL if self.train_size is None else self.train_size),
+                "seed": "" if self.seed is None else self.seed}
+
+
+def model_slug(model: str) -> str:
+    """A model id or folder as a folder-name part: its last two path parts, lower case, [a-z0-9.-]."""
+    parts = [p for p in re.split(r"[\\/]+", str(model)) if p not in ("", ".", "..")]
+    text = "-".join(parts[-2:]) if parts else "model"
+    return re.sub(r"[^a-z0-9.-]+", "-", text.lower()).strip("-") or "model"
+
+
+def read_index(study: str | os.PathLike) -> list[dict[str, str]]:
+    """OUT/runs.csv as rows of strings ([] when the study has none)."""
+    path = Path(study) / INDEX
+    if not path.is_file():
+        return []
+    with path.open(newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def index_runs(study: str | os.PathLike, *, complete: bool = True, **where: Any) -> list[Path]:
+    """The run folders of the index (absolute) whose key cells equal `where` (e.g. method="flyp",
+    seed=0); only complete runs unless complete=False."""
+    root = Path(study)
+    want = {k: "" if v is None else str(v) for k, v in where.items()}
+    return [root / r["run_dir"] for r in read_index(root)
+            if (not complete or r.get("status") == "complete") and all(r.get(k) == v for k, v in want.items())]
+
+
+def main_runs(study: str | os.PathLike) -> dict[str, str]:
+    """{method: run folder relative to the study} of the study's main cell (its first model, largest
+    training set and first seed), as study.json records it; also keyed by stage for the first
+    method of each stage ("finetune" -> the main fine-tune), which is how notebooks ask for one."""
+    record = read_study(study) or {}
+    return dict((record.get("layout") or {}).get("main_runs") or {})
 
 
 def is_study_record(record: Any) -> bool:
@@ -59,4 +118,5 @@ def read_study(folder: str | os.PathLike) -> dict[str, Any] | None:
     return None
 
 
-__all__ = ["OLD_STUDY", "STUDY", "StageResult", "is_study_record", "read_study"]
+__all__ = ["ALL", "INDEX", "INDEX_COLUMNS", "KEY_COLUMNS", "OLD_STUDY", "RUNS_DIR", "STUDY", "RunKey", "index_runs",
+           "is_study_record", "main_runs", "model_slug", "read_index", "read_study"]

@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import shutil
 import sys
 import time
@@ -42,6 +43,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cifake_lib.core.results import RunResult, settings_record
+from cifake_lib.data.config import DataConfig, loaded
 from cifake_lib.data.preprocess import check_uint8_images
 from cifake_lib.methods.cnn_checkpoint import (
     CHECKPOINT_DIR,
@@ -469,58 +472,56 @@ def load_cnn_detector(run_dir: str | Path, device: str | torch.device | None = N
 # ---------------------------------------------------------------------------
 
 
-def run_cnn(data: CifakeData, out_dir: str | Path, *, config: CNNConfig | None = None,
-            train_config: TrainConfig | None = None, device: str | torch.device | None = None,
-            args: dict[str, Any] | None = None, progress: bool = True) -> dict[str, Any]:
-    """Train on data.train (select on data.val), score val and test, write the run folder.
+def run(data: DataConfig | CifakeData, cfg: CnnStageConfig, out: str | os.PathLike) -> RunResult:
+    """Train on train (the epoch kept chosen on val), score val and test, write the run folder.
 
     Writes cnn.safetensors, history.json and, via `runs.write_run`, metrics.json,
     predictions.csv, predictions_val.csv, run.json and detector.json. While training,
     OUT/checkpoint/ holds the last finished epoch: run the same command again after an
-    interruption and training continues from there. Returns the metrics
-    dict, with "best_epoch", "epochs_run", "train_seconds" and "images_per_second" added.
+    interruption and training continues from there. `.info` holds "best_epoch", "epochs_run",
+    "train_seconds" and "images_per_second".
     """
     from cifake_lib.core.files import write_json
     from cifake_lib.evaluation.runs import write_run
 
-    config = config or CNNConfig()
-    tc = train_config or TrainConfig()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    device = _pick_device(device)
     t0 = time.perf_counter()
-    result = train_cnn(data.train, data.val, config=config, train_config=tc, device=device,
-                       progress=progress, checkpoint_dir=out_dir / CHECKPOINT_DIR)
+    cifake, dcfg = loaded(data, progress=cfg.progress)
+    config, tc = cfg.net, cfg.train
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = _pick_device(cfg.device)
+    result = train_cnn(cifake.train, cifake.val, config=config, train_config=tc, device=device,
+                       progress=cfg.progress, checkpoint_dir=out_dir / CHECKPOINT_DIR)
     save_cnn_weights(result.model, out_dir / WEIGHTS_FILE)
     write_json(out_dir / HISTORY_FILE, {"best_epoch": result.best_epoch, "epochs": result.history})
 
     detector = CNNDetector(result.model, device=device)
-    p_test = detector.predict_proba(data.test.images, tc.eval_batch_size)
-    p_val = detector.predict_proba(data.val.images, tc.eval_batch_size) if data.val is not None else None
-    detector_meta = {
+    p_test = detector.predict_proba(cifake.test.images, tc.eval_batch_size)
+    p_val = detector.predict_proba(cifake.val.images, tc.eval_batch_size) if cifake.val is not None else None
+    metrics = write_run(
+        out_dir, test=cifake.test, p_test=p_test, val=cifake.val, p_val=p_val,
+        detector=_detector_meta(config, tc, result.best_epoch, has_val=cifake.val is not None),
+        model="cifake-cnn" + ("" if config == CNNConfig.paper() else "-variant"), data=cifake.source,
+        seed=tc.seed, args=settings_record("cnn", dcfg, cfg, out=out_dir), seconds=time.perf_counter() - t0,
+        n_boot=cfg.n_boot)
+    shutil.rmtree(out_dir / CHECKPOINT_DIR, ignore_errors=True)  # the run folder now holds it all
+    return RunResult("cnn", out_dir, runs=[out_dir], metrics={DETECTOR: metrics}, seconds=time.perf_counter() - t0,
+                     info={"best_epoch": result.best_epoch, "epochs_run": len(result.history),
+                           "train_seconds": result.seconds, "images_per_second": result.images_per_second})
+
+
+def _detector_meta(config: CNNConfig, tc: TrainConfig, best_epoch: int, *, has_val: bool) -> dict[str, Any]:
+    """detector.json of a trained CNN: what `load_cnn_detector` reads back, and the record of the recipe."""
+    return {
         "kind": KIND,
         "detector": DETECTOR,
         "weights": WEIGHTS_FILE,
         "architecture": config.to_dict(),
         "input": {"size": config.image_size, "scale": "uint8 / 255", "resize": "bicubic, antialias"},
         "train": tc.to_dict(),
-        "best_epoch": result.best_epoch,
+        "best_epoch": best_epoch,
         "reference": "Bird & Lotfi, CIFAKE, IEEE Access 2024 (arXiv 2303.14126)",
-        "deviations_from_paper": describe_deviations(config, tc, has_val=data.val is not None),
-    }
-    all_args = {**(args or {}), "architecture": config.to_dict(), "train": tc.to_dict()}
-    metrics = write_run(
-        out_dir, test=data.test, p_test=p_test, val=data.val, p_val=p_val, detector=detector_meta,
-        model="cifake-cnn" + ("" if config == CNNConfig.paper() else "-variant"),
-        data=data.source, seed=tc.seed, args=all_args, seconds=time.perf_counter() - t0,
-    )
-    shutil.rmtree(out_dir / CHECKPOINT_DIR, ignore_errors=True)  # the run folder now holds it all
-    return {
-        **metrics,
-        "best_epoch": result.best_epoch,
-        "epochs_run": len(result.history),
-        "train_seconds": result.seconds,
-        "images_per_second": result.images_per_second,
+        "deviations_from_paper": describe_deviations(config, tc, has_val=has_val),
     }
 
 
@@ -538,5 +539,5 @@ __all__ = [
     "save_cnn_weights",
     "load_cnn_model",
     "load_cnn_detector",
-    "run_cnn",
+    "run",
 ]

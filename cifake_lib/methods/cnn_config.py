@@ -86,6 +86,8 @@ class CnnStageConfig:
     net: CNNConfig = field(default_factory=CNNConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     device: str | None = setting(None, "cpu, cuda, cuda:1, mps", show_default="best available")
+    n_boot: int = setting(1000, "bootstrap resamples for the metrics' 95% CIs", low=0)
+    progress: bool = setting(True, "no progress bars", flags=("--quiet",))
 
 
 __all__ = ["CNNConfig", "CnnStageConfig", "TrainConfig"]

@@ -16,6 +16,7 @@ MARGINALS = ("logsumexp", "mean")
 SPLITS = ("test", "val")
 DEVICE_HELP = "cpu, cuda, cuda:1, mps"
 BEST_DEVICE = "best available"
+N_BOOT_HELP = "bootstrap resamples for the metrics' 95% CIs"
 DETECTOR_HELP = "a run folder (fine-tuned CLIP, zero-shot, probe, CNN), a CLIP model folder or Hub id"
 
 
@@ -38,6 +39,8 @@ class ZeroshotConfig:
     device: str | None = setting(None, DEVICE_HELP, show_default=BEST_DEVICE)
     cache: bool = setting(True, "do not read or write the image-feature cache")
     figures: bool = setting(True, "skip the PNG figures")
+    n_boot: int = setting(1000, N_BOOT_HELP, low=0)
+    progress: bool = setting(True, "no progress bars", flags=("--quiet",))
 
     def check(self) -> None:
         from cifake_lib.clip.prompts import resolve_prompt_sets
@@ -59,6 +62,8 @@ class ProbeConfig:
     # The logistic probe's solver (lbfgs) is deterministic: this seed only changes the MLP.
     train_seed: int = setting(0, "training seed (the MLP's initialisation and early-stopping hold-out)",
                               metavar="N", show_default="the data --seed")
+    n_boot: int = setting(1000, N_BOOT_HELP, low=0)
+    progress: bool = setting(True, "no progress bars", flags=("--quiet",))
 
 
 @dataclass
@@ -69,6 +74,7 @@ class EvaluateConfig:
     split: str = setting("test", "split to score", choices=SPLITS)
     batch_size: int = setting(256, "images per forward pass", low=1)
     device: str | None = setting(None, DEVICE_HELP, show_default=BEST_DEVICE)
+    n_boot: int = setting(1000, N_BOOT_HELP, low=0)
 
     def check(self) -> None:
         if not self.model:

@@ -29,7 +29,7 @@ import torch
 
 from cifake_lib.core.files import read_json
 from cifake_lib.evaluation.runs import read_detector_meta
-from cifake_lib.evaluation.study import STUDY, read_study
+from cifake_lib.evaluation.study import INDEX, STUDY, index_runs, read_study
 
 DETECTOR_FILE = "detector.json"
 KINDS = ("clip", "probe", "cnn")
@@ -66,10 +66,19 @@ def _val_auc(run_dir: Path) -> tuple[float, float] | None:
     return None if auc is None else (float(auc), float(metrics.get("accuracy") or 0.0))
 
 
+def _candidates(folder: Path) -> list[Path]:
+    """The run folders a choice on validation picks from: a study's complete runs as its index lists
+    them (a zero-shot run contributes each prompt set), else `folder` and up to two levels below it."""
+    if (folder / INDEX).is_file():
+        runs = index_runs(folder)
+        return [d for r in runs for d in ([r] if (r / DETECTOR_FILE).is_file() else sorted(r.glob("*")))]
+    return [folder, *folder.glob("*"), *folder.glob("*/*")]
+
+
 def best_run_on_val(folder: Path) -> tuple[Path, float]:
-    """The run folder under `folder` (itself or up to two levels down) with the best validation
-    ROC AUC (ties: validation accuracy), and that AUC. Test data play no part in the choice."""
-    candidates = [d for d in [folder, *folder.glob("*"), *folder.glob("*/*")]
+    """The run folder under `folder` (a study: the runs of its index) with the best validation ROC
+    AUC (ties: validation accuracy), and that AUC. Test data play no part in the choice."""
+    candidates = [d for d in _candidates(folder)
                   if d.is_dir() and (d / DETECTOR_FILE).is_file() and _val_auc(d) is not None]
     if not candidates:
         raise FileNotFoundError(f"{folder}: no run folder with {DETECTOR_FILE} and metrics_val.json inside, so no "

@@ -70,6 +70,7 @@ position in the epoch, seed, best validation AUC, patience, the config). Nothing
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 import random
@@ -99,6 +100,8 @@ from cifake_lib.clip.models import load_clip
 from cifake_lib.clip.prompts import CLASS_FIELD, PromptSet, get_prompt_set
 from cifake_lib.core.errors import out_of_memory_kind
 from cifake_lib.core.files import read_json, write_json
+from cifake_lib.core.results import RunResult, settings_record
+from cifake_lib.data.config import DataConfig, loaded
 from cifake_lib.data.perturb import augment_batch
 from cifake_lib.methods.checkpoints import (
     CHECKPOINTS,
@@ -660,18 +663,18 @@ def tower_compile_mode(cfg: FinetuneConfig) -> str:
     return "off" if cfg.train == "prompt" else cfg.compile
 
 
-def build(data: CifakeData, cfg: FinetuneConfig) -> tuple[Setup, Path | None]:
-    """Check the config and data, load CLIP, make the optimiser; also the checkpoint to resume from."""
+def build(data: CifakeData, cfg: FinetuneConfig, prompts: PromptSet) -> tuple[Setup, Path | None]:
+    """Check the data, load CLIP, make the optimiser; also the checkpoint to resume from.
+
+    `cfg` is already validated and `prompts` resolved from it (`checked`), once per run."""
     from cifake_lib.data.preprocess import ImagePreprocessor
 
-    cfg.validate()
     if not cfg.out:
         raise ValueError("FinetuneConfig.out: the run folder is required")
     _check_split(data.train, "train")
     val = data.val if data.val is not None and len(data.val) else None
     if val is not None:
         _check_split(val, "val")
-    prompts = resolve_prompts(cfg.prompts)
     accelerator = make_accelerator(cfg)
     steps_per_epoch, total_steps = _run_length(cfg, len(data.train), accelerator.num_processes)
     fingerprint = data_fingerprint(data.train, val)
@@ -865,8 +868,16 @@ def _write_history(setup: Setup, state: TrainState) -> None:
                                               "records": state.history})
 
 
-def train(data: CifakeData, cfg: FinetuneConfig) -> TrainOutcome:
+def checked(cfg: FinetuneConfig) -> PromptSet:
+    """Validate the settings and resolve their prompts: once per run, before any data or model loads."""
+    cfg.validate()
+    return resolve_prompts(cfg.prompts)
+
+
+def train(data: CifakeData, cfg: FinetuneConfig, prompts: PromptSet | None = None) -> TrainOutcome:
     """Fine-tune (or resume) per `cfg`; the best model by validation AUC goes to OUT/model/.
+
+    prompts: `checked(cfg)`, when the caller has checked the settings already (else done here).
 
     Without a validation split the last model is exported and there is no early stopping.
     Raises TrainingDiverged on a NaN/infinite loss or gradient (the last good checkpoint stays),
@@ -875,7 +886,7 @@ def train(data: CifakeData, cfg: FinetuneConfig) -> TrainOutcome:
     from tqdm.auto import tqdm
 
     # build the model and optimiser; resume from the newest checkpoint when asked
-    setup, ckpt = build(data, cfg)
+    setup, ckpt = build(data, cfg, checked(cfg) if prompts is None else prompts)
     state = resume(setup, ckpt)
     t_start = time.perf_counter()
     if setup.main:
@@ -1012,7 +1023,7 @@ def _detector(cfg: FinetuneConfig, model_dir: Path, prompts: PromptSet, device):
                         context=context)
 
 
-def apply_wise_ft(data: CifakeData, cfg: FinetuneConfig, device=None) -> float:
+def apply_wise_ft(data: CifakeData, cfg: FinetuneConfig, prompts: PromptSet, device=None) -> float:
     """WiSE-FT over cfg.wise_ft: OUT/wise_ft.csv, and the alpha with the best validation AUC
     exported as OUT/model/ (the fine-tuned model then kept in OUT/model_finetuned/). Returns alpha."""
     from transformers import CLIPModel
@@ -1028,7 +1039,7 @@ def apply_wise_ft(data: CifakeData, cfg: FinetuneConfig, device=None) -> float:
     zero_shot = CLIPModel.from_pretrained(cfg.model, dtype=torch.float32).state_dict()
     ft = CLIPModel.from_pretrained(ft_dir, dtype=torch.float32)  # loaded once: the curve's weights and the export
     fine_tuned = ft.state_dict()
-    det = _detector(cfg, ft_dir, resolve_prompts(cfg.prompts), device)
+    det = _detector(cfg, ft_dir, prompts, device)
 
     def make_detector(state: Mapping[str, torch.Tensor]):
         det.model.load_state_dict(state, strict=True)  # copies into the loaded model (its dtype/device)
@@ -1052,15 +1063,14 @@ def apply_wise_ft(data: CifakeData, cfg: FinetuneConfig, device=None) -> float:
     return alpha
 
 
-def evaluate_run(data: CifakeData, cfg: FinetuneConfig, outcome: TrainOutcome, *, seconds: float,
-                 args: Mapping[str, Any] | None = None, device: str | torch.device | None = None,
+def evaluate_run(data: CifakeData, cfg: FinetuneConfig, outcome: TrainOutcome, prompts: PromptSet, *,
+                 seconds: float, args: Mapping[str, Any] | None = None, device: str | torch.device | None = None,
                  wise_ft_alpha: float | None = None) -> dict[str, Any]:
     """Score the exported model on val (threshold) and test with `ClipDetector`; write the run folder."""
     from cifake_lib.evaluation.runs import write_run
     from cifake_lib.viz.plots import save_figure
 
     out = Path(cfg.out)
-    prompts = resolve_prompts(cfg.prompts)
     if device is None and cfg.cpu:
         device = "cpu"
     det = _detector(cfg, out / MODEL_DIR, prompts, device)
@@ -1078,29 +1088,55 @@ def evaluate_run(data: CifakeData, cfg: FinetuneConfig, outcome: TrainOutcome, *
     meta.pop("threshold", None)  # chosen on validation by write_run
     metrics = write_run(out, test=data.test, p_test=p_test, val=val, p_val=p_val, detector=meta,
                         model=cfg.model, data=data.source, seed=cfg.seed,
-                        args={**(args or {}), "config": cfg.to_dict(), "loss": cfg.loss}, seconds=seconds)
+                        args=args if args is not None else cfg.to_dict(), seconds=seconds)
     if outcome.history:
         save_figure(training_curves_figure(outcome.history, title=f"finetune:{cfg.train}"), out / CURVES_FILE)
     return metrics
 
 
-def finetune(data: CifakeData, cfg: FinetuneConfig, *, args: Mapping[str, Any] | None = None) -> FinetuneResult:
-    """The stage: train (or resume), WiSE-FT when asked, then evaluate the model and write the run folder.
+def finetune(data: CifakeData, cfg: FinetuneConfig, *, args: Mapping[str, Any] | None = None,
+             prompts: PromptSet | None = None) -> FinetuneResult:
+    """Train (or resume), WiSE-FT when asked, then evaluate the model and write the run folder.
 
     When `cfg.stop_after` ends the run early, no metrics are written (status "stopped"): run
-    again with `resume=True` to continue.
+    again with `resume=True` to continue. args: run.json's settings record (default: `cfg`'s);
+    prompts: `checked(cfg)` when the caller has checked the settings already.
     """
     t0 = time.perf_counter()
-    outcome = train(data, cfg)
+    prompts = checked(cfg) if prompts is None else prompts
+    outcome = train(data, cfg, prompts)
     if outcome.status == "stopped":
         return FinetuneResult(outcome=outcome, metrics=None, out=outcome.out)
     if int(os.environ.get("RANK", "0")) != 0:  # under `accelerate launch` only the main process reports
         return FinetuneResult(outcome=outcome, metrics=None, out=outcome.out)
     device = "cpu" if cfg.cpu else None
-    alpha = apply_wise_ft(data, cfg, device) if cfg.wise_ft else None
-    metrics = evaluate_run(data, cfg, outcome, seconds=time.perf_counter() - t0, args=args, device=device,
+    alpha = apply_wise_ft(data, cfg, prompts, device) if cfg.wise_ft else None
+    metrics = evaluate_run(data, cfg, outcome, prompts, seconds=time.perf_counter() - t0, args=args, device=device,
                            wise_ft_alpha=alpha)
     return FinetuneResult(outcome=outcome, metrics=metrics, out=outcome.out)
+
+
+def run(data: DataConfig | CifakeData, cfg: FinetuneConfig, out: str | os.PathLike) -> RunResult:
+    """Fine-tune CLIP into `out` (or resume it), then score the best model; status "stopped" after
+    `cfg.stop_after`. The settings are checked and the prompts resolved once, before data or model load.
+
+    Raises `TrainingDiverged` / `OutOfMemory` when training cannot go on.
+    """
+    t0 = time.perf_counter()
+    out = Path(out)
+    cfg = dataclasses.replace(cfg, out=str(out),
+                              data=data.data if isinstance(data, DataConfig) else getattr(data, "source", None))
+    prompts = checked(cfg)
+    cifake, dcfg = loaded(data, progress=cfg.progress)
+    r = finetune(cifake, cfg, args=settings_record("finetune", dcfg, cfg, out=out), prompts=prompts)
+    o = r.outcome
+    outcome = {"status": o.status, "step": o.step, "total_steps": o.total_steps, "best_step": o.best_step,
+               "best_val_auc": o.best_val_auc, "images_per_second": o.images_per_second}
+    stopped = r.metrics is None and o.status == "stopped"
+    return RunResult("finetune", out, runs=[] if r.metrics is None else [out],
+                     metrics={} if r.metrics is None else {r.metrics["detector"]: r.metrics},
+                     seconds=time.perf_counter() - t0, status="stopped" if stopped else "complete",
+                     info={"outcome": outcome, "train": cfg.train, "main_process": os.environ.get("RANK", "0") == "0"})
 
 
 __all__ = [
@@ -1111,6 +1147,8 @@ __all__ = [
     "TrainingDiverged",
     "OutOfMemory",
     "finetune",
+    "run",
+    "checked",
     "train",
     "evaluate_run",
     "get_lr",

@@ -28,6 +28,9 @@ import torch
 
 from cifake_lib.clip.features import image_features, l2_normalize
 from cifake_lib.core.files import read_json
+from cifake_lib.core.results import RunResult, settings_record
+from cifake_lib.data.config import DataConfig, loaded
+from cifake_lib.methods.config import ProbeConfig
 
 if TYPE_CHECKING:
     from cifake_lib.data.load import CifakeData
@@ -373,59 +376,67 @@ class ProbeDetector:
 # ---------------------------------------------------------------------------
 
 
-def run_probe(data: CifakeData, out_dir: str | os.PathLike, *, model: str | os.PathLike | None = None,
-              mlp: bool = False, grid: Sequence[float] | None = None, hidden: Sequence[int] = DEFAULT_HIDDEN,
-              batch_size: int = 256, device: str | torch.device | None = None, cache: bool = True,
-              figures: bool = True, seed: int = 0, args: Mapping[str, Any] | None = None, n_boot: int = 1000,
-              progress: bool = True) -> dict[str, Any]:
-    """Features for train/val/test (cached), fit with C (or alpha) chosen on val, write the run folder.
-
-    Returns the test metrics dict with "C" (or "alpha"), "selection" and "feature_seconds" added.
-    """
-    from cifake_lib.clip.models import DEFAULT_MODEL
-    from cifake_lib.evaluation.runs import write_run
+def run(data: DataConfig | CifakeData, cfg: ProbeConfig, out: str | os.PathLike) -> RunResult:
+    """Features for train/val/test (cached), the probe fitted with C (or alpha) chosen on val, the
+    run folder written. `.info` holds "C" (or "alpha"), "selection" and "feature_seconds"."""
     from cifake_lib.methods.zeroshot import load_for_inference, model_reference
-    from cifake_lib.viz.run_figures import save_run_figures
 
     t0 = time.perf_counter()
-    out = Path(out_dir)
-    model_name = os.fspath(model) if model is not None else DEFAULT_MODEL
-    clip, processor = load_for_inference(model_name, device)
-    model_ref = model_reference(clip) or model_name
-    val = data.val if data.val is not None and len(data.val) else None
-    splits = {"train": data.train, "test": data.test} | ({"val": val} if val is not None else {})
-    feats = {k: image_features(clip, processor, s.images, batch_size=batch_size, cache=cache, progress=progress,
-                               desc=f"CLIP features ({k})") for k, s in splits.items()}
+    out = Path(out)
+    cifake, dcfg = loaded(data, progress=cfg.progress)
+    clip, processor = load_for_inference(cfg.model, cfg.device)
+    model_ref = model_reference(clip) or cfg.model
+    val = cifake.val if cifake.val is not None and len(cifake.val) else None
+    splits = {"train": cifake.train, "test": cifake.test} | ({"val": val} if val is not None else {})
+    feats = {k: image_features(clip, processor, s.images, batch_size=cfg.batch_size, cache=cfg.cache,
+                               progress=cfg.progress, desc=f"CLIP features ({k})") for k, s in splits.items()}
     feature_seconds = time.perf_counter() - t0
-
-    fit = fit_probe(feats["train"], data.train.labels, feats.get("val"), val.labels if val is not None else None,
-                    mlp=mlp, grid=grid, hidden=hidden, seed=seed, progress=progress)
+    fit = fit_probe(feats["train"], cifake.train.labels, feats.get("val"), val.labels if val is not None else None,
+                    mlp=cfg.mlp, hidden=(cfg.hidden,), seed=cfg.train_seed, progress=cfg.progress)
     det = ProbeDetector(clip, processor, fit.probe, model_ref=model_ref)
-    p_test = det.p_fake_from_features(feats["test"])
-    p_val = det.p_fake_from_features(feats["val"]) if val is not None else None
-    key = "alpha" if mlp else "C"
+    key = "alpha" if cfg.mlp else "C"
     selection = {"parameter": key, "grid": fit.grid, "val_log_loss": fit.val_log_loss, "best": fit.best,
                  "split": fit.selection_split, "metric": "log loss", "at_edge": fit.at_edge}
+    metrics = _write_probe_run(cifake, out, det, feats, selection, cfg=cfg,
+                               args=settings_record("probe", dcfg, cfg, out=out), seconds=time.perf_counter() - t0)
+    return RunResult("probe", out, runs=[out], metrics={metrics["detector"]: metrics},
+                     seconds=time.perf_counter() - t0,
+                     info={key: fit.best, "selection": selection, "feature_seconds": feature_seconds})
+
+
+def _write_probe_run(cifake: CifakeData, out: Path, det: ProbeDetector, feats: Mapping[str, np.ndarray],
+                     selection: Mapping[str, Any], *, cfg: ProbeConfig, args: Mapping[str, Any],
+                     seconds: float) -> dict[str, Any]:
+    """The probe's weights, its run folder and (unless cfg.figures is off) its figures; its test metrics."""
+    from cifake_lib.evaluation.runs import write_run
+    from cifake_lib.viz.run_figures import save_run_figures
+
+    val = cifake.val if "val" in feats else None
+    p_test = det.p_fake_from_features(feats["test"])
+    p_val = det.p_fake_from_features(feats["val"]) if val is not None else None
     out.mkdir(parents=True, exist_ok=True)
     det.probe.save(out / WEIGHTS_FILE)
-    meta = {**det.to_json(), "selection": selection, "n_train": len(data.train)}
-    metrics = write_run(out, test=data.test, p_test=p_test, val=val, p_val=p_val, detector=meta, model=model_ref,
-                        data=data.source, seed=seed, args={**(args or {}), "mlp": mlp, "batch_size": batch_size},
-                        seconds=time.perf_counter() - t0, n_boot=n_boot)
-    if figures:
-        save_run_figures(out, test=data.test, p_test=p_test, metrics=metrics, val=val, p_val=p_val,
-                         name="MLP probe" if mlp else "linear probe")
-    return {**metrics, key: fit.best, "selection": selection, "feature_seconds": feature_seconds}
+    meta = {**det.to_json(), "selection": dict(selection), "n_train": len(cifake.train)}
+    metrics = write_run(out, test=cifake.test, p_test=p_test, val=val, p_val=p_val, detector=meta,
+                        model=det.model_ref, data=cifake.source, seed=cfg.train_seed, args=args, seconds=seconds,
+                        n_boot=cfg.n_boot)
+    if cfg.figures:
+        save_run_figures(out, test=cifake.test, p_test=p_test, metrics=metrics, val=val, p_val=p_val,
+                         name="MLP probe" if cfg.mlp else "linear probe")
+    return metrics
 
 
-def read_probe(out_dir: str | os.PathLike) -> dict[str, Any]:
-    """A finished `run_probe` folder read back: its test metrics with the chosen C (or alpha) and the
-    selection record, as `run_probe` returns them (less "feature_seconds"); nothing is refitted."""
+def read_probe(out_dir: str | os.PathLike) -> RunResult:
+    """A finished probe folder read back as `run` returned it (its test metrics, the chosen C or
+    alpha and the selection record in `.info`, less "feature_seconds"); nothing is refitted."""
     out = Path(out_dir)
     det = read_json(out / "detector.json")
     selection = det.get("selection") or {}
     key = selection.get("parameter", "C")
-    return {**read_json(out / "metrics.json"), key: det.get(key, selection.get("best")), "selection": selection}
+    metrics = read_json(out / "metrics.json")
+    seconds = float(read_json(out / "run.json").get("seconds") or 0.0) if (out / "run.json").is_file() else 0.0
+    return RunResult("probe", out, runs=[out], metrics={metrics["detector"]: metrics}, seconds=seconds,
+                     info={key: det.get(key, selection.get("best")), "selection": selection})
 
 
 __all__ = [
@@ -434,6 +445,6 @@ __all__ = [
     "ProbeDetector",
     "DEFAULT_CS",
     "fit_probe",
-    "run_probe",
+    "run",
     "read_probe",
 ]

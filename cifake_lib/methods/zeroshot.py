@@ -5,7 +5,7 @@ The head (prompts -> label embeddings -> logits, p_fake) is `cifake_lib.clip.hea
 stage exports: a CLIP model folder plus prompts and a threshold in detector.json, read back by
 `ClipDetector.from_run`.
 
-`run_zeroshot` is the whole stage: one pass over the images (features cached on disk), then
+`run` is the whole stage: one pass over the images (features cached on disk), then
 every prompt set scored from the same features; one run folder per set plus summary.csv.
 """
 
@@ -16,7 +16,6 @@ import os
 import re
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +32,9 @@ from cifake_lib.clip.prompts import (
     resolve_prompt_sets,
 )
 from cifake_lib.core.files import read_json
+from cifake_lib.core.results import RunResult, settings_record
+from cifake_lib.data.config import DataConfig, loaded
+from cifake_lib.methods.config import ZeroshotConfig
 from cifake_lib.viz.run_figures import (  # noqa: F401  (notebooks import these names from here)
     figures_from_run,
     save_run_figures,
@@ -300,16 +302,6 @@ def read_summary(path: str | os.PathLike) -> list[dict[str, Any]]:
     return rows
 
 
-@dataclass
-class ZeroShotResult:
-    out_dir: Path
-    rows: list[dict[str, Any]]  # summary.csv rows, in prompt-set order
-    metrics: dict[str, dict[str, Any]]  # prompt set -> test metrics
-    best: str | None  # chosen on validation AUC
-    feature_seconds: float  # scoring: the image pass (val + test), the text pass and every head
-    seconds: float
-
-
 def score_prompt_sets(model, processor, splits: Mapping[str, Split], prompts: str | Sequence[str | PromptSet],
                       *, batch_size: int = 256, cache: bool = True, marginal: str = "logsumexp",
                       progress: bool = True) -> tuple[dict[str, ZeroShotHead], dict[str, dict[str, np.ndarray]]]:
@@ -329,93 +321,97 @@ def score_prompt_sets(model, processor, splits: Mapping[str, Split], prompts: st
     return heads, scores
 
 
-def run_zeroshot(data: CifakeData, out_dir: str | os.PathLike, *, model: str | os.PathLike | None = None,
-                 prompts: str | Sequence[str | PromptSet] | None = "all", batch_size: int = 256,
-                 device: str | torch.device | None = None, cache: bool = True, figures: bool = True,
-                 marginal: str = "logsumexp", args: Mapping[str, Any] | None = None, n_boot: int = 1000,
-                 progress: bool = True) -> ZeroShotResult:
-    """Score every prompt set from one pass over val and test; write `out_dir/<set>/` and summary.csv.
+def run(data: DataConfig | CifakeData, cfg: ZeroshotConfig, out: str | os.PathLike) -> RunResult:
+    """Every prompt set of `cfg.prompts` scored from one pass over val and test: one run folder per
+    set under `out`, plus summary.csv (`best` in `.info`: the set with the best validation AUC).
 
     Thresholds come from validation (runs.write_run); the natural threshold 0.5 is reported too.
     Class-aware sets marginalise over the CIFAR classes (never the image's own class).
     """
-    from cifake_lib.clip.models import DEFAULT_MODEL
-    from cifake_lib.evaluation.published import published_anchors
-    from cifake_lib.evaluation.runs import write_run
-    from cifake_lib.viz import plots
-
     t0 = time.perf_counter()
-    out = Path(out_dir)
-    sets = resolve_prompt_sets(prompts)
+    out = Path(out)
+    sets = resolve_prompt_sets(cfg.prompts)  # once per run: a bad name fails before data or model load
     names = [folder_name(s.name) for s in sets]
     if len(set(names)) != len(names):
         raise ValueError(f"prompt set names collide as folder names: {names}")
-    model_name = os.fspath(model) if model is not None else DEFAULT_MODEL
-    clip, processor = load_for_inference(model_name, device)
-    model_ref = model_reference(clip) or model_name
-
-    splits = {"test": data.test} | ({"val": data.val} if data.val is not None and len(data.val) else {})
+    cifake, dcfg = loaded(data, progress=cfg.progress)
+    clip, processor = load_for_inference(cfg.model, cfg.device)
+    model_ref = model_reference(clip) or cfg.model
+    splits = {"test": cifake.test} | ({"val": cifake.val} if cifake.val is not None and len(cifake.val) else {})
     t_feat = time.perf_counter()
-    heads, scores = score_prompt_sets(clip, processor, splits, sets, batch_size=batch_size, cache=cache,
-                                      marginal=marginal, progress=progress)
+    heads, scores = score_prompt_sets(clip, processor, splits, sets, batch_size=cfg.batch_size, cache=cfg.cache,
+                                      marginal=cfg.marginal, progress=cfg.progress)
     feature_seconds = time.perf_counter() - t_feat
-    val = splits.get("val")
-
-    rows: list[dict[str, Any]] = []
-    all_metrics: dict[str, dict[str, Any]] = {}
+    args = settings_record("zeroshot", dcfg, cfg, out=out)
+    rows, all_metrics = [], {}
     for ps, folder in zip(sets, names, strict=True):
         t_set = time.perf_counter()
         det = ClipDetector(clip, processor, ps, head=heads[ps.name], model_ref=model_ref)
-        p_test, p_val = scores[ps.name]["test"], scores[ps.name].get("val")
-        m = write_run(out / folder, test=data.test, p_test=p_test, val=val, p_val=p_val, detector=det.to_json(),
-                      model=model_ref, data=data.source, seed=int((args or {}).get("seed", 0)),
-                      args={**(args or {}), "prompt_set": ps.name, "batch_size": batch_size},
-                      seconds=feature_seconds + time.perf_counter() - t_set, n_boot=n_boot)
-        m_val = read_json(out / folder / "metrics_val.json") if val is not None else None
+        m = _write_set(cifake, out / folder, det, scores[ps.name], args=args, seed=dcfg.seed if dcfg else 0,
+                       seconds=feature_seconds + time.perf_counter() - t_set, cfg=cfg)
+        m_val = read_json(out / folder / "metrics_val.json") if "val" in splits else None
         rows.append(summary_row(ps, m, m_val, det.use_known_class and ps.class_aware))
         all_metrics[ps.name] = m
-        if figures:
-            save_run_figures(out / folder, test=data.test, p_test=p_test, metrics=m, val=val, p_val=p_val,
-                             name=f"zero-shot: {ps.name}")
-
     best = best_on_val(rows)
     for r in rows:
         r["best_on_val"] = r["prompt_set"] == best
     write_summary(out / SUMMARY_FILE, rows)
-    if figures:
-        bar_rows = [{**all_metrics[r["prompt_set"]], "name": r["prompt_set"]} for r in rows]
-        # Published zero-shot figures tune no threshold: they sit beside our accuracy at 0.5.
-        plots.save_figure(plots.compare_bar(bar_rows, "roc_auc", published=published_anchors(
-            "roc_auc", setting="zero-shot"), title="Zero-shot CLIP: test ROC AUC per prompt set (95% CI)"),
-            out / "compare_roc_auc.png")
-        plots.save_figure(plots.compare_bar(bar_rows, "accuracy",
-                                            title="Zero-shot CLIP: test accuracy at the validation threshold (95% CI)"),
-            out / "compare_accuracy.png")
-        plots.save_figure(plots.roc_figure({n: (data.test.labels, scores[n]["test"]) for n in scores},
-                                           title="Zero-shot CLIP: ROC per prompt set (test)"), out / "roc_all.png")
-    return ZeroShotResult(out_dir=out, rows=rows, metrics=all_metrics, best=best,
-                          feature_seconds=feature_seconds, seconds=time.perf_counter() - t0)
+    if cfg.figures:
+        _summary_figures(cifake, out, rows, all_metrics, scores)
+    return RunResult("zeroshot", out, runs=[out / n for n in names], metrics=all_metrics,
+                     seconds=time.perf_counter() - t0,
+                     info={"best": best, "rows": rows, "feature_seconds": feature_seconds})
 
 
-def read_zeroshot(out_dir: str | os.PathLike) -> ZeroShotResult:
-    """A finished `run_zeroshot` folder read back (summary.csv and each set's metrics.json), nothing rescored.
+def _write_set(cifake: CifakeData, folder: Path, det: ClipDetector, scores: Mapping[str, np.ndarray], *,
+               args: Mapping[str, Any], seed: int, seconds: float, cfg: ZeroshotConfig) -> dict[str, Any]:
+    """One prompt set's run folder (its figures too, unless cfg.figures is off); its test metrics."""
+    from cifake_lib.evaluation.runs import write_run
 
-    Notebooks use it to show a study's zero-shot runs without writing into them.
-    """
+    val = cifake.val if "val" in scores else None
+    m = write_run(folder, test=cifake.test, p_test=scores["test"], val=val, p_val=scores.get("val"),
+                  detector=det.to_json(), model=det.model_ref, data=cifake.source, seed=seed,
+                  args={**args, "prompt_set": det.prompts.name}, seconds=seconds, n_boot=cfg.n_boot)
+    if cfg.figures:
+        save_run_figures(folder, test=cifake.test, p_test=scores["test"], metrics=m, val=val,
+                         p_val=scores.get("val"), name=f"zero-shot: {det.prompts.name}")
+    return m
+
+
+def _summary_figures(cifake: CifakeData, out: Path, rows: Sequence[Mapping[str, Any]],
+                     all_metrics: Mapping[str, Mapping[str, Any]], scores: Mapping[str, Mapping[str, np.ndarray]]) -> None:
+    from cifake_lib.evaluation.published import published_anchors
+    from cifake_lib.viz import plots
+
+    bar_rows = [{**all_metrics[r["prompt_set"]], "name": r["prompt_set"]} for r in rows]
+    # Published zero-shot figures tune no threshold: they sit beside our accuracy at 0.5.
+    plots.save_figure(plots.compare_bar(bar_rows, "roc_auc", published=published_anchors(
+        "roc_auc", setting="zero-shot"), title="Zero-shot CLIP: test ROC AUC per prompt set (95% CI)"),
+        out / "compare_roc_auc.png")
+    plots.save_figure(plots.compare_bar(bar_rows, "accuracy",
+                                        title="Zero-shot CLIP: test accuracy at the validation threshold (95% CI)"),
+                      out / "compare_accuracy.png")
+    plots.save_figure(plots.roc_figure({n: (cifake.test.labels, scores[n]["test"]) for n in scores},
+                                       title="Zero-shot CLIP: ROC per prompt set (test)"), out / "roc_all.png")
+
+
+def read_zeroshot(out_dir: str | os.PathLike) -> RunResult:
+    """A finished zero-shot folder read back (summary.csv and each set's metrics.json) as `run`
+    returned it, nothing rescored. Notebooks use it to show a study's runs without writing into them."""
     out = Path(out_dir)
     rows = read_summary(out)
     metrics = {r["prompt_set"]: read_json(out / folder_name(r["prompt_set"]) / "metrics.json") for r in rows}
     # Every set's run.json counts the shared image pass once, so the longest is the stage's time.
-    runs = [out / folder_name(r["prompt_set"]) / "run.json" for r in rows]
-    seconds = max((float(read_json(f).get("seconds") or 0.0) for f in runs if f.is_file()), default=0.0)
-    return ZeroShotResult(out_dir=out, rows=rows, metrics=metrics, best=best_on_val(rows),
-                          feature_seconds=0.0, seconds=seconds)
+    runs = [out / folder_name(r["prompt_set"]) for r in rows]
+    seconds = max((float(read_json(f / "run.json").get("seconds") or 0.0) for f in runs
+                   if (f / "run.json").is_file()), default=0.0)
+    return RunResult("zeroshot", out, runs=runs, metrics=metrics, seconds=seconds,
+                     info={"best": best_on_val(rows), "rows": rows, "feature_seconds": 0.0})
 
 
 __all__ = [
     "ClipDetector",
-    "ZeroShotResult",
-    "run_zeroshot",
+    "run",
     "read_zeroshot",
     "score_prompt_sets",
     "best_on_val",

@@ -1,0 +1,54 @@
+"""Figures along one axis of the study grid: a metric per method against the axis's values.
+
+Rows come from `analysis.grid.axis_rows`: one per (method, value), with the mean over training
+seeds and an interval (the sd over seeds, or the run's bootstrap 95% CI when it has one seed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from matplotlib.figure import Figure
+
+from cifake_lib.core.formatting import metric_label
+
+AXIS_LABELS = {"train_size": "training images", "model": "backbone", "seed": "training seed"}
+
+
+def axis_figure(rows: Sequence[Mapping[str, Any]], axis: str, metrics: Sequence[str] = ("roc_auc", "accuracy"),
+                *, title: str = "") -> Figure:
+    """One panel per metric: each method's mean against the axis (log x for training-set size),
+    with error bars (sd over seeds, or the 95% CI of a single run)."""
+    numeric = axis == "train_size"
+    values = sorted({r["value"] for r in rows}, key=lambda v: (float(v) if numeric else str(v)))
+    fig = Figure(figsize=(5.2 * len(metrics), 4.2), layout="constrained")
+    for i, metric in enumerate(metrics):
+        ax = fig.add_subplot(1, len(metrics), i + 1)
+        for method in dict.fromkeys(r["method"] for r in rows):
+            mine = sorted((r for r in rows if r["method"] == method and r.get(metric) is not None),
+                          key=lambda r: values.index(r["value"]))
+            if not mine:
+                continue
+            x = [float(r["value"]) if numeric else values.index(r["value"]) for r in mine]
+            y = [r[metric] for r in mine]
+            err = [[max(0.0, r[metric] - r[f"{metric}_lo"]) for r in mine],
+                   [max(0.0, r[f"{metric}_hi"] - r[metric]) for r in mine]]
+            ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=method)
+        if numeric:
+            ax.set_xscale("log")
+            ax.set_xticks([float(v) for v in values], [f"{int(v):,}" for v in values])
+            ax.minorticks_off()
+        else:
+            ax.set_xticks(range(len(values)), [str(v) for v in values], rotation=20, ha="right")
+        ax.set_xlabel(AXIS_LABELS.get(axis, axis))
+        ax.set_ylabel(f"test {metric_label(metric)}")
+        ax.grid(alpha=0.3)
+        if i == 0:
+            ax.legend(fontsize="small", loc="best")
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+__all__ = ["AXIS_LABELS", "axis_figure"]
