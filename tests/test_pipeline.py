@@ -151,7 +151,7 @@ def test_config_errors_are_caught_before_anything_runs(tmp_path, sample_dir):
     with pytest.raises(PipelineError, match=r"unknown table \[fintune\]"):
         load_config("smoke", bad_table)
     for text, message in (("[cnn]\nepochz = 1\n", r"\[cnn\] unknown setting 'epochz' \(did you mean 'epochs'\?\)"),
-                          ("[finetune]\nepochs = 'two'\n", r"\[finetune\] epochs must be an integer"),
+                          ("[finetune]\nepochs = 'two'\n", r"\[finetune\] \(flyp\) epochs must be an integer"),
                           ("[probe]\nhidden = 0\n", r"\[probe\] hidden must be >= 1"),
                           ("[evaluate]\nmodel = 'x'\n", "set by the study itself")):
         bad = tmp_path / "bad.toml"
@@ -271,7 +271,8 @@ def test_two_seeds_same_split_different_weights(seeds_study):
     from cifake_lib.analysis.report_stage import study_inputs
 
     _, trained, _ = study_inputs([str(out)])
-    assert trained == [a, b]
+    assert trained == [(a, "cnn"), (b, "cnn")]
+    trained = [d for d, _ in trained]
     rows = __import__("csv").DictReader(write_seed_table(trained, out / "seeds.csv").open())
     acc = next(r for r in rows if r["metric"] == "accuracy")
     values = [json.loads((d / "metrics.json").read_text())["accuracy"] for d in (a, b)]

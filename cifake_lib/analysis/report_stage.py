@@ -19,15 +19,15 @@ from cifake_lib.data.config import DataConfig
 from cifake_lib.evaluation.study import read_index, read_study
 
 
-def study_inputs(runs: list[str]) -> tuple[list[str], list[Path], list[tuple[Path, list[dict[str, str]]]]]:
-    """(folders to report on, seed-run folders, [(study folder, its index rows)]) of `runs`.
+def study_inputs(runs: list[str]) -> tuple[list[str], list[tuple[Path, str]], list[tuple[Path, list[dict[str, str]]]]]:
+    """(folders to report on, [(seed-run folder, its method)], [(study folder, its index rows)]) of `runs`.
 
     A study folder gives its main cell's detectors, their re-evaluations and its robustness
     results as its study.json "layout" records them (made from the index); any other folder is
     reported as it is.
     """
     folders: list[str] = []
-    seed_runs: list[Path] = []
+    seed_runs: list[tuple[Path, str]] = []
     grids: list[tuple[Path, list[dict[str, str]]]] = []
     for run in runs:
         layout = (read_study(run) or {}).get("layout")
@@ -35,9 +35,12 @@ def study_inputs(runs: list[str]) -> tuple[list[str], list[Path], list[tuple[Pat
             folders.append(run)
             continue
         root = Path(run)
+        index = read_index(root)
+        method = {r["run_dir"]: r["method"] for r in index}
         folders += [str(root / d) for d in layout["report_runs"]]
-        seed_runs += [root / d for d in layout.get("seed_runs", []) if (root / d / "metrics.json").is_file()]
-        grids.append((root, read_index(root)))
+        seed_runs += [(root / d, method.get(d, Path(d).name)) for d in layout.get("seed_runs", [])
+                      if (root / d / "metrics.json").is_file()]
+        grids.append((root, index))
     return folders, seed_runs, grids
 
 
@@ -55,7 +58,7 @@ def run(data: str | DataConfig | None, cfg: ReportConfig, out: str | os.PathLike
     source = data.data if isinstance(data, DataConfig) else data
     folders, seed_runs, grids = study_inputs(cfg.runs)
     if seed_runs:
-        write_seed_table(seed_runs, Path(out) / SEEDS_CSV)
+        write_seed_table([d for d, _ in seed_runs], Path(out) / SEEDS_CSV, names=[m for _, m in seed_runs])
     extra: list[Any] = [s for root, rows in grids for s in grid_sections(root, rows)]
     path = build_report(folders, out, data=source, n_boot=cfg.n_boot, gallery_k=cfg.gallery,
                         saliency=cfg.saliency, device=cfg.device, embeddings=cfg.embeddings > 0,

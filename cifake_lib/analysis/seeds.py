@@ -63,12 +63,18 @@ def seed_rows(records: Iterable[Mapping[str, Any]],
     return rows
 
 
-def write_seed_table(run_dirs: Sequence[str | os.PathLike], path: str | os.PathLike) -> Path:
-    """seeds.csv from run folders (each with a test metrics.json); returns its path."""
+def write_seed_table(run_dirs: Sequence[str | os.PathLike], path: str | os.PathLike,
+                     names: Sequence[str] | None = None) -> Path:
+    """seeds.csv from run folders (each with a test metrics.json); returns its path. names: what to
+    group them by (a study's method names: FLYP and its CE ablation are both "finetune:both"),
+    default each run's detector."""
     from cifake_lib.core.files import write_csv
     from cifake_lib.evaluation.runs import read_run
 
-    rows = seed_rows(read_run(d, predictions=False)["metrics"] for d in run_dirs)
+    records = [read_run(d, predictions=False)["metrics"] for d in run_dirs]
+    if names is not None:
+        records = [{**r, "detector": n} for r, n in zip(records, names, strict=True)]
+    rows = seed_rows(records)
     seeds = sorted({int(k[5:]) for r in rows for k in r if k.startswith("seed_")})
     columns = ["detector", "metric", "mean", "sd", "n_seeds", *(f"seed_{s}" for s in seeds)]
     return write_csv(path, rows, columns)

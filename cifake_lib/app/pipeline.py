@@ -411,6 +411,19 @@ def _layout(p: Planner, runs: list[Step], report_runs: list[Path]) -> dict[str, 
                      "seeds": p.seeds}}
 
 
+def _newer_than(done: Path, runs: list[Path]) -> Callable[[], bool]:
+    """A "done" test for a step that reads runs: its output exists and no run finished after it (a
+    value added to an axis, a run re-made), so that the report and robustness follow the grid."""
+    def complete() -> bool:
+        if not done.is_file():
+            return False
+        made = done.stat().st_mtime_ns
+        return all(m.stat().st_mtime_ns <= made for r in runs for m in (r / "metrics.json", r / "summary.csv")
+                   if m.is_file())
+
+    return complete
+
+
 def plan_study(config: Mapping[str, Any], out: Path, data: str) -> Planner:
     """The study's steps in order (`.steps`), every one's settings checked, and where its runs go
     (`.layout`); raises SettingError or PipelineError. Evaluate, robustness and the report see the
@@ -437,9 +450,12 @@ def plan_study(config: Mapping[str, Any], out: Path, data: str) -> Planner:
                 report_runs.append(step.out)
     if "robustness" in todo:
         names = [str(s.out / BEST_ZEROSHOT) if s.stage == "zeroshot" else str(s.out) for s in primary]
-        report_runs.append(p.add("robustness", "robustness", "robustness.csv", {"runs": names}).out)
+        step = p.add("robustness", "robustness", "robustness.csv", {"runs": names})
+        step.complete = _newer_than(step.out / "robustness.csv", [s.out for s in primary])
+        report_runs.append(step.out)
     if "report" in todo:
-        p.add("report", "report", "report.md", {"runs": [str(out)]})
+        step = p.add("report", "report", "report.md", {"runs": [str(out)]})
+        step.complete = _newer_than(step.out / "report.md", [s.out for s in p.steps if s.key or s.evaluates])
     p.layout = _layout(p, runs, report_runs)
     return p
 

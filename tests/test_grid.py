@@ -1,0 +1,163 @@
+"""The study grid: axes from [run], one folder and one index row per run, resume at the grid's grain.
+
+One small grid is run end to end (fine-tuning only, two steps a run) and then widened by one
+training-set size: the second invocation must run only the new runs.
+"""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cifake_lib.app import pipeline
+from cifake_lib.app.pipeline import PipelineError, load_config, plan_study, run_study
+from cifake_lib.evaluation.study import RunKey, index_runs, read_index
+
+GRID = """
+[run]
+stages = ["data", "{stage_a}", "{stage_b}", "evaluate", "report"]
+methods = [{methods}]
+seeds = [0, 1]
+train_sizes = [{sizes}]
+[data]
+subset = "400:100"
+[finetune]
+max_steps = 2
+batch_size = 32
+[cnn]
+epochs = 1
+[report]
+embeddings = 0
+saliency = false
+"""
+
+
+def _grid(tmp_path: Path, sizes: str, methods: tuple[str, str] = ("flyp", "ce"),
+          stages: tuple[str, str] = ("finetune", "cnn")) -> Path:
+    path = tmp_path / "grid.toml"
+    path.write_text(GRID.format(sizes=sizes, methods=", ".join(f'"{m}"' for m in methods), stage_a=stages[0],
+                                stage_b=stages[1]))
+    return path
+
+
+# The end-to-end grid trains the probe and the CNN (seconds each): the grid's logic does not depend
+# on the method, and the plan test above checks the fine-tuning grid the issue names.
+FAST = {"methods": ("probe", "cnn"), "stages": ("probe", "cnn")}
+
+
+def test_the_folder_rule_is_stable_when_an_axis_grows():
+    default = RunKey("", "tiny", None, 0)
+    assert RunKey("flyp", "tiny", None, 0).folder(default) == "flyp"
+    assert RunKey("flyp", "tiny", 500, 1).folder(default) == "flyp_n500_seed1"
+    assert RunKey("probe", "openai/clip-vit-base-patch16", None, 0).folder(default) == "probe_m-openai-clip-vit-base-patch16"
+    assert RunKey("cnn", None, 500, 0).folder(default) == "cnn_n500"  # the CNN has no backbone
+
+
+def test_plan_of_the_done_when_grid(tmp_path):
+    """methods x seeds x train_sizes on the smoke preset: 8 fine-tunes, one folder and key each."""
+    config = load_config("smoke", _grid(tmp_path, "500, 2000"))
+    p = plan_study(config, tmp_path / "S", "data")
+    runs = [s for s in p.steps if s.key is not None]
+    assert len(runs) == 8 and {s.stage for s in runs} == {"finetune"}
+    keys = {(s.key.method, s.key.train_size, s.key.seed) for s in runs}
+    assert keys == {(m, n, s) for m in ("flyp", "ce") for n in (500, 2000) for s in (0, 1)}
+    assert len({s.out for s in runs}) == 8 and all(s.out.parent == tmp_path / "S" / "runs" for s in runs)
+    ce = next(s for s in runs if s.key == RunKey("ce", "tiny", 2000, 1))
+    assert ce.cfg.loss == "ce" and ce.cfg.seed == 1 and ce.data.train_size == 2000 and ce.data.seed == 0
+    assert ["--train-size", "2000"] == ce.argv[ce.argv.index("--train-size"):][:2]
+    # evaluate scores every run on the same (whole-split-deduplicated) test images
+    assert all(s.data.train_size is None for s in p.steps if s.stage == "evaluate")
+
+
+def test_print_plan_lists_every_run_and_imports_no_torch(sample_dir, tmp_path):
+    grid = _grid(tmp_path, "100, 200")  # fine-tuning: planned, not run
+    code = ("import sys\nfrom cifake_lib.app.cli import main\n"
+            f"rc = main(['run', '--preset', 'smoke', '--data', {str(sample_dir)!r}, '--config', {str(grid)!r}, "
+            f"'--out', {str(tmp_path / 'S')!r}, '--print-plan'])\n"
+            "assert rc == 0 and 'torch' not in sys.modules, sorted(m for m in sys.modules if 'torch' in m)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    rows = list(csv.DictReader(done.stdout.splitlines(), delimiter="\t"))
+    runs = [r for r in rows if r["seed"]]
+    assert len(runs) == 8 and all(r["status"] == "planned" for r in runs)
+    assert all(r["command"].startswith("cifake finetune ") and "--out" in r["command"] for r in runs)
+    assert not (tmp_path / "S").exists()  # nothing ran, nothing was written
+
+
+def test_bad_axes_are_refused_before_anything_runs(tmp_path):
+    config = load_config("smoke")
+    config["run"]["methods"] = ["flyp", "lora-typo"]
+    with pytest.raises(PipelineError, match="unknown lora-typo"):
+        plan_study(config, tmp_path, "data")
+    config = load_config("smoke")
+    config["run"]["train_sizes"] = [100, 100]
+    with pytest.raises(ValueError, match="train_sizes must be distinct"):
+        plan_study(config, tmp_path, "data")
+
+
+@pytest.fixture(scope="module")
+def grid_study(sample_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("grid")
+    out = root / "S"
+    first = run_study(preset="smoke", data=str(sample_dir), config_file=_grid(root, "100, 200", **FAST), out=out,
+                      log=lambda m: None)
+    rows_before = read_index(out)
+    mtimes = {r["run_dir"]: (out / r["run_dir"] / "metrics.json").stat().st_mtime_ns for r in rows_before}
+    second = run_study(preset="smoke", data=str(sample_dir), config_file=_grid(root, "100, 200, 300", **FAST),
+                       out=out, log=lambda m: None)
+    return {"out": out, "first": first, "second": second, "rows_before": rows_before, "mtimes": mtimes}
+
+
+def test_index_has_a_row_per_run_with_its_key_and_status(grid_study):
+    rows = grid_study["rows_before"]
+    assert len(rows) == 8 and all(r["status"] == "complete" for r in rows)
+    assert {"method", "model", "train_size", "seed", "run_dir", "status", "seconds", "roc_auc",
+            "leak_free_roc_auc"} <= set(rows[0])
+    assert {(r["method"], r["train_size"], r["seed"]) for r in rows} == {
+        (m, n, s) for m in ("probe", "cnn") for n in ("100", "200") for s in ("0", "1")}
+    assert {r["model"] for r in rows if r["method"] == "cnn"} == {""}  # the CNN has no backbone
+    out = grid_study["out"]
+    for r in rows:  # the row's numbers are its run's
+        import json
+
+        m = json.loads((out / r["run_dir"] / "metrics.json").read_text())
+        assert float(r["roc_auc"]) == m["roc_auc"] and m["n"] == 100
+        assert len(open(out / r["run_dir"] / "predictions_val.csv").readlines()) - 1 == 80  # one val split for all
+
+
+def test_widening_an_axis_runs_only_the_new_runs(grid_study):
+    ran = [s["name"] for s in grid_study["second"]["steps"] if s["status"] == "ran"]
+    trained = [n for n in ran if not n.startswith(("evaluate:", "report"))]
+    assert sorted(trained) == sorted(["probe_n300", "probe_n300_seed1", "cnn_n300", "cnn_n300_seed1"])
+    assert sorted(n for n in ran if n.startswith("evaluate:")) == sorted(f"evaluate:{n}" for n in trained)
+    assert "report" in ran  # the report follows the grid
+    out = grid_study["out"]
+    for run_dir, mtime in grid_study["mtimes"].items():
+        assert (out / run_dir / "metrics.json").stat().st_mtime_ns == mtime, f"{run_dir} was re-run"
+    assert len(read_index(out)) == 12 and len(index_runs(out, method="cnn", train_size=300)) == 2
+
+
+def test_report_has_a_table_and_a_figure_along_train_size(grid_study):
+    report = (grid_study["out"] / "report" / "report.md").read_text()
+    assert "## Along the training-set size" in report
+    section = report.split("## Along the training-set size")[1].split("\n## ")[0]
+    assert "| method | 100 | 200 | 300 |" in section and "grid_train_size.png" in section
+    assert (grid_study["out"] / "report" / "grid_train_size.png").is_file()
+    assert "cnn (roc auc)" in section and "±" in section  # two seeds: mean ± sd
+
+
+def test_predict_on_a_study_picks_from_the_index(grid_study):
+    from cifake_lib.methods.detectors import best_run_on_val
+
+    best, auc = best_run_on_val(grid_study["out"])
+    assert best in index_runs(grid_study["out"]) and 0 <= auc <= 1
+
+
+def test_pipeline_module_is_torch_free():
+    code = "import sys, cifake_lib.app.pipeline; assert 'torch' not in sys.modules"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
+    assert pipeline.print_plan  # the entry point exists
