@@ -1,7 +1,9 @@
 """The package's shape: small functions, imports only down the layers, no cycles, nothing imports app.
 
 Read from the source with `ast`, so imports inside functions count as much as those at the top
-of a module (a function-level import hides a dependency; it does not remove it).
+of a module (a function-level import hides a dependency; it does not remove it). The package
+root is the public facade: it imports lazily from every layer (its table `_EXPORTS` counts as
+its imports), and no module of the package imports a facade name from it, only its constants.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ import ast
 from pathlib import Path
 
 import pytest
+
+import cifake_lib
 
 PACKAGE = Path(__file__).resolve().parent.parent / "cifake_lib"
 # Imports go only down this list (a module may import its own layer and those before it).
@@ -68,10 +72,14 @@ def _imports(module: str, path: Path) -> list[tuple[str, int]]:
 
 
 IMPORTS = {m: _imports(m, p) for m, p in MODULES.items()}
+FACADE = "cifake_lib"  # the package root: constants, plus the lazily imported public API
+FACADE_NAMES = frozenset(cifake_lib._EXPORTS)
+IMPORTS[FACADE] = IMPORTS[FACADE] + [(module, 0) for module, _ in cifake_lib._EXPORTS.values()]
 
 
 def layer(module: str) -> str | None:
-    """A module's layer; None for the package root (its constants are for everyone)."""
+    """A module's layer; None for the package root (its constants are for everyone; the facade may
+    import every layer)."""
     parts = module.split(".")
     if len(parts) == 1:
         return None
@@ -99,10 +107,43 @@ def test_imports_only_go_down_the_layers():
 
 
 def test_nothing_imports_app():
+    # The facade may: it is the package's public face (notebook_context, the runners of app/stages).
     bad = [f"{MODULES[m].relative_to(PACKAGE)}:{line} imports {t}"
-           for m, imports in IMPORTS.items() if layer(m) != "app"
+           for m, imports in IMPORTS.items() if layer(m) != "app" and m != FACADE
            for t, line in imports if layer(t) == "app"]
     assert not bad, "only app (and `python -m cifake_lib`) may import app:\n" + "\n".join(bad)
+
+
+def _facade_uses(path: Path) -> list[tuple[str, int]]:
+    """(public name, line) a module takes from the facade: `from cifake_lib import NAME` or
+    `cifake_lib.NAME` (constants such as LABEL_NAMES are not facade names)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module == FACADE and not node.level:
+            out += [(a.name, node.lineno) for a in node.names if a.name in FACADE_NAMES or a.name == "*"]
+        elif (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == FACADE
+              and node.attr in FACADE_NAMES):
+            out.append((node.attr, node.lineno))
+    return out
+
+
+def test_nothing_in_the_package_uses_the_facade():
+    """A module imports what it needs from its module, never through the root (a cycle in disguise)."""
+    bad = [f"{path.relative_to(PACKAGE)}:{line} takes {name} from the package root"
+           for m, path in MODULES.items() if m != FACADE for name, line in _facade_uses(path)]
+    assert not bad, "import from the defining module instead:\n" + "\n".join(bad)
+
+
+@pytest.mark.parametrize("source, found", [
+    ("from cifake_lib import LABEL_NAMES, load_cifake\n", [("load_cifake", 1)]),
+    ("import cifake_lib\ndef f():\n    return cifake_lib.predict, cifake_lib.__version__\n", [("predict", 3)]),
+    ("from cifake_lib import CIFAR_CLASSES\n", []),
+])
+def test_facade_uses_are_found(tmp_path, source, found):
+    path = tmp_path / "m.py"
+    path.write_text(source)
+    assert _facade_uses(path) == found
 
 
 def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:

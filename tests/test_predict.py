@@ -186,3 +186,38 @@ def test_model_zeroshot_folder_takes_the_prompt_set_chosen_on_validation(cnn_run
     (empty / "study.json").write_text("{}")
     with pytest.raises(FileNotFoundError, match="chosen on validation"):
         load_detector(empty)
+
+
+def test_predict_function_takes_paths_arrays_and_pil_images(tiny_model_dir, images_dir):
+    """`predict` (the notebook form) gives the same p_fake as `predict_paths` and the detector itself."""
+    from cifake_lib.methods.detectors import load_detector
+    from cifake_lib.methods.predict import predict
+
+    det = load_detector(str(tiny_model_dir), device="cpu")
+    good = [images_dir / n for n in ("a_rgb.png", "b_rgb.jpg", "c_gray.png")]  # two sizes: two batches
+    by_records = [r["p_fake"] for r in predict_paths(det, good)]
+    np.testing.assert_allclose(predict(det, good), by_records, atol=1e-6)
+    np.testing.assert_allclose(predict(str(tiny_model_dir), good, device="cpu"), by_records, atol=1e-6)
+    arrays = [read_image(f) for f in good]
+    np.testing.assert_allclose(predict(det, arrays), by_records, atol=1e-6)
+    np.testing.assert_allclose(predict(det, [Image.open(f) for f in good]), by_records, atol=1e-6)
+    same_size = np.stack([arrays[0], arrays[0][::-1]])
+    np.testing.assert_allclose(predict(det, same_size), det.predict_proba(same_size), atol=1e-6)
+    np.testing.assert_allclose(predict(det, arrays[0]), by_records[:1], atol=1e-6)
+    assert predict(det, images_dir / "a_rgb.png").shape == (1,)
+
+
+def test_predict_function_names_what_it_cannot_read(tiny_model_dir, images_dir, tmp_path):
+    from cifake_lib.methods.detectors import load_detector
+    from cifake_lib.methods.predict import predict
+
+    det = load_detector(str(tiny_model_dir), device="cpu")
+    with pytest.raises(ValueError, match="f_text.jpg"):
+        predict(det, [images_dir / "a_rgb.png", images_dir / "f_text.jpg"])
+    with pytest.raises(ValueError, match=r"images\[1\]: expected a uint8"):
+        predict(det, [np.zeros((32, 32, 3), np.uint8), np.zeros((32, 32, 3), np.float32)])
+    with pytest.raises(ValueError, match="expected uint8"):
+        predict(det, np.zeros((2, 32, 32, 3), np.float32))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no image files"):
+        predict(det, tmp_path / "empty")

@@ -1,4 +1,5 @@
-"""What data a stage loads: the settings every data-reading command shares (see DESIGN.md).
+"""What data a stage loads: the settings every data-reading command shares (docs/architecture.md,
+"Data flow").
 
 Torch-free, so `cifake --help` stays light. `load_data(cfg)` loads what they describe.
 """

@@ -1,7 +1,7 @@
 """Where CIFAKE comes from: resolve `--data SRC`, find the layout, list or fetch the files.
 
-Sources (see DESIGN.md): a folder in the Kaggle / authors' layout `{train,test}/{REAL,FAKE}/*.jpg`
-(any nesting above it, such as `DATASET/`), a `.tar`/`.tar.gz`/`.zip` of such a folder (read in
+Sources (docs/architecture.md, "Data flow"): a folder in the Kaggle / authors' layout
+`{train,test}/{REAL,FAKE}/*.jpg` (any nesting above it, such as `DATASET/`), a `.tar`/`.tar.gz`/`.zip` of such a folder (read in
 memory, never unpacked to disk), the Hugging Face Hub mirror `hf[:REPO]`, Kaggle
 `kaggle[:HANDLE]` (through `kagglehub`) and `github` (a shallow clone of the authors' repository).
 

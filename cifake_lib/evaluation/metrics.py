@@ -1,8 +1,8 @@
 """Metrics for every stage: the `metrics.json` object, bootstrap CIs, thresholds, calibration.
 
-Conventions (DESIGN.md): label 1 = FAKE is the positive class; a detector predicts FAKE
-when `p_fake >= threshold`. The threshold is chosen on validation data (`choose_threshold`)
-and only then applied to test data. Point metrics are computed here with numpy (the tests
+Conventions (docs/architecture.md, "Label convention"): label 1 = FAKE is the positive class; a
+detector predicts FAKE when `p_fake >= threshold`. The threshold is chosen on validation data
+(`choose_threshold`) and only then applied to test data. Point metrics are computed here with numpy (the tests
 check each against scikit-learn) so that the same code can run vectorised over bootstrap
 resamples.
 """
@@ -26,7 +26,7 @@ ECE_BINS = 15
 CI_LEVEL = 0.95
 PREDICTION_COLUMNS = ("id", "label", "cifar_class", "p_fake")
 
-# Fields of the metrics.json object, in the order they are written (DESIGN.md).
+# Fields of the metrics.json object, in the order they are written (docs/architecture.md, "The run folder").
 METRIC_FIELDS = (
     "accuracy", "precision", "recall", "f1", "roc_auc", "average_precision", "ece", "brier",
     "threshold", "n", "n_real", "n_fake", "confusion", "accuracy_ci95", "roc_auc_ci95",
@@ -312,7 +312,8 @@ def _at_threshold(y: np.ndarray, p: np.ndarray, c: np.ndarray | None, t: float) 
 
 def compute_metrics(labels: Any, p_fake: Any, *, threshold: float = 0.5, classes: Any = None,
                     n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
-    """Every metric of metrics.json (DESIGN.md) for one split; FAKE (1) is the positive class.
+    """Every metric of metrics.json (docs/architecture.md, "The run folder") for one split; FAKE (1) is
+    the positive class.
 
     Headline figures (accuracy, precision, recall, f1, confusion, per_class_accuracy,
     accuracy_ci95) use `threshold`, which should come from validation data;

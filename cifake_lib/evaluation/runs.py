@@ -1,4 +1,5 @@
-"""The run folder (DESIGN.md): what every evaluating stage writes, and how to find and read it back.
+"""The run folder (docs/architecture.md, "The run folder"): what every evaluating stage writes, and
+how to find and read it back.
 
     DIR/metrics.json         test metrics (metrics_record, split "test"); written last
     DIR/predictions.csv      test predictions: id,label,cifar_class,p_fake
@@ -265,7 +266,8 @@ def read_detector_json(run_dir: str | os.PathLike, kind: str) -> tuple[Path, dic
 
 
 def check_metrics(record: Any, source: str = METRICS) -> dict[str, Any]:
-    """Raise ValueError naming `source` unless `record` has every metrics.json field (DESIGN.md)."""
+    """Raise ValueError naming `source` unless `record` has every metrics.json field (docs/architecture.md,
+    "The run folder")."""
     if not isinstance(record, dict):
         raise ValueError(f"{source}: expected a JSON object, got {type(record).__name__}")
     missing = [f for f in RECORD_FIELDS if f not in record]

@@ -1,5 +1,7 @@
 """Scoring with any saved detector: `evaluate` (a CIFAKE split -> metrics.json) and `predict` (files).
 
+`predict(detector, images)` is the notebook form: paths, folders, arrays or PIL images -> p_fake.
+
 Both load the detector with `detectors.load_detector` (a study folder, a zero-shot folder, a
 fine-tuned CLIP run folder, a zero-shot or probe run, a CNN run, or a plain CLIP folder / Hub
 id) and use its saved threshold and prompts.
@@ -105,6 +107,62 @@ def predict_paths(detector: Any, paths: Sequence[str | os.PathLike], *, batch_si
         yield from records
 
 
+def _as_array(image: Any, i: int) -> np.ndarray:
+    """One (H, W, 3) uint8 image from an array or a PIL image; ValueError naming its position."""
+    if hasattr(image, "convert") and hasattr(image, "size"):  # a PIL image, any mode
+        return np.asarray(image.convert("RGB"))
+    im = np.asarray(image)
+    if im.dtype != np.uint8 or im.ndim != 3 or im.shape[-1] != 3:
+        raise ValueError(f"images[{i}]: expected a uint8 (H, W, 3) array or a PIL image, "
+                         f"got {im.dtype} {im.shape}")
+    return im
+
+
+def _as_images(images: Any) -> np.ndarray | list[np.ndarray]:
+    """A uint8 batch (N, H, W, 3), or a list of (H, W, 3) images (paths read, folders expanded)."""
+    if isinstance(images, np.ndarray) and images.ndim == 4:
+        if images.dtype != np.uint8 or images.shape[-1] != 3:
+            raise ValueError(f"images: expected uint8 (N, H, W, 3), got {images.dtype} {images.shape}")
+        return images
+    if isinstance(images, np.ndarray) or hasattr(images, "convert"):
+        return [_as_array(images, 0)]  # one image
+    items = [images] if isinstance(images, str | os.PathLike) else list(images)
+    if items and all(isinstance(x, str | os.PathLike) for x in items):
+        files = expand_inputs(items)
+        if not files:
+            raise ValueError(f"{', '.join(map(str, items))}: no image files")
+        return [read_image(f) for f in files]
+    return [_as_array(x, i) for i, x in enumerate(items)]
+
+
+def predict(detector: Any, images: Any, *, batch_size: int = 64, device: str | None = None) -> np.ndarray:
+    """p_fake (N,) float64 for `images`, in order: `cifake predict` for a notebook.
+
+    detector: a loaded detector, or anything `detectors.load_detector` takes (a run or study
+    folder, a CLIP model folder, a Hub id), loaded on `device`. images: a file or folder path (a
+    folder stands for its image files, sorted by name), a list of paths, a uint8 array
+    (N, H, W, 3) or (H, W, 3), or a list of such arrays or PIL images. An image is FAKE when
+    p_fake >= `detector.threshold` (chosen on validation). A file that cannot be read raises
+    ValueError (FileNotFoundError) naming it; `predict_paths` answers each file instead.
+    """
+    if not hasattr(detector, "predict_proba"):
+        from cifake_lib.methods.detectors import load_detector
+
+        detector = load_detector(detector, device=device)
+    batch = _as_images(images)
+    if isinstance(batch, np.ndarray):
+        return score(detector, batch, batch_size)
+    if not batch:
+        raise ValueError("images: nothing to score")
+    p = np.empty(len(batch), dtype=np.float64)
+    by_shape: dict[tuple[int, ...], list[int]] = {}
+    for i, im in enumerate(batch):
+        by_shape.setdefault(im.shape, []).append(i)
+    for idx in by_shape.values():  # one forward pass per image size: a batch needs one shape
+        p[idx] = score(detector, np.stack([batch[i] for i in idx]), batch_size)
+    return p
+
+
 def evaluate_detector(detector: Any, split: Any, out_dir: str | os.PathLike, *, split_name: str, model: str,
                       data: str, seed: int, batch_size: int = 256, n_boot: int = 1000,
                       args: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -128,5 +186,5 @@ def evaluate_detector(detector: Any, split: Any, out_dir: str | os.PathLike, *, 
     return metrics
 
 
-__all__ = ["IMAGE_EXTENSIONS", "expand_inputs", "read_image", "score", "predict_paths", "evaluate_detector",
-           "label_of"]
+__all__ = ["IMAGE_EXTENSIONS", "expand_inputs", "read_image", "score", "predict", "predict_paths",
+           "evaluate_detector", "label_of"]
