@@ -10,8 +10,8 @@ The package root is the public API, for notebooks and scripts (`import cifake_li
 
 Every name of `__all__` is imported on first use (PEP 562), so `import cifake_lib` imports no
 torch, numpy or transformers. The settings dataclasses (`ProbeConfig`, `FinetuneConfig`, ...)
-are each method's only signature; the runners `run_<stage>(data, cfg, out)` are those of
-`cifake <stage>` (`app/stages.py`). The analysis modules `report`, `robustness`, `compare` and
+are each method's only signature; the runners `run_<stage>(data, cfg, out) -> RunResult` are
+the methods' own `run` functions, the ones `cifake <stage>` calls (`app/stages.py`). The analysis modules `report`, `robustness`, `compare` and
 `explain` are exported whole: notebook 04 builds report.md section by section from them. The
 layers below import nothing from here but the constants: see docs/architecture.md, "Layers".
 """
@@ -43,6 +43,7 @@ _FROM: dict[str, tuple[str | tuple[str, str], ...]] = {
     "cifake_lib.core.files": ("read_json",),
     "cifake_lib.core.formatting": ("format_metric",),
     "cifake_lib.core.logs": ("show_logs",),
+    "cifake_lib.core.results": ("RunResult",),
     "cifake_lib.data.config": ("DataConfig", "load_data"),
     "cifake_lib.data.load": ("CifakeData", "Split", "format_summary", "load_cifake", "stratified_subset",
                              "summarize", "validation_split"),
@@ -57,23 +58,27 @@ _FROM: dict[str, tuple[str | tuple[str, str], ...]] = {
     "cifake_lib.evaluation.runs": ("find_runs", "read_run", "runs_found_note"),
     "cifake_lib.evaluation.stats": ("compare_pair", "delong_test", "mcnemar_exact", "paired_bootstrap",
                                     "wilson_interval"),
-    "cifake_lib.evaluation.study": ("StageResult", "read_study"),
+    "cifake_lib.evaluation.study": ("RunKey", "index_runs", "read_index", "read_study"),
     "cifake_lib.viz.run_figures": ("figures_from_run", "table", "training_curves_figure"),
     "cifake_lib.methods.cnn_config": ("CNNConfig", "CnnStageConfig", ("CnnTrainConfig", "TrainConfig")),
     "cifake_lib.methods.config": ("EvaluateConfig", "ProbeConfig", "ZeroshotConfig"),
     "cifake_lib.methods.detectors": ("Detector", "load_detector"),
     "cifake_lib.methods.finetune": ("ClipClassifier", "caption_choices", "draw_captions", "finetune", "flyp_loss",
-                                    "load_history"),
+                                    "load_history", ("run_finetune", "run")),
     "cifake_lib.methods.finetune_config": ("FinetuneConfig",),
     "cifake_lib.methods.predict": ("predict", "predict_paths"),
-    "cifake_lib.methods.probe": ("read_probe",),
-    "cifake_lib.methods.zeroshot": ("ClipDetector", "ZeroShotResult", ("prompt_set_folder", "folder_name"),
-                                    "read_zeroshot"),
+    "cifake_lib.methods.probe": ("read_probe", ("run_probe", "run")),
+    "cifake_lib.methods.zeroshot": ("ClipDetector", ("prompt_set_folder", "folder_name"), "read_zeroshot",
+                                    ("run_zeroshot", "run")),
+    "cifake_lib.methods.cnn": (("run_cnn", "run"),),
+    "cifake_lib.methods.evaluate": (("run_evaluate", "run"),),
+    "cifake_lib.data.stage": (("run_data", "run"),),
     "cifake_lib.analysis.config": ("ReportConfig", "RobustnessConfig"),
+    "cifake_lib.analysis.robustness": (("run_robustness", "run"),),
     "cifake_lib.analysis.study": ("Study", "load_study", "paired_comparisons"),
+    "cifake_lib.analysis.report_stage": (("run_report", "run"),),
     "cifake_lib.app.notebook": ("NotebookContext", "notebook_context"),
-    "cifake_lib.app.stages": ("run_cnn", "run_evaluate", "run_finetune", "run_probe", "run_report",
-                              "run_robustness", "run_zeroshot"),
+    "cifake_lib.app.pipeline": ("print_plan", "run_study"),
     "cifake_lib.app.widgets": ("Explorer",),
 }
 _MODULES = {name: f"cifake_lib.analysis.{name}" for name in ("compare", "explain", "report", "robustness")}

@@ -46,12 +46,13 @@ def test_what_a_notebook_imports():
     )
     from cifake_lib.app import stages
     from cifake_lib.data import load
-    from cifake_lib.methods import detectors, finetune_config
+    from cifake_lib.methods import detectors, finetune_config, probe
     from cifake_lib.methods import predict as predict_module
 
     assert load_cifake is load.load_cifake and load_detector is detectors.load_detector
     assert predict is predict_module.predict and FinetuneConfig is finetune_config.FinetuneConfig
-    assert run_probe is stages.run_probe  # the runners take (data, cfg, out), as `cifake <stage>` does
+    # the runners are the methods' own run(data, cfg, out), the functions `cifake <stage>` calls
+    assert run_probe is probe.run and stages.STAGES["probe"].module == probe.__name__
     assert ProbeConfig().hidden == 512  # a settings dataclass: built with its defaults
     from cifake_lib import report, robustness
 
@@ -74,7 +75,7 @@ def test_a_probe_through_the_public_api(sample_dir, tiny_model_dir, tmp_path):
     data = cl.load_cifake(str(sample_dir), subset=(120, 40), val_fraction=0.25, progress=False)
     result = cl.run_probe(data, cl.ProbeConfig(model=str(tiny_model_dir), device="cpu", figures=False,
                                                cache=False), tmp_path / "probe")
-    assert isinstance(result, cl.StageResult) and result.runs == [tmp_path / "probe"]
+    assert isinstance(result, cl.RunResult) and result.runs == [tmp_path / "probe"]
     saved = cl.read_predictions(tmp_path / "probe" / "predictions.csv")
     np.testing.assert_array_equal(saved["id"], data.test.ids)
     p = cl.predict(tmp_path / "probe", data.test.images, device="cpu")
