@@ -63,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     prepare(a.threads)
     from cifake_lib.data.config import parse_subset
     from cifake_lib.data.load import load_cifake
-    from cifake_lib.methods.cnn import run_cnn
+    from cifake_lib.methods import cnn
+    from cifake_lib.methods.cnn_config import CnnStageConfig
 
     subset = parse_subset(a.subset) if a.subset else None
     t0 = time.perf_counter()
@@ -79,8 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         tmp = tempfile.TemporaryDirectory(prefix="bench_cnn_")
         out = tmp.name
     try:
-        m = run_cnn(data, out, config=config, train_config=tc, device=a.device,
-                    args={"bench": "bench_cnn", **vars(a)}, progress=not a.quiet)
+        m = cnn.run(data, CnnStageConfig(net=config, train=tc, device=a.device, progress=not a.quiet), out).metrics["cnn"]
     finally:
         if tmp is not None:
             tmp.cleanup()

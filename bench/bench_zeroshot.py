@@ -3,7 +3,7 @@
 1. Five prompt sets versus one on the same images (no disk cache). Target, on scoring
    (`zeroshot.score_prompt_sets`: image pass, text pass, heads, p_fake for val and test): five
    sets take at most 1.2x the time of one, the image pass being shared. Also reported: the
-   whole stage (`zeroshot.run_zeroshot`, no figures), which adds loading the model and writing
+   whole stage (`zeroshot.run`, no figures), which adds loading the model and writing
    one run folder per set (metrics with 1,000 bootstrap resamples, predictions CSVs): that
    part grows with the number of sets by design and dominates when the image pass is short
    (a GPU and a few thousand images).
@@ -60,10 +60,12 @@ def _data(n_images: int, seed: int):
 def bench_prompt_sets(model_dir: Path, data, *, batch_size: int, device: str, repeats: int,
                       out: Path) -> dict:
     """Scoring (`score_prompt_sets`: image pass, text pass, heads, p_fake for val and test; the
-    target) and the whole stage (`run_zeroshot`: also loading the model and writing one run folder
+    target) and the whole stage (`zeroshot.run`: also loading the model and writing one run folder
     per set with bootstrap CIs; reported, no target), each for one set and for five."""
     from cifake_lib.clip.prompts import PROMPT_SETS
-    from cifake_lib.methods.zeroshot import load_for_inference, run_zeroshot, score_prompt_sets
+    from cifake_lib.methods import zeroshot
+    from cifake_lib.methods.config import ZeroshotConfig
+    from cifake_lib.methods.zeroshot import load_for_inference, score_prompt_sets
 
     five = list(PROMPT_SETS)[:5]
     splits = {"test": data.test, "val": data.val}
@@ -79,8 +81,9 @@ def bench_prompt_sets(model_dir: Path, data, *, batch_size: int, device: str, re
             times[f"score_{key}"].append(time.perf_counter() - t0)
         for key, prompts in (("one", five[:1]), ("five", five)):
             t0 = time.perf_counter()
-            run_zeroshot(data, out / f"{key}_{r}", model=model_dir, prompts=prompts, batch_size=batch_size,
-                         device=device, cache=False, figures=False, n_boot=1000, progress=False)
+            cfg = ZeroshotConfig(model=str(model_dir), prompts=",".join(prompts), batch_size=batch_size,
+                                 device=device, cache=False, figures=False, n_boot=1000, progress=False)
+            zeroshot.run(data, cfg, out / f"{key}_{r}")
             times[f"stage_{key}"].append(time.perf_counter() - t0)
     best = {k: min(v) for k, v in times.items()}
     ratio = best["score_five"] / best["score_one"]

@@ -60,6 +60,8 @@ def axis_rows(root: str | Path, rows: Sequence[Mapping[str, str]], axis: str) ->
     hold = {k: v for k, v in main_cell(rows).items() if k != axis}
     cells = [r for r in rows if r.get("status") == "complete" and r.get("seed", "") != ""
              and all(r.get(k) == v for k, v in hold.items() if not (k == "model" and r.get("model") == ""))]
+    if axis == "model":  # the CNN has no backbone: it has no place along this axis
+        cells = [r for r in cells if r.get("model")]
     leak_free = bool(cells) and all(_number(r.get("leak_free_roc_auc")) is not None for r in cells)
     groups: dict[tuple[str, str], list[Mapping[str, str]]] = {}
     for r in cells:

@@ -21,7 +21,14 @@ def axis_figure(rows: Sequence[Mapping[str, Any]], axis: str, metrics: Sequence[
     """One panel per metric: each method's mean against the axis (log x for training-set size),
     with error bars (sd over seeds, or the 95% CI of a single run)."""
     numeric = axis == "train_size"
-    values = sorted({r["value"] for r in rows}, key=lambda v: (float(v) if numeric else str(v)))
+    sizes = [float(r["value"]) for r in rows if numeric and str(r["value"]).isdigit()]
+    # the whole training split ("all") sits right of the largest subset, labelled as such
+    place = {"all": 2 * max(sizes) if sizes else 1.0}
+
+    def x_of(v: Any) -> float:
+        return place[v] if v in place else float(v)
+
+    values = sorted({r["value"] for r in rows}, key=lambda v: (x_of(v) if numeric else str(v)))
     fig = Figure(figsize=(5.2 * len(metrics), 4.2), layout="constrained")
     for i, metric in enumerate(metrics):
         ax = fig.add_subplot(1, len(metrics), i + 1)
@@ -30,14 +37,14 @@ def axis_figure(rows: Sequence[Mapping[str, Any]], axis: str, metrics: Sequence[
                           key=lambda r: values.index(r["value"]))
             if not mine:
                 continue
-            x = [float(r["value"]) if numeric else values.index(r["value"]) for r in mine]
+            x = [x_of(r["value"]) if numeric else values.index(r["value"]) for r in mine]
             y = [r[metric] for r in mine]
             err = [[max(0.0, r[metric] - r[f"{metric}_lo"]) for r in mine],
                    [max(0.0, r[f"{metric}_hi"] - r[metric]) for r in mine]]
             ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=method)
         if numeric:
             ax.set_xscale("log")
-            ax.set_xticks([float(v) for v in values], [f"{int(v):,}" for v in values])
+            ax.set_xticks([x_of(v) for v in values], [str(v) if v in place else f"{int(v):,}" for v in values])
             ax.minorticks_off()
         else:
             ax.set_xticks(range(len(values)), [str(v) for v in values], rotation=20, ha="right")
