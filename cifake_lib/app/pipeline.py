@@ -109,6 +109,8 @@ class RunConfig:
                               "reading the study's runs) and save executed copies in OUT/notebooks")
 
     def check(self) -> None:
+        if not self.stages:
+            raise ValueError(f"stages is empty: nothing would run; name at least one of {', '.join(STAGES)}")
         if self.seeds is not None and (not self.seeds or len(set(self.seeds)) != len(self.seeds)):
             raise ValueError(f"seeds must be distinct and at least one, got {self.seeds}")
 

@@ -403,26 +403,29 @@ def save_cnn_weights(model: CifakeCNN, path: str | Path) -> Path:
 
 def load_cnn_model(weights: str | Path, config: CNNConfig | dict | None = None,
                    device: str | torch.device | None = None) -> CifakeCNN:
-    """A `CifakeCNN` from a safetensors file; the architecture from `config` or the file's metadata."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
+    """A `CifakeCNN` from a safetensors file; the architecture from `config` or the file's metadata.
+
+    A damaged, cut or pickled file, or weights of another shape, is a one-line DamagedWeights
+    naming the file (core.weights); a bad architecture a ValueError naming its field."""
+    from cifake_lib.core.weights import load_safetensors, load_state, safetensors_metadata
 
     weights = Path(weights)
     if not weights.is_file():
         raise FileNotFoundError(f"{weights}: CNN weights file not found")
+    meta = safetensors_metadata(weights)  # checks the header and the size first
+    where = "architecture"
     if config is None:
-        with safe_open(str(weights), framework="pt") as f:
-            meta = f.metadata() or {}
         if "architecture" not in meta:
             raise ValueError(f"{weights}: no architecture in the file's metadata; pass a config")
-        config = json.loads(meta["architecture"])
+        try:
+            config = json.loads(meta["architecture"])
+        except ValueError:
+            raise ValueError(f"{weights}: the architecture in the file's metadata is not JSON") from None
+        where = f"{weights}: metadata \"architecture\""
     if isinstance(config, dict):
-        config = CNNConfig.from_dict(config)
+        config = CNNConfig.from_dict(config, where=where)
     model = CifakeCNN(config)
-    try:
-        model.load_state_dict(load_file(str(weights)), strict=True)
-    except RuntimeError as e:
-        raise ValueError(f"{weights}: weights do not match the architecture {config}: {e}") from None
+    load_state(model, load_safetensors(weights), weights)
     return model.to(_pick_device(device)).eval()
 
 
@@ -460,7 +463,9 @@ def load_cnn_detector(run_dir: str | Path, device: str | torch.device | None = N
     weights = meta.get("weights")
     if not weights:
         raise ValueError(f"{run_dir / 'detector.json'}: no \"weights\" entry")
-    model = load_cnn_model(run_dir / weights, meta.get("architecture"), device)
+    arch = meta.get("architecture")
+    config = CNNConfig.from_dict(arch, where=f'{run_dir / "detector.json"}: "architecture"') if arch is not None else None
+    model = load_cnn_model(run_dir / weights, config, device)
     return CNNDetector(model, threshold=float(meta.get("threshold", 0.5)), device=device)
 
 
