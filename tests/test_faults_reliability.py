@@ -365,6 +365,11 @@ def test_a_second_run_on_a_locked_folder_exits_2_naming_the_holder(tmp_path, cap
         _lock_of(out, 12345, host="another-machine")  # cannot be checked from here: refused too
         with pytest.raises(L.FolderLocked, match="on host another-machine"):
             L.acquire(out)
+        with pytest.MonkeyPatch.context() as m:
+            m.setenv("RANK", "1")  # a second process of one `accelerate launch`: its rank 0 holds the lock
+            with L.study_lock(out):
+                pass
+        assert json.loads((out / L.LOCK_FILE).read_text())["host"] == "another-machine"
     finally:
         holder.kill()
         holder.wait()

@@ -107,7 +107,11 @@ _held: dict[str, int] = {}  # lock path -> nesting depth in this process
 @contextmanager
 def study_lock(out: str | os.PathLike, command: str = "cifake") -> Iterator[Path]:
     """Hold OUT's lock for the block (see `acquire`); the folder must exist. Nested use by one
-    process (a stage inside `cifake run`) keeps the lock until the outermost block ends."""
+    process (a stage inside `cifake run`) keeps the lock until the outermost block ends. In a
+    multi-process launch (accelerate, torchrun: $RANK set) only rank 0 takes it, for the group."""
+    if os.environ.get("RANK", "0") != "0":
+        yield Path(out) / LOCK_FILE
+        return
     path = acquire(out, command)
     key = str(path.resolve())
     _held[key] = _held.get(key, 0) + 1
