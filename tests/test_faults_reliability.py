@@ -168,6 +168,20 @@ def test_a_cut_fine_tuned_model_folder_is_named_before_transformers_opens_it(tmp
     assert "model.safetensors: truncated" in capsys.readouterr().err
 
 
+def test_clip_weights_of_another_shape_are_one_line_naming_the_folder(tmp_path, tiny_model_dir, image, capsys):
+    model = tmp_path / "model"
+    model.mkdir()
+    for f in tiny_model_dir.iterdir():
+        (model / f.name).write_bytes(f.read_bytes())
+    config = json.loads((model / "config.json").read_text())
+    config["projection_dim"] = 32  # the file's projections are 64 wide
+    (model / "config.json").write_text(json.dumps(config))
+    assert cli("predict", "--model", model, image) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("cifake predict: error: --model ") and "the weights do not fit the folder's config.json" in last
+    assert "tensor shapes differ" in last
+
+
 def test_the_safe_loader_never_unpickles(tmp_path):
     bomb = tmp_path / "opt.pt"
     bomb.write_bytes(pickle.dumps(os.getcwd) + b"")  # a global: refused by weights_only, never called

@@ -20,7 +20,7 @@ from cifake_lib.core.errors import CifakeError
 from cifake_lib.core.files import follow_umask
 from cifake_lib.core.network import looks_like_path, offline_unless_hub_reachable
 from cifake_lib.core.settings import DEFAULT_MODEL
-from cifake_lib.core.weights import check_model_folder
+from cifake_lib.core.weights import DamagedWeights, check_model_folder
 
 KNOWN_MODELS = (
     "openai/clip-vit-base-patch32",
@@ -145,6 +145,15 @@ def load_clip(
                 processor = load_processor(source)
                 # SDPA: fused attention kernels, never the (tokens x tokens) scores in memory (speed.check_sdpa).
                 model = CLIPModel.from_pretrained(source, dtype=dtype or torch.float32, attn_implementation="sdpa")
+        except CifakeError:
+            raise
+        except (RuntimeError, ValueError) as e:  # weights of another shape than config.json says
+            if not local:
+                raise
+            first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
+            if "mismatched_sizes" in first:
+                first = "tensor shapes differ from those config.json describes; transformers' load report lists them"
+            raise DamagedWeights(f"{path}: the weights do not fit the folder's config.json ({first[:300]})") from None
         except OSError as e:
             if local:
                 raise FileNotFoundError(f"{path}: could not load a CLIP model from this folder ({e})") from None

@@ -313,8 +313,8 @@ def train_cnn(train: Split, val: Split | None = None, *, config: CNNConfig | Non
 
     Deterministic on CPU for a given seed and thread count. `val` None: the last epoch is kept.
     checkpoint_dir: write a checkpoint there after every epoch, and continue from the one found
-    there when it comes from the same settings and data (methods/cnn_checkpoint.py); a resumed
-    run ends with the same weights as an uninterrupted one.
+    there (methods/cnn_checkpoint.py; one from other settings or data is refused: ResumeRefused);
+    a resumed run ends with the same weights as an uninterrupted one.
     """
     config = config or CNNConfig()
     tc = train_config or TrainConfig()
@@ -481,8 +481,8 @@ def run_cnn(data: CifakeData, out_dir: str | Path, *, config: CNNConfig | None =
 
     Writes cnn.safetensors, history.json and, via `runs.write_run`, metrics.json,
     predictions.csv, predictions_val.csv, run.json and detector.json. While training,
-    OUT/checkpoint/ holds the last finished epoch: run the same command again after an
-    interruption and training continues from there. Returns the metrics
+    OUT/checkpoints/step-XXXXXXX/ holds the last finished epoch: run the same command again after
+    an interruption and training continues from there (with other settings it is refused). Returns the metrics
     dict, with "best_epoch", "epochs_run", "train_seconds" and "images_per_second" added.
     """
     from cifake_lib.core.files import write_json
