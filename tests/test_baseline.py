@@ -292,9 +292,10 @@ def test_an_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch, c
         _count_and_interrupt(m, after=2)
         with pytest.raises(KeyboardInterrupt):
             train_cnn(train, val, train_config=tc, device="cpu", progress=False, checkpoint_dir=tmp_path / "b")
-    saved = json.loads((tmp_path / "b" / "state.json").read_text())
-    assert saved["state"]["epoch"] == 2 and sorted(p.name for p in (tmp_path / "b").iterdir()) == [
-        "epoch-0002.safetensors", "state.json"]
+    # fine-tuning's layout: one folder per checkpoint, named by the optimizer steps done (6 an epoch)
+    saved = json.loads((tmp_path / "b" / "step-0000012" / "state.json").read_text())
+    assert saved["state"]["epoch"] == 2 and sorted(p.name for p in (tmp_path / "b").iterdir()) == ["step-0000012"]
+    assert sorted(p.name for p in (tmp_path / "b" / "step-0000012").iterdir()) == ["model.safetensors", "state.json"]
     with monkeypatch.context() as m, caplog.at_level("INFO", logger="cifake_lib.cnn"):
         trained = _count_and_interrupt(m)
         resumed = train_cnn(train, val, train_config=tc, device="cpu", progress=False, checkpoint_dir=tmp_path / "b")
@@ -304,31 +305,42 @@ def test_an_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch, c
     assert resumed.best_epoch == whole.best_epoch and _untimed(resumed.history) == _untimed(whole.history)
 
 
-def test_a_checkpoint_from_other_settings_is_not_used_and_a_torn_write_loses_one_epoch(tmp_path, monkeypatch,
+def test_a_checkpoint_from_other_settings_is_refused_and_a_damaged_one_loses_one_epoch(tmp_path, monkeypatch,
                                                                                        caplog):
-    train, val = _synthetic(128, 0), _synthetic(64, 1)
+    """The CNN follows fine-tuning's checkpoint policy: other settings are refused with the same
+    message, naming the setting; a damaged newest checkpoint gives way to the one before it."""
+    from cifake_lib.methods.checkpoints import ResumeRefused
+
+    train, val = _synthetic(128, 0), _synthetic(64, 1)  # 4 steps an epoch
     folder = tmp_path / "ckpt"
     train_cnn(train, val, train_config=TrainConfig(epochs=1, batch_size=32, seed=5), device="cpu",
               progress=False, checkpoint_dir=folder)
-    other = TrainConfig(epochs=2, batch_size=32, seed=5, lr=1e-3)
-    with caplog.at_level("WARNING", logger="cifake_lib.cnn"):
-        result = train_cnn(train, val, train_config=other, device="cpu", progress=False, checkpoint_dir=folder)
-    assert "other settings or data" in caplog.text and [h["epoch"] for h in result.history] == [1, 2]
-    # A crash after epoch 3's tensors were written but before state.json named them: state.json
-    # still names epoch 2's file, which is kept until then, so only epoch 3 is trained again.
-    (folder / "epoch-0003.safetensors").write_bytes(b"partial")
-    longer = TrainConfig(epochs=3, batch_size=32, seed=5, lr=1e-3)
+    other = TrainConfig(epochs=1, batch_size=32, seed=5, lr=1e-3)
     with monkeypatch.context() as m:
         trained = _count_and_interrupt(m)
-        # (epochs is part of the identity, so edit it as a longer run of the same settings would see it)
-        state = json.loads((folder / "state.json").read_text())
-        state["identity"]["train"]["epochs"] = 3
-        (folder / "state.json").write_text(json.dumps(state))
+        with pytest.raises(ResumeRefused, match=r"(?s)resume refused: .*step-0000004 was written with another "
+                                                r"config:\n  train\.lr: 0\.004 -> 0\.001\n.*to start afresh"):
+            train_cnn(train, val, train_config=other, device="cpu", progress=False, checkpoint_dir=folder)
+    assert trained["n"] == 0
+    # A crash while epoch 2's checkpoint was being written: a cut model.safetensors in step-0000008 and
+    # a partial .tmp folder. The walk back takes step-0000004, so only epoch 2 is trained again.
+    longer = TrainConfig(epochs=2, batch_size=32, seed=5)
+    good = folder / "step-0000004"
+    shutil.copytree(good, folder / "step-0000008")
+    cut = folder / "step-0000008" / "model.safetensors"
+    cut.write_bytes(cut.read_bytes()[:-100])
+    shutil.copytree(good, folder / "step-0000012.tmp")
+    state = json.loads((good / "state.json").read_text())
+    state["identity"]["train"]["epochs"] = 2  # as a longer run of the same settings would see it
+    (good / "state.json").write_text(json.dumps(state))
+    with monkeypatch.context() as m, caplog.at_level("WARNING", logger="cifake_lib.cnn"):
+        trained = _count_and_interrupt(m)
         again = train_cnn(train, val, train_config=longer, device="cpu", progress=False, checkpoint_dir=folder)
-    assert trained["n"] == 1 and [h["epoch"] for h in again.history] == [1, 2, 3]
-    assert sorted(p.name for p in folder.iterdir()) == ["epoch-0003.safetensors", "state.json"]
-    (folder / "epoch-0003.safetensors").unlink()  # the file state.json names is gone: start afresh, say so
+    assert trained["n"] == 1 and [h["epoch"] for h in again.history] == [1, 2]
+    assert "resuming from step-0000004" in caplog.text and "step-0000008 (" in caplog.text and "truncated" in caplog.text
+    assert sorted(p.name for p in folder.iterdir()) == ["step-0000008"]
+    cut.write_bytes(cut.read_bytes()[:-100])  # the only checkpoint is cut: start afresh, say so
     caplog.clear()
     with caplog.at_level("WARNING", logger="cifake_lib.cnn"):
         fresh = train_cnn(train, val, train_config=longer, device="cpu", progress=False, checkpoint_dir=folder)
-    assert "incomplete or unreadable" in caplog.text and len(fresh.history) == 3
+    assert "no checkpoint loads" in caplog.text and len(fresh.history) == 2

@@ -11,11 +11,13 @@ Results go to stdout; progress bars and logs go to stderr, so `--json` output pi
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +26,9 @@ from cifake_lib.analysis.config import ReportData
 from cifake_lib.app import stages
 from cifake_lib.app.pipeline import RunConfig, StudyOptions
 from cifake_lib.core.config import add_options, build, given, setting
-from cifake_lib.core.errors import CifakeError
+from cifake_lib.core.errors import CifakeError, is_disk_full
+from cifake_lib.core.lock import study_lock
+from cifake_lib.core.outdir import claim_output, write_error
 from cifake_lib.data.config import DataConfig
 from cifake_lib.methods.config import PredictConfig
 
@@ -51,6 +55,11 @@ class Command:
     run: Callable[[argparse.Namespace], int]
     out: bool = False  # has --out DIR (required)
     json: bool = False  # has --json
+    writes: bool = False  # writes a folder (--out or OUT_DIR): the output-folder rule, --overwrite
+
+
+def _claims(c: Command) -> bool:
+    return c.out or c.writes
 
 
 def _out_and_json(p: argparse.ArgumentParser, c: Command) -> None:
@@ -58,6 +67,9 @@ def _out_and_json(p: argparse.ArgumentParser, c: Command) -> None:
         p.add_argument("--out", required=True, metavar="DIR", help="folder to write")
     if c.json:
         p.add_argument("--json", action="store_true", help="print the result as JSON")
+    if _claims(c):
+        p.add_argument("--overwrite", action="store_true",
+                       help="write into an existing folder even if it holds files cifake did not write")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -177,11 +189,24 @@ PRINTERS = {"data": _print_data, "zeroshot": _print_zeroshot, "probe": _print_pr
 def _stage_runner(name: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         data, cfg = _configs(name, args)
-        r = stages.STAGES[name].run(data, cfg, getattr(args, "out", None))
+        out = getattr(args, "out", None)
+        if out is None:
+            r = stages.STAGES[name].run(data, cfg, None)
+        else:  # the settings are checked first: a typo creates no folder
+            with _claimed(out, args, name):
+                r = stages.STAGES[name].run(data, cfg, out)
         PRINTERS[name](r, args)
         return 0
 
     return run
+
+
+@contextmanager
+def _claimed(out: str, args: argparse.Namespace, command: str) -> Iterator[None]:
+    """The output-folder rule (core.outdir), then the folder's lock (core.lock) for the block."""
+    folder = claim_output(out, overwrite=getattr(args, "overwrite", False))
+    with study_lock(folder, f"cifake {command}"):
+        yield
 
 
 def _finetune(args: argparse.Namespace) -> int:
@@ -214,8 +239,9 @@ def _run(args: argparse.Namespace) -> int:
         config = study_config(opts.preset, opts.config, run_overrides=overrides, data=opts.data, out=opts.out)
         print(json.dumps(config, indent=2, default=str))
         return 0
-    record = run_study(preset=opts.preset, data=opts.data, config_file=opts.config, out=opts.out,
-                       run_overrides=overrides)
+    with _claimed(opts.out, args, "run"):
+        record = run_study(preset=opts.preset, data=opts.data, config_file=opts.config, out=opts.out,
+                           run_overrides=overrides)
     ran = sum(s["status"] == "ran" for s in record["steps"])
     print(f"study complete in {opts.out}: {ran} step(s) ran, {len(record['steps']) - ran} already complete; "
           f"report: {opts.out}/report/report.md")
@@ -252,13 +278,14 @@ def _tiny_model(args: argparse.Namespace) -> int:
     from cifake_lib.clip.models import write_tiny_clip
 
     cfg = build(TinyModelConfig, given(args, TinyModelConfig), flag_names=True)
+    claim_output(cfg.out_dir, overwrite=args.overwrite, flag="OUT_DIR")
     print(write_tiny_clip(cfg.out_dir, seed=cfg.seed, shape=cfg.shape))
     return 0
 
 
 COMMANDS: list[Command] = [
     Command("run", "run the whole study: data, zero-shot, probe, fine-tune, CNN, evaluate, robustness, report; "
-            "finished stages are skipped, interrupted ones resumed", (StudyOptions, RunConfig), _run),
+            "finished stages are skipped, interrupted ones resumed", (StudyOptions, RunConfig), _run, writes=True),
     Command("data", "load CIFAKE (decoding and caching it once), audit it and print a summary",
             stages.STAGES["data"].option_classes,
             _stage_runner("data"), json=True),
@@ -283,7 +310,7 @@ COMMANDS: list[Command] = [
     Command("predict", "p_fake for image files: one JSON line per image, in input order "
             "(exit 1 if any file failed)", (PredictConfig,), _predict),
     Command("tiny-model", "write a small randomly initialised CLIP (offline, for tests and smoke runs)",
-            (TinyModelConfig,), _tiny_model),
+            (TinyModelConfig,), _tiny_model, writes=True),
 ]
 
 
@@ -293,6 +320,9 @@ def _quiet_broken_pipe() -> int:
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, sys.stdout.fileno())
     return 141
+
+
+_WRITE_ERRNOS = (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -312,6 +342,11 @@ def main(argv: list[str] | None = None) -> int:
         return _quiet_broken_pipe()
     except (CifakeError, FileNotFoundError, NotADirectoryError, ValueError) as e:
         print(f"cifake {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a write refused: read-only, permission, full disk -> one line naming the path
+        if not (is_disk_full(e) or e.errno in _WRITE_ERRNOS):
+            raise
+        print(f"cifake {args.command}: error: {write_error(e.filename or '?', e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"cifake {args.command}: interrupted", file=sys.stderr)

@@ -138,7 +138,7 @@ class RunConfig:
 
     def check(self) -> None:
         if not self.stages:
-            raise ValueError("stages: at least one stage is required")
+            raise ValueError(f"stages is empty: nothing would run; name at least one of {', '.join(STAGES)}")
         for name in ("seeds", "train_sizes", "models", "methods"):
             values = getattr(self, name)
             if values is not None and (not values or len(set(values)) != len(values)):
@@ -503,7 +503,7 @@ def _resolved(step: Step) -> Step:
         runs = [str(best_zeroshot(Path(r).parent)) if r.endswith(BEST_ZEROSHOT) else r for r in cfg.runs]
         cfg = dataclasses.replace(cfg, runs=runs)
         argv = [str(best_zeroshot(Path(a).parent)) if a.endswith(BEST_ZEROSHOT) else a for a in argv]
-    if step.is_partial():
+    if step.is_partial() and hasattr(cfg, "resume"):  # the CNN continues from its checkpoint by itself
         cfg, argv = dataclasses.replace(cfg, resume=True), [*argv, "--resume"]
     return dataclasses.replace(step, cfg=cfg, argv=argv)
 
@@ -616,17 +616,21 @@ def run_study(*, preset: str = "report", data: str | None = None, config_file: s
     if planner.run.notebooks:
         steps.append(_notebooks_step(out, source, preset))
     out.mkdir(parents=True, exist_ok=True)
-    for model in planner.models:
-        if model == TINY_MODEL:
-            _tiny_model(Path(model_path(model, out)), seed=planner.data.seed)
-    _write_study(out, {"preset": preset, "config_file": str(config_file) if config_file else None, "data": source,
-                       "model": model_path(planner.models[0], out), "config": config, "layout": planner.layout})
-    write_index(steps, out)
-    record: dict[str, Any] = {"out": str(out), "preset": preset, "data": source, "steps": []}
-    try:
-        _run_steps(steps, record, out, log)
-    finally:
-        write_json(out / "pipeline.json", record)
+    from cifake_lib.core.lock import study_lock
+
+    with study_lock(out, "run_study"):  # one study at a time per folder (nested in the CLI's own: counted)
+        for model in planner.models:
+            if model == TINY_MODEL:
+                _tiny_model(Path(model_path(model, out)), seed=planner.data.seed)
+        _write_study(out, {"preset": preset, "config_file": str(config_file) if config_file else None,
+                           "data": source, "model": model_path(planner.models[0], out), "config": config,
+                           "layout": planner.layout})
+        write_index(steps, out)
+        record: dict[str, Any] = {"out": str(out), "preset": preset, "data": source, "steps": []}
+        try:
+            _run_steps(steps, record, out, log)
+        finally:
+            write_json(out / "pipeline.json", record)
     return record
 
 

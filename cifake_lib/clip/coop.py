@@ -108,9 +108,12 @@ class PromptContext(nn.Module):
     def load(cls, path: str | os.PathLike, tokenizer) -> PromptContext:
         from safetensors import safe_open
 
+        from cifake_lib.core.weights import check_safetensors
+
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: prompt context file not found")
+        check_safetensors(path)  # a cut or pickled file: one line naming it
         with safe_open(str(path), framework="pt") as f:
             if "ctx" not in set(f.keys()):
                 raise ValueError(f"{path}: needs a 'ctx' tensor (n_ctx, width), has {sorted(f.keys())}")

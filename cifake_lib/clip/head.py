@@ -165,9 +165,12 @@ class ZeroShotHead:
     def load(cls, path: str | os.PathLike) -> ZeroShotHead:
         from safetensors import safe_open
 
+        from cifake_lib.core.weights import check_safetensors
+
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: text embeddings file not found")
+        check_safetensors(path)  # a cut or pickled file: one line naming it
         with safe_open(str(path), framework="pt") as f:
             keys = set(f.keys())
             if not {"weights", "logit_scale"} <= keys:

@@ -10,7 +10,7 @@ import json
 import os
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,9 @@ import torch
 
 from cifake_lib.core.errors import CifakeError
 from cifake_lib.core.files import follow_umask
+from cifake_lib.core.network import looks_like_path, offline_unless_hub_reachable
 from cifake_lib.core.settings import DEFAULT_MODEL
+from cifake_lib.core.weights import DamagedWeights, check_model_folder
 
 KNOWN_MODELS = (
     "openai/clip-vit-base-patch32",
@@ -52,6 +54,11 @@ airplane automobile bird cat deer dog frog horse ship truck car plane animal veh
 """
 
 
+class ModelUnavailable(CifakeError, OSError):
+    """A Hub model that cannot be fetched (offline, unknown id): a clear message, CLI exit 2.
+    Also an OSError, as transformers' own error was, for callers that catch that."""
+
+
 def pick_device(prefer: str | None = None) -> torch.device:
     """`prefer` if given ("cpu", "cuda", "cuda:1", "mps"), else CUDA, then Apple MPS, then CPU."""
     if prefer:
@@ -78,8 +85,12 @@ def check_model_source(name_or_path: str | os.PathLike) -> None:
     """Refuse, saying why and what to pass instead, a local folder CLIP cannot be loaded from:
     a run folder of another kind (a CNN run), a folder without config.json, or one whose weights
     are pickle files only (loading them could run code). Hub ids pass unchecked."""
-    path = Path(os.fspath(name_or_path)).expanduser()
+    name = os.fspath(name_or_path)
+    path = Path(name).expanduser()
     if not path.exists():
+        if looks_like_path(name):  # a mistyped folder, not a Hub id: say so now, not after Hub retries
+            raise CifakeError(f"{name}: no such folder (a local model folder was meant; a Hub id looks like "
+                              "openai/clip-vit-base-patch32)")
         return
     wanted = ("--model wants a CLIP model folder written by save_pretrained (a fine-tune run's model/ "
               "folder, one from `cifake tiny-model`) or a Hub id such as openai/clip-vit-base-patch32")
@@ -105,6 +116,7 @@ def check_model_source(name_or_path: str | os.PathLike) -> None:
                 f"python -c \"from transformers import CLIPModel; m = CLIPModel.from_pretrained(r'{path}'); "
                 f"m.save_pretrained(r'{path}', safe_serialization=True)\"")
         raise CifakeError(f"{path}: no weights (*.safetensors) in this model folder; {wanted}")
+    check_model_folder(path)  # a cut or pickled *.safetensors: one line naming it, before transformers
 
 
 def load_clip(
@@ -125,19 +137,33 @@ def load_clip(
     check_model_source(name)
     source = str(path) if local else name
     device = pick_device(str(device)) if device is not None else pick_device()
-    try:
-        with quiet_transformers():
-            processor = load_processor(source)
-            # SDPA: fused attention kernels, never the (tokens x tokens) scores in memory (speed.check_sdpa).
-            model = CLIPModel.from_pretrained(source, dtype=dtype or torch.float32, attn_implementation="sdpa")
-    except OSError as e:
-        if local:
-            raise FileNotFoundError(f"{path}: could not load a CLIP model from this folder ({e})") from None
-        raise OSError(
-            f"could not load CLIP model {name!r} from the Hugging Face Hub ({type(e).__name__}). "
-            "If this machine is offline, download it elsewhere and pass the local folder "
-            "(--model DIR), or write a tiny offline model with `cifake tiny-model DIR`."
-        ) from None
+    # A Hub id on a machine without the Hub: probe once (seconds), then load in offline mode, so
+    # the local cache still serves and a missing model fails at once instead of after retries.
+    with offline_unless_hub_reachable() if not local else nullcontext(False) as went_offline:
+        try:
+            with quiet_transformers():
+                processor = load_processor(source)
+                # SDPA: fused attention kernels, never the (tokens x tokens) scores in memory (speed.check_sdpa).
+                model = CLIPModel.from_pretrained(source, dtype=dtype or torch.float32, attn_implementation="sdpa")
+        except CifakeError:
+            raise
+        except (RuntimeError, ValueError) as e:  # weights of another shape than config.json says
+            if not local:
+                raise
+            first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
+            if "mismatched_sizes" in first:
+                first = "tensor shapes differ from those config.json describes; transformers' load report lists them"
+            raise DamagedWeights(f"{path}: the weights do not fit the folder's config.json ({first[:300]})") from None
+        except OSError as e:
+            if local:
+                raise FileNotFoundError(f"{path}: could not load a CLIP model from this folder ({e})") from None
+            why = "the Hugging Face Hub cannot be reached and it is not in the local cache" if went_offline \
+                else f"{type(e).__name__}"
+            raise ModelUnavailable(
+                f"could not load CLIP model {name!r} from the Hugging Face Hub ({why}). "
+                "If this machine is offline, download it elsewhere and pass the local folder "
+                "(--model DIR), or write a tiny offline model with `cifake tiny-model DIR`."
+            ) from None
     model.to(device).eval()
     return model, processor
 

@@ -32,6 +32,15 @@ def hub_reachable(timeout: float = PROBE_TIMEOUT) -> bool:
         return False
 
 
+def looks_like_path(value: str) -> bool:
+    """True for a `--model` value meant as a local path, not a Hub id ("org/name"): it starts
+    with ".", "~" or "/", holds a backslash or more than one "/", ends with "/", or its first
+    part is an existing local folder (`smoke/nonexistent` beside a folder `smoke`)."""
+    if value.startswith((".", "~", "/")) or "\\" in value or value.count("/") > 1 or value.endswith("/"):
+        return True
+    return "/" in value and os.path.isdir(os.path.expanduser(value.split("/", 1)[0]))
+
+
 def _offline_flags() -> list[tuple[object, str]]:
     """The module-level switches that `huggingface_hub` and `datasets` read at call time."""
     flags = []

@@ -382,6 +382,39 @@ def _read_cache(folder: Path, fingerprint: str) -> _Decoded | None:
     return _Decoded(parts["train"], parts["test"], bad, meta.get("formats", {}), folder)
 
 
+SPOT_CHECKS = 8  # images per split decoded again from the source on every warm load
+
+
+def _differs_from_listing(cached: _Decoded, listing: Listing) -> str | None:
+    """Why a cache entry cannot stand for this local folder, or None. The checksums prove an entry
+    intact, not that it came from these files; so every cached id, label and class is checked
+    against the folder's listing (labels come from the folder names), an id missing from the cache
+    must be one that failed to decode, and a few images drawn at random are decoded again and
+    compared pixel for pixel. See docs/architecture.md, "What the caches trust"."""
+    bad = {loc for loc, _ in cached.bad}
+    rng = np.random.default_rng(int.from_bytes(os.urandom(8), "little"))  # unpredictable: no forging around it
+    for name in SPLIT_NAMES:
+        split, rows = getattr(cached, name), {rid: (label, item) for rid, label, item in listing.files[name]}
+        for i, rid in enumerate(split.ids.tolist()):
+            row = rows.get(rid)
+            if row is None:
+                return f"{name} id {rid!r} is not in the source"
+            if int(split.labels[i]) != row[0] or int(split.classes[i]) != cifar_class_from_name(rid):
+                return f"{name} {rid!r}: label or class differs from the source's folder"
+        missing = set(rows) - set(split.ids.tolist())
+        lost = [rid for rid in missing if (rows[rid][1] if isinstance(rows[rid][1], str) else listing.root + rid) not in bad]
+        if lost:
+            return f"{len(lost)} {name} image(s) of the source are missing, e.g. {sorted(lost)[0]!r}"
+        for i in rng.choice(len(split), size=min(SPOT_CHECKS, len(split)), replace=False) if len(split) else []:
+            try:
+                pixels = _decode_one(rows[split.ids[i]][1])[0]
+            except Exception:  # noqa: BLE001 - a file that no longer decodes: the source changed
+                return f"{name} {split.ids[i]!r} no longer decodes"
+            if not np.array_equal(pixels, split.images[i]):
+                return f"{name} {split.ids[i]!r}: the cached pixels differ from the file's"
+    return None
+
+
 def _readable_again(bad: Sequence[tuple[str, str]]) -> bool:
     """True when a local file that failed to decode last time decodes now (fixed permissions, say).
 
@@ -413,7 +446,11 @@ def _load_decoded(source: Source, *, progress: bool) -> _Decoded:
         fingerprint = source.name  # remote: the repository or handle (warm loads work offline)
     folder = cache_root() / "data" / source.cache_name
     cached = _read_cache(folder, fingerprint)
-    if cached is not None:
+    mismatch = _differs_from_listing(cached, listing) if cached is not None and listing is not None else None
+    if mismatch:
+        logger.warning("the CIFAKE cache in %s does not match the source's files (%s); rebuilding it from "
+                       "the source", folder, mismatch)
+    elif cached is not None:
         logger.info("CIFAKE from cache %s", folder)
         return cached
     t0 = time.perf_counter()

@@ -1,17 +1,24 @@
-"""Fine-tuning checkpoints: atomic folders under OUT/checkpoints, RNG state, the best-model export.
+"""Checkpoints of every trained method (fine-tuning and the CNN): one policy.
 
-A checkpoint is a folder `step-XXXXXXX/` written as `step-XXXXXXX.tmp/` and renamed into place
-(renames only, no symlinks, so it works on Google Drive); `state.json` is written last inside
-it, so a folder without it is incomplete. Tensors are saved as safetensors or plain tensor
-dicts that `torch.load(weights_only=True)` reads; nothing is pickled.
+- Naming: a checkpoint is a folder `OUT/checkpoints/step-XXXXXXX/` (the optimizer steps done),
+  written as `step-XXXXXXX.tmp/` and renamed into place (renames only, no symlinks, so it works
+  on Google Drive); `state.json` is written last inside it, so a folder without it is incomplete.
+- Loading: `resumable_checkpoint` walks back from the newest to the newest complete, loadable
+  one (every file parsed, core.weights), and says which it took and why.
+- Identity: state.json records what a resumed run must share (settings, data fingerprint);
+  `refuse_changed` is the one message when they differ, naming each changed setting.
+Tensors are saved as safetensors or plain tensor dicts that `torch.load(weights_only=True)`
+reads; nothing is pickled.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
 import shutil
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,7 +28,8 @@ import torch
 from torch import nn
 
 from cifake_lib.core.errors import CifakeError, NoSpaceLeft, is_disk_full, out_of_memory_kind
-from cifake_lib.core.files import follow_umask, write_json
+from cifake_lib.core.files import follow_umask, read_json, write_json
+from cifake_lib.core.weights import DamagedWeights, check_safetensors, load_torch_file
 
 CHECKPOINTS = "checkpoints"
 HISTORY_FILE = "history.json"
@@ -37,15 +45,22 @@ class TrainingDiverged(RuntimeError):
     """The loss or the weights became NaN/infinite; the last good checkpoint is kept."""
 
 
+class ResumeRefused(CifakeError):
+    """A checkpoint written with other settings or data than the run being resumed."""
+
+
+def step_dir(folder: str | os.PathLike, step: int) -> Path:
+    """The checkpoint folder of `step` inside a checkpoints folder."""
+    return Path(folder) / f"step-{step:07d}"
 
 
 def checkpoint_dir(out: str | os.PathLike, step: int) -> Path:
-    return Path(out) / CHECKPOINTS / f"step-{step:07d}"
+    return step_dir(Path(out) / CHECKPOINTS, step)
 
 
-def list_checkpoints(out: str | os.PathLike) -> list[Path]:
-    """Complete checkpoints under OUT/checkpoints, oldest first (.tmp folders are not complete)."""
-    folder = Path(out) / CHECKPOINTS
+def checkpoints_in(folder: str | os.PathLike) -> list[Path]:
+    """Complete checkpoints in a checkpoints folder, oldest first (.tmp folders are not complete)."""
+    folder = Path(folder)
     if not folder.is_dir():
         return []
     found = []
@@ -54,6 +69,11 @@ def list_checkpoints(out: str | os.PathLike) -> list[Path]:
         if m and p.is_dir() and (p / STATE_FILE).is_file() and (p / WEIGHTS_FILE).is_file():
             found.append((int(m.group(1)), p))
     return [p for _, p in sorted(found)]
+
+
+def list_checkpoints(out: str | os.PathLike) -> list[Path]:
+    """Complete checkpoints under OUT/checkpoints, oldest first (.tmp folders are not complete)."""
+    return checkpoints_in(Path(out) / CHECKPOINTS)
 
 
 def latest_checkpoint(out: str | os.PathLike) -> Path | None:
@@ -157,7 +177,72 @@ def _write_failed(out: str | os.PathLike, path: Path, e: BaseException) -> Cifak
 
 
 def load_tensors(path: Path) -> Any:
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """A checkpoint's `.pt` file through `weights_only=True`; damaged or pickled: DamagedWeights."""
+    return load_torch_file(path)
+
+
+def checkpoint_problem(ckpt: Path) -> str | None:
+    """Why `ckpt` cannot be resumed from (a cut, damaged or pickled file), or None when every
+    file in it parses. The tensor files are opened memory-mapped: their data is not read."""
+    try:
+        state = read_json(ckpt / STATE_FILE)
+        if not isinstance(state, dict) or "step" not in state:
+            return f"{ckpt / STATE_FILE}: no step recorded"
+        for f in sorted(ckpt.glob("*.safetensors")):
+            check_safetensors(f)
+        for name in (OPTIMIZER_FILE, RNG_FILE, SCALER_FILE):
+            if (ckpt / name).is_file():
+                load_torch_file(ckpt / name, mmap=name == OPTIMIZER_FILE)
+        if (ckpt / HISTORY_FILE).is_file():
+            read_json(ckpt / HISTORY_FILE)
+    except (DamagedWeights, ValueError, OSError) as e:
+        return str(e)
+    return None
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def resumable_checkpoint(out: str | os.PathLike, *, what: str = "finetune", say=_say,
+                         folder: str | os.PathLike | None = None) -> Path | None:
+    """The newest complete checkpoint of OUT (or of the checkpoints folder `folder`) whose files
+    all load; newer damaged ones are named, with why, and so is the one taken. None when there is
+    no checkpoint; CifakeError when there are some and none loads."""
+    folder = Path(folder) if folder is not None else Path(out) / CHECKPOINTS
+    ckpts = checkpoints_in(folder)
+    skipped: list[str] = []
+    for ckpt in reversed(ckpts):
+        problem = checkpoint_problem(ckpt)
+        if problem is None:
+            if skipped:
+                say(f"{what}: resuming from {ckpt.name}, the newest checkpoint that loads; skipped "
+                    + "; ".join(skipped))
+            return ckpt
+        skipped.append(f"{ckpt.name} ({problem})")
+    if ckpts:
+        raise CifakeError(f"{folder}: no checkpoint loads: " + "; ".join(skipped)
+                          + "; delete the folder to start afresh")
+    return None
+
+
+def identity_changes(saved: Any, now: Any, prefix: str = "") -> list[str]:
+    """"key: old -> new" for every leaf where two identity records (nested dicts) differ."""
+    if isinstance(saved, dict) and isinstance(now, dict):
+        out: list[str] = []
+        for key in sorted(set(saved) | set(now), key=str):
+            out += identity_changes(saved.get(key, "<absent>"), now.get(key, "<absent>"), f"{prefix}{key}.")
+        return out
+    if json.dumps(saved, sort_keys=True, default=str) == json.dumps(now, sort_keys=True, default=str):
+        return []
+    return [f"{prefix[:-1]}: {saved!r} -> {now!r}"]
+
+
+def refuse_changed(ckpt: Path, changes: Sequence[str], may_change: Sequence[str]) -> ResumeRefused:
+    """The one message (fine-tuning and the CNN) for a checkpoint of other settings or data."""
+    return ResumeRefused(f"resume refused: {ckpt} was written with another config:\n  " + "\n  ".join(changes)
+                         + "\nOnly " + ", ".join(sorted(may_change)) + " may change on resume; to start afresh, "
+                         f"delete {ckpt.parent} or choose another --out.")
 
 
 def export_model(clip: nn.Module, processor, path: str | os.PathLike) -> Path:

@@ -316,8 +316,8 @@ def train_cnn(train: Split, val: Split | None = None, *, config: CNNConfig | Non
 
     Deterministic on CPU for a given seed and thread count. `val` None: the last epoch is kept.
     checkpoint_dir: write a checkpoint there after every epoch, and continue from the one found
-    there when it comes from the same settings and data (methods/cnn_checkpoint.py); a resumed
-    run ends with the same weights as an uninterrupted one.
+    there (methods/cnn_checkpoint.py; one from other settings or data is refused: ResumeRefused);
+    a resumed run ends with the same weights as an uninterrupted one.
     """
     config = config or CNNConfig()
     tc = train_config or TrainConfig()
@@ -406,26 +406,29 @@ def save_cnn_weights(model: CifakeCNN, path: str | Path) -> Path:
 
 def load_cnn_model(weights: str | Path, config: CNNConfig | dict | None = None,
                    device: str | torch.device | None = None) -> CifakeCNN:
-    """A `CifakeCNN` from a safetensors file; the architecture from `config` or the file's metadata."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
+    """A `CifakeCNN` from a safetensors file; the architecture from `config` or the file's metadata.
+
+    A damaged, cut or pickled file, or weights of another shape, is a one-line DamagedWeights
+    naming the file (core.weights); a bad architecture a ValueError naming its field."""
+    from cifake_lib.core.weights import load_safetensors, load_state, safetensors_metadata
 
     weights = Path(weights)
     if not weights.is_file():
         raise FileNotFoundError(f"{weights}: CNN weights file not found")
+    meta = safetensors_metadata(weights)  # checks the header and the size first
+    where = "architecture"
     if config is None:
-        with safe_open(str(weights), framework="pt") as f:
-            meta = f.metadata() or {}
         if "architecture" not in meta:
             raise ValueError(f"{weights}: no architecture in the file's metadata; pass a config")
-        config = json.loads(meta["architecture"])
+        try:
+            config = json.loads(meta["architecture"])
+        except ValueError:
+            raise ValueError(f"{weights}: the architecture in the file's metadata is not JSON") from None
+        where = f"{weights}: metadata \"architecture\""
     if isinstance(config, dict):
-        config = CNNConfig.from_dict(config)
+        config = CNNConfig.from_dict(config, where=where)
     model = CifakeCNN(config)
-    try:
-        model.load_state_dict(load_file(str(weights)), strict=True)
-    except RuntimeError as e:
-        raise ValueError(f"{weights}: weights do not match the architecture {config}: {e}") from None
+    load_state(model, load_safetensors(weights), weights)
     return model.to(_pick_device(device)).eval()
 
 
@@ -463,7 +466,9 @@ def load_cnn_detector(run_dir: str | Path, device: str | torch.device | None = N
     weights = meta.get("weights")
     if not weights:
         raise ValueError(f"{run_dir / 'detector.json'}: no \"weights\" entry")
-    model = load_cnn_model(run_dir / weights, meta.get("architecture"), device)
+    arch = meta.get("architecture")
+    config = CNNConfig.from_dict(arch, where=f'{run_dir / "detector.json"}: "architecture"') if arch is not None else None
+    model = load_cnn_model(run_dir / weights, config, device)
     return CNNDetector(model, threshold=float(meta.get("threshold", 0.5)), device=device)
 
 
@@ -477,9 +482,9 @@ def run(data: DataConfig | CifakeData, cfg: CnnStageConfig, out: str | os.PathLi
 
     Writes cnn.safetensors, history.json and, via `runs.write_run`, metrics.json,
     predictions.csv, predictions_val.csv, run.json and detector.json. While training,
-    OUT/checkpoint/ holds the last finished epoch: run the same command again after an
-    interruption and training continues from there. `.info` holds "best_epoch", "epochs_run",
-    "train_seconds" and "images_per_second".
+    OUT/checkpoints/step-XXXXXXX/ holds the last finished epoch: run the same command again after
+    an interruption and training continues from there (with other settings it is refused).
+    `.info` holds "best_epoch", "epochs_run", "train_seconds" and "images_per_second".
     """
     from cifake_lib.core.files import write_json
     from cifake_lib.evaluation.runs import write_run

@@ -1,14 +1,16 @@
 """The CNN's end-of-epoch checkpoint: an interrupted `cifake cnn` continues where it stopped.
 
-After every epoch, `OUT/checkpoint/` holds epoch-NNNN.safetensors (the weights, the best epoch's
-weights, Adam's moments and the random-number states, so a resumed run draws the same batches,
-flips and dropout masks) and state.json (the run's position, history, identity and the name of
-its tensor file). Each is written atomically, the tensors first, and the previous epoch's tensors
-are deleted only after state.json names the new ones: a crash at any point leaves a consistent
-pair, at most one epoch old. Nothing is pickled.
+The policy is fine-tuning's (methods/checkpoints.py): after every epoch, a folder
+`OUT/checkpoints/step-XXXXXXX/` (the optimizer steps done), written as a `.tmp` folder and
+renamed into place, holds model.safetensors (the weights, the best epoch's weights, Adam's
+moments and the random-number states, so a resumed run draws the same batches, flips and
+dropout masks) and state.json (the run's position, history and identity), written last. The
+newest one is kept. A crash at any point leaves the previous checkpoint whole; a damaged newest
+one is skipped for the one before (`resumable_checkpoint`). Nothing is pickled.
 
 A checkpoint is used only when its identity (architecture, training settings, a fingerprint of
-the train/validation data) matches the run being started; otherwise training starts afresh.
+the train/validation data) matches the run being started; otherwise the run is refused with
+the message fine-tuning gives (`refuse_changed`), naming each changed setting.
 """
 
 from __future__ import annotations
@@ -21,13 +23,27 @@ from typing import Any
 
 import torch
 
-from cifake_lib.core.files import atomic_write, read_json, write_json
+from cifake_lib.core.files import follow_umask, read_json, write_json
+from cifake_lib.core.weights import load_safetensors
+from cifake_lib.methods.checkpoints import (
+    CHECKPOINTS,
+    STATE_FILE,
+    WEIGHTS_FILE,
+    _replace_dir,
+    checkpoints_in,
+    identity_changes,
+    refuse_changed,
+    resumable_checkpoint,
+    step_dir,
+)
 from cifake_lib.methods.training import TrainState
 
 logger = logging.getLogger("cifake_lib.cnn")
 
-CHECKPOINT_DIR = "checkpoint"
-STATE = "state.json"
+CHECKPOINT_DIR = CHECKPOINTS  # OUT/checkpoints, as fine-tuning's
+STATE = STATE_FILE
+# Settings that do not change what is trained: they may differ on resume.
+RUNTIME_KEYS = ("train.eval_batch_size",)
 
 
 @dataclass
@@ -44,8 +60,9 @@ class Resumed:
 
 def save_checkpoint(folder: Path, *, model: torch.nn.Module, opt: torch.optim.Optimizer, gen: torch.Generator,
                     state: TrainState, best_weights: dict[str, torch.Tensor] | None, best_epoch: int,
-                    train_seconds: float, elapsed: float, eval_seconds: float, identity: dict[str, Any]) -> None:
-    """Write the end-of-epoch checkpoint into `folder`: the tensors, state.json, then drop older tensors."""
+                    train_seconds: float, elapsed: float, eval_seconds: float, identity: dict[str, Any]) -> Path:
+    """Write the end-of-epoch checkpoint `folder/step-XXXXXXX/` (tensors, then state.json, in a .tmp
+    folder renamed into place), then drop the older ones. `folder` is OUT/checkpoints."""
     from safetensors.torch import save_file
 
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
@@ -59,38 +76,59 @@ def save_checkpoint(folder: Path, *, model: torch.nn.Module, opt: torch.optim.Op
         tensors["rng.cuda"] = torch.cuda.get_rng_state(device)
     tensors["epoch"] = torch.tensor(state.epoch)
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    folder.mkdir(parents=True, exist_ok=True)
-    name = f"epoch-{state.epoch:04d}.safetensors"
-    atomic_write(folder / name, lambda p: save_file(tensors, str(p)))
-    write_json(folder / STATE, {"identity": identity, "tensors": name, "state": state.to_json(),
-                                "history": state.history, "best_epoch": best_epoch, "train_seconds": train_seconds,
-                                "elapsed": elapsed, "eval_seconds": eval_seconds})
-    for old in folder.glob("epoch-*.safetensors"):
-        if old.name != name:
-            old.unlink(missing_ok=True)
+    final = step_dir(folder, state.step)
+    tmp = final.with_name(final.name + ".tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(tmp / WEIGHTS_FILE))
+    follow_umask(tmp / WEIGHTS_FILE)  # safetensors writes 0600 whatever the umask
+    write_json(tmp / STATE, {"identity": identity, "step": state.step, "state": state.to_json(),
+                             "history": state.history, "best_epoch": best_epoch, "train_seconds": train_seconds,
+                             "elapsed": elapsed, "eval_seconds": eval_seconds})
+    _replace_dir(tmp, final)
+    for old in checkpoints_in(folder)[:-1]:
+        _remove(old)
+    for stale in folder.glob("*.tmp"):  # left by a crash mid-write
+        _remove(stale)
+    return final
+
+
+def _remove(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _same_identity(ckpt: Path, saved: dict[str, Any], identity: dict[str, Any]) -> None:
+    """Refuse a checkpoint of other settings or data, naming each change (as fine-tuning does)."""
+    changes = [c for c in identity_changes(saved.get("identity"), identity)
+               if not c.startswith(tuple(k + ":" for k in RUNTIME_KEYS))]
+    changes = [c.replace("data: ", "data (the train/validation images' fingerprint): ", 1) for c in changes]
+    if changes:
+        raise refuse_changed(ckpt, changes, [*RUNTIME_KEYS, "device"])
 
 
 def load_checkpoint(folder: Path, *, model: torch.nn.Module, opt: torch.optim.Optimizer, gen: torch.Generator,
                     identity: dict[str, Any]) -> Resumed | None:
-    """Restore the checkpoint in `folder` into model, optimiser and generator; None when there is none
-    usable (absent, torn, or from other settings or data: then the run starts afresh, with a warning)."""
-    if not (folder / STATE).is_file():
-        return None
-    from safetensors.torch import load_file
-
+    """Restore the newest loadable checkpoint under `folder` (OUT/checkpoints) into model, optimiser
+    and generator; None when there is none (training starts afresh; a damaged one is named).
+    Raises ResumeRefused when it was written with other settings or data."""
     try:
-        saved = read_json(folder / STATE)
-        if saved.get("identity") != identity:
-            logger.warning("cnn: the checkpoint in %s is from other settings or data; training from the start",
-                           folder)
-            return None
-        tensors = load_file(str(folder / saved["tensors"]))
+        ckpt = resumable_checkpoint(folder, what="cnn", say=logger.warning, folder=folder)
+    except ValueError as e:  # some checkpoints, none loadable
+        logger.warning("cnn: %s; training from the start", e)
+        return None
+    if ckpt is None:
+        return None
+    saved = read_json(ckpt / STATE)
+    _same_identity(ckpt, saved, identity)
+    try:
+        tensors = load_safetensors(ckpt / WEIGHTS_FILE)
         state = TrainState.from_json(saved["state"], saved.get("history"))
         if int(tensors["epoch"]) != state.epoch:
-            raise ValueError(f"{saved['tensors']} holds epoch {int(tensors['epoch'])}, state.json {state.epoch}")
+            raise ValueError(f"{WEIGHTS_FILE} holds epoch {int(tensors['epoch'])}, state.json {state.epoch}")
     except (OSError, ValueError, KeyError) as e:
         logger.warning("cnn: the checkpoint in %s is incomplete or unreadable (%s); training from the start",
-                       folder, e)
+                       ckpt, e)
         return None
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")} or None
@@ -106,7 +144,7 @@ def load_checkpoint(folder: Path, *, model: torch.nn.Module, opt: torch.optim.Op
     device = next(model.parameters()).device
     if "rng.cuda" in tensors and device.type == "cuda":
         torch.cuda.set_rng_state(tensors["rng.cuda"], device)
-    logger.info("cnn: resuming after epoch %d from %s", state.epoch, folder)
+    logger.info("cnn: resuming after epoch %d from %s", state.epoch, ckpt)
     return Resumed(state=state, best_weights=best, best_epoch=int(saved["best_epoch"]),
                    train_seconds=float(saved["train_seconds"]), elapsed=float(saved["elapsed"]),
                    eval_seconds=float(saved.get("eval_seconds", 0.0)))

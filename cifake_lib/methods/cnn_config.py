@@ -6,7 +6,7 @@ Torch-free, so `cifake --help` stays light; the network and its training live in
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from cifake_lib.core.config import setting
@@ -35,15 +35,14 @@ class CNNConfig:
         return cls(channels=(32, 32), kernel_size=3, padding=0, dense=64, batch_norm=False, dropout=0.0)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> CNNConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown CNN architecture keys: {sorted(unknown)}")
-        d = dict(d)
-        if "channels" in d:
-            d["channels"] = tuple(int(c) for c in d["channels"])
-        return cls(**d)
+    def from_dict(cls, d: dict[str, Any], where: str = "architecture") -> CNNConfig:
+        """The network from a saved dict, every field's type and range checked; messages start
+        with `where` (the file and key it came from) and name the field."""
+        from cifake_lib.core.config import build
+
+        if not isinstance(d, dict):
+            raise ValueError(f"{where}: expected a table of the network's settings, got {type(d).__name__}")
+        return build(cls, d, where=where)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

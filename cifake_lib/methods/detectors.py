@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from cifake_lib.core.files import read_json
+from cifake_lib.core.network import looks_like_path
 from cifake_lib.evaluation.runs import read_detector_meta
 from cifake_lib.evaluation.study import INDEX, STUDY, index_runs, read_study
 
@@ -138,7 +139,9 @@ def load_detector(path_or_id: str | os.PathLike, device: str | torch.device | No
     if path.exists():
         raise ValueError(f"{path}: not a detector: expected a run folder, its {DETECTOR_FILE}, "
                          "a CLIP model folder or a Hub id")
-    if _HUB_ID.fullmatch(name) and not name.startswith((".", "/", "~")):
+    if looks_like_path(name):  # a mistyped folder: no Hub lookup
+        raise FileNotFoundError(f"{name}: no such folder (a run folder, study folder or model folder was meant)")
+    if _HUB_ID.fullmatch(name):
         from cifake_lib.methods.zeroshot import ClipDetector
 
         return ClipDetector.from_pretrained(name, "plain", threshold=0.5, device=device)

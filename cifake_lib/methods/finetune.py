@@ -101,6 +101,7 @@ from cifake_lib.clip.prompts import CLASS_FIELD, PromptSet, get_prompt_set
 from cifake_lib.core.errors import out_of_memory_kind
 from cifake_lib.core.files import read_json, write_json
 from cifake_lib.core.results import RunResult, settings_record
+from cifake_lib.core.weights import load_safetensors, load_state
 from cifake_lib.data.config import DataConfig, loaded
 from cifake_lib.data.perturb import augment_batch
 from cifake_lib.methods.checkpoints import (
@@ -117,6 +118,8 @@ from cifake_lib.methods.checkpoints import (
     latest_checkpoint,
     list_checkpoints,
     load_tensors,
+    refuse_changed,
+    resumable_checkpoint,
     save_checkpoint,
     set_rng_state,
 )
@@ -127,6 +130,7 @@ from cifake_lib.methods.finetune_config import (  # noqa: F401 (re-exported: the
     RUNTIME_FIELDS,
     TRAIN_CHOICES,
     FinetuneConfig,
+    check_run_length,
     config_changes,
     parse_alphas,
     parse_train,
@@ -617,7 +621,9 @@ def _run_length(cfg: FinetuneConfig, n: int, world: int) -> tuple[int, int]:
     if steps_per_epoch < 1:
         raise ValueError(f"the train split has {n} images, fewer than one optimizer step's "
                          f"batch_size x grad_accum = {cfg.batch_size * cfg.grad_accum}")
-    return steps_per_epoch, cfg.max_steps if cfg.max_steps is not None else cfg.epochs * steps_per_epoch
+    total = cfg.max_steps if cfg.max_steps is not None else cfg.epochs * steps_per_epoch
+    check_run_length(cfg, total, steps_per_epoch)  # a run that cannot be meant is refused, naming the setting
+    return steps_per_epoch, total
 
 
 def checkpoint_to_resume(cfg: FinetuneConfig, fingerprint: str, prompts: PromptSet) -> Path | None:
@@ -632,6 +638,7 @@ def checkpoint_to_resume(cfg: FinetuneConfig, fingerprint: str, prompts: PromptS
             print(f"finetune: nothing to resume in {out / CHECKPOINTS}; starting from {cfg.model}",
                   file=sys.stderr, flush=True)
         return None
+    ckpt = resumable_checkpoint(out)  # the newest that loads; says which it took, and why
     saved = read_json(ckpt / STATE_FILE)
     changes = config_changes(saved["config"], cfg)
     if saved.get("data_fingerprint") != fingerprint:
@@ -639,8 +646,7 @@ def checkpoint_to_resume(cfg: FinetuneConfig, fingerprint: str, prompts: PromptS
     if saved.get("prompts") != prompts.to_dict():
         changes.append(f"prompts: the templates of {cfg.prompts!r} changed")
     if changes:
-        raise ValueError(f"--resume refused: {ckpt} was written with another config:\n  " + "\n  ".join(changes)
-                         + "\nOnly " + ", ".join(sorted(RUNTIME_FIELDS)) + " may change on resume.")
+        raise refuse_changed(ckpt, changes, RUNTIME_FIELDS)
     return ckpt
 
 
@@ -692,9 +698,7 @@ def build(data: CifakeData, cfg: FinetuneConfig, prompts: PromptSet) -> tuple[Se
     optimizer = make_adamw(param_groups(model, cfg.weight_decay), lr=cfg.base_lr, betas=(cfg.beta1, cfg.beta2),
                            eps=cfg.eps, weight_decay=cfg.weight_decay, device=accelerator.device)
     if ckpt is not None:  # before prepare: the weights and the optimiser as they were
-        from safetensors.torch import load_file
-
-        (context if context is not None else clip).load_state_dict(load_file(str(ckpt / WEIGHTS_FILE)), strict=True)
+        load_state(context if context is not None else clip, load_safetensors(ckpt / WEIGHTS_FILE), ckpt / WEIGHTS_FILE)
         optimizer.load_state_dict(load_tensors(ckpt / OPTIMIZER_FILE))
     ddp_model, optimizer = accelerator.prepare(model, optimizer)
     setup = Setup(cfg=cfg, out=Path(cfg.out), accelerator=accelerator, clip=clip, processor=processor,

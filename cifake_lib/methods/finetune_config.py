@@ -169,6 +169,12 @@ class FinetuneConfig:
             positive(name, allow_none=True)
         if self.warmup_steps is not None and self.warmup_steps < 0:
             raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        for name in ("epochs", "max_steps", "warmup_steps"):  # each epoch is at least one step
+            if (getattr(self, name) or 0) > MAX_PLANNED_STEPS:
+                raise ValueError(f"{name} = {getattr(self, name):,} plans more than {MAX_PLANNED_STEPS:,} steps; "
+                                 "no run that long can be meant (a typo?)")
+        if self.max_steps is not None and self.warmup_steps is not None:
+            check_run_length(self, self.max_steps)
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if not 0 <= self.min_lr_ratio <= 1:
@@ -213,6 +219,22 @@ class FinetuneConfig:
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
+MAX_PLANNED_STEPS = 10**9  # ~30 years of ViT-B/32 steps on one GPU: a typo, not a plan
+
+
+def check_run_length(cfg: FinetuneConfig, total_steps: int, steps_per_epoch: int | None = None) -> None:
+    """Refuse a run that cannot be meant: more than 10^9 optimizer steps, or a warm-up that lasts
+    the whole run (the learning rate would never reach its peak)."""
+    if total_steps > MAX_PLANNED_STEPS:
+        how = (f"epochs = {cfg.epochs:,} x {steps_per_epoch:,} steps per epoch" if cfg.max_steps is None
+               and steps_per_epoch else f"max_steps = {total_steps:,}")
+        raise ValueError(f"{how} plans {total_steps:,} optimizer steps, more than {MAX_PLANNED_STEPS:,}; "
+                         "no run that long can be meant (a typo?)")
+    if cfg.warmup_steps is not None and cfg.warmup_steps >= total_steps > 1:
+        raise ValueError(f"warmup_steps = {cfg.warmup_steps:,} is not shorter than the run's {total_steps:,} "
+                         "optimizer steps: the learning rate would never reach its peak")
+
+
 def config_changes(saved: Mapping[str, Any], current: FinetuneConfig) -> list[str]:
     """Human-readable differences between a checkpoint's config and `current` (runtime fields aside)."""
     now = current.identity()
@@ -224,5 +246,5 @@ def config_changes(saved: Mapping[str, Any], current: FinetuneConfig) -> list[st
     return out
 
 
-__all__ = ["FinetuneConfig", "LOSS_NAMES", "LOSSES", "MIXED_PRECISION", "RUNTIME_FIELDS", "TRAIN_CHOICES", "config_changes",
+__all__ = ["MAX_PLANNED_STEPS", "FinetuneConfig", "LOSS_NAMES", "check_run_length", "LOSSES", "MIXED_PRECISION", "RUNTIME_FIELDS", "TRAIN_CHOICES", "config_changes",
            "parse_alphas", "parse_train"]

@@ -116,9 +116,12 @@ class ProbeModel:
 
         from safetensors import safe_open
 
+        from cifake_lib.core.weights import check_safetensors
+
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: probe weights not found")
+        check_safetensors(path)  # a cut or pickled file: one line naming it
         try:
             with safe_open(str(path), framework="numpy") as f:
                 meta = f.metadata() or {}
