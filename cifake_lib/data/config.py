@@ -44,6 +44,10 @@ class DataConfig:
                                   high=1.0, high_open=True, metavar="F", group=GROUP)
     seed: int = setting(0, "seed for the subset and the validation split (and for training, unless "
                         "--train-seed is given)", group=GROUP)
+    train_size: int | None = setting(
+        None, "training images kept after the validation split: nested and stratified (a smaller size's "
+        "set is inside a larger one's), the same validation and test for every size", low=2, metavar="N",
+        group=GROUP, show_default="all")
     dedup: bool = setting(False, "drop test images whose exact content also occurs in train", group=GROUP)
     skip_bad: bool = setting(False, "skip unreadable image files (and report them) instead of stopping",
                              group=GROUP)
@@ -54,7 +58,8 @@ def load_data(cfg: DataConfig, *, progress: bool = True) -> CifakeData:
     from cifake_lib.data.load import load_cifake
 
     return load_cifake(cfg.data, subset=cfg.subset, val_fraction=cfg.val_fraction, seed=cfg.seed,
-                       dedup=cfg.dedup, skip_bad=cfg.skip_bad, progress=progress)
+                       dedup=cfg.dedup, skip_bad=cfg.skip_bad, progress=progress,
+                       train_size=cfg.train_size)
 
 
 __all__ = ["DataConfig", "load_data", "parse_subset"]
