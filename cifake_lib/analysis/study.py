@@ -82,7 +82,9 @@ class Study:
 def load_study(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> Study:
     """Read and sort every run folder under `paths` (see the module docstring)."""
     paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
-    found = compare.load_runs(paths)  # names are re-given below, per group
+    # External test sets (split "external", cifake evaluate --data EXTERNAL) have their own table
+    # (analysis/cross_dataset.py); they are no CIFAKE run.
+    found = [r for r in compare.load_runs(paths) if r["metrics"].get("split") != "external"]
     if not found:
         raise FileNotFoundError(f"no run folders (with a test metrics.json) under {', '.join(map(str, paths))}")
     leak_free = [r for r in found if is_leak_free(r)]
@@ -133,7 +135,8 @@ def _kind(run: Mapping[str, Any]) -> str:
 
 def main_pairs(runs: Sequence[Mapping[str, Any]]) -> list[tuple[Mapping[str, Any], Mapping[str, Any], str]]:
     """(A, B, why) pairs: every detector vs the chosen zero-shot set; fine-tune vs probe; fine-tune vs
-    CNN; every fine-tuning ablation vs the main fine-tune (finetune:both); best vs runner-up by AUC."""
+    CNN; every fine-tuning ablation vs the main fine-tune (finetune:both); best vs runner-up by
+    validation AUC."""
     zs = [r for r in runs if _kind(r) == "zeroshot"]
     ft = [r for r in runs if _kind(r) == "finetune"]
     main_ft = next((r for r in ft if r["metrics"]["detector"] == "finetune:both"), ft[0] if ft else None)
@@ -143,12 +146,13 @@ def main_pairs(runs: Sequence[Mapping[str, Any]]) -> list[tuple[Mapping[str, Any
     if main_ft is not None:
         pairs += [(main_ft, r, f"fine-tune vs {_kind(r)}") for r in runs if _kind(r) in ("probe", "cnn")]
         pairs += [(r, main_ft, "ablation vs the main fine-tune") for r in ft if r is not main_ft]
-    ranked = sorted((r for r in runs if r["metrics"].get("roc_auc") is not None),
-                    key=lambda r: r["metrics"]["roc_auc"], reverse=True)
+    # Ranked on validation: the report's test numbers choose nothing, this pair included.
+    ranked = sorted((r for r in runs if (r.get("metrics_val") or {}).get("roc_auc") is not None),
+                    key=lambda r: r["metrics_val"]["roc_auc"], reverse=True)
     if len(ranked) > 1:
         a, b = ranked[0], ranked[1]
         if not any({id(x), id(y)} == {id(a), id(b)} for x, y, _ in pairs):
-            pairs.append((a, b, "best vs runner-up by test AUC"))
+            pairs.append((a, b, "best vs runner-up by validation AUC"))
     return pairs
 
 

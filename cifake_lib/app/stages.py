@@ -152,6 +152,13 @@ def run_evaluate(data: DataConfig | CifakeData, cfg: EvaluateConfig, out: str | 
     if cfg.split == "val" and isinstance(data, DataConfig) and not 0 < data.val_fraction < 1:
         raise CifakeError(f"--split val needs --val-fraction in (0, 1), got {data.val_fraction}")
     detector = load_detector_or_fail(cfg.model, cfg.device)
+    if isinstance(data, DataConfig):  # an external labelled set: methods.external reads and scores it
+        from cifake_lib.methods.external import run_external_evaluate, wants_external
+
+        if wants_external(data.data, cfg):
+            m = run_external_evaluate(data, cfg, out, detector=detector, args=_record("evaluate", data, cfg, Path(out)))
+            return StageResult("evaluate", Path(out), runs=[Path(out)], metrics={m["detector"]: m},
+                               seconds=time.perf_counter() - t0)
     loaded, dcfg = _data(data)
     split = loaded.test if cfg.split == "test" else loaded.val
     if split is None:
