@@ -17,10 +17,12 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from itertools import combinations
+from pathlib import Path
 from typing import Any
 
 from cifake_lib.analysis.compare import markdown_table
-from cifake_lib.evaluation.runs import find_runs, read_run
+from cifake_lib.core.files import read_json
+from cifake_lib.evaluation.runs import METRICS, read_run
 from cifake_lib.evaluation.stats import compare_pair
 
 __all__ = ["CROSS_COLUMNS", "PAIR_COLUMNS", "cross_dataset_markdown", "cross_dataset_pairs", "cross_dataset_rows",
@@ -38,12 +40,20 @@ PAIR_COLUMNS = (("set", "test set", "text"), ("detector_a", "A", "text"), ("dete
 
 def external_runs(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list[dict[str, Any]]:
     """Every external-set run folder under `paths` (read_run dicts, plus "set" and "name")."""
+    paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+    files = sorted({f.resolve() for p in map(Path, paths)
+                    for f in ([p] if p.is_file() else p.rglob(METRICS) if p.is_dir() else [])})
     runs = []
-    for folder in find_runs(paths):
+    for file in files:  # evaluation.runs.find_runs keeps test records only: external ones are read here
+        try:
+            split = read_json(file).get("split")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if split != "external":
+            continue
+        folder = file.parent
         run = read_run(folder)
         m = run["metrics"]
-        if m.get("split") != "external":
-            continue
         info = m.get("external") or {}
         name = folder.name if folder.parent.name == info.get("name") else m.get("detector", folder.name)
         runs.append({**run, "set": info.get("name") or str(m.get("data")), "name": name})

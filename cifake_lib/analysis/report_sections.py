@@ -54,7 +54,7 @@ def related_works_part() -> Part:
         lines.append(f"- {cite(e)} ({e['title']}): {e['name']}, {e['setting']} — {e['model']}; {what} "
                      f"{e['text']} on {e['split']}.")
     lines += [f"- {cite(e)} ({e['title']}): {e['what']}." for e in related_works()]
-    s.add("\n".join(dict.fromkeys(lines)) + "\n", absence_claim() + "\n")
+    s.add("\n".join(dict.fromkeys(lines)) + "\n", absence_claim(related=False) + "\n")
     return s
 
 
@@ -71,7 +71,13 @@ def _runs_csv(paths: Sequence[str | os.PathLike]) -> list[dict[str, str]]:
 
 
 def _values(items: Iterable[Any]) -> list[str]:
-    return sorted({str(v) for v in items if v not in (None, "")}, key=lambda v: (len(v), v))
+    """Distinct values, numbers in numeric order, then words ("all" after the sizes)."""
+    def key(v: str) -> tuple[int, float, str]:
+        try:
+            return (0, float(v), v)
+        except ValueError:
+            return (1, 0.0, v)
+    return sorted({str(v) for v in items if v not in (None, "")}, key=key)
 
 
 def grid_axes(study: Any, paths: Sequence[str | os.PathLike], external_sets: Sequence[str] = ()) -> dict[str, list[str]]:
@@ -107,26 +113,32 @@ def _short(values: Sequence[str], k: int = 4) -> str:
 
 def pipeline_figure(axes: Mapping[str, Sequence[str]]) -> Figure:
     """Data -> detectors -> evaluation, three boxes with arrows, the grid's axes listed below."""
-    fig = Figure(figsize=(10, 4.6), layout="constrained")
+    fig = Figure(figsize=(10, 4.0), layout="constrained")
     ax = fig.add_subplot()
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.axis("off")
     kinds = _values(detector_kind(m) for m in axes.get("method", []))
-    _box(ax, 0.02, 0.42, 0.27, 0.52, "Data", ["CIFAKE train -> validation split", "(deduplicated against train)",
-                                              "-> nested train subsets", "CIFAKE test (leak-free)",
-                                              "external test sets"], "#dbe9f6")
-    _box(ax, 0.365, 0.42, 0.27, 0.52, "Detectors", [f"kinds: {_short(kinds)}",
-                                                     f"models: {_short(axes.get('model', []), 2)}",
-                                                     "threshold, prompt set, C, early stop:", "chosen on validation"],
+    tests = list(axes.get("test set", ["CIFAKE test"]))
+    sizes = [v for v in axes.get("train size", []) if v != "all"]
+    data_lines = ["CIFAKE train -> validation split", "(twins of train images dropped)",
+                  *(["-> nested train subsets"] if sizes else []), f"{tests[0]}",
+                  *([f"external: {_short(tests[1:], 2)}"] if len(tests) > 1 else [])]
+    _box(ax, 0.02, 0.5, 0.27, 0.45, "Data", data_lines, "#dbe9f6")
+    _box(ax, 0.365, 0.5, 0.27, 0.45, "Detectors", [f"kinds: {_short(kinds)}",
+                                                    f"models: {_short(axes.get('model', []), 2)}",
+                                                    "threshold, prompt set, C, early stop:", "chosen on validation"],
          "#fde8cf")
-    _box(ax, 0.71, 0.42, 0.27, 0.52, "Evaluation", ["ROC AUC, accuracy, ECE, Brier", "bootstrap 95% CIs",
-                                                     "paired: bootstrap, McNemar, DeLong",
-                                                     "learning curves, cross-dataset"], "#dcefd9")
+    _box(ax, 0.71, 0.5, 0.27, 0.45, "Evaluation", ["ROC AUC, accuracy, ECE, Brier", "bootstrap 95% CIs",
+                                                    "paired: bootstrap, McNemar, DeLong",
+                                                    "learning curves, cross-dataset"], "#dcefd9")
     for x0, x1 in ((0.29, 0.365), (0.635, 0.71)):
-        ax.annotate("", xy=(x1, 0.68), xytext=(x0, 0.68), arrowprops={"arrowstyle": "-|>", "lw": 1.5})
+        ax.annotate("", xy=(x1, 0.72), xytext=(x0, 0.72), arrowprops={"arrowstyle": "-|>", "lw": 1.5})
     grid = [f"{k}: {_short(list(v), 5)}" for k, v in axes.items()]
-    ax.text(0.02, 0.36, "grid axes as run\n" + "\n".join(grid), ha="left", va="top", fontsize=8, family="monospace")
+    half = (len(grid) + 1) // 2
+    ax.text(0.02, 0.42, "grid axes as run", ha="left", va="top", fontsize=9, weight="bold")
+    for col, chunk in ((0.02, grid[:half]), (0.5, grid[half:])):
+        ax.text(col, 0.34, "\n".join(chunk), ha="left", va="top", fontsize=8, family="monospace", linespacing=1.5)
     fig.suptitle("The study's pipeline")
     return fig
 
@@ -159,6 +171,11 @@ def _finetune_settings(runs: Sequence[Mapping[str, Any]]) -> tuple[str, dict[str
     return next((f for f in found if f[1].get("loss", "flyp") == "flyp"), found[0] if found else None)
 
 
+def _warmup(cfg: Mapping[str, Any]) -> str:
+    steps = cfg.get("warmup_steps")
+    return f"{steps} linear warm-up steps" if steps is not None else "the default linear warm-up"
+
+
 def algorithm_part(runs: Sequence[Mapping[str, Any]]) -> Part:
     """One FLYP step as pseudo-code, with the settings that ran (or a line saying none ran)."""
     s = Part("Algorithm")
@@ -178,8 +195,8 @@ def algorithm_part(runs: Sequence[Mapping[str, Any]]) -> Part:
           "    L   = exp(logit_scale) * U V^T                     # B x B similarities\n"
           "    loss = (CE(L, i -> i) + CE(L^T, i -> i)) / 2        # symmetric in-batch contrastive loss\n"
           f"    clip gradient norm at {cfg.get('grad_clip', '?')}; AdamW step (lr {cfg.get('lr', '?')}, "
-          f"weight decay {cfg.get('weight_decay', '?')}), {cfg.get('warmup_steps', '?')} warm-up steps then "
-          "cosine decay\n"
+          f"weight decay {cfg.get('weight_decay', '?')}), "
+          f"{_warmup(cfg)} then cosine decay to lr x {cfg.get('min_lr_ratio', '?')}\n"
           f"    every {cfg.get('eval_every', '?')} steps: validation ROC AUC; keep the best step "
           f"(patience {cfg.get('patience', '?')})\n"
           "predict: p_fake = softmax(exp(logit_scale) * u . [v_REAL, v_FAKE])[FAKE]; "
@@ -236,8 +253,9 @@ def resources_part(study: Any, paths: Sequence[str | os.PathLike]) -> Part:
         return s
     total = sum(r["seconds"] or 0.0 for r in rows)
     devices = sorted({r["device"] for r in rows})
+    where = "the study's runs.csv (device: each run's run.json)" if _runs_csv(paths) else "each run's run.json"
     s.add(f"{len(rows)} run(s) on {', '.join(devices)}; {total:,.0f} s of wall time in all "
-          f"({total / 3600:.2f} h), from each run's run.json.\n", markdown_table(rows, RESOURCE_COLUMNS, digits=1))
+          f"({total / 3600:.2f} h), from {where}.\n", markdown_table(rows, RESOURCE_COLUMNS, digits=1))
     s.tables["resources.csv"] = (rows, None)
     return s
 

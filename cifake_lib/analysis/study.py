@@ -82,9 +82,7 @@ class Study:
 def load_study(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> Study:
     """Read and sort every run folder under `paths` (see the module docstring)."""
     paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
-    # External test sets (split "external", cifake evaluate --data EXTERNAL) have their own table
-    # (analysis/cross_dataset.py); they are no CIFAKE run.
-    found = [r for r in compare.load_runs(paths) if r["metrics"].get("split") != "external"]
+    found = compare.load_runs(paths)  # names are re-given below, per group
     if not found:
         raise FileNotFoundError(f"no run folders (with a test metrics.json) under {', '.join(map(str, paths))}")
     leak_free = [r for r in found if is_leak_free(r)]

@@ -121,11 +121,12 @@ def _folder_files(root: Path) -> Iterator[tuple[tuple[str, ...], str]]:
                 yield (*rel, f), os.path.join(dirpath, f)
 
 
-def _archive_files(path: Path) -> Iterator[tuple[tuple[str, ...], Any]]:
+def _archive_files(path: Path, *, read: bool = True) -> Iterator[tuple[tuple[str, ...], bytes | None]]:
+    """(path parts, bytes) of the archive's image members; bytes are read while the archive is open."""
     for m in _archive_members(path):
         parts = PurePosixPath(m.name).parts
         if m.kind == "file" and is_image_name(m.name) and not any(is_ignored(p) for p in parts):
-            yield parts, m.read
+            yield parts, (m.read() if read else None)
 
 
 def _tree(files: Iterator[tuple[tuple[str, ...], Any]], where: str, split: str) -> tuple[list[Any], list[str], list[str], str | None]:
@@ -143,7 +144,7 @@ def _tree(files: Iterator[tuple[tuple[str, ...], Any]], where: str, split: str) 
                                     f"{', '.join(sorted(splits))}); pass --split")
         chosen = split.lower()
         rows = [(p, it) for p, it in rows if len(p) >= 3 and p[-3].lower() == chosen]
-    items = [it() if callable(it) else it for _, it in rows]
+    items = [it for _, it in rows]
     return items, [p[-2] for p, _ in rows], ["/".join(p) for p, _ in rows], chosen
 
 
@@ -249,7 +250,7 @@ def is_external_source(source: str | os.PathLike) -> bool:
     if path.is_dir():
         return not _has_split_level(parts for parts, _ in _folder_files(path))
     if path.is_file() and path.name.lower().endswith(ARCHIVE_SUFFIXES):
-        return not _has_split_level(parts for parts, _ in _archive_files(path))
+        return not _has_split_level(parts for parts, _ in _archive_files(path, read=False))
     return False
 
 

@@ -158,9 +158,10 @@ def references() -> list[str]:
     return list(dict.fromkeys(reference(e) for e in [*published_results(), *related_works()]))
 
 
-def absence_claim() -> str:
-    """The dated claim that no published result fine-tunes both CLIP encoders on CIFAKE."""
-    related = "".join(f" {cite(e)} {e['what']}." for e in related_works())
+def absence_claim(*, related: bool = True) -> str:
+    """The dated claim that no published result fine-tunes both CLIP encoders on CIFAKE; with
+    `related`, followed by the related work that fine-tunes CLIP elsewhere."""
+    related = "".join(f" {cite(e)} {e['what']}." for e in related_works()) if related else ""
     return (f"As of {checked()}, we found no published result that fine-tunes both CLIP encoders "
             "(image and text) on CIFAKE, so the finetune:both detector has no published counterpart." + related)
 
