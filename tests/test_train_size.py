@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 
 from cifake_lib.data.config import DataConfig, load_data
-from cifake_lib.data.load import Split, drop_duplicates, load_cifake, nested_train_subset
+from cifake_lib.data.load import (
+    Split,
+    content_hashes,
+    drop_duplicates,
+    load_cifake,
+    nested_train_subset,
+)
 
 
 def _split(n_per_label: int = 300, seed: int = 0) -> Split:
@@ -71,3 +77,13 @@ def test_load_drops_validation_images_with_a_twin_in_train(sample_dir):
     assert (len(data.train), len(data.val)) == (2950, 2949)
     kept = load_cifake(sample_dir, val_fraction=0.5, seed=0, progress=False)  # both twins on one side
     assert kept.duplicates["dropped_val"] == 0 and len(kept.val) == 2950
+
+
+def test_full_cifake_default_split_drops_its_168_validation_twins(archive_path):
+    """The audit's count: with the default split (10%, seed 0), 168 validation images of the full
+    CIFAKE have a pixel-identical twin in train; they are dropped, and none is left."""
+    data = load_cifake(str(archive_path), val_fraction=0.1, seed=0, progress=False)
+    assert data.duplicates["dropped_val"] == 168 and len(data.val) == 10_000 - 168
+    train_hashes = set(content_hashes(data.train.images).tolist())
+    left = [i for i, h in enumerate(content_hashes(data.val.images).tolist()) if h in train_hashes]
+    assert not any((data.val.images[i] == data.train.images).all(axis=(1, 2, 3)).any() for i in left)
