@@ -90,8 +90,11 @@ def grid_axes(study: Any, paths: Sequence[str | os.PathLike], external_sets: Seq
         "model": _values([t.get("model") for t in table] or [r["metrics"].get("model") for r in runs]),
         "resolution": _values([t.get("resolution") for t in table] + [a.get("resolution") for a in args]
                               + [a.get("image_size") for a in args]) or ["the model's own input (CIFAKE: 32 px)"],
-        "train size": _values([t.get("train_size") or "all" for t in table]
-                              or [a.get("train_size") or "all" for a in args]),
+        # Zero-shot trains on nothing: its rows say nothing about the training-set size.
+        "train size": _values([t.get("train_size") or "all" for t in table
+                               if not str(t.get("method", "")).startswith("zeroshot")]
+                              or [a.get("train_size") or "all" for a, r in zip(args, runs, strict=True)
+                                  if detector_kind(r["metrics"].get("detector", "")) != "zeroshot"]),
         "seed": _values([t.get("seed") for t in table] or [r["metrics"].get("seed") for r in runs]),
         "test set": ["CIFAKE test" + (" (leak-free)" if study is not None and study.leak_free else ""),
                      *external_sets],
