@@ -389,7 +389,8 @@ def test_duplicates_counted_as_pairs_and_dedup_drops_test_copies(tree):
     copy("train/FAKE/0.jpg", "test/FAKE/0.jpg")  # across train/test
     copy("train/FAKE/0.jpg", "test/FAKE/1.jpg")  # ... a group of three: 2 train/test pairs, 1 within test
     data = load(tree)
-    assert data.duplicates == {"within_train": 1, "within_test": 2, "train_test": 2, "dropped_test": 0}
+    assert data.duplicates == {"within_train": 1, "within_test": 2, "train_test": 2, "dropped_test": 0,
+                               "dropped_val": 0}
     groups = find_duplicates(data.splits())
     assert len(groups) == 3
     ids = [sorted(str(data.splits()[s].ids[i]) for s, i in g) for g in groups]
@@ -547,7 +548,8 @@ def test_sample_counts_and_every_class_recovered(sample):
 
 
 def test_sample_known_duplicate_pairs(sample):
-    assert sample.duplicates == {"within_train": 1, "within_test": 1, "train_test": 1, "dropped_test": 0}
+    assert sample.duplicates == {"within_train": 1, "within_test": 1, "train_test": 1, "dropped_test": 0,
+                                  "dropped_val": 0}
     pairs = {tuple(sorted(str(sample.splits()[s].ids[i]) for s, i in g)) for g in find_duplicates(sample.splits())}
     assert pairs == {
         ("test/FAKE/970 (7).jpg", "train/FAKE/1969 (7).jpg"),

@@ -143,11 +143,24 @@ def test_widening_an_axis_runs_only_the_new_runs(grid_study):
 
 def test_report_has_a_table_and_a_figure_along_train_size(grid_study):
     report = (grid_study["out"] / "report" / "report.md").read_text()
-    assert "## Along the training-set size" in report
-    section = report.split("## Along the training-set size")[1].split("\n## ")[0]
-    assert "| method | 100 | 200 | 300 |" in section and "grid_train_size.png" in section
-    assert (grid_study["out"] / "report" / "grid_train_size.png").is_file()
-    assert "cnn (roc auc)" in section and "±" in section  # two seeds: mean ± sd
+    assert "Learning curves" in report
+    section = report.split("Learning curves")[1].split("\n## ")[0]
+    assert "learning_curves.png" in section and (grid_study["out"] / "report" / "learning_curves.png").is_file()
+    for n in ("100", "200", "300"):  # every size of the grid, both methods, both seeds
+        assert f"| cnn | {n} | 1 |" in section and f"| probe | {n} | 0 |" in section
+
+
+def test_axis_table_holds_the_other_axes_and_averages_seeds(tmp_path):
+    from cifake_lib.analysis.grid import axis_markdown, axis_rows
+
+    rows = [{"method": m, "model": model, "train_size": "all", "seed": str(s), "status": "complete",
+             "run_dir": "x", "roc_auc": str(auc + s / 100), "accuracy": "0.5"}
+            for m, model, auc in (("probe", "a", 0.7), ("probe", "b", 0.8), ("cnn", "", 0.6)) for s in (0, 1)]
+    table = axis_rows(tmp_path, rows, "model")
+    assert {(r["method"], r["value"]) for r in table} == {("probe", "a"), ("probe", "b")}  # the CNN has no backbone
+    b = next(r for r in table if r["value"] == "b")
+    assert b["n_seeds"] == 2 and b["roc_auc"] == pytest.approx(0.805) and b["roc_auc_sd"] == pytest.approx(0.00707, abs=1e-5)
+    assert "| probe (roc auc) | 0.7050 ± 0.0071 | 0.8050 ± 0.0071 |" in axis_markdown(table, "model")
 
 
 def test_predict_on_a_study_picks_from_the_index(grid_study):

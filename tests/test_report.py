@@ -209,7 +209,7 @@ def test_uninformative_temperature_is_not_called_an_improvement():
     assert row["verdict"].startswith("uninformative")
     (text,) = report._calibration_statements([row])
     assert "uninformative, not an improvement" in text
-    assert calibration_verdict({**row, "sd_after": 0.2}) == "ECE and Brier lower"
+    assert calibration_verdict({**row, "sd_after": 0.2}) == "ECE and Brier lower (descriptive: no interval)"
 
 
 @pytest.mark.parametrize(("lo", "hi", "p", "expected"), [

@@ -319,8 +319,30 @@ def per_class_heatmap(rows: Sequence[Mapping[str, Any]], *, title: str = "Accura
 
 # --------------------------------------------------------------------------- calibration
 
-def calibration_rows(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Temperature scaling fitted on validation predictions; test ECE and Brier before and after.
+def calibration_change_cis(labels: Any, p_before: Any, p_after: Any, *, n_boot: int = 1000,
+                           seed: int = 0) -> dict[str, list[float] | None]:
+    """Paired percentile-bootstrap 95% intervals of ECE(after) - ECE(before) and of the Brier
+    difference: both scores of one detector evaluated on the SAME resampled test images.
+    {"ece_change_ci95": [lo, hi], "brier_change_ci95": [lo, hi]} (None when n_boot is 0)."""
+    y, a, _ = _check_inputs(labels, p_before)
+    b = np.asarray(p_after, dtype=np.float64)
+    if n_boot < 1 or len(y) < 2:
+        return {"ece_change_ci95": None, "brier_change_ci95": None}
+    rng = np.random.default_rng([int(seed), 0xCA1])
+    ece, brier = np.empty(n_boot), np.empty(n_boot)
+    for k in range(n_boot):
+        i = rng.integers(0, len(y), len(y))
+        ece[k] = expected_calibration_error(y[i], b[i]) - expected_calibration_error(y[i], a[i])
+        brier[k] = np.mean((b[i] - y[i]) ** 2) - np.mean((a[i] - y[i]) ** 2)
+    alpha = (1 - CI_LEVEL) / 2
+    return {f"{name}_change_ci95": [float(np.quantile(d, alpha)), float(np.quantile(d, 1 - alpha))]
+            for name, d in (("ece", ece), ("brier", brier))}
+
+
+def calibration_rows(runs: Sequence[Mapping[str, Any]], *, n_boot: int = 1000,
+                     seed: int = 0) -> list[dict[str, Any]]:
+    """Temperature scaling fitted on validation predictions; test ECE and Brier before and after,
+    with paired bootstrap intervals of both changes (`calibration_change_cis`).
 
     Runs without predictions_val.csv get no temperature (fitting it on test would cheat):
     their row has only the "before" figures. AUC and accuracy at 0.5 do not change
@@ -341,7 +363,8 @@ def calibration_rows(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
             t = fit_temperature(val["label"], val["p_fake"])
             q = apply_temperature(p, t)
             row.update(temperature=t, ece_after=expected_calibration_error(y, q),
-                       brier_after=float(np.mean((q - y) ** 2)), sd_after=float(np.std(q)))
+                       brier_after=float(np.mean((q - y) ** 2)), sd_after=float(np.std(q)),
+                       **calibration_change_cis(y, p, q, n_boot=n_boot, seed=seed))
             row["verdict"] = calibration_verdict(row)
         rows.append(row)
     return rows
@@ -350,21 +373,28 @@ def calibration_rows(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 UNINFORMATIVE_SD = 0.01
 
 
+def _change(row: Mapping[str, Any], metric: str) -> str:
+    """"lower" / "higher" when the paired interval of the change excludes 0, else "unchanged"."""
+    ci = row.get(f"{metric}_change_ci95")
+    if ci is None:
+        return "lower" if row[f"{metric}_after"] < row[f"{metric}_before"] else "not lower"
+    return "lower" if ci[1] < 0 else "higher" if ci[0] > 0 else "not distinguishable"
+
+
 def calibration_verdict(row: Mapping[str, Any]) -> str:
     """What temperature scaling did, in words. A temperature that squeezes every test score to
     nearly one value (sd < 0.01) makes a constant predictor: a low ECE then says nothing, so
-    that case is "uninformative", never an improvement."""
+    that case is "uninformative", never an improvement. With the paired bootstrap intervals of
+    the changes (`calibration_change_cis`), "lower"/"higher" means the 95% interval excludes 0;
+    without them the words are descriptive and say so."""
     if row.get("sd_after") is not None and row["sd_after"] < UNINFORMATIVE_SD:
         return f"uninformative: scaled scores nearly constant (sd {row['sd_after']:.4f})"
     if row.get("ece_after") is None:
         return "not fitted"
-    better_ece = row["ece_after"] < row["ece_before"]
-    better_brier = row["brier_after"] < row["brier_before"]
-    if better_ece and better_brier:
-        return "ECE and Brier lower"
-    if not better_ece and not better_brier:
-        return "ECE and Brier not lower"
-    return "ECE lower, Brier not" if better_ece else "Brier lower, ECE not"
+    tested = row.get("ece_change_ci95") is not None and row.get("brier_change_ci95") is not None
+    ece, brier = _change(row, "ece"), _change(row, "brier")
+    text = f"ECE and Brier {ece}" if ece == brier else f"ECE {ece}, Brier {brier}"
+    return text + (" (paired bootstrap 95% CI)" if tested else " (descriptive: no interval)")
 
 
 def reliability_grid(runs: Sequence[Mapping[str, Any]], calibration: Sequence[Mapping[str, Any]]) -> Figure:

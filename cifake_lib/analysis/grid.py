@@ -1,5 +1,6 @@
 """The report along the study grid's axes: for each axis with more than one value, a table and a
-figure of every method against it, the other axes held at the study's main cell.
+figure of every method against it, the other axes held at the study's main cell (the training-set
+size: the learning curves of `analysis/learning_curves.py`; the seeds: seeds.csv).
 
 Input: the index rows (OUT/runs.csv, `evaluation.study.read_index`). Each cell's figure is the
 mean over its training seeds with the sd; a cell with one seed shows its bootstrap 95% CI. The
@@ -18,7 +19,8 @@ from cifake_lib.core.files import read_json
 from cifake_lib.core.formatting import format_metric
 from cifake_lib.evaluation.study import ALL
 
-AXES = ("train_size", "model")
+# The training-set size has its own section, the learning curves (`analysis/learning_curves.py`).
+AXES = ("model",)
 METRICS = ("roc_auc", "accuracy")
 TITLES = {"train_size": "Along the training-set size", "model": "Along the backbone"}
 

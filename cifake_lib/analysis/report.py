@@ -731,6 +731,9 @@ def build_report(run_dirs: str | os.PathLike | Iterable[str | os.PathLike], out_
         discussion_section(study, results),
         references_section(),
     ]
+    from cifake_lib.analysis.report_sections import with_study_sections
+
+    sections = with_study_sections(sections, run_dirs, study)  # related works ... future direction
     return assemble_report(sections, out_dir, title=title, preamble=preamble(study))
 
 

@@ -45,30 +45,22 @@ class DataConfig:
                                   high=1.0, high_open=True, metavar="F", group=GROUP)
     seed: int = setting(0, "seed for the subset and the validation split (and for training, unless "
                         "--train-seed is given)", group=GROUP)
+    train_size: int | None = setting(
+        None, "training images kept after the validation split: nested and stratified (a smaller size's "
+        "set is inside a larger one's), the same validation and test for every size", low=2, metavar="N",
+        group=GROUP, show_default="all")
     dedup: bool = setting(False, "drop test images whose exact content also occurs in train", group=GROUP)
     skip_bad: bool = setting(False, "skip unreadable image files (and report them) instead of stopping",
                              group=GROUP)
-    train_size: int | None = setting(None, "train on a stratified subset of N of the training images (after "
-                                     "the validation split; the same validation split for every N)", low=2,
-                                     metavar="N", group=GROUP, show_default="all of them")
 
 
 def load_data(cfg: DataConfig, *, progress: bool = True) -> CifakeData:
     """`load_cifake` with these settings."""
     from cifake_lib.data.load import load_cifake
 
-    data = load_cifake(cfg.data, subset=cfg.subset, val_fraction=cfg.val_fraction, seed=cfg.seed,
-                       dedup=cfg.dedup, skip_bad=cfg.skip_bad, progress=progress)
-    if cfg.train_size is not None and cfg.train_size > len(data.train):
-        raise ValueError(f"train_size {cfg.train_size}: the training split has {len(data.train)} images "
-                         "(after the validation split); choose a smaller size or a larger --subset")
-    if cfg.train_size is not None and cfg.train_size < len(data.train):
-        from dataclasses import replace
-
-        from cifake_lib.data.load import stratified_subset
-
-        data = replace(data, train=stratified_subset(data.train, cfg.train_size, seed=cfg.seed))
-    return data
+    return load_cifake(cfg.data, subset=cfg.subset, val_fraction=cfg.val_fraction, seed=cfg.seed,
+                       dedup=cfg.dedup, skip_bad=cfg.skip_bad, progress=progress,
+                       train_size=cfg.train_size)
 
 
 def loaded(data: DataConfig | CifakeData, *, progress: bool = True) -> tuple[CifakeData, DataConfig | None]:

@@ -68,6 +68,7 @@ __all__ = [
     "find_duplicates",
     "format_summary",
     "load_cifake",
+    "nested_train_subset",
     "split_from_hf",
     "stratified_subset",
     "summarize",
@@ -546,6 +547,46 @@ def validation_split(split: Split, fraction: float, *, seed: int = 0) -> tuple[S
     return split.take(keep), split.take(val_idx)
 
 
+def _nested_order(split: Split, rows: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """`rows` in an order whose every prefix is stratified by CIFAR class (within one of the
+    stratum's share, for any prefix length).
+
+    Each stratum is shuffled; its k-th row (of m) gets the key (k + u) / m with one u ~ U(0, 1)
+    per stratum, and rows are sorted by key: a prefix of n rows then holds n * m / M rows of a
+    stratum, rounded one way or the other. Prefixes of one order are nested by construction,
+    which a per-size largest-remainder allocation is not (it can take a row back as n grows).
+    """
+    keys = np.empty(len(rows))
+    classes = split.classes[rows]
+    for c in np.unique(classes):
+        where = np.flatnonzero(classes == c)
+        rng.shuffle(where)
+        keys[where] = (np.arange(len(where)) + rng.random()) / len(where)
+    return rows[np.argsort(keys, kind="stable")]
+
+
+def nested_train_subset(split: Split, n: int | None, *, seed: int = 0) -> Split:
+    """n training images (FAKE gets n // 2), stratified by label and CIFAR class, seeded, and
+    nested: for one split and seed, the set for a smaller n is contained in the set for a larger
+    one (a learning curve adds images, never swaps them). None: the whole split.
+
+    Rows keep their original order. Raises ValueError when a label has too few images.
+    """
+    if n is None:
+        return split
+    if n <= 1:
+        raise ValueError(f"train_size must be at least 2 (one image per label), got {n}")
+    rng = _rng(seed, "train_size")
+    picks = []
+    for label, k in ((0, n - n // 2), (1, n // 2)):
+        rows = np.flatnonzero(split.labels == label)
+        if k > len(rows):
+            raise ValueError(f"train_size {n} needs {k} {LABEL_NAMES[label]} training images, only "
+                             f"{len(rows)} available (of {len(split)}, after the validation split)")
+        picks.append(_nested_order(split, rows, rng)[:k])
+    return split.take(np.sort(np.concatenate(picks)))
+
+
 # ---------------------------------------------------------------------------
 # Audit: exact duplicates
 # ---------------------------------------------------------------------------
@@ -657,13 +698,19 @@ def _shortfall(source: str, train: Split, test: Split) -> str | None:
 
 def load_cifake(data: str | os.PathLike | None = None, *, subset: tuple[int, int] | None = None,
                 val_fraction: float = 0.1, seed: int = 0, dedup: bool = False, skip_bad: bool = False,
-                progress: bool = True) -> CifakeData:
+                progress: bool = True, train_size: int | None = None) -> CifakeData:
     """Load CIFAKE from `data` (see `cifake_lib.data.sources.resolve_source`; default $CIFAKE_DATA, else hf).
 
     subset: (train, test) totals, half FAKE each, stratified by CIFAR class; val_fraction of the
     (subset of) train is held out as `val`, stratified; dedup drops test images whose pixels also
     occur in train or val. `duplicates` counts pairs on the subset, before val and dedup.
     skip_bad skips unreadable files (listed in `skipped`) instead of raising ValueError.
+
+    Validation images whose pixels also occur in train are always dropped (`duplicates
+    ["dropped_val"]`): a twin would make thresholds and early stopping see a training image.
+    train_size (see `nested_train_subset`) then keeps a nested, stratified part of what is left
+    of train; validation and test do not depend on it, so every size of a learning curve is
+    tuned and scored on the same images.
     """
     t0 = time.perf_counter()
     if not 0 <= val_fraction < 1:
@@ -691,12 +738,17 @@ def load_cifake(data: str | os.PathLike | None = None, *, subset: tuple[int, int
         test = stratified_subset(test, subset[1], seed=seed)
     duplicates = count_duplicates(train, test)
     val = None
+    duplicates["dropped_val"] = 0
     if val_fraction > 0:
         train, val = validation_split(train, val_fraction, seed=seed)
+        n_val = len(val)
+        val = drop_duplicates(val, [train])
+        duplicates["dropped_val"] = n_val - len(val)
     n_test = len(test)
-    if dedup:
+    if dedup:  # against the whole train, before train_size: one test set for every size
         test = drop_duplicates(test, [train] + ([val] if val is not None else []))
     duplicates["dropped_test"] = n_test - len(test)
+    train = nested_train_subset(train, train_size, seed=seed)
     return CifakeData(
         train=train, test=test, val=val, source=source.name, cache_path=decoded.cache_path, skipped=[loc for loc, _ in decoded.bad],
         duplicates=duplicates, formats=decoded.formats, seconds=time.perf_counter() - t0,
@@ -759,7 +811,9 @@ def format_summary(summary: Mapping[str, Any]) -> str:
     lines += ["", f"identical images (pairs): within train {d['within_train']:,}, within test "
                   f"{d['within_test']:,}, train/test {d['train_test']:,}"
                   + (f"; {d['dropped_test']:,} test image(s) dropped (--dedup)" if d.get("dropped_test") else
-                     ("" if not d["train_test"] else "; --dedup drops the test copies"))]
+                     ("" if not d["train_test"] else "; --dedup drops the test copies"))
+                  + (f"; {d['dropped_val']:,} validation image(s) with a twin in train dropped"
+                     if d.get("dropped_val") else "")]
     f = summary.get("formats") or {}
     if f:
         lines.append(f"image sizes: {_counts_text(f.get('sizes', {}))}; modes: {_counts_text(f.get('modes', {}))}"

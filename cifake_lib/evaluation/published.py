@@ -46,11 +46,30 @@ def _check(entry: Mapping[str, Any], i: int) -> dict[str, Any]:
     return {**entry, "value": float(entry["value"]), "approximate": bool(entry.get("approximate", False))}
 
 
+RELATED_REQUIRED = ("authors", "year", "venue", "title", "what")
+
+
+@lru_cache(maxsize=1)
+def _data() -> dict[str, Any]:
+    text = resources.files("cifake_lib.evaluation").joinpath("published.toml").read_text(encoding="utf-8")
+    return tomllib.loads(text)
+
+
 @lru_cache(maxsize=1)
 def _load() -> tuple[str, tuple[dict[str, Any], ...]]:
-    text = resources.files("cifake_lib.evaluation").joinpath("published.toml").read_text(encoding="utf-8")
-    data = tomllib.loads(text)
+    data = _data()
     return str(data.get("checked", "")), tuple(_check(e, i) for i, e in enumerate(data.get("result", [])))
+
+
+def related_works() -> list[dict[str, Any]]:
+    """published.toml's [[related]] entries: cited work with no CIFAKE number (copies, checked)."""
+    out = []
+    for i, e in enumerate(_data().get("related", [])):
+        missing = [k for k in RELATED_REQUIRED if k not in e]
+        if missing or not any(e.get(k) for k in ("arxiv", "doi", "url")):
+            raise ValueError(f"published.toml related #{i + 1}: missing field(s) {missing or ['arxiv/doi/url']}")
+        out.append(dict(e))
+    return out
 
 
 def published_results(*, metric: str | None = None, setting: str | None = None,
@@ -135,15 +154,17 @@ def reference(entry: Mapping[str, Any]) -> str:
 
 
 def references() -> list[str]:
-    """One full reference per distinct published source, in file order."""
-    return list(dict.fromkeys(reference(e) for e in published_results()))
+    """One full reference per distinct published source, in file order (results, then related work)."""
+    return list(dict.fromkeys(reference(e) for e in [*published_results(), *related_works()]))
 
 
-def absence_claim() -> str:
-    """The dated claim that no published result fine-tunes both CLIP encoders on CIFAKE."""
+def absence_claim(*, related: bool = True) -> str:
+    """The dated claim that no published result fine-tunes both CLIP encoders on CIFAKE; with
+    `related`, followed by the related work that fine-tunes CLIP elsewhere."""
+    related = "".join(f" {cite(e)} {e['what']}." for e in related_works()) if related else ""
     return (f"As of {checked()}, we found no published result that fine-tunes both CLIP encoders "
-            "(image and text) on CIFAKE, so the finetune:both detector has no published counterpart.")
+            "(image and text) on CIFAKE, so the finetune:both detector has no published counterpart." + related)
 
 
 __all__ = ["published_results", "published_anchors", "published_table", "anchor_table", "references",
-           "reference", "cite", "compared_with", "checked", "absence_claim"]
+           "reference", "cite", "compared_with", "checked", "absence_claim", "related_works"]

@@ -17,6 +17,7 @@ SPLITS = ("test", "val")
 DEVICE_HELP = "cpu, cuda, cuda:1, mps"
 BEST_DEVICE = "best available"
 N_BOOT_HELP = "bootstrap resamples for the metrics' 95% CIs"
+EXTERNAL = "external test set"
 DETECTOR_HELP = "a run folder (fine-tuned CLIP, zero-shot, probe, CNN), a CLIP model folder or Hub id"
 
 
@@ -75,6 +76,17 @@ class EvaluateConfig:
     batch_size: int = setting(256, "images per forward pass", low=1)
     device: str | None = setting(None, DEVICE_HELP, show_default=BEST_DEVICE)
     n_boot: int = setting(1000, N_BOOT_HELP, low=0)
+    external: bool = setting(False, "read --data as an external labelled set, at its own image size, even "
+                             "when it has split folders (implied for REAL/ and FAKE/ with no split level, "
+                             "a .parquet file or folder, a datasets folder, or hf:REPO other than CIFAKE's)",
+                             group=EXTERNAL)
+    image_column: str | None = setting(None, "external table: the image column", metavar="NAME",
+                                       group=EXTERNAL, show_default="the Image feature")
+    label_column: str | None = setting(None, "external table: the label column", metavar="NAME",
+                                       group=EXTERNAL, show_default="the ClassLabel feature")
+    fake_labels: list[str] = setting(default_factory=list, help="external set: the label names (or label "
+                                     "folder names) that mean FAKE, comma-separated; every other name is REAL",
+                                     metavar="NAME[,NAME...]", group=EXTERNAL, show_default="REAL and FAKE by name")
 
     def check(self) -> None:
         if not self.model:

@@ -40,6 +40,14 @@ def run(data: DataConfig | CifakeData, cfg: EvaluateConfig, out: str | os.PathLi
     if cfg.split == "val" and isinstance(data, DataConfig) and not 0 < data.val_fraction < 1:
         raise CifakeError(f"--split val needs --val-fraction in (0, 1), got {data.val_fraction}")
     detector = load_detector_or_fail(cfg.model, cfg.device)
+    if isinstance(data, DataConfig):  # an external labelled set: methods.external reads and scores it
+        from cifake_lib.methods.external import run_external_evaluate, wants_external
+
+        if wants_external(data.data, cfg):
+            m = run_external_evaluate(data, cfg, out, detector=detector,
+                                      args=settings_record("evaluate", data, cfg, out=out))
+            return RunResult("evaluate", Path(out), runs=[Path(out)], metrics={m["detector"]: m},
+                             seconds=time.perf_counter() - t0)
     cifake, dcfg = loaded(data)
     split = cifake.test if cfg.split == "test" else cifake.val
     if split is None:
