@@ -87,6 +87,12 @@ def run_probe(data: DataConfig | CifakeData, cfg: ProbeConfig, out: str | os.Pat
     t0 = time.perf_counter()
     loaded, dcfg = _data(data)
     out = Path(out)
+    if cfg.layers:  # hook (issue 19): the layer-wise probe, methods.layer_probe
+        from cifake_lib.methods.layer_probe import run_layer_probe
+
+        m = run_layer_probe(loaded, cfg, out, args=_record("probe", dcfg, cfg, out))
+        return StageResult("probe", out, runs=[out], metrics={m["detector"]: m}, seconds=time.perf_counter() - t0,
+                           info={"layer": m["layer"], "C": m["C"], "selection": m["selection"]})
     m = probe(loaded, out, model=cfg.model, mlp=cfg.mlp, hidden=(cfg.hidden,), batch_size=cfg.batch_size,
               device=cfg.device, cache=cfg.cache, figures=cfg.figures, seed=cfg.train_seed,
               args=_record("probe", dcfg, cfg, out))

@@ -300,7 +300,7 @@ class ProbeDetector:
     kind = KIND
 
     def __init__(self, model, processor, probe: ProbeModel, *, threshold: float = 0.5,
-                 detector: str | None = None, model_ref: str | None = None):
+                 detector: str | None = None, model_ref: str | None = None, layer: int | None = None):
         from cifake_lib.methods.zeroshot import model_reference
 
         self.model = model
@@ -309,6 +309,7 @@ class ProbeDetector:
         self.threshold = float(threshold)
         self.detector = detector or ("probe:mlp" if probe.kind == "mlp" else "probe")
         self.model_ref = model_ref if model_ref is not None else model_reference(model)
+        self.layer = None if layer is None else int(layer)  # the layer-wise probe: a vision block's features
 
     @property
     def device(self) -> torch.device:
@@ -320,6 +321,13 @@ class ProbeDetector:
     def predict_proba(self, images: Any, batch_size: int = 256, *, progress: bool = False,
                       cache: bool = False) -> np.ndarray:
         """p_fake (N,) float64 for uint8 images (N, H, W, 3) of any size, or a list of them."""
+        if self.layer is not None:  # methods.layer_probe: one vision block's class token
+            from cifake_lib.clip.layers import layer_features
+
+            if isinstance(images, list):
+                images = np.stack(images)  # one size: the layer-wise probe's images are one array
+            return self.probe.predict_proba(layer_features(self.model, self.processor, images, batch_size=batch_size,
+                                                           cache=cache)[self.layer - 1])
         feats = image_features(self.model, self.processor, images, batch_size=batch_size, cache=cache,
                                progress=progress)
         return self.p_fake_from_features(feats)
@@ -334,7 +342,8 @@ class ProbeDetector:
             **self.probe.hyper,
             "features": "CLIP projected image embeddings, L2-normalised, standardised (train mean/std)",
             "threshold": self.threshold,
-        }
+        } | ({"layer": self.layer, "features": f"vision block {self.layer}'s class token, post_layernorm, visual "
+              "projection, L2-normalised, standardised (train mean/std)"} if self.layer is not None else {})
 
     def save(self, out_dir: str | os.PathLike, extra: Mapping[str, Any] | None = None) -> Path:
         """probe.safetensors + detector.json (the CLIP model by reference)."""
@@ -361,7 +370,7 @@ class ProbeDetector:
         if dim != probe.dim:
             raise ValueError(f"{meta_path}: probe expects {probe.dim}-d features but {model_ref} gives {dim}")
         return cls(model, processor, probe, threshold=float(meta.get("threshold", 0.5)),
-                   detector=meta.get("detector"), model_ref=model_ref)
+                   detector=meta.get("detector"), model_ref=model_ref, layer=meta.get("layer"))
 
     def __repr__(self) -> str:
         return (f"ProbeDetector(detector={self.detector!r}, model={self.model_ref!r}, "
