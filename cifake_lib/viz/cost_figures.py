@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 
 
 def _errors(rows: Sequence[Mapping[str, Any]], key: str) -> tuple[np.ndarray, np.ndarray]:
@@ -58,6 +59,7 @@ def frontier_figure(rows: Sequence[Mapping[str, Any]], *, title: str = "Accuracy
             ax.errorbar([x], [values[i]], yerr=err[:, i:i + 1], marker="o", capsize=3, color=colors[r["method"]],
                         label=r["method"])
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels crowd a short log range
         ax.set_xlabel(label)
         ax.grid(True, alpha=0.3)
     axes[0].set_ylabel("test ROC AUC (95% CI)")
