@@ -254,3 +254,46 @@ def test_layer_probe_stage_learns_and_writes_its_files(tiny_model_dir, small_rea
     assert loaded.layer == r.info["layer"]
     preds = _p_fake(out, 8)
     np.testing.assert_allclose(loaded.predict_proba(small_real.test.images[:8]), preds, atol=1e-6)
+
+
+# --- the report's cost table and frontier ----------------------------------------------------------
+
+
+def test_cost_table_summary_and_frontier_from_run_records(tmp_path):
+    import statistics
+
+    from cifake_lib.analysis.report import Section, assemble_report
+    from cifake_lib.analysis.report_costs import COSTS_CSV, FRONTIER_FIGURE, cost_rows, cost_section, cost_summary
+    from cifake_lib.methods.cost import cost_record
+
+    rng = np.random.default_rng(0)
+    runs = []
+    for name, trainable in (("lora", 16_384), ("lora", 16_384), ("adapter", 2_048)):
+        seconds = float(rng.uniform(5, 50))
+        cost = cost_record(trainable_params=trainable, total_params=300_000, peak_memory_bytes=2**30,
+                           peak_memory_kind="cpu peak RSS", train_seconds=seconds, train_images=1920, device="cpu")
+        runs.append({"name": name, "run": {"cost": cost},
+                     "metrics": {"roc_auc": float(rng.uniform(0.5, 0.9)), "roc_auc_ci95": [0.5, 0.95]}})
+    runs.append({"name": "zeroshot:plain", "run": {}, "metrics": {"roc_auc": 0.6}})
+    rows, missing = cost_rows(runs)
+    assert missing == ["zeroshot:plain"] and [r["method"] for r in rows] == ["lora", "lora", "adapter"]
+    assert rows[0]["device_seconds_per_1k_images"] == pytest.approx(1000 * runs[0]["run"]["cost"]["train_seconds"]
+                                                                   / 1920)
+    lora = next(r for r in cost_summary(rows) if r["method"] == "lora")
+    aucs = [runs[0]["metrics"]["roc_auc"], runs[1]["metrics"]["roc_auc"]]
+    assert lora["n_runs"] == 2 and lora["test_roc_auc"] == pytest.approx(statistics.fmean(aucs))
+    assert lora["test_roc_auc_sd"] == pytest.approx(statistics.stdev(aucs)) and lora["peak_memory_gib"] == 1.0
+
+    class _Study:
+        pass
+
+    study = _Study()
+    study.runs = runs
+    section = cost_section(study, Section)
+    path = assemble_report([section], tmp_path, title="costs")
+    text = path.read_text()
+    assert "trainable params" in text and "Not measured (no cost record): zeroshot:plain" in text
+    assert (tmp_path / COSTS_CSV).read_text().count("\n") == 1 + 3
+    assert (tmp_path / FRONTIER_FIGURE).stat().st_size > 5000
+    fig = section.figures[FRONTIER_FIGURE]
+    assert [len(ax.lines) > 0 for ax in fig.axes[:2]] == [True, True]
