@@ -263,7 +263,13 @@ def test_cost_table_summary_and_frontier_from_run_records(tmp_path):
     import statistics
 
     from cifake_lib.analysis.report import Section, assemble_report
-    from cifake_lib.analysis.report_costs import COSTS_CSV, FRONTIER_FIGURE, cost_rows, cost_section, cost_summary
+    from cifake_lib.analysis.report_costs import (
+        COSTS_CSV,
+        FRONTIER_FIGURE,
+        cost_rows,
+        cost_section,
+        cost_summary,
+    )
     from cifake_lib.methods.cost import cost_record
 
     rng = np.random.default_rng(0)
