@@ -47,6 +47,8 @@ METHODS = {
     "ce": {"loss": "ce"},
     "clip-label-aware": {"loss": "clip-label-aware"},
     "prompt": {"train": "prompt"},
+    "lora": {"train": "lora"},  # FLYP's loss on LoRA adapters (methods.lora)
+    "adapter": {"train": "adapter"},  # CLIP-Adapter, CE over the class prompts (methods.adapter)
 }
 PROMPTS = "class_aware"
 
@@ -114,9 +116,17 @@ def _setup(model_dir: str, v: Variant, batch_size: int, device: str):
     torch.manual_seed(0)
     processor = CLIPProcessor.from_pretrained(model_dir)
     clip = CLIPModel.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="sdpa")
+    if cfg.train == "lora":  # as finetune.build: adapters injected before the classifier is built
+        from cifake_lib.methods.lora import attach_lora
+
+        attach_lora(clip, cfg)
     context = PromptContext.create(clip, processor.tokenizer, cfg.n_ctx) if cfg.train == "prompt" else None
     prompts = ft.resolve_prompts(cfg.prompts)
     model = ft.ClipClassifier(clip, processor.tokenizer, prompts, context)
+    if cfg.train == "adapter":
+        from cifake_lib.methods.adapter import attach_adapter
+
+        attach_adapter(model, cfg)
     ft.set_trainable(model, cfg)
     model.to(device).train()
     rng = np.random.default_rng(0)

@@ -21,8 +21,9 @@ from pathlib import Path
 from _common import prepare
 
 PRESETS = ("report", "smoke")
-# bench_finetune.METHODS keys measured: both encoders under FLYP, and CoOp's context (its PromptContext)
-MEASURED = ("flyp", "prompt")
+# bench_finetune.METHODS keys measured: both encoders under FLYP, CoOp's context (its PromptContext),
+# LoRA adapters under FLYP's loss, and CLIP-Adapter
+MEASURED = ("flyp", "prompt", "lora", "adapter")
 
 
 def preset_batches(preset: str) -> dict[str, int]:
@@ -63,6 +64,20 @@ def measure_training(model_dir: str, method: str, dtype, sizes: tuple[int, int])
     return model.clip.config, n_params, n_trainable, per_image, fixed
 
 
+def layer_probe_memory(vision_config, n_params: int, batch: int):
+    """`probe --layers`: the probe's inference plus every block's hidden states, which
+    output_hidden_states keeps alive until the batch's class tokens are taken (modelled, fp16)."""
+    import dataclasses
+
+    from cifake_lib.methods.memory import GIB, inference_memory
+
+    row = inference_memory("probe --layers", vision_config, n_params, batch, "fp16")
+    tokens = (vision_config.image_size // vision_config.patch_size) ** 2 + 1
+    hidden = (vision_config.num_hidden_layers + 1) * batch * tokens * vision_config.hidden_size * 2 / GIB
+    return dataclasses.replace(row, activations_gib=row.activations_gib + hidden, total_gib=row.total_gib + hidden,
+                               how=row.how + " + all blocks' hidden states")
+
+
 def estimates(model_dir: str, preset: str, precision: str, sizes: tuple[int, int]) -> dict:
     import torch
 
@@ -80,6 +95,7 @@ def estimates(model_dir: str, preset: str, precision: str, sizes: tuple[int, int
     for name, batch in [("finetune eval", b["finetune_eval"]), ("zeroshot", b["zeroshot"]), ("probe", b["probe"]),
                         ("evaluate / robustness", b["robustness"])]:
         rows.append(inference_memory(name, config.vision_config, n_params, batch, "fp16"))
+    rows.append(layer_probe_memory(config.vision_config, n_params, b["probe"]))
     return {"model": model_dir, "preset": preset, "precision": precision, "batches": b,
             "measured_at_batch_sizes": list(sizes), "measured": measured, "n_params": n_params,
             "rows": [r.to_dict() for r in rows]}

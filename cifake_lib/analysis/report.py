@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from cifake_lib.analysis import compare
+from cifake_lib.analysis.report_costs import cost_section
 from cifake_lib.analysis.study import (
     PAIRED_COLUMNS,
     Study,
@@ -728,6 +729,7 @@ def build_report(run_dirs: str | os.PathLike | Iterable[str | os.PathLike], out_
                             saliency_per_group=saliency_per_group, detectors=detectors, device=device),
         analysis_section(study, results, split, embeddings=embeddings, embedding_limit=embedding_limit,
                          device=device),
+        cost_section(study, Section),  # issue 19: cost table and efficiency frontier (analysis.report_costs)
         discussion_section(study, results),
         references_section(),
     ]

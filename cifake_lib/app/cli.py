@@ -293,7 +293,7 @@ COMMANDS: list[Command] = [
             stages.STAGES["zeroshot"].option_classes, _stage_runner("zeroshot"), out=True, json=True),
     Command("probe", "linear probe (logistic regression, C chosen on validation) on frozen CLIP image features",
             stages.STAGES["probe"].option_classes, _stage_runner("probe"), out=True, json=True),
-    Command("finetune", "fine-tune CLIP's text and image encoders on CIFAKE (FLYP; its CE ablation; CoOp); "
+    Command("finetune", "fine-tune CLIP on CIFAKE (FLYP; CE over the averaged class prompts; CoOp; LoRA; CLIP-Adapter); "
             "checkpoints, resume, best model exported", stages.STAGES["finetune"].option_classes,
             _finetune, out=True, json=True),
     Command("cnn", "train the CIFAKE paper's CNN (Bird & Lotfi) as a reference detector",

@@ -2,8 +2,8 @@
 
 A row is the run's key (method, model, train_size, seed), its stage and folder, its status
 (complete, partial, planned, stopped, failed), its seconds (run.json), its headline test
-metrics, those of its leak-free re-evaluation, and the `cifake ...` command that reproduces it
-alone. Torch-free: `cifake run --print-plan` lists the same rows without running anything.
+metrics, those of its leak-free re-evaluation, what it cost (trainable and total parameters,
+peak memory, training seconds and rate), and the `cifake ...` command that reproduces it alone. Torch-free: `cifake run --print-plan` lists the same rows without running anything.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from cifake_lib.core.files import write_csv
-from cifake_lib.evaluation.study import INDEX, INDEX_COLUMNS
+from cifake_lib.evaluation.study import COST_COLUMNS, INDEX, INDEX_COLUMNS
 
 
 def _json(path: Path) -> dict[str, Any]:
@@ -38,6 +38,13 @@ def _headline(folder: Path) -> dict[str, Any]:
         return {k: float(best[0][k]) if best and best[0].get(k) else None for k in ("accuracy", "roc_auc")}
     m = _json(folder / "metrics.json")
     return {"accuracy": m.get("accuracy"), "roc_auc": m.get("roc_auc")}
+
+
+def _cost(folder: Path) -> dict[str, Any]:
+    """The run's cost fields (metrics.json "cost"; for zero-shot, those its prompt sets share)."""
+    files = [folder / "metrics.json"] + sorted(folder.glob("*/metrics.json"))
+    cost = next((c for f in files if isinstance(c := _json(f).get("cost"), dict)), {})
+    return {k: cost.get(k) for k in COST_COLUMNS}
 
 
 def _seconds(folder: Path) -> float | None:
@@ -68,7 +75,7 @@ def index_rows(steps: Sequence[Any], out: Path, session: Mapping[str, str] | Non
                                "status": status, "command": "cifake " + " ".join(s.argv),
                                "evaluated_dir": os.path.relpath(ev.out, out) if ev is not None else ""}
         if metrics and status == "complete":
-            row.update(seconds=_seconds(s.out), **_headline(s.out))
+            row.update(seconds=_seconds(s.out), **_headline(s.out), **_cost(s.out))
             if ev is not None and ev.is_done():
                 lf = _json(ev.out / "metrics.json")
                 row.update(leak_free_accuracy=lf.get("accuracy"), leak_free_roc_auc=lf.get("roc_auc"))

@@ -125,8 +125,12 @@ def _check_split(split: Any, p: Any, name: str) -> np.ndarray:
 
 def write_run(out_dir: str | os.PathLike, *, test: Any, p_test: Any, val: Any | None, p_val: Any | None,
               detector: dict, model: str, data: str, seed: int, args: dict | Any, seconds: float,
-              threshold: float | None = None, n_boot: int = 1000) -> dict[str, Any]:
+              threshold: float | None = None, n_boot: int = 1000,
+              cost: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Write a complete run folder for one detector and return its test metrics dict.
+
+    cost: what training cost (`methods.cost`: parameters, peak memory, throughput), recorded as
+    "cost" in metrics.json and run.json.
 
     test, val: `cifake_lib.data.load.Split`s (anything with .labels .classes .ids); p_test,
     p_val: their p_fake scores. threshold None -> chosen on val (choose_threshold), or 0.5
@@ -155,6 +159,8 @@ def write_run(out_dir: str | os.PathLike, *, test: Any, p_test: Any, val: Any | 
                   seed=int(seed), n_boot=n_boot, threshold_source=source)
     # Compute before writing anything, so bad inputs leave no half-written folder.
     metrics = metrics_record(test.labels, p_test, classes=test.classes, split="test", **common)
+    if cost is not None:
+        metrics["cost"] = _jsonable(dict(cost))
     metrics_val = (metrics_record(val.labels, p_val, classes=val.classes, split="val", **common)
                    if val is not None else None)
 
@@ -181,7 +187,7 @@ def write_run(out_dir: str | os.PathLike, *, test: Any, p_test: Any, val: Any | 
         "python": sys.version,
         "platform": platform.platform(),
         "device": device_info(),
-    })
+    } | ({"cost": metrics["cost"]} if cost is not None else {}))
     write_json(out / METRICS, metrics)  # last: its presence marks a complete run
     return metrics
 
@@ -231,7 +237,7 @@ def check_detector_meta(meta: Any, meta_path: Path, kind: str | None = None) -> 
         raise _bad_field(meta_path, "model", meta.get("model"), "the CLIP model: a folder or a Hub id")
     if meta["kind"] == "cnn" and "weights" not in meta:
         raise _bad_field(meta_path, "weights", None, "the weights file (cnn.safetensors)")
-    for field in ("weights", "text_embeddings"):
+    for field in ("weights", "text_embeddings", "clip_adapter"):
         if field in meta:
             _check_file_field(meta_path, meta, field)
     if "use_known_class" in meta and not isinstance(meta["use_known_class"], bool):

@@ -24,8 +24,11 @@ OLD_STUDY = "config.json"  # its name before: read for existing studies (a model
 INDEX = "runs.csv"  # the grid's index: one row per run
 RUNS_DIR = "runs"  # under OUT: one folder per run of the grid
 KEY_COLUMNS = ("method", "model", "train_size", "seed")
+# What each run cost (`methods/cost.py`, metrics.json "cost"), as index columns.
+COST_COLUMNS = ("trainable_params", "total_params", "peak_memory_bytes", "peak_memory_kind", "train_seconds",
+                "train_images_per_second", "device_seconds_per_1k_images")
 INDEX_COLUMNS = (*KEY_COLUMNS, "stage", "run_dir", "status", "seconds", "accuracy", "roc_auc",
-                 "leak_free_accuracy", "leak_free_roc_auc", "evaluated_dir", "command")
+                 "leak_free_accuracy", "leak_free_roc_auc", *COST_COLUMNS, "evaluated_dir", "command")
 ALL = "all"  # train_size of a run on the whole training split
 
 
@@ -118,5 +121,5 @@ def read_study(folder: str | os.PathLike) -> dict[str, Any] | None:
     return None
 
 
-__all__ = ["ALL", "INDEX", "INDEX_COLUMNS", "KEY_COLUMNS", "OLD_STUDY", "RUNS_DIR", "STUDY", "RunKey", "index_runs",
+__all__ = ["ALL", "COST_COLUMNS", "INDEX", "INDEX_COLUMNS", "KEY_COLUMNS", "OLD_STUDY", "RUNS_DIR", "STUDY", "RunKey", "index_runs",
            "is_study_record", "main_runs", "model_slug", "read_index", "read_study"]

@@ -495,8 +495,14 @@ def run(data: DataConfig | CifakeData, cfg: CnnStageConfig, out: str | os.PathLi
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = _pick_device(cfg.device)
+    from cifake_lib.methods.cost import CostMeter, count_parameters
+
+    meter = CostMeter(device)
     result = train_cnn(cifake.train, cifake.val, config=config, train_config=tc, device=device,
                        progress=cfg.progress, checkpoint_dir=out_dir / CHECKPOINT_DIR)
+    n_params = count_parameters(result.model.parameters())
+    cost = meter.record(trainable_params=n_params, total_params=n_params,
+                        train_images=len(cifake.train) * len(result.history), train_seconds=result.seconds)
     save_cnn_weights(result.model, out_dir / WEIGHTS_FILE)
     write_json(out_dir / HISTORY_FILE, {"best_epoch": result.best_epoch, "epochs": result.history})
 
@@ -508,7 +514,7 @@ def run(data: DataConfig | CifakeData, cfg: CnnStageConfig, out: str | os.PathLi
         detector=_detector_meta(config, tc, result.best_epoch, has_val=cifake.val is not None),
         model="cifake-cnn" + ("" if config == CNNConfig.paper() else "-variant"), data=cifake.source,
         seed=tc.seed, args=settings_record("cnn", dcfg, cfg, out=out_dir), seconds=time.perf_counter() - t0,
-        n_boot=cfg.n_boot)
+        n_boot=cfg.n_boot, cost=cost)
     shutil.rmtree(out_dir / CHECKPOINT_DIR, ignore_errors=True)  # the run folder now holds it all
     return RunResult("cnn", out_dir, runs=[out_dir], metrics={DETECTOR: metrics}, seconds=time.perf_counter() - t0,
                      info={"best_epoch": result.best_epoch, "epochs_run": len(result.history),

@@ -60,6 +60,9 @@ class ProbeConfig:
     device: str | None = setting(None, DEVICE_HELP, show_default=BEST_DEVICE)
     cache: bool = setting(True, "do not read or write the image-feature cache")
     figures: bool = setting(True, "skip the PNG figures")
+    layers: str = setting("", "the layer-wise probe: 'all' or vision blocks 1..L (e.g. 6,11,12): a linear probe "
+                          "on each block's class token, C chosen on validation per block (layers.csv, layers.png)",
+                          metavar="all|LIST", show_default="off: the final embedding only")
     # The logistic probe's solver (lbfgs) is deterministic: this seed only changes the MLP.
     train_seed: int = setting(0, "training seed (the MLP's initialisation and early-stopping hold-out)",
                               metavar="N", show_default="the data --seed")

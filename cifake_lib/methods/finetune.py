@@ -10,8 +10,9 @@ The losses (`loss`), named for what they are:
   logit scale clamped at 100; both encoders learn. Same-label captions in a batch are negatives,
   as on FLYP's own binary tasks (PatchCamelyon, SST2). The text tower encodes only the batch's
   distinct captions. With several processes, each process's shard is its in-batch set.
-- "ce": cross-entropy over class-prompt embeddings (FLYP's CE ablation, `src/models/ce_ablation.py`):
-  the text encoder embeds every prompt of the set (each label's templates encoded, normalised,
+- "ce": CE over the averaged class prompts. FLYP's CE ablation (`src/models/ce_ablation.py`) draws
+  one random template per class at each step; ours averages every template instead: the text encoder
+  embeds every prompt of the set (each label's templates encoded, normalised,
   averaged, normalised again: the zero-shot head of `clip.head`), and
 
       logits = logit_scale * cos(image, label embedding)       (B, 2): REAL, FAKE
@@ -104,6 +105,12 @@ from cifake_lib.core.results import RunResult, settings_record
 from cifake_lib.core.weights import load_safetensors, load_state
 from cifake_lib.data.config import DataConfig, loaded
 from cifake_lib.data.perturb import augment_batch
+from cifake_lib.methods.adapter import (
+    ADAPTER_FILE,
+    adapter_methods_text,
+    attach_adapter,
+    export_adapter,
+)
 from cifake_lib.methods.checkpoints import (
     CHECKPOINTS,
     HISTORY_FILE,
@@ -123,6 +130,7 @@ from cifake_lib.methods.checkpoints import (
     save_checkpoint,
     set_rng_state,
 )
+from cifake_lib.methods.cost import CostMeter, count_parameters
 from cifake_lib.methods.finetune_config import (  # noqa: F401 (re-exported: the settings live there)
     LOSS_NAMES,
     LOSSES,
@@ -135,6 +143,7 @@ from cifake_lib.methods.finetune_config import (  # noqa: F401 (re-exported: the
     parse_alphas,
     parse_train,
 )
+from cifake_lib.methods.lora import export_lora, lora_methods_text, set_lora_trainable
 from cifake_lib.methods.speed import compile_towers, make_adamw
 from cifake_lib.methods.training import TrainState, data_fingerprint, val_scores, warmup_cosine
 from cifake_lib.viz.run_figures import (
@@ -251,7 +260,9 @@ class ClipClassifier(nn.Module):
         return list(self.clip.text_model.parameters()) + list(self.clip.text_projection.parameters())
 
     def image_parameters(self) -> list[nn.Parameter]:
-        return list(self.clip.vision_model.parameters()) + list(self.clip.visual_projection.parameters())
+        adapter = getattr(self, "adapter", None)  # --train adapter: methods.adapter, on the image features
+        return (list(self.clip.vision_model.parameters()) + list(self.clip.visual_projection.parameters())
+                + (list(adapter.parameters()) if adapter is not None else []))
 
     def _text_grad(self) -> bool:
         params = self.text_parameters() + ([self.context.ctx] if self.context is not None else [])
@@ -307,7 +318,7 @@ def flyp_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torc
 
 
 def ce_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of the (REAL, FAKE) logits over class-prompt embeddings (FLYP's CE ablation)."""
+    """Cross-entropy of the (REAL, FAKE) logits over the averaged class prompts (see the module notes)."""
     return F.cross_entropy(logits.float(), labels)
 
 
@@ -398,7 +409,14 @@ def set_trainable(model: ClipClassifier, cfg: FinetuneConfig) -> None:
     """requires_grad per --train / --freeze-logit-scale (LP-FT switches sides at run time).
 
     --train prompt (CoOp) freezes all of CLIP, logit scale included: only the context learns.
+    --train lora / adapter: likewise, only the adapters (methods.lora) or the CLIP-Adapter learn.
     """
+    if cfg.train in ("lora", "adapter"):  # hook: methods.lora / methods.adapter
+        for p in model.clip.parameters():
+            p.requires_grad_(False)
+        if cfg.train == "lora":
+            set_lora_trainable(model.clip)
+        return
     for p in model.text_parameters():
         p.requires_grad_(cfg.train in ("both", "text") or cfg.lp_ft)
     for p in model.image_parameters():
@@ -516,6 +534,7 @@ class TrainOutcome:
     history: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
     images_per_second: float = 0.0
+    cost: dict[str, Any] | None = None  # methods.cost: parameters, peak memory, throughput of this invocation
 
 
 def _check_split(split: Any, name: str) -> None:
@@ -568,8 +587,8 @@ class Setup:
 
     @property
     def trained(self) -> nn.Module:
-        """What learns, hence what a checkpoint holds: CLIP, or only the context vectors (CoOp)."""
-        return self.model.context if self.model.context is not None else self.clip
+        """What learns, hence what a checkpoint holds: CLIP, or only the context vectors (CoOp) or the adapter."""
+        return trained_module(self.model)
 
     def epoch_captions(self, epoch: int) -> np.ndarray:
         """FLYP: each train image's caption (index into the prompt texts) in this epoch."""
@@ -604,13 +623,26 @@ class Setup:
         input model, written once.
         """
         if self.main:
-            if self.model.context is None:
+            if self.cfg.train == "lora":  # hook: merged plain CLIP + OUT/lora_adapter/ (methods.lora)
+                export_lora(self.clip, self.processor, self.cfg, self.out, MODEL_DIR)
+            elif self.cfg.train == "adapter":  # hook: OUT/clip_adapter.safetensors + the input model once
+                export_adapter(self.model.adapter, self.out)
+                if not (self.out / MODEL_DIR / "config.json").is_file():
+                    export_model(self.clip, self.processor, self.out / MODEL_DIR)
+            elif self.model.context is None:
                 export_model(self.clip, self.processor, self.out / MODEL_DIR)
             else:
                 self.model.context.save(self.out / CONTEXT_FILE)
                 if not (self.out / MODEL_DIR / "config.json").is_file():
                     export_model(self.clip, self.processor, self.out / MODEL_DIR)
         self.accelerator.wait_for_everyone()
+
+
+def trained_module(model: ClipClassifier) -> nn.Module:
+    """The module a checkpoint saves and loads: CoOp's context, a CLIP-Adapter, else CLIP (with LoRA's adapters)."""
+    if model.context is not None:
+        return model.context
+    return getattr(model, "adapter", None) or model.clip
 
 
 def _run_length(cfg: FinetuneConfig, n: int, world: int) -> tuple[int, int]:
@@ -690,15 +722,21 @@ def build(data: CifakeData, cfg: FinetuneConfig, prompts: PromptSet) -> tuple[Se
     random.seed(cfg.seed)
     np.random.seed(cfg.seed % 2**32)
     clip, processor = _load_clip(cfg)
+    if cfg.train == "lora":  # hook: peft adapters injected in place (methods.lora)
+        from cifake_lib.methods.lora import attach_lora
+
+        attach_lora(clip, cfg)
     context = PromptContext.create(clip, processor.tokenizer, cfg.n_ctx, seed=cfg.seed) if cfg.train == "prompt" else None
     model = ClipClassifier(clip, processor.tokenizer, prompts, context)
+    if cfg.train == "adapter":  # hook: CLIP-Adapter as model.adapter (methods.adapter)
+        attach_adapter(model, cfg)
     set_trainable(model, cfg)
     model.to(accelerator.device).train()
     compile_towers(model, tower_compile_mode(cfg))
     optimizer = make_adamw(param_groups(model, cfg.weight_decay), lr=cfg.base_lr, betas=(cfg.beta1, cfg.beta2),
                            eps=cfg.eps, weight_decay=cfg.weight_decay, device=accelerator.device)
     if ckpt is not None:  # before prepare: the weights and the optimiser as they were
-        load_state(context if context is not None else clip, load_safetensors(ckpt / WEIGHTS_FILE), ckpt / WEIGHTS_FILE)
+        load_state(trained_module(model), load_safetensors(ckpt / WEIGHTS_FILE), ckpt / WEIGHTS_FILE)
         optimizer.load_state_dict(load_tensors(ckpt / OPTIMIZER_FILE))
     ddp_model, optimizer = accelerator.prepare(model, optimizer)
     setup = Setup(cfg=cfg, out=Path(cfg.out), accelerator=accelerator, clip=clip, processor=processor,
@@ -892,6 +930,7 @@ def train(data: CifakeData, cfg: FinetuneConfig, prompts: PromptSet | None = Non
     # build the model and optimiser; resume from the newest checkpoint when asked
     setup, ckpt = build(data, cfg, checked(cfg) if prompts is None else prompts)
     state = resume(setup, ckpt)
+    cost_meter = CostMeter(setup.accelerator.device, setup.world)
     t_start = time.perf_counter()
     if setup.main:
         setup.out.mkdir(parents=True, exist_ok=True)
@@ -947,7 +986,10 @@ def train(data: CifakeData, cfg: FinetuneConfig, prompts: PromptSet | None = Non
     return TrainOutcome(out=setup.out, status=state.status, step=state.step, total_steps=setup.total_steps,
                         best_step=state.best_step, best_val_auc=state.best, history=state.history,
                         seconds=time.perf_counter() - t_start,
-                        images_per_second=meter.train_images / max(1e-9, meter.train_seconds))
+                        images_per_second=meter.train_images / max(1e-9, meter.train_seconds),
+                        cost=cost_meter.record(trainable_params=count_parameters(setup.trainable),
+                                               total_params=count_parameters(setup.model.parameters()),
+                                               train_images=meter.train_images, train_seconds=meter.train_seconds))
 
 
 # ---------------------------------------------------------------------------
@@ -997,17 +1039,20 @@ def hyperparameters_vs_flyp(cfg: FinetuneConfig) -> dict[str, Any]:
 
 def methods_text(cfg: FinetuneConfig) -> str:
     """One paragraph for a methods section: the loss by its name, with its source and settings."""
+    if cfg.train in ("lora", "adapter"):  # hook: methods.lora / methods.adapter
+        added = lora_methods_text(cfg) if cfg.train == "lora" else adapter_methods_text(cfg)
+        if cfg.train == "adapter" or cfg.loss == "ce":
+            return added + " " + CE_TEXT
+        return added + " " + _flyp_text(cfg)
     if cfg.train == "prompt":
         return (f"CoOp prompt tuning (Zhou et al., IJCV 2022): {cfg.n_ctx} context vectors shared by both labels, "
                 f"placed before the label word, learned with the cross-entropy over the two label prompts; "
                 f"both CLIP encoders frozen. AdamW at {cfg.prompt_lr:g} with warm-up and cosine decay "
                 "(CoOp: SGD at 2e-3, momentum 0.9, cosine).")
     if cfg.loss == "flyp":
-        s = (f"FLYP (Goyal et al., CVPR 2023): each training image is paired with a caption of its label (one of "
-             f"the {cfg.prompts!r} prompt set's templates, drawn per image and epoch, the CIFAR class filled in "
-             "where the set has {class} templates), and both encoders are trained with the symmetric in-batch "
-             "contrastive loss (arange targets, logit scale clamped at 100); same-label captions in a batch are "
-             "negatives, as in FLYP's binary tasks. The model is evaluated as a zero-shot classifier.")
+        s = _flyp_text(cfg)
+    elif cfg.loss == "ce":
+        s = f"{CE_TEXT} Training {cfg.train} encoder(s)."
     else:
         s = f"{LOSS_NAMES[cfg.loss]}, training {cfg.train} encoder(s)."
     h = hyperparameters_vs_flyp(cfg)["ours"]
@@ -1017,14 +1062,35 @@ def methods_text(cfg: FinetuneConfig) -> str:
             f"eps 1e-8; ours differ because {WHY_OURS}).")
 
 
+# How our CE differs from FLYP's ce_ablation.py (which draws one random template per class at each step).
+CE_VARIANT = "averaged class prompts"
+CE_TEXT = ("Loss: CE over the averaged class prompts: the cross-entropy of logit_scale x cos(image, label "
+           "embedding), each label's embedding the normalised mean of all its templates' embeddings at every step "
+           "(FLYP's CE ablation instead draws one random template per class at each step).")
+
+
+def _flyp_text(cfg: FinetuneConfig) -> str:
+    return (f"FLYP (Goyal et al., CVPR 2023): each training image is paired with a caption of its label (one of "
+            f"the {cfg.prompts!r} prompt set's templates, drawn per image and epoch, the CIFAR class filled in "
+            "where the set has {class} templates), trained with the symmetric in-batch contrastive loss (arange "
+            "targets); same-label captions in a batch are negatives, as in FLYP's binary tasks. Two differences "
+            "from FLYP: one template per image per epoch (FLYP's data has one row per image and template), and "
+            "the learned logit scale clamped at 100. The model is evaluated as a zero-shot classifier.")
+
+
 def _detector(cfg: FinetuneConfig, model_dir: Path, prompts: PromptSet, device):
     from cifake_lib.methods.zeroshot import ClipDetector, load_for_inference
 
     model, processor = load_for_inference(model_dir, device)
     context_file = Path(cfg.out) / CONTEXT_FILE
     context = PromptContext.load(context_file, processor.tokenizer) if cfg.train == "prompt" else None
+    adapter = None
+    if cfg.train == "adapter":  # hook: the CLIP-Adapter scores the run (clip.adapter)
+        from cifake_lib.clip.adapter import ClipAdapter
+
+        adapter = ClipAdapter.load(Path(cfg.out) / ADAPTER_FILE).to(next(model.parameters()).device)
     return ClipDetector(model, processor, prompts, detector=f"finetune:{cfg.train}", model_ref=MODEL_DIR,
-                        context=context)
+                        context=context, adapter=adapter)
 
 
 def apply_wise_ft(data: CifakeData, cfg: FinetuneConfig, prompts: PromptSet, device=None) -> float:
@@ -1086,13 +1152,15 @@ def evaluate_run(data: CifakeData, cfg: FinetuneConfig, outcome: TrainOutcome, p
             "loss": cfg.loss, "loss_name": LOSS_NAMES[cfg.loss], "method": methods_text(cfg),
             "hyperparameters": hyperparameters_vs_flyp(cfg), "wise_ft_alpha": wise_ft_alpha,
             "best_step": outcome.best_step, "best_val_auc": outcome.best_val_auc,
-            "steps": outcome.step, "total_steps": outcome.total_steps, "status": outcome.status}
+            "steps": outcome.step, "total_steps": outcome.total_steps, "status": outcome.status,
+            "ce_variant": CE_VARIANT if cfg.loss == "ce" else None}
     if (out / FINETUNED_DIR / "config.json").is_file() and wise_ft_alpha not in (None, 1.0):
         meta["finetuned_model"] = FINETUNED_DIR  # alpha = 1, for comparisons with the chosen alpha
     meta.pop("threshold", None)  # chosen on validation by write_run
     metrics = write_run(out, test=data.test, p_test=p_test, val=val, p_val=p_val, detector=meta,
                         model=cfg.model, data=data.source, seed=cfg.seed,
-                        args=args if args is not None else cfg.to_dict(), seconds=seconds)
+                        args={**(args if args is not None else cfg.to_dict()), "ce_variant": meta["ce_variant"]},
+                        seconds=seconds, cost=outcome.cost)
     if outcome.history:
         save_figure(training_curves_figure(outcome.history, title=f"finetune:{cfg.train}"), out / CURVES_FILE)
     return metrics

@@ -17,11 +17,17 @@ from typing import Any
 from cifake_lib.core.config import setting
 from cifake_lib.core.settings import DEFAULT_MODEL
 
-TRAIN_CHOICES = ("both", "image", "text", "prompt")
+TRAIN_CHOICES = ("both", "image", "text", "prompt", "lora", "adapter")
+# What each --train value adds to a frozen CLIP (the full fine-tunes add nothing: they change CLIP).
+ADDED_MODULES = {"prompt": "CoOp context vectors", "lora": "LoRA adapters (peft) on attention projections",
+                 "adapter": "CLIP-Adapter bottleneck MLP on the image features"}
+LORA_TOWERS = ("both", "vision", "text")
 LOSSES = ("flyp", "ce", "clip-label-aware")
 LOSS_NAMES = {
     "flyp": "FLYP: symmetric in-batch contrastive loss, each image paired with a caption of its label",
-    "ce": "cross-entropy over class-prompt embeddings (FLYP's CE ablation)",
+    # FLYP's ce_ablation.py draws one random template per class at every step; ours averages every
+    # template of each label at every step (the zero-shot head), so it is named for that.
+    "ce": "CE over the averaged class prompts (cross-entropy against the zero-shot head's label embeddings)",
     "clip-label-aware": "in-batch CLIP loss with targets spread over same-label pairs",
 }
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
@@ -37,13 +43,13 @@ EVAL = "evaluation and checkpoints"
 
 
 def parse_train(value: str) -> str:
-    """"both" | "image" | "text" | "prompt", also accepting "text,image", "image+text", "all"."""
+    """"both" | "image" | "text" | "prompt" | "lora" | "adapter", also accepting "text,image", "image+text", "all"."""
     parts = {p.strip().lower() for p in re.split(r"[,+ ]", str(value)) if p.strip()}
     if parts in ({"both"}, {"all"}, {"text", "image"}):
         return "both"
-    if parts in ({"image"}, {"text"}, {"prompt"}):
+    if parts in ({"image"}, {"text"}, {"prompt"}, {"lora"}, {"adapter"}):
         return parts.pop()
-    raise ValueError(f"train must be both, image, text, prompt or text,image; got {value!r}")
+    raise ValueError(f"train must be both, image, text, prompt, lora, adapter or text,image; got {value!r}")
 
 
 def parse_alphas(value: Any) -> list[float] | None:
@@ -78,13 +84,16 @@ class FinetuneConfig:
 
     model: str = setting(DEFAULT_MODEL, "CLIP Hub id or local model folder to start from", metavar="M")
     out: str = setting("", cli=False)  # the run folder; given to the stage, not as a setting
-    train: str = setting("both", "what learns: both encoders (= text,image), image, text, or prompt (CoOp: "
-                         "context vectors before the label word, CLIP frozen, loss ce)",
+    train: str = setting("both", "what learns: both encoders (= text,image), image, text, prompt (CoOp: "
+                         "context vectors before the label word, CLIP frozen, loss ce), lora (LoRA adapters "
+                         "on the attention projections, CLIP frozen, merged at export) or adapter "
+                         "(CLIP-Adapter on the image features, CLIP frozen, loss ce)",
                          convert=parse_train, metavar="PARTS", group=WHAT)
     prompts: str = setting("ensemble", "class prompts: a prompt set name, a .json/.toml file, or a "
                            "zero-shot run folder (its detector.json prompts)", metavar="NAME", group=WHAT)
     loss: str = setting("flyp", "flyp: FLYP, each image paired with a caption of its label, symmetric in-batch "
-                        "contrastive loss; ce: cross-entropy over class-prompt embeddings (FLYP's CE ablation); "
+                        "contrastive loss; ce: CE over the averaged class prompts (every template of "
+                        "each label averaged at each step; FLYP's CE ablation draws one template per class); "
                         "clip-label-aware: in-batch CLIP loss with targets spread over same-label pairs",
                         choices=LOSSES, group=WHAT)
     epochs: int = setting(3, "epochs", low=1, group=OPTIM)
@@ -138,6 +147,23 @@ class FinetuneConfig:
                          metavar="N", group=WHAT)
     prompt_lr: float = setting(2e-3, "--train prompt: AdamW learning rate of the context vectors (CoOp: SGD "
                                "at 2e-3)", low=0.0, low_open=True, metavar="LR", group=WHAT)
+    # --train lora: peft LoRA on the q/k/v/out projections of the chosen towers; CLIP itself frozen.
+    lora_rank: int = setting(8, "--train lora: rank r of each adapter", low=1, metavar="R", group=WHAT)
+    lora_alpha: float = setting(16.0, "--train lora: scaling alpha (the update is alpha / r x B A)", low=0.0,
+                                low_open=True, metavar="A", group=WHAT)
+    lora_dropout: float = setting(0.0, "--train lora: dropout on the adapters' input", low=0.0, high=1.0,
+                                  high_open=True, metavar="P", group=WHAT)
+    lora_towers: str = setting("both", "--train lora: the towers that get adapters", choices=LORA_TOWERS,
+                               group=WHAT)
+    lora_lr: float = setting(5e-4, "--train lora: AdamW learning rate of the adapters", low=0.0, low_open=True,
+                             metavar="LR", group=WHAT)
+    # --train adapter: CLIP-Adapter (Gao et al.): x' = ratio * MLP(x) + (1 - ratio) * x on the image features.
+    adapter_reduction: int = setting(4, "--train adapter: bottleneck width = feature width / this (CLIP-"
+                                     "Adapter's 4)", low=1, metavar="K", group=WHAT)
+    adapter_ratio: float = setting(0.2, "--train adapter: residual ratio of the adapted features (CLIP-Adapter's "
+                                   "0.2)", low=0.0, high=1.0, metavar="RATIO", group=WHAT)
+    adapter_lr: float = setting(1e-3, "--train adapter: AdamW learning rate of the adapter", low=0.0,
+                                low_open=True, metavar="LR", group=WHAT)
     # WiSE-FT: (1 - alpha) * zero-shot + alpha * fine-tuned weights, each alpha scored on validation.
     wise_ft: list[float] | None = setting(None, "WiSE-FT: mix zero-shot and fine-tuned weights at each alpha "
                                           "(e.g. 0,0.25,0.5,0.75,1), score each on validation, export the "
@@ -147,13 +173,13 @@ class FinetuneConfig:
     def __post_init__(self) -> None:
         self.train = parse_train(self.train)
         self.wise_ft = parse_alphas(self.wise_ft)
-        if self.train == "prompt" and self.loss == "flyp":
-            self.loss = "ce"  # CoOp's objective: the default loss means CoOp's own with --train prompt
+        if self.train in ("prompt", "adapter") and self.loss == "flyp":
+            self.loss = "ce"  # CoOp's and CLIP-Adapter's objective: the default loss means theirs
 
     @property
     def base_lr(self) -> float:
-        """The peak learning rate of what trains: the context vectors' with --train prompt."""
-        return self.prompt_lr if self.train == "prompt" else self.lr
+        """The peak learning rate of what trains: the added module's with --train prompt, lora, adapter."""
+        return {"prompt": self.prompt_lr, "lora": self.lora_lr, "adapter": self.adapter_lr}.get(self.train, self.lr)
 
     def validate(self) -> FinetuneConfig:
         """Raise ValueError naming the first bad value; returns self."""
@@ -200,7 +226,27 @@ class FinetuneConfig:
                              f"class prompts (loss=ce), without lp_ft; got loss={self.loss}, lp_ft={self.lp_ft}")
         if self.train == "prompt" and self.wise_ft:
             raise ValueError("wise_ft interpolates encoder weights; train=prompt leaves them unchanged")
+        self._validate_added()
         return self
+
+    def _validate_added(self) -> None:
+        """The rules of --train lora and --train adapter."""
+        positive = {"lora_rank": self.lora_rank, "adapter_reduction": self.adapter_reduction}
+        for name, v in positive.items():
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        for name in ("lora_alpha", "lora_lr", "adapter_lr"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if not 0 <= self.lora_dropout < 1 or not 0 <= self.adapter_ratio <= 1:
+            raise ValueError("lora_dropout must be in [0, 1) and adapter_ratio in [0, 1]")
+        if self.lora_towers not in LORA_TOWERS:
+            raise ValueError(f"lora_towers must be one of {', '.join(LORA_TOWERS)}, got {self.lora_towers!r}")
+        if self.train in ("lora", "adapter") and self.lp_ft:
+            raise ValueError(f"lp_ft switches between CLIP's towers; train={self.train} trains only its added module")
+        if self.train == "adapter" and (self.loss != "ce" or self.wise_ft):
+            raise ValueError("train=adapter (CLIP-Adapter) learns with the cross-entropy over the class prompts "
+                             f"(loss=ce) and leaves CLIP's weights unchanged (no wise_ft); got loss={self.loss}")
 
     def check(self) -> None:
         """The rules that tie fields together (called by `core.config.build`)."""
@@ -246,5 +292,6 @@ def config_changes(saved: Mapping[str, Any], current: FinetuneConfig) -> list[st
     return out
 
 
-__all__ = ["MAX_PLANNED_STEPS", "FinetuneConfig", "LOSS_NAMES", "check_run_length", "LOSSES", "MIXED_PRECISION", "RUNTIME_FIELDS", "TRAIN_CHOICES", "config_changes",
+__all__ = ["ADDED_MODULES", "MAX_PLANNED_STEPS", "FinetuneConfig", "LORA_TOWERS", "LOSS_NAMES", "LOSSES",
+           "MIXED_PRECISION", "RUNTIME_FIELDS", "TRAIN_CHOICES", "check_run_length", "config_changes",
            "parse_alphas", "parse_train"]

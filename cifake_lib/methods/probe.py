@@ -306,7 +306,7 @@ class ProbeDetector:
     kind = KIND
 
     def __init__(self, model, processor, probe: ProbeModel, *, threshold: float = 0.5,
-                 detector: str | None = None, model_ref: str | None = None):
+                 detector: str | None = None, model_ref: str | None = None, layer: int | None = None):
         from cifake_lib.methods.zeroshot import model_reference
 
         self.model = model
@@ -315,6 +315,7 @@ class ProbeDetector:
         self.threshold = float(threshold)
         self.detector = detector or ("probe:mlp" if probe.kind == "mlp" else "probe")
         self.model_ref = model_ref if model_ref is not None else model_reference(model)
+        self.layer = None if layer is None else int(layer)  # the layer-wise probe: a vision block's features
 
     @property
     def device(self) -> torch.device:
@@ -326,6 +327,13 @@ class ProbeDetector:
     def predict_proba(self, images: Any, batch_size: int = 256, *, progress: bool = False,
                       cache: bool = False) -> np.ndarray:
         """p_fake (N,) float64 for uint8 images (N, H, W, 3) of any size, or a list of them."""
+        if self.layer is not None:  # methods.layer_probe: one vision block's class token
+            from cifake_lib.clip.layers import layer_features
+
+            if isinstance(images, list):
+                images = np.stack(images)  # one size: the layer-wise probe's images are one array
+            return self.probe.predict_proba(layer_features(self.model, self.processor, images, batch_size=batch_size,
+                                                           cache=cache)[self.layer - 1])
         feats = image_features(self.model, self.processor, images, batch_size=batch_size, cache=cache,
                                progress=progress)
         return self.p_fake_from_features(feats)
@@ -340,7 +348,8 @@ class ProbeDetector:
             **self.probe.hyper,
             "features": "CLIP projected image embeddings, L2-normalised, standardised (train mean/std)",
             "threshold": self.threshold,
-        }
+        } | ({"layer": self.layer, "features": f"vision block {self.layer}'s class token, post_layernorm, visual "
+              "projection, L2-normalised, standardised (train mean/std)"} if self.layer is not None else {})
 
     def save(self, out_dir: str | os.PathLike, extra: Mapping[str, Any] | None = None) -> Path:
         """probe.safetensors + detector.json (the CLIP model by reference)."""
@@ -367,7 +376,7 @@ class ProbeDetector:
         if dim != probe.dim:
             raise ValueError(f"{meta_path}: probe expects {probe.dim}-d features but {model_ref} gives {dim}")
         return cls(model, processor, probe, threshold=float(meta.get("threshold", 0.5)),
-                   detector=meta.get("detector"), model_ref=model_ref)
+                   detector=meta.get("detector"), model_ref=model_ref, layer=meta.get("layer"))
 
     def __repr__(self) -> str:
         return (f"ProbeDetector(detector={self.detector!r}, model={self.model_ref!r}, "
@@ -387,21 +396,40 @@ def run(data: DataConfig | CifakeData, cfg: ProbeConfig, out: str | os.PathLike)
     t0 = time.perf_counter()
     out = Path(out)
     cifake, dcfg = loaded(data, progress=cfg.progress)
+    if cfg.layers:  # the layer-wise probe: one probe per vision block (methods/layer_probe.py)
+        from cifake_lib.methods.layer_probe import run_layer_probe
+
+        m = run_layer_probe(cifake, cfg, out, args=settings_record("probe", dcfg, cfg, out=out), n_boot=cfg.n_boot)
+        return RunResult("probe", out, runs=[out], metrics={m["detector"]: m}, seconds=time.perf_counter() - t0,
+                         info={"layer": m["layer"], "C": m["C"], "selection": m["selection"]})
+    from cifake_lib.methods.cost import CostMeter, count_parameters
+
     clip, processor = load_for_inference(cfg.model, cfg.device)
     model_ref = model_reference(clip) or cfg.model
     val = cifake.val if cifake.val is not None and len(cifake.val) else None
     splits = {"train": cifake.train, "test": cifake.test} | ({"val": val} if val is not None else {})
-    feats = {k: image_features(clip, processor, s.images, batch_size=cfg.batch_size, cache=cfg.cache,
-                               progress=cfg.progress, desc=f"CLIP features ({k})") for k, s in splits.items()}
+    meter = CostMeter(next(clip.parameters()).device)
+    feats, train_seconds = {}, 0.0
+    for k, s in splits.items():
+        t_split = time.perf_counter()
+        feats[k] = image_features(clip, processor, s.images, batch_size=cfg.batch_size, cache=cfg.cache,
+                                  progress=cfg.progress, desc=f"CLIP features ({k})")
+        train_seconds += time.perf_counter() - t_split if k == "train" else 0.0
     feature_seconds = time.perf_counter() - t0
+    t_fit = time.perf_counter()
     fit = fit_probe(feats["train"], cifake.train.labels, feats.get("val"), val.labels if val is not None else None,
                     mlp=cfg.mlp, hidden=(cfg.hidden,), seed=cfg.train_seed, progress=cfg.progress)
+    # training cost: the train split's features and the fits (C chosen on val), not val/test scoring
+    n_probe = sum(w.size + b.size for w, b in zip(fit.probe.weights, fit.probe.biases, strict=True))
+    cost = meter.record(trainable_params=n_probe, total_params=count_parameters(clip.parameters()) + n_probe,
+                        train_images=len(cifake.train), train_seconds=train_seconds + time.perf_counter() - t_fit)
     det = ProbeDetector(clip, processor, fit.probe, model_ref=model_ref)
     key = "alpha" if cfg.mlp else "C"
     selection = {"parameter": key, "grid": fit.grid, "val_log_loss": fit.val_log_loss, "best": fit.best,
                  "split": fit.selection_split, "metric": "log loss", "at_edge": fit.at_edge}
     metrics = _write_probe_run(cifake, out, det, feats, selection, cfg=cfg,
-                               args=settings_record("probe", dcfg, cfg, out=out), seconds=time.perf_counter() - t0)
+                               args=settings_record("probe", dcfg, cfg, out=out), seconds=time.perf_counter() - t0,
+                               cost=cost)
     return RunResult("probe", out, runs=[out], metrics={metrics["detector"]: metrics},
                      seconds=time.perf_counter() - t0,
                      info={key: fit.best, "selection": selection, "feature_seconds": feature_seconds})
@@ -409,7 +437,7 @@ def run(data: DataConfig | CifakeData, cfg: ProbeConfig, out: str | os.PathLike)
 
 def _write_probe_run(cifake: CifakeData, out: Path, det: ProbeDetector, feats: Mapping[str, np.ndarray],
                      selection: Mapping[str, Any], *, cfg: ProbeConfig, args: Mapping[str, Any],
-                     seconds: float) -> dict[str, Any]:
+                     seconds: float, cost: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The probe's weights, its run folder and (unless cfg.figures is off) its figures; its test metrics."""
     from cifake_lib.evaluation.runs import write_run
     from cifake_lib.viz.run_figures import save_run_figures
@@ -422,7 +450,7 @@ def _write_probe_run(cifake: CifakeData, out: Path, det: ProbeDetector, feats: M
     meta = {**det.to_json(), "selection": dict(selection), "n_train": len(cifake.train)}
     metrics = write_run(out, test=cifake.test, p_test=p_test, val=val, p_val=p_val, detector=meta,
                         model=det.model_ref, data=cifake.source, seed=cfg.train_seed, args=args, seconds=seconds,
-                        n_boot=cfg.n_boot)
+                        n_boot=cfg.n_boot, cost=cost)
     if cfg.figures:
         save_run_figures(out, test=cifake.test, p_test=p_test, metrics=metrics, val=val, p_val=p_val,
                          name="MLP probe" if cfg.mlp else "linear probe")

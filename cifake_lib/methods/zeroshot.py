@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from cifake_lib.clip.adapter import ADAPTER_FILE, ClipAdapter
 from cifake_lib.clip.coop import CONTEXT_FILE, PromptContext
 from cifake_lib.clip.features import image_features
 from cifake_lib.clip.head import ZeroShotHead, build_head, encode_texts, head_texts
@@ -93,12 +94,13 @@ class ClipDetector:
     def __init__(self, model, processor, prompts: PromptSet | str | Mapping[str, Any] = DEFAULT_PROMPT_SET, *,
                  threshold: float = 0.5, head: ZeroShotHead | None = None, detector: str | None = None,
                  model_ref: str | None = None, marginal: str = "logsumexp", use_known_class: bool = False,
-                 context: PromptContext | None = None):
+                 context: PromptContext | None = None, adapter: ClipAdapter | None = None):
         self.model = model
         self.processor = processor
         self.prompts = get_prompt_set(prompts)
         self.threshold = float(threshold)
         self.context = context  # CoOp: learned prompts replace the prompt set's texts
+        self.adapter = adapter  # CLIP-Adapter: applied to the image features before the head
         if head is None and context is not None:
             with torch.no_grad():
                 head = context.to(self.device).head(model, marginal)
@@ -113,8 +115,9 @@ class ClipDetector:
 
     def image_features(self, images: Any, batch_size: int = 256, *, cache: bool = False,
                        progress: bool = False) -> np.ndarray:
-        return image_features(self.model, self.processor, images, batch_size=batch_size, cache=cache,
-                              progress=progress)
+        feats = image_features(self.model, self.processor, images, batch_size=batch_size, cache=cache,
+                               progress=progress)
+        return feats if self.adapter is None else self.adapter.adapt(feats)
 
     def p_fake_from_features(self, features: np.ndarray, classes: np.ndarray | None = None) -> np.ndarray:
         return self.head.p_fake(features, classes if self.use_known_class else None)
@@ -148,7 +151,9 @@ class ClipDetector:
             "use_known_class": self.use_known_class and self.prompts.class_aware,
             "threshold": self.threshold,
         } | ({"prompt_context": CONTEXT_FILE, "n_ctx": self.context.n_ctx,
-              "label_words": list(self.context.label_words)} if self.context is not None else {})
+              "label_words": list(self.context.label_words)} if self.context is not None else {}) | (
+            {"clip_adapter": ADAPTER_FILE, "adapter_reduction": self.adapter.reduction,
+             "adapter_ratio": self.adapter.ratio} if self.adapter is not None else {})
 
     def save(self, out_dir: str | os.PathLike, *, model_subdir: str | None = "model",
              text_embeddings: bool = False, extra: Mapping[str, Any] | None = None) -> Path:
@@ -170,6 +175,8 @@ class ClipDetector:
         meta = {**self.to_json(ref), **(extra or {})}
         if self.context is not None:
             self.context.save(out / CONTEXT_FILE)
+        if self.adapter is not None:
+            self.adapter.save(out / ADAPTER_FILE)
         if text_embeddings:
             self.head.save(out / TEXT_EMBEDDINGS_FILE)
             meta["text_embeddings"] = TEXT_EMBEDDINGS_FILE
@@ -205,8 +212,10 @@ class ClipDetector:
         head = ZeroShotHead.load(folder / meta["text_embeddings"]) if meta.get("text_embeddings") else None
         context = PromptContext.load(folder / meta["prompt_context"], processor.tokenizer) \
             if meta.get("prompt_context") else None
+        adapter = ClipAdapter.load(folder / meta["clip_adapter"]).to(next(model.parameters()).device) \
+            if meta.get("clip_adapter") else None
         return cls(model, processor, prompts, threshold=float(meta.get("threshold", 0.5)), head=head,
-                   context=context,
+                   context=context, adapter=adapter,
                    detector=meta.get("detector"), model_ref=model_ref,
                    marginal=meta.get("marginal", "logsumexp"),
                    use_known_class=bool(meta.get("use_known_class", False)))
@@ -343,12 +352,18 @@ def run(data: DataConfig | CifakeData, cfg: ZeroshotConfig, out: str | os.PathLi
                                       marginal=cfg.marginal, progress=cfg.progress)
     feature_seconds = time.perf_counter() - t_feat
     args = settings_record("zeroshot", dcfg, cfg, out=out)
+    from cifake_lib.methods.cost import cost_record, count_parameters
+
+    # nothing is trained: the cost of zero-shot is the backbone it loads, and no training time
+    cost = cost_record(trainable_params=0, total_params=count_parameters(clip.parameters()), peak_memory_bytes=None,
+                       peak_memory_kind="not trained", train_seconds=0.0, train_images=0,
+                       device=str(next(clip.parameters()).device.type))
     rows, all_metrics = [], {}
     for ps, folder in zip(sets, names, strict=True):
         t_set = time.perf_counter()
         det = ClipDetector(clip, processor, ps, head=heads[ps.name], model_ref=model_ref)
         m = _write_set(cifake, out / folder, det, scores[ps.name], args=args, seed=dcfg.seed if dcfg else 0,
-                       seconds=feature_seconds + time.perf_counter() - t_set, cfg=cfg)
+                       seconds=feature_seconds + time.perf_counter() - t_set, cfg=cfg, cost=cost)
         m_val = read_json(out / folder / "metrics_val.json") if "val" in splits else None
         rows.append(summary_row(ps, m, m_val, det.use_known_class and ps.class_aware))
         all_metrics[ps.name] = m
@@ -364,14 +379,15 @@ def run(data: DataConfig | CifakeData, cfg: ZeroshotConfig, out: str | os.PathLi
 
 
 def _write_set(cifake: CifakeData, folder: Path, det: ClipDetector, scores: Mapping[str, np.ndarray], *,
-               args: Mapping[str, Any], seed: int, seconds: float, cfg: ZeroshotConfig) -> dict[str, Any]:
+               args: Mapping[str, Any], seed: int, seconds: float, cfg: ZeroshotConfig,
+               cost: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """One prompt set's run folder (its figures too, unless cfg.figures is off); its test metrics."""
     from cifake_lib.evaluation.runs import write_run
 
     val = cifake.val if "val" in scores else None
     m = write_run(folder, test=cifake.test, p_test=scores["test"], val=val, p_val=scores.get("val"),
                   detector=det.to_json(), model=det.model_ref, data=cifake.source, seed=seed,
-                  args={**args, "prompt_set": det.prompts.name}, seconds=seconds, n_boot=cfg.n_boot)
+                  args={**args, "prompt_set": det.prompts.name}, seconds=seconds, n_boot=cfg.n_boot, cost=cost)
     if cfg.figures:
         save_run_figures(folder, test=cifake.test, p_test=scores["test"], metrics=m, val=val,
                          p_val=scores.get("val"), name=f"zero-shot: {det.prompts.name}")

@@ -1,0 +1,95 @@
+"""The report's cost table and efficiency frontier: test ROC AUC beside what each method cost to train.
+
+Each run's `cost` record (`methods.cost`, in run.json and metrics.json) gives trainable and total
+parameters, peak memory (CUDA's max_memory_allocated, or the CPU's peak RSS, labelled), training
+seconds, images per second and device-seconds per 1,000 training images. Runs without one (a
+stage that does not measure it) are listed as such, not guessed. Over several seeds of a method,
+`cost_summary` gives the mean and the standard deviation.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+COSTS_CSV = "costs.csv"
+FRONTIER_FIGURE = "efficiency_frontier.png"
+COLUMNS = ("method", "trainable_params", "total_params", "peak_memory_gib", "peak_memory_kind", "train_seconds",
+           "train_images_per_second", "device_seconds_per_1k_images", "test_roc_auc", "test_roc_auc_ci95", "device")
+TABLE = (("method", "method", "text"), ("test_roc_auc", "test ROC AUC [95% CI]", "ci"),
+         ("trainable_params", "trainable params", "int"), ("total_params", "total params", "int"),
+         ("peak_memory_gib", "peak memory (GiB)", "num"), ("peak_memory_kind", "memory measured as", "text"),
+         ("train_seconds", "train s", "num"), ("train_images_per_second", "train img/s", "num"),
+         ("device_seconds_per_1k_images", "device-s / 1k img", "num"))
+
+
+def run_cost(run: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The cost record of a loaded run (its run.json, else the original's metrics, else its metrics)."""
+    for source in ((run.get("run") or {}), (run.get("metrics_original") or {}), (run.get("metrics") or {})):
+        if isinstance(source.get("cost"), Mapping):
+            return dict(source["cost"])
+    return None
+
+
+def cost_rows(runs: Sequence[Mapping[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
+    """(one row per run with a cost record, the names of runs without one)."""
+    rows, missing = [], []
+    for r in runs:
+        cost = run_cost(r)
+        name = str(r.get("name") or (r.get("metrics") or {}).get("detector"))
+        if cost is None:
+            missing.append(name)
+            continue
+        m = r.get("metrics") or {}
+        peak = cost.get("peak_memory_bytes")
+        rows.append({"method": name, **{k: cost.get(k) for k in COLUMNS if k in cost},
+                     "peak_memory_gib": None if peak is None else peak / 2**30,
+                     "test_roc_auc": m.get("roc_auc"), "test_roc_auc_ci95": m.get("roc_auc_ci95")})
+    return rows, missing
+
+
+def cost_summary(rows: Sequence[Mapping[str, Any]], key: str = "method") -> list[dict[str, Any]]:
+    """Mean (and sd, as `<field>_sd`, over >= 2 runs) of each numeric field, per method; `n_runs`."""
+    groups: dict[str, list[Mapping[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault(str(r[key]), []).append(r)
+    out = []
+    for name, rs in groups.items():
+        row: dict[str, Any] = {key: name, "n_runs": len(rs), "peak_memory_kind": rs[0].get("peak_memory_kind"),
+                               "device": rs[0].get("device")}
+        for field in COLUMNS:
+            values = [float(r[field]) for r in rs if isinstance(r.get(field), (int, float))]
+            if field in row or not values:
+                continue
+            row[field] = statistics.fmean(values)
+            if len(values) > 1:
+                row[f"{field}_sd"] = statistics.stdev(values)
+        out.append(row)
+    return out
+
+
+def cost_section(study: Any, section_type: type) -> Any:
+    """The report's "Cost" section (a `report.Section`): the table, costs.csv and the frontier figure."""
+    from cifake_lib.analysis.compare import markdown_table
+    from cifake_lib.viz.cost_figures import frontier_figure
+
+    s = section_type("What each method cost")
+    rows, missing = cost_rows(study.runs)
+    if not rows:
+        s.add("No run recorded its training cost.\n")
+        return s
+    s.add("Measured while training (`cost` in each run's run.json): parameters that learn and in all, peak memory "
+          "(CUDA: `torch.cuda.max_memory_allocated` over training; CPU: the process's peak resident set, an upper "
+          "bound that includes the loaded data), training seconds and throughput, and device-seconds per 1,000 "
+          "training images. Test ROC AUC with its 95% bootstrap interval.\n",
+          markdown_table(rows, TABLE))
+    if missing:
+        s.add(f"Not measured (no cost record): {', '.join(missing)}.\n")
+    s.tables[COSTS_CSV] = (rows, list(COLUMNS))
+    s.image(frontier_figure(rows, title="Test ROC AUC against trainable parameters and training time"),
+            FRONTIER_FIGURE, "Efficiency frontier: test ROC AUC against trainable parameters and training seconds")
+    return s
+
+
+__all__ = ["COSTS_CSV", "FRONTIER_FIGURE", "cost_rows", "cost_section", "cost_summary", "run_cost"]
