@@ -79,7 +79,7 @@ def test_lora_keeps_clip_byte_identical_and_merges_like_peft(tiny_model_dir, tmp
 
     out = tmp_path / "lora"
     cfg = _cfg(tiny_model_dir, out, train="lora", lora_rank=4, lora_lr=5e-3, max_steps=4)
-    setup, _ = ft.build(_data(), cfg)
+    setup, _ = ft.build(_data(), cfg, ft.checked(cfg))
     state = ft.TrainState()
     perm = ft.epoch_permutation(len(setup.train), cfg.seed, 0)
     for _ in range(4):
@@ -239,7 +239,7 @@ def test_layer_probe_last_block_is_the_ordinary_probe(tiny_model_dir, small_real
 
 
 def test_layer_probe_stage_learns_and_writes_its_files(tiny_model_dir, small_real, tmp_path):
-    from cifake_lib.app.stages import run_probe
+    from cifake_lib import run_probe
     from cifake_lib.methods.config import ProbeConfig
     from cifake_lib.methods.detectors import load_detector
 

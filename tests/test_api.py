@@ -80,5 +80,5 @@ def test_a_probe_through_the_public_api(sample_dir, tiny_model_dir, tmp_path):
     np.testing.assert_array_equal(saved["id"], data.test.ids)
     p = cl.predict(tmp_path / "probe", data.test.images, device="cpu")
     np.testing.assert_allclose(p, saved["p_fake"], atol=1e-5)
-    m = cl.compute_metrics(data.test.labels, p, threshold=cl.read_probe(tmp_path / "probe")["threshold"])
+    m = cl.compute_metrics(data.test.labels, p, threshold=cl.read_json(tmp_path / "probe" / "detector.json")["threshold"])
     assert m["accuracy"] == pytest.approx(result.metrics["probe"]["accuracy"])

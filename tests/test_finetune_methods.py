@@ -266,7 +266,7 @@ def test_report_preset_runs_flyp_with_wise_ft_and_the_ce_and_prompt_ablations(tm
 
     plan = plan_study(load_config("report"), tmp_path, "data")
     ft_steps = {s.name: s for s in plan.steps if s.stage == "finetune" and "seed" not in s.name}
-    assert set(ft_steps) == {"flyp", "image", "text", "ce", "prompt"}
+    assert set(ft_steps) == {"flyp", "image", "text", "ce", "prompt", "lora", "adapter"}
     main, ce, prompt = (ft_steps[n].cfg for n in ("flyp", "ce", "prompt"))
     assert main.loss == "flyp" and main.wise_ft == [0.0, 0.25, 0.5, 0.75, 1.0]
     assert ce.loss == "ce" and ce.train == "both" and ce.wise_ft is None

@@ -62,6 +62,22 @@ def test_first_cell_sets_up_colab_and_smoke_mode(name):
     assert REPO_URL in first and "colab_setup.sh" in first and "notebook_context()" in first
 
 
+@pytest.mark.parametrize("name", _notebook_names())
+def test_notebooks_import_only_the_public_api(name):
+    """A notebook uses what a user can: `cifake_lib` (as `cl`) and `cifake_lib.viz`, never the internals."""
+    import re
+
+    import cifake_lib
+
+    nb = json.loads((NOTEBOOKS / f"{name}.ipynb").read_text())
+    code = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code")
+    modules = set(re.findall(r"^\s*(?:from|import)\s+(cifake_lib[\w.]*)", code, flags=re.M))
+    assert modules <= {"cifake_lib", "cifake_lib.viz"}, f"{name} imports {sorted(modules)}"
+    used = set(re.findall(r"\bcl\.(\w+)", code)) | {
+        n.strip() for m in re.findall(r"^\s*from cifake_lib import ([\w, ]+)", code, flags=re.M) for n in m.split(",")}
+    assert used <= set(cifake_lib.__all__), f"{name} uses names outside cifake_lib.__all__: {used - set(cifake_lib.__all__)}"
+
+
 def test_repo_url_copies_agree():
     """Every file that carries the repository URL carries the current one (see cifake_lib/colab.py)."""
     for f in files_with_url(ROOT):

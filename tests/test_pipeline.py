@@ -166,8 +166,8 @@ def test_plan_and_command_lines():
     assert config["run"]["model"] == "openai/clip-vit-base-patch32"
     steps = plan(config, Path("/tmp/o"), "hf")
     names = [s.name for s in steps]
-    assert names[:4] == ["data", "zeroshot", "probe", "flyp"]
-    assert {"image", "text", "ce", "prompt", "cnn", "robustness", "report"} <= set(names)
+    assert names[:5] == ["data", "zeroshot", "probe", "layers", "flyp"]
+    assert {"image", "text", "ce", "prompt", "lora", "adapter", "cnn", "robustness", "report"} <= set(names)
     ablation = next(s for s in steps if s.name == "text")
     assert ablation.out == Path("/tmp/o/runs/text") and ablation.cfg.wise_ft is None
     assert ablation.argv[ablation.argv.index("--train") + 1] == "text" and ablation.cfg.train == "text"

@@ -41,7 +41,7 @@ def test_separable_features_high_accuracy_and_c_on_val():
 
 def test_c_at_the_edge_warns_and_extends_the_grid():
     """Well separated clouds want weak regularisation: a grid stopping at 1e-2 is extended past it."""
-    from cifake_lib.methods.probe import _extension
+    from cifake_lib.methods.probe_fit import _extension
 
     xtr, ytr = _blobs(400, seed=0)
     xva, yva = _blobs(200, seed=1)
@@ -92,7 +92,7 @@ def test_safetensors_round_trip_identical(tmp_path):
 def test_mlp_matches_sklearn_mlp():
     from sklearn.neural_network import MLPClassifier
 
-    from cifake_lib.methods.probe import _fit_one, _standardiser
+    from cifake_lib.methods.probe_fit import _fit_one, _standardiser
 
     xtr, ytr = _blobs(300, seed=6)
     fit = fit_probe(xtr, ytr, xtr[:50], ytr[:50], mlp=True, grid=[1e-3], hidden=(8,), progress=False)

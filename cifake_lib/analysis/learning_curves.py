@@ -117,7 +117,7 @@ def learning_curve_section(records: Sequence[Record]) -> Any:
           "and scored on the same validation and test images.\n",
           markdown_table(rows, LC_COLUMNS))
     several = any(p["n_runs"] > 1 for p in points)
-    s.image(learning_curve_figure(points), "learning_curves.png", "Learning curves")
+    s.image(learning_curve_figure(points), "learning_curves.png", "Test ROC AUC and accuracy against training-set size")
     s.add("Error bars: the bootstrap 95% CI of a single run" + (
         "; where several seeds ran at one size, the point is their mean and the bar their range" if several
         else "") + ". Comparisons between sizes are read from these intervals only descriptively.\n")

@@ -702,7 +702,7 @@ def build_report(run_dirs: str | os.PathLike | Iterable[str | os.PathLike], out_
                  saliency_per_group: int = 1, detectors: Mapping[str, Any] | None = None, device: Any = None,
                  embeddings: bool = True, embedding_limit: int = 1000, study: Study | None = None,
                  results: Results | None = None, title: str = TITLE,
-                 extra_sections: Sequence[Section] = ()) -> Path:
+                 study_roots: Sequence[str | os.PathLike] = ()) -> Path:
     """Write report.md (and its CSVs and PNGs) into `out_dir`; returns its path.
 
     run_dirs: run folders, or folders searched recursively (a whole study folder works).
@@ -711,7 +711,8 @@ def build_report(run_dirs: str | os.PathLike | Iterable[str | os.PathLike], out_
     loaded by a notebook) or else each run's detector loaded from its folder. embeddings: with
     data, PCA/t-SNE of test image embeddings (`embedding_limit` images). study, results:
     already computed by `load_study` / `compute_results` (a notebook computes them once).
-    extra_sections: placed after the quantitative results (e.g. the study grid's axes).
+    study_roots: the study folders the runs come from (their index gives the grid's axes and the
+    learning curves).
     """
     run_dirs = [run_dirs] if isinstance(run_dirs, (str, os.PathLike)) else list(run_dirs)
     study = study or load_study(run_dirs)
@@ -721,22 +722,41 @@ def build_report(run_dirs: str | os.PathLike | Iterable[str | os.PathLike], out_
         split = headline_test_split(study, data)
     except (OSError, ValueError) as e:
         error = str(e)
-    sections = [
+    core = [
         methods_section(study),
         quantitative_section(study, results),
-        *extra_sections,
         qualitative_section(study, split, data=data, load_error=error, gallery_k=gallery_k, saliency=saliency,
                             saliency_per_group=saliency_per_group, detectors=detectors, device=device),
         analysis_section(study, results, split, embeddings=embeddings, embedding_limit=embedding_limit,
                          device=device),
-        cost_section(study, Section),  # issue 19: cost table and efficiency frontier (analysis.report_costs)
         discussion_section(study, results),
         references_section(),
     ]
-    from cifake_lib.analysis.report_sections import with_study_sections
-
-    sections = with_study_sections(sections, run_dirs, study)  # related works ... future direction
+    sections = full_sections(core, study, run_dirs, study_roots=study_roots)
     return assemble_report(sections, out_dir, title=title, preamble=preamble(study))
+
+
+def _insert_after(sections: list[Section], title: str, new: Sequence[Section]) -> None:
+    i = next((k for k, s in enumerate(sections) if s.title == title), len(sections) - 1)
+    sections[i + 1:i + 1] = new
+
+
+def full_sections(core: Sequence[Section], study: Study, run_dirs: Sequence[str | os.PathLike], *,
+                  study_roots: Sequence[str | os.PathLike] = ()) -> list[Section]:
+    """Every section of report.md in order: `core` (methods, quantitative, qualitative, analysis,
+    discussion, references, as notebook 04 computes and shows them one by one) with the rest put in
+    place: the grid's axes after the quantitative results, the cost of each method after the
+    analysis, and the study's other sections (related works, pipeline, algorithm, learning curves,
+    cross-dataset results, computer resources, future direction: `report_sections`)."""
+    from cifake_lib.analysis.grid import grid_sections
+    from cifake_lib.analysis.report_sections import with_study_sections
+    from cifake_lib.evaluation.study import read_index
+
+    sections = list(core)
+    _insert_after(sections, "Quantitative results",
+                  [s for root in study_roots for s in grid_sections(Path(root), read_index(root))])
+    _insert_after(sections, "Analysis", [cost_section(study, Section)])
+    return with_study_sections(sections, run_dirs, study, study_roots)
 
 
 def preamble(study: Study) -> str:

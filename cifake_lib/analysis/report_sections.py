@@ -316,10 +316,13 @@ def _index(sections: Sequence[Any], title: str) -> int | None:
 
 
 def with_study_sections(sections: Sequence[Any], run_dirs: str | os.PathLike | Iterable[str | os.PathLike],
-                        study: Any) -> list[Any]:
+                        study: Any, study_roots: Sequence[str | os.PathLike] = ()) -> list[Any]:
     """report.py's sections with these added: Related Works first; Pipeline and Algorithm after
     Methods; Learning curves and Cross-dataset results after Quantitative results (when they
-    ran); Computer resources after Analysis; Future Direction after Discussion."""
+    ran); Computer resources after Analysis; Future Direction after Discussion.
+
+    study_roots: study folders whose index (runs.csv) lists every run of the grid; the learning
+    curves are read from it, since `run_dirs` hold only the main cell's runs."""
     from cifake_lib.analysis.cross_dataset import (
         cross_dataset_rows,
         cross_dataset_section,
@@ -330,7 +333,8 @@ def with_study_sections(sections: Sequence[Any], run_dirs: str | os.PathLike | I
     paths = [run_dirs] if isinstance(run_dirs, (str, os.PathLike)) else list(run_dirs)
     cross_rows = cross_dataset_rows(external_runs(paths))
     parts = seed_sections(paths, study, cross_rows=cross_rows)
-    extra = [p for p in (learning_curve_section(learning_curve_records(paths)), cross_dataset_section(paths)) if p]
+    curves = learning_curve_section(learning_curve_records([*paths, *study_roots]))
+    extra = [p for p in (curves, cross_dataset_section(paths)) if p]
     out = [parts["related"], *sections]
     for after, new in (("Methods", [parts["pipeline"], parts["algorithm"]]), ("Quantitative results", extra),
                        ("Analysis", [parts["resources"]]), ("Discussion", [parts["future"]])):

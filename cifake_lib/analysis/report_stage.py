@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Any
 
 from cifake_lib.analysis.config import ReportConfig
 from cifake_lib.core.results import RunResult
@@ -49,7 +48,6 @@ def run(data: str | DataConfig | None, cfg: ReportConfig, out: str | os.PathLike
 
     data: the CIFAKE source whose test images the galleries show (None: no galleries).
     """
-    from cifake_lib.analysis.grid import grid_sections
     from cifake_lib.analysis.report import build_report
     from cifake_lib.analysis.seeds import SEEDS_CSV, write_seed_table
 
@@ -59,10 +57,9 @@ def run(data: str | DataConfig | None, cfg: ReportConfig, out: str | os.PathLike
     folders, seed_runs, grids = study_inputs(cfg.runs)
     if seed_runs:
         write_seed_table([d for d, _ in seed_runs], Path(out) / SEEDS_CSV, names=[m for _, m in seed_runs])
-    extra: list[Any] = [s for root, rows in grids for s in grid_sections(root, rows)]
     path = build_report(folders, out, data=source, n_boot=cfg.n_boot, gallery_k=cfg.gallery,
                         saliency=cfg.saliency, device=cfg.device, embeddings=cfg.embeddings > 0,
-                        embedding_limit=cfg.embeddings, extra_sections=extra)
+                        embedding_limit=cfg.embeddings, study_roots=[root for root, _ in grids])
     return RunResult("report", Path(out), seconds=time.perf_counter() - t0, info={"report": str(path)})
 
 

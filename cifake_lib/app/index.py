@@ -84,8 +84,8 @@ def index_rows(steps: Sequence[Any], out: Path, session: Mapping[str, str] | Non
 
 
 def write_index(steps: Sequence[Any], out: Path, session: Mapping[str, str] | None = None) -> Path:
-    """OUT/runs.csv, atomically."""
-    return write_csv(Path(out) / INDEX, index_rows(steps, out, session), INDEX_COLUMNS)
+    """OUT/runs.csv, atomically; left untouched when nothing in it changed (a study read, not run)."""
+    return write_csv(Path(out) / INDEX, index_rows(steps, out, session), INDEX_COLUMNS, if_changed=True)
 
 
 def plan_text(steps: Sequence[Any], out: Path) -> str:

@@ -127,6 +127,11 @@ class NotebookContext:
             return [self.runs]
         return [self.study / d for d in self.layout["report_runs"]]
 
+    @property
+    def study_roots(self) -> list[Path]:
+        """The study folder, whose index (runs.csv) lists every run of its grid; none on its own."""
+        return [self.study] if self.study is not None else []
+
     def describe(self) -> str:
         """One line for the notebook's output: what is read, and what will be written."""
         where = (f"runs: the study's, in {self.study} (read only: nothing is trained or written)" if self.study

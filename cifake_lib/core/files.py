@@ -91,9 +91,12 @@ def write_json(path: str | os.PathLike, obj: Any) -> Path:
 
 
 def write_csv(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]],
-              columns: Sequence[str] | None = None) -> Path:
+              columns: Sequence[str] | None = None, *, if_changed: bool = False) -> Path:
     """Rows as CSV, atomically. Floats keep full precision (repr); None and NaN are empty cells;
-    lists (CIs, ranges) become `lo;hi`. Columns default to every key, in first-seen order."""
+    lists (CIs, ranges) become `lo;hi`. Columns default to every key, in first-seen order.
+    if_changed: leave the file (and its mtime) alone when it already holds exactly these rows."""
+    import io
+
     columns = list(columns or dict.fromkeys(k for r in rows for k in r))
 
     def cell(v: Any) -> Any:
@@ -103,14 +106,16 @@ def write_csv(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]],
             return ";".join(repr(float(x)) if isinstance(x, float) else str(x) for x in v)
         return repr(v) if isinstance(v, float) else v
 
-    def write(tmp: Path) -> None:
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
-            w = csv.writer(f, lineterminator="\n")
-            w.writerow(columns)
-            for r in rows:
-                w.writerow([cell(r.get(c)) for c in columns])
-
-    return atomic_write(path, write)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(columns)
+    for r in rows:
+        w.writerow([cell(r.get(c)) for c in columns])
+    text = buf.getvalue()
+    path = Path(path)
+    if if_changed and path.is_file() and path.read_text(encoding="utf-8") == text:
+        return path
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8", newline=""))
 
 
 def read_json(path: str | os.PathLike) -> Any:

@@ -121,7 +121,7 @@ def load_detector(path_or_id: str | os.PathLike, device: str | torch.device | No
 
             return ClipDetector.from_run(meta_path, device=device)
         if kind == "probe":
-            from cifake_lib.methods.probe import ProbeDetector
+            from cifake_lib.methods.probe_fit import ProbeDetector
 
             return ProbeDetector.from_run(meta_path, device=device)
         if kind == "cnn":

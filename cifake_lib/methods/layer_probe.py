@@ -45,7 +45,7 @@ def layer_rows(feats: dict[str, np.ndarray], data: CifakeData, layers: list[int]
                seed: int = 0) -> tuple[list[dict[str, Any]], dict[int, Any]]:
     """One probe per block (C chosen on validation); (rows of layers.csv, {block: ProbeFit})."""
     from cifake_lib.evaluation.metrics import choose_threshold
-    from cifake_lib.methods.probe import fit_probe
+    from cifake_lib.methods.probe_fit import fit_probe
 
     val = data.val
     if val is None or not len(val):
@@ -90,7 +90,7 @@ def run_layer_probe(data: CifakeData, cfg: ProbeConfig, out: str | Path, *, args
     from cifake_lib.clip.layers import layer_features, n_blocks, parse_layers
     from cifake_lib.evaluation.runs import write_run
     from cifake_lib.methods.cost import CostMeter, count_parameters
-    from cifake_lib.methods.probe import WEIGHTS_FILE, ProbeDetector
+    from cifake_lib.methods.probe_fit import WEIGHTS_FILE, ProbeDetector
     from cifake_lib.methods.zeroshot import load_for_inference, model_reference
     from cifake_lib.viz.cost_figures import layers_figure
     from cifake_lib.viz.plots import save_figure
