@@ -262,7 +262,7 @@ def test_layer_probe_stage_learns_and_writes_its_files(tiny_model_dir, small_rea
 def test_cost_table_summary_and_frontier_from_run_records(tmp_path):
     import statistics
 
-    from cifake_lib.analysis.report import Section, assemble_report
+    from cifake_lib.analysis.report import assemble_report
     from cifake_lib.analysis.report_costs import (
         COSTS_CSV,
         FRONTIER_FIGURE,
@@ -295,7 +295,7 @@ def test_cost_table_summary_and_frontier_from_run_records(tmp_path):
 
     study = _Study()
     study.runs = runs
-    section = cost_section(study, Section)
+    section = cost_section(study)
     path = assemble_report([section], tmp_path, title="costs")
     text = path.read_text()
     assert "trainable params" in text and "Not measured (no cost record): zeroshot:plain" in text

@@ -116,13 +116,13 @@ def cross_dataset_section(paths: str | os.PathLike | Iterable[str | os.PathLike]
                           ) -> Any:
     """report.md's "Cross-dataset results" part (CSV tables included), or None when no external
     set was scored under `paths`."""
-    from cifake_lib.analysis.parts import Part
+    from cifake_lib.analysis.parts import Section
 
     runs = external_runs(paths)
     if not runs:
         return None
     rows, pairs = cross_dataset_rows(runs), cross_dataset_pairs(runs, n_boot=n_boot)
-    s = Part("Cross-dataset results")
+    s = Section("Cross-dataset results")
     s.add(f"{len(runs)} scoring(s) of {len({r['name'] for r in runs})} detector(s) on "
           f"{len({r['set'] for r in runs})} external test set(s) (`cifake evaluate --data EXTERNAL`).\n",
           cross_dataset_markdown(rows, pairs))

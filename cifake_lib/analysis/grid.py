@@ -111,7 +111,7 @@ def axis_markdown(rows: Sequence[Mapping[str, Any]], axis: str) -> str:
 
 def grid_sections(root: str | Path, rows: Sequence[Mapping[str, str]]) -> list[Any]:
     """A report Section for each axis of the study with more than one value among its complete runs."""
-    from cifake_lib.analysis.report import Section
+    from cifake_lib.analysis.parts import Section
     from cifake_lib.viz.grid_plots import axis_figure
 
     sections = []

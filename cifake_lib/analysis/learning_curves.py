@@ -102,14 +102,14 @@ def curve_points(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 def learning_curve_section(records: Sequence[Record]) -> Any:
     """report.md's "Learning curves" part (table, CSV, figure), or None without records."""
-    from cifake_lib.analysis.parts import Part
+    from cifake_lib.analysis.parts import Section
     from cifake_lib.viz.learning_curves import learning_curve_figure
 
     if not records:
         return None
     rows = learning_curve_rows(records)
     points = curve_points(rows)
-    s = Part("Learning curves")
+    s = Section("Learning curves")
     sizes = sorted({r["train_size"] for r in rows})
     s.add(f"Test ROC AUC and accuracy (at each run's validation threshold) against the number of training "
           f"images ({', '.join(f'{n:,}' for n in sizes)}). Each size's training set is a nested, stratified "

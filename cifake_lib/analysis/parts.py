@@ -1,8 +1,7 @@
-"""`Part`: one `## title` of report.md, for the section modules that report.py imports.
+"""`Section`: one `## title` of report.md: Markdown blocks in order, the figures and CSV tables they need.
 
-It has the attributes of report.py's `Section` (title, blocks, figures, tables; `add`,
-`image`), so `assemble_report` and `show_section` take either; defined here so that those
-modules need not import report.py (which imports them).
+Defined here, below report.py, so that the modules that build sections (grid, costs, learning
+curves, the study's other sections) need not import report.py, which imports them.
 """
 
 from __future__ import annotations
@@ -11,12 +10,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Part"]
+__all__ = ["Section"]
 
 
 @dataclass
-class Part:
-    """Markdown blocks in order, the figures (file name -> Figure) and CSV tables they need."""
+class Section:
+    """One `## title` of report.md: Markdown blocks in order, the figures (file name -> Figure) and
+    CSV tables (file name -> rows, columns) they need."""
 
     title: str
     blocks: list[str] = field(default_factory=list)

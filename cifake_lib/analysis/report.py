@@ -30,13 +30,14 @@ import os
 import re
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from cifake_lib.analysis import compare
+from cifake_lib.analysis.parts import Section
 from cifake_lib.analysis.report_costs import cost_section
 from cifake_lib.analysis.study import (
     PAIRED_COLUMNS,
@@ -76,23 +77,6 @@ def slug(name: str) -> str:
 
 
 # --------------------------------------------------------------------------- sections
-
-@dataclass
-class Section:
-    """One `## title` of report.md: Markdown blocks in order, the figures and CSV tables they need."""
-
-    title: str
-    blocks: list[str] = field(default_factory=list)
-    figures: dict[str, Any] = field(default_factory=dict)  # file name -> matplotlib Figure
-    tables: dict[str, tuple[list[dict], Sequence[str] | None]] = field(default_factory=dict)  # csv -> rows
-
-    def add(self, *markdown: str) -> None:
-        self.blocks += list(markdown)
-
-    def image(self, fig: Any, name: str, alt: str) -> None:
-        self.figures[name] = fig
-        self.blocks.append(f"![{alt}]({name})\n")
-
 
 @dataclass
 class Results:
@@ -755,7 +739,7 @@ def full_sections(core: Sequence[Section], study: Study, run_dirs: Sequence[str 
     sections = list(core)
     _insert_after(sections, "Quantitative results",
                   [s for root in study_roots for s in grid_sections(Path(root), read_index(root))])
-    _insert_after(sections, "Analysis", [cost_section(study, Section)])
+    _insert_after(sections, "Analysis", [cost_section(study)])
     return with_study_sections(sections, run_dirs, study, study_roots)
 
 

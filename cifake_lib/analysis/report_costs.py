@@ -13,6 +13,8 @@ import statistics
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from cifake_lib.analysis.parts import Section
+
 COSTS_CSV = "costs.csv"
 FRONTIER_FIGURE = "efficiency_frontier.png"
 COLUMNS = ("method", "trainable_params", "total_params", "peak_memory_gib", "peak_memory_kind", "train_seconds",
@@ -69,12 +71,12 @@ def cost_summary(rows: Sequence[Mapping[str, Any]], key: str = "method") -> list
     return out
 
 
-def cost_section(study: Any, section_type: type) -> Any:
-    """The report's "Cost" section (a `report.Section`): the table, costs.csv and the frontier figure."""
+def cost_section(study: Any) -> Section:
+    """The report's "Cost" section: the table, costs.csv and the frontier figure."""
     from cifake_lib.analysis.compare import markdown_table
     from cifake_lib.viz.cost_figures import frontier_figure
 
-    s = section_type("What each method cost")
+    s = Section("What each method cost")
     rows, missing = cost_rows(study.runs)
     if not rows:
         s.add("No run recorded its training cost.\n")

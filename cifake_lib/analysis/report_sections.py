@@ -26,11 +26,11 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from cifake_lib.analysis.compare import markdown_table
-from cifake_lib.analysis.parts import Part
+from cifake_lib.analysis.parts import Section
 from cifake_lib.core.files import read_json
 from cifake_lib.evaluation.runs import detector_kind
 
-__all__ = ["Part", "with_study_sections", "algorithm_part", "future_part", "grid_axes", "pipeline_figure", "pipeline_part",
+__all__ = ["Section", "with_study_sections", "algorithm_part", "future_part", "grid_axes", "pipeline_figure", "pipeline_part",
            "related_works_part", "resources_part", "resource_rows", "seed_sections"]
 
 RUNS_CSV = "runs.csv"
@@ -38,7 +38,7 @@ RUNS_CSV = "runs.csv"
 
 # --------------------------------------------------------------------------- related works
 
-def related_works_part() -> Part:
+def related_works_part() -> Section:
     """Every published.toml entry in one sentence, cited (the full references are in References)."""
     from cifake_lib.evaluation.published import (
         absence_claim,
@@ -47,7 +47,7 @@ def related_works_part() -> Part:
         related_works,
     )
 
-    s = Part("Related Works")
+    s = Section("Related Works")
     lines = []
     for e in published_results():
         what = {"accuracy": "accuracy", "roc_auc": "ROC AUC"}[e["metric"]]
@@ -146,8 +146,8 @@ def pipeline_figure(axes: Mapping[str, Sequence[str]]) -> Figure:
     return fig
 
 
-def pipeline_part(study: Any, paths: Sequence[str | os.PathLike], external_sets: Sequence[str] = ()) -> Part:
-    s = Part("Pipeline")
+def pipeline_part(study: Any, paths: Sequence[str | os.PathLike], external_sets: Sequence[str] = ()) -> Section:
+    s = Section("Pipeline")
     axes = grid_axes(study, paths, external_sets)
     s.image(pipeline_figure(axes), "pipeline.png", "Pipeline: data, detectors, evaluation, and the grid's axes")
     s.add("Grid axes as run: " + "; ".join(f"{k}: {', '.join(v)}" for k, v in axes.items()) + ".\n")
@@ -179,9 +179,9 @@ def _warmup(cfg: Mapping[str, Any]) -> str:
     return f"{steps} linear warm-up steps" if steps is not None else "the default linear warm-up"
 
 
-def algorithm_part(runs: Sequence[Mapping[str, Any]]) -> Part:
+def algorithm_part(runs: Sequence[Mapping[str, Any]]) -> Section:
     """One FLYP step as pseudo-code, with the settings that ran (or a line saying none ran)."""
-    s = Part("Algorithm")
+    s = Section("Algorithm")
     found = _finetune_settings(runs)
     if found is None:
         s.add("_No fine-tune run in this study; FLYP's step is not shown._\n")
@@ -248,8 +248,8 @@ RESOURCE_COLUMNS = (("run", "run", "text"), ("method", "method", "text"), ("trai
                     ("seconds", "seconds", "num"))
 
 
-def resources_part(study: Any, paths: Sequence[str | os.PathLike]) -> Part:
-    s = Part("Computer resources")
+def resources_part(study: Any, paths: Sequence[str | os.PathLike]) -> Section:
+    s = Section("Computer resources")
     rows = resource_rows(study, paths)
     if not rows:
         s.add("_No run recorded its wall time._\n")
@@ -265,9 +265,9 @@ def resources_part(study: Any, paths: Sequence[str | os.PathLike]) -> Part:
 
 # --------------------------------------------------------------------------- future direction
 
-def future_part(axes: Mapping[str, Sequence[str]], cross_rows: Sequence[Mapping[str, Any]] = ()) -> Part:
+def future_part(axes: Mapping[str, Sequence[str]], cross_rows: Sequence[Mapping[str, Any]] = ()) -> Section:
     """What the grid left open (axes with one value) and what the cross-dataset table suggests."""
-    s = Part("Future Direction")
+    s = Section("Future Direction")
     lines = []
     single = [k for k, v in axes.items() if len(v) == 1 and k != "test set"]
     if single:
@@ -302,7 +302,7 @@ def future_part(axes: Mapping[str, Sequence[str]], cross_rows: Sequence[Mapping[
 # --------------------------------------------------------------------------- all of them
 
 def seed_sections(run_dirs: Sequence[str | os.PathLike], study: Any, *, cross_rows: Sequence[Mapping[str, Any]] = (),
-                  ) -> dict[str, Part]:
+                  ) -> dict[str, Section]:
     """The five sections, keyed "related", "pipeline", "algorithm", "resources", "future"."""
     external_sets = sorted({str(r["set"]) for r in cross_rows})
     axes = grid_axes(study, run_dirs, external_sets)
