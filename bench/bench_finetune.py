@@ -273,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from cifake_lib.clip.models import write_tiny_clip
+    from cifake_lib.clip.tiny import write_tiny_clip
     from cifake_lib.methods.finetune import resolve_mixed_precision
     from cifake_lib.methods.speed import device_peak_tflops
 

@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     prepare()  # HF_HUB_OFFLINE before transformers is imported
     sizes = tuple(int(s) for s in a.sizes.split(","))
-    from cifake_lib.clip.models import write_tiny_clip
+    from cifake_lib.clip.tiny import write_tiny_clip
     from cifake_lib.methods.memory import T4_BUDGET_GIB
 
     with tempfile.TemporaryDirectory(prefix="bench_memory_") as tmp:

@@ -165,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
 
-    from cifake_lib.clip.models import pick_device, write_tiny_clip
+    from cifake_lib.clip.models import pick_device
+    from cifake_lib.clip.tiny import write_tiny_clip
 
     if a.threads:
         torch.set_num_threads(a.threads)

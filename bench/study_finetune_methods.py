@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     prepare(a.threads or 1)  # one thread unless asked: the tiny model gains nothing from more
 
-    from cifake_lib.clip.models import write_tiny_clip
+    from cifake_lib.clip.tiny import write_tiny_clip
     from cifake_lib.data.load import load_cifake
 
     data = load_cifake(a.data, val_fraction=0.1, seed=a.data_seed, progress=False)

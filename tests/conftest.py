@@ -52,7 +52,7 @@ def archive_path() -> Path:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A tiny, randomly initialised CLIP written by the library itself (offline)."""
-    from cifake_lib.clip.models import write_tiny_clip
+    from cifake_lib.clip.tiny import write_tiny_clip
 
     return write_tiny_clip(tmp_path_factory.mktemp("tiny_clip") / "model", seed=0)
 

@@ -65,7 +65,8 @@ def test_lora_adds_exactly_the_parameters_peft_reports(tiny_model_dir, towers):
     before = sum(p.numel() for p in clip.parameters())
     attach_lora(clip, cfg)
     added = sum(p.numel() for p in clip.parameters()) - before
-    trainable, total = get_peft_model(_tiny_clip(tiny_model_dir), lora_config(cfg)).get_nb_trainable_parameters()
+    base = _tiny_clip(tiny_model_dir)
+    trainable, total = get_peft_model(base, lora_config(cfg, base)).get_nb_trainable_parameters()
     assert set_lora_trainable(clip) == added == trainable and total == before + added
     layers = clip.config.vision_config.num_hidden_layers + (clip.config.text_config.num_hidden_layers
                                                             if towers == "both" else 0)

@@ -522,7 +522,7 @@ def test_cpu_out_of_memory_in_finetune_names_the_batch_size(tiny_model_dir, tmp_
     def no_memory(*a, **k):
         raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] . DefaultCPUAllocator: can't allocate memory")
 
-    monkeypatch.setattr(F, "compute_loss", no_memory)
+    monkeypatch.setattr(F.loop, "compute_loss", no_memory)  # what train_step calls
     with pytest.raises(F.OutOfMemory, match=r"CPU out of memory during training with --batch-size 16"):
         F.train(_data(n_val=0), _cfg(tiny_model_dir, tmp_path / "oom", max_steps=1))
 

@@ -13,7 +13,8 @@ from cifake_lib.clip.features import (
     model_fingerprint,
     text_features,
 )
-from cifake_lib.clip.models import load_clip, write_tiny_clip
+from cifake_lib.clip.models import load_clip
+from cifake_lib.clip.tiny import write_tiny_clip
 from cifake_lib.data.preprocess import ImagePreprocessor
 
 
@@ -27,14 +28,15 @@ def _images(n: int, seed: int = 0) -> np.ndarray:
 
 
 def _count_forward(model, monkeypatch) -> list[int]:
+    """Batch sizes of every pass through the image tower, while the test runs."""
     calls: list[int] = []
-    original = model.get_image_features
+    original = model.vision_model.forward
 
     def counted(*args, **kwargs):
-        calls.append(kwargs["pixel_values"].shape[0])
+        calls.append((kwargs["pixel_values"] if "pixel_values" in kwargs else args[0]).shape[0])
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(model, "get_image_features", counted)
+    monkeypatch.setattr(model.vision_model, "forward", counted)
     return calls
 
 

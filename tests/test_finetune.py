@@ -449,7 +449,7 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tiny_m
         loss = real(*args)
         return loss * float("nan") if calls["n"] > 5 else loss
 
-    monkeypatch.setattr(ft, "flyp_loss", flaky)
+    monkeypatch.setattr(ft.losses, "flyp_loss", flaky)  # what compute_loss calls
     cfg = _cfg(tiny_model_dir, tmp_path / "nan", max_steps=10, save_every=2)
     with pytest.raises(TrainingDiverged, match=r"loss is nan at step 5.*step-0000004"):
         train(_data(n_val=0), cfg)

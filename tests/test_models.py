@@ -8,7 +8,8 @@ import pytest
 import torch
 from transformers import CLIPModel, CLIPProcessor
 
-from cifake_lib.clip.models import load_clip, pick_device, write_tiny_clip
+from cifake_lib.clip.models import load_clip, pick_device
+from cifake_lib.clip.tiny import write_tiny_clip
 
 
 def test_tiny_model_loads_with_from_pretrained_offline(tiny_model_dir, monkeypatch):

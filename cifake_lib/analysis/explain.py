@@ -113,9 +113,20 @@ def _sign(target: str, logit: float, detector: Any) -> float:
 # --------------------------------------------------------------------------- CLIP heads
 
 def is_clip(detector: Any) -> bool:
-    """A detector whose CLIP model this module can differentiate through."""
-    return (hasattr(detector, "model") and hasattr(detector, "processor")
-            and hasattr(detector.model, "vision_model") and _head_fn(detector) is not None)
+    """A detector whose backbone (CLIP, SigLIP, an image-only encoder: `clip.backbone`) this module
+    can differentiate through."""
+    model = getattr(detector, "model", None)
+    return (model is not None and hasattr(detector, "processor")
+            and hasattr(getattr(model, "config", None), "model_type") and _head_fn(detector) is not None)
+
+
+def _features(detector: Any, pixel_values: torch.Tensor) -> torch.Tensor:
+    """The detector's image features of pixel_values: the backbone's embedding, through its CLIP-Adapter if any."""
+    from cifake_lib.clip.backbone import image_embeds
+
+    feats = image_embeds(detector.model, pixel_values)
+    adapter = getattr(detector, "adapter", None)
+    return feats if adapter is None else adapter(feats)
 
 
 def _zeroshot_logit(head: Any, feats: torch.Tensor, cifar_class: int, use_class: bool) -> torch.Tensor:
@@ -218,7 +229,10 @@ def _gradient_inputs(detector: Any, image: Any):
 
 
 def clip_gradcam(detector: Any, image: Any, *, cifar_class: int = -1, target: str = "predicted") -> np.ndarray:
-    """Grad-CAM on the patch tokens entering the last vision block, for the target logit. (H, W) in [0, 1]."""
+    """Grad-CAM on the patch tokens entering the last vision block (after its first layer norm),
+    for the target logit. (H, W) in [0, 1]."""
+    from cifake_lib.clip.backbone import has_class_token, vision_blocks
+
     image, head, model, pv, pre = _gradient_inputs(detector, image)
     store: dict[str, torch.Tensor] = {}
 
@@ -226,16 +240,18 @@ def clip_gradcam(detector: Any, image: Any, *, cifar_class: int = -1, target: st
         output.retain_grad()
         store["tokens"] = output
 
-    handle = model.vision_model.encoder.layers[-1].layer_norm1.register_forward_hook(hook)
+    last = vision_blocks(model)[-1]
+    norm = getattr(last, "layer_norm1", None) or last.norm1  # CLIP, SigLIP: layer_norm1; DINOv2: norm1
+    handle = norm.register_forward_hook(hook)
     try:
         with _grad_mode(model):
-            feats = model.get_image_features(pixel_values=pv).pooler_output
-            z = head(feats, int(cifar_class)).sum()
+            z = head(_features(detector, pv), int(cifar_class)).sum()
             (_sign(target, float(z.detach()), detector) * z).backward()
     finally:
         handle.remove()
-    tokens = store["tokens"][0, 1:].detach().float()  # (P, D) without CLS
-    grads = store["tokens"].grad[0, 1:].float()
+    first = 1 if has_class_token(model) else 0  # the patch tokens only
+    tokens = store["tokens"][0, first:].detach().float()  # (P, D)
+    grads = store["tokens"].grad[0, first:].float()
     cam = torch.relu(tokens @ grads.mean(dim=0))
     g = _grid(len(cam))
     return normalize_map(_to_image_coords(cam.reshape(g, g).cpu().numpy(), pre, image.shape[:2]))
@@ -256,12 +272,18 @@ def _eager_attention(model: Any):
 
 @torch.no_grad()
 def attention_rollout(detector: Any, image: Any) -> np.ndarray:
-    """Attention rollout of the CLIP vision encoder (CLS row over patches). (H, W) in [0, 1]."""
+    """Attention rollout of the vision encoder (the class token's row over the patches). (H, W) in [0, 1].
+
+    Needs a class token: SigLIP pools with an attention head instead and gets no rollout."""
+    from cifake_lib.clip.backbone import has_class_token, vision_tower
+
     image = _check_image(image)
     model = detector.model
+    if not has_class_token(model):
+        raise ValueError("attention rollout follows the class token; this vision tower has none (SigLIP)")
     pv, pre = _pixel_values(detector, image)
     with _eager_attention(model):
-        out = model.vision_model(pixel_values=pv, output_attentions=True)
+        out = vision_tower(model)(pixel_values=pv, output_attentions=True)
     attentions = out.attentions
     if not attentions:
         raise RuntimeError("the vision encoder returned no attentions (eager attention unavailable?)")
@@ -280,8 +302,7 @@ def gradient_x_input(detector: Any, image: Any, *, cifar_class: int = -1, target
     """|sum_c grad x input| on pixel_values for the target logit, pooled to the image. (H, W) in [0, 1]."""
     image, head, model, pv, pre = _gradient_inputs(detector, image)
     with _grad_mode(model):
-        feats = model.get_image_features(pixel_values=pv).pooler_output
-        z = head(feats, int(cifar_class)).sum()
+        z = head(_features(detector, pv), int(cifar_class)).sum()
         (_sign(target, float(z.detach()), detector) * z).backward()
     sal = (pv.grad[0].float() * pv[0].detach().float()).sum(dim=0).abs()
     return normalize_map(_to_image_coords(sal.cpu().numpy(), pre, image.shape[:2]))
@@ -362,7 +383,9 @@ def methods_for(detector: Any) -> tuple[str, ...]:
             hasattr(getattr(detector, "model", None), "cam_layer"):
         return CNN_METHODS
     if is_clip(detector):
-        return CLIP_METHODS
+        from cifake_lib.clip.backbone import has_class_token
+
+        return CLIP_METHODS if has_class_token(detector.model) else tuple(m for m in CLIP_METHODS if m != "rollout")
     return ("occlusion",)
 
 

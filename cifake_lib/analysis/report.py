@@ -812,7 +812,7 @@ def ensure_smoke_runs(runs_dir: str | os.PathLike, data: str | None = None, *, s
 
     small = load_cifake(data, subset=subset, val_fraction=0.2, seed=seed)
     if "clip" not in kinds:
-        from cifake_lib.clip.models import write_tiny_clip
+        from cifake_lib.clip.tiny import write_tiny_clip
         from cifake_lib.methods import zeroshot
         from cifake_lib.methods.config import ZeroshotConfig
 

@@ -39,12 +39,16 @@ class CliError(CifakeError):
 
 @dataclass
 class TinyModelConfig:
-    """`cifake tiny-model`: a small randomly initialised CLIP, for tests and offline runs."""
+    """`cifake tiny-model`: a small randomly initialised model of a backbone family, for tests and offline runs."""
 
     out_dir: str = setting("", "folder to write the model and processor to", positional=True, metavar="OUT_DIR")
+    family: str = setting("clip", "clip (CLIPModel), siglip (SiglipModel, SigLIP 2's tokenizer class) or dinov2 "
+                          "(Dinov2Model, image only)", choices=("clip", "siglip", "dinov2"))
     seed: int = setting(0, "initialisation seed")
-    shape: str = setting("tiny", "tiny: 32x32 input, patch 4; vit-b-32: ViT-B/32's sizes, for benchmarks",
-                         choices=("tiny", "vit-b-32"))
+    shape: str = setting("tiny", "tiny: 32x32 input, patch 4, width 64 (every family); the published sizes, for "
+                         "memory and speed checks: vit-b-32, vit-b-16, vit-l-14 (clip), siglip2-base (siglip), "
+                         "dinov2-base (dinov2)",
+                         choices=("tiny", "vit-b-32", "vit-b-16", "vit-l-14", "siglip2-base", "dinov2-base"))
 
 
 @dataclass(frozen=True)
@@ -275,11 +279,13 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _tiny_model(args: argparse.Namespace) -> int:
-    from cifake_lib.clip.models import write_tiny_clip
+    from cifake_lib.clip.tiny import SHAPES, write_tiny_model
 
     cfg = build(TinyModelConfig, given(args, TinyModelConfig), flag_names=True)
+    if cfg.shape not in SHAPES[cfg.family]:
+        raise CliError(f"--shape {cfg.shape} is not a {cfg.family} shape; choose from {', '.join(SHAPES[cfg.family])}")
     claim_output(cfg.out_dir, overwrite=args.overwrite, flag="OUT_DIR")
-    print(write_tiny_clip(cfg.out_dir, seed=cfg.seed, shape=cfg.shape))
+    print(write_tiny_model(cfg.out_dir, cfg.family, seed=cfg.seed, shape=cfg.shape))
     return 0
 
 
@@ -309,7 +315,7 @@ COMMANDS: list[Command] = [
             stages.STAGES["report"].option_classes, _stage_runner("report"), out=True),
     Command("predict", "p_fake for image files: one JSON line per image, in input order "
             "(exit 1 if any file failed)", (PredictConfig,), _predict),
-    Command("tiny-model", "write a small randomly initialised CLIP (offline, for tests and smoke runs)",
+    Command("tiny-model", "write a small randomly initialised CLIP, SigLIP or DINOv2 (offline, for tests and smoke runs)",
             (TinyModelConfig,), _tiny_model, writes=True),
 ]
 

@@ -86,7 +86,8 @@ class NotebookContext:
             if self.model is None:  # never write a model into a study: it is read only here
                 raise CifakeError(f"{self.study / 'study.json'} records no model; run `cifake run` again")
             return _study_model(self.study, self.model)
-        from cifake_lib.clip.models import DEFAULT_MODEL, write_tiny_clip
+        from cifake_lib.clip.models import DEFAULT_MODEL
+        from cifake_lib.clip.tiny import write_tiny_clip
 
         if not self.smoke:
             return DEFAULT_MODEL

@@ -635,7 +635,7 @@ def run_study(*, preset: str = "report", data: str | None = None, config_file: s
 
 
 def _tiny_model(folder: Path, seed: int) -> Path:
-    from cifake_lib.clip.models import write_tiny_clip
+    from cifake_lib.clip.tiny import write_tiny_clip
 
     if not (folder / "config.json").is_file():
         write_tiny_clip(folder, seed=seed)

@@ -8,9 +8,9 @@ features, mixed back with a residual ratio:
 on the projected image embedding before its L2 normalisation; the zero-shot text head of the
 prompts then scores x' as it scores x. With ratio 0 the adapter changes nothing.
 
-In training the adapter enters through a forward hook on CLIP's `visual_projection`, so CLIP's
-own modules and weights stay as they are (the exported model folder is the input model);
-detectors apply it to the image features (`ClipAdapter.adapt`). Saved as safetensors with its
+The backbone's modules and weights stay as they are (the exported model folder is the input
+model): in training the classifier passes the image embedding through the adapter, and detectors
+apply it to the image features (`ClipAdapter.adapt`). Saved as safetensors with its
 reduction and ratio in the metadata.
 """
 
@@ -59,10 +59,6 @@ class ClipAdapter(nn.Module):
             x = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32)).to(w.device)
             return self(x).float().cpu().numpy()
         return self(features)
-
-    def attach(self, clip):
-        """Adapt every output of clip.visual_projection from now on; returns the hook's handle."""
-        return clip.visual_projection.register_forward_hook(lambda _module, _inputs, out: self(out))
 
     def save(self, path: str | os.PathLike) -> Path:
         from safetensors.torch import save_file

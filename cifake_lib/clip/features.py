@@ -1,8 +1,8 @@
-"""Batched CLIP image and text embeddings, with an on-disk cache for image features.
+"""Batched image and text embeddings of any backbone, with an on-disk cache for image features.
 
 Image path: uint8 batch (host) -> pinned -> model's device (non_blocking) -> `ImagePreprocessor`
-(resize, crop, normalise on the device) -> `get_image_features(...).pooler_output` (the
-projected embedding, not normalised). On CUDA the model runs in half precision
+(resize, crop, normalise on the device) -> `backbone.image_embeds` (CLIP's projected embedding,
+SigLIP's or DINOv2's pooled output; not normalised). On CUDA the model runs in half precision
 (`models.inference_dtype`) and features stay on the device until the end, so the host never
 waits for the GPU between batches: slicing and pinning the next batch overlap the current
 batch's compute.
@@ -33,6 +33,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from cifake_lib.clip.backbone import (
+    embed_dim,
+    image_embeds,
+    image_modules,
+    text_embeds,
+    tokenize,
+    vision_config,
+)
 from cifake_lib.clip.models import inference_dtype
 from cifake_lib.core.files import atomic_write, write_json
 from cifake_lib.core.settings import cache_root
@@ -54,24 +62,20 @@ def compute_dtype(model: torch.nn.Module) -> torch.dtype:
 
 
 def model_fingerprint(model: torch.nn.Module) -> str:
-    """A hash of the image tower's weights (vision_model + visual_projection) and vision config.
+    """A hash of the image tower's weights (`backbone.image_modules`) and vision config.
 
     A strided sample of each tensor and its float64 sum: a few hundred tiny reductions, one
     host transfer. Any training step changes every sum, so a changed model gets a new key.
     """
-    towers = [m for m in (getattr(model, "vision_model", None), getattr(model, "visual_projection", None))
-              if m is not None]
-    if not towers:  # not a CLIPModel: fall back to every parameter
-        towers = [model]
+    towers = image_modules(model)
     h = hashlib.blake2b(digest_size=16)
-    config = getattr(model, "config", None)
-    vision_config = getattr(config, "vision_config", config)
-    if vision_config is not None and hasattr(vision_config, "to_dict"):
-        cfg = {k: v for k, v in vision_config.to_dict().items() if not k.startswith("_")}
+    vision = vision_config(model)
+    if hasattr(vision, "to_dict"):
+        cfg = {k: v for k, v in vision.to_dict().items() if not k.startswith("_")}
         cfg.pop("dtype", None)
         cfg.pop("torch_dtype", None)
         h.update(json.dumps(cfg, sort_keys=True, default=str).encode())
-        h.update(str(getattr(config, "projection_dim", "")).encode())
+        h.update(str(embed_dim(model)).encode())
     samples = []
     with torch.no_grad():
         for tower in towers:
@@ -190,13 +194,12 @@ def _encode_array(model, preprocessor: ImagePreprocessor, images: np.ndarray, ba
                 main.wait_stream(side)
                 pixel_values.record_stream(main)  # allocated on the side stream, used on this one
             with autocast:
-                feats = model.get_image_features(pixel_values=pixel_values).pooler_output
+                feats = image_embeds(model, pixel_values)
             out.append(feats)  # stays on the device: no per-batch sync with the GPU
             pending = prepare(start + batch_size) if start + batch_size < n else None
             bar.update(len(pixel_values))
     if not out:
-        dim = int(getattr(model.config, "projection_dim", 0))
-        return np.zeros((0, dim), dtype=np.float32)
+        return np.zeros((0, embed_dim(model)), dtype=np.float32)
     return torch.cat(out).float().cpu().numpy()
 
 
@@ -224,7 +227,7 @@ def _check_images(images: Any) -> np.ndarray | list[np.ndarray]:
 def image_features(model, processor, images: np.ndarray | Sequence[np.ndarray], *, batch_size: int = 256,
                    cache: bool | str | os.PathLike = False, progress: bool = True,
                    normalize: bool = False, desc: str = "image features") -> np.ndarray:
-    """CLIP image embeddings (projected), float32 (N, D), in the order of `images`.
+    """Image embeddings (`backbone.image_embeds`), float32 (N, D), in the order of `images`.
 
     images: uint8 (N, H, W, 3), any H and W (the processor's resize handles it), or a list
     of (H, W, 3) arrays of different sizes (grouped by size into batches). The model stays
@@ -264,14 +267,14 @@ def _encode_list(model, preprocessor, images: list[np.ndarray], batch_size, dtyp
             out = np.zeros((len(images), feats.shape[1]), dtype=np.float32)
         out[idx] = feats
     if out is None:
-        return np.zeros((0, int(getattr(model.config, "projection_dim", 0))), dtype=np.float32)
+        return np.zeros((0, embed_dim(model)), dtype=np.float32)
     return out
 
 
 @torch.inference_mode()
 def text_features(model, processor, texts: Sequence[str], *, batch_size: int = 256,
                   normalize: bool = False) -> np.ndarray:
-    """CLIP text embeddings (projected), float32 (T, D). Cheap: never cached."""
+    """Text embeddings (`backbone.text_embeds`), float32 (T, D). Cheap: never cached."""
     texts = list(texts)
     if not texts:
         raise ValueError("text_features: no texts")
@@ -279,9 +282,8 @@ def text_features(model, processor, texts: Sequence[str], *, batch_size: int = 2
     device = model_device(model)
     out = []
     for start in range(0, len(texts), batch_size):
-        enc = tokenizer(texts[start:start + batch_size], padding=True, truncation=True, return_tensors="pt")
-        enc = {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
-        out.append(model.get_text_features(**enc).pooler_output.float().cpu())
+        enc = {k: v.to(device) for k, v in tokenize(model, tokenizer, texts[start:start + batch_size]).items()}
+        out.append(text_embeds(model, enc["input_ids"], enc["attention_mask"]).float().cpu())
     feats = torch.cat(out).numpy().astype(np.float32)
     return l2_normalize(feats) if normalize else feats
 

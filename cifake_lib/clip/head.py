@@ -1,11 +1,21 @@
-"""The zero-shot head: CLIP as a two-label classifier (REAL, FAKE) built from text prompts.
+"""The zero-shot head: a dual encoder as a two-label classifier (REAL, FAKE) built from text prompts.
 
-One head, in torch, for every CLIP detector of the package: zero-shot (`ClipDetector`),
+One head, in torch, for every CLIP or SigLIP detector of the package: zero-shot (`ClipDetector`),
 fine-tuning (the loss and its validation scores), explanations (gradients flow through it) and
 prompt tuning. It follows open_clip's `zero_shot_classifier`: every template of a label is
-encoded, L2-normalised, averaged and normalised again; an image's logits are
-`logit_scale * cos(image, label embedding)`, exactly CLIPModel's `logits_per_image` for one
-prompt per label. p_fake is the FAKE column of the two-label softmax (`p_fake`).
+encoded, L2-normalised, averaged and normalised again. An image's score for a label is
+
+- CLIP: `z = logit_scale * cos(image, label embedding)`, exactly CLIPModel's `logits_per_image`
+  for one prompt per label; p_fake is the FAKE column of the softmax over the two labels;
+- SigLIP: `z = logit_scale * cos + logit_bias`, exactly SiglipModel's `logits_per_image`, and
+  `sigmoid(z)` is the model's own probability that the label's text matches the image, for each
+  label on its own. The rule for p_fake: the two labels' probabilities renormalised over the pair,
+  `p_fake = sigmoid(z_FAKE) / (sigmoid(z_REAL) + sigmoid(z_FAKE))`, so that p_fake is 0.5 when the
+  model finds both texts equally likely, whatever their absolute level (SigLIP's zero-shot
+  probabilities are often far below 0.5 for every label).
+
+`logits` returns scores whose softmax is p_fake in both cases: CLIP's z, and SigLIP's log
+sigmoid(z) (the softmax of log-probabilities is their renormalisation). `scores` returns z itself.
 
 Class-aware prompt sets (`{class}` templates) have one embedding per (label, CIFAR class)
 besides the label's embedding over every class. An image whose class is known is scored with
@@ -26,6 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from cifake_lib.clip.backbone import logit_bias, logit_scale, require_text, text_embeds
 from cifake_lib.clip.prompts import MARGINALS, PromptSet, get_prompt_set
 
 
@@ -75,17 +86,19 @@ def _as_tensor(x: Any) -> torch.Tensor:
 
 @dataclass(eq=False)
 class ZeroShotHead:
-    """Label embeddings and a logit scale: image features -> (REAL, FAKE) logits.
+    """Label embeddings, a logit scale and (SigLIP) a bias: image features -> (REAL, FAKE) logits.
 
     weights: (2, D) unit vectors; class_weights: (2, C, D), class-aware sets only; logit_scale:
-    the multiplier exp(CLIP's logit_scale parameter), a float or a 0-d tensor (which keeps its
-    gradient in fine-tuning). Arrays are accepted and held as float32 tensors.
+    the multiplier exp(the model's logit_scale parameter), a float or a 0-d tensor (which keeps
+    its gradient in fine-tuning); logit_bias: SigLIP's bias (a sigmoid head), None for CLIP (a
+    softmax head). Arrays are accepted and held as float32 tensors.
     """
 
     weights: torch.Tensor
     logit_scale: torch.Tensor | float
     class_weights: torch.Tensor | None = None
     marginal: str = "logsumexp"
+    logit_bias: torch.Tensor | float | None = None
 
     def __post_init__(self) -> None:
         self.weights = _as_tensor(self.weights).float()
@@ -101,10 +114,31 @@ class ZeroShotHead:
 
     @classmethod
     def from_rows(cls, rows: torch.Tensor, n_classes: int, logit_scale: torch.Tensor | float,
-                  marginal: str = "logsumexp") -> ZeroShotHead:
+                  marginal: str = "logsumexp", logit_bias: torch.Tensor | float | None = None) -> ZeroShotHead:
         """A head from `ensemble`'s (R, D) rows in `prompt_rows` order."""
         class_weights = rows[2:].reshape(2, n_classes, -1) if n_classes else None
-        return cls(weights=rows[:2], logit_scale=logit_scale, class_weights=class_weights, marginal=marginal)
+        return cls(weights=rows[:2], logit_scale=logit_scale, class_weights=class_weights, marginal=marginal,
+                   logit_bias=logit_bias)
+
+    @property
+    def sigmoid(self) -> bool:
+        """A SigLIP head: each label's probability is sigmoid(z) on its own."""
+        return self.logit_bias is not None
+
+    def _z(self, similarities: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """scale * cos (+ bias), then, for a sigmoid head, log sigmoid: scores whose softmax is p."""
+        z = scale * similarities
+        if self.logit_bias is None:
+            return z
+        return torch.nn.functional.logsigmoid(z + torch.as_tensor(self.logit_bias, dtype=z.dtype, device=z.device))
+
+    def scores(self, features: Any, *, normalized: bool = False) -> torch.Tensor:
+        """(N, 2) z = logit_scale * cos (+ logit_bias): the model's own logits_per_image for the label
+        embeddings (the class-free rows)."""
+        x = _as_tensor(features).float()
+        x = x if normalized else normalize(x)
+        z = torch.as_tensor(self.logit_scale, dtype=torch.float32, device=x.device) * x @ self.weights.to(x.device).T
+        return z if self.logit_bias is None else z + torch.as_tensor(self.logit_bias, dtype=z.dtype, device=z.device)
 
     @property
     def dim(self) -> int:
@@ -127,13 +161,13 @@ class ZeroShotHead:
         scale = torch.as_tensor(self.logit_scale, dtype=torch.float32, device=x.device)
         weights = self.weights.to(x.device)
         if self.class_weights is None:
-            return scale * x @ weights.T
+            return self._z(x @ weights.T, scale)
         cw = self.class_weights.to(x.device)
-        per_class = scale * torch.einsum("nd,lcd->nlc", x, cw)  # (N, 2, C)
+        per_class = self._z(torch.einsum("nd,lcd->nlc", x, cw), scale)  # (N, 2, C)
         if self.marginal == "logsumexp":
             out = torch.logsumexp(per_class, dim=2) - math.log(cw.shape[1])
         else:
-            out = scale * x @ weights.T
+            out = self._z(x @ weights.T, scale)
         if classes is None:
             return out
         c = torch.as_tensor(np.asarray(classes) if not isinstance(classes, torch.Tensor) else classes,
@@ -157,6 +191,8 @@ class ZeroShotHead:
 
         tensors = {"weights": self.weights.detach().cpu().contiguous(),
                    "logit_scale": torch.tensor([float(self.logit_scale)], dtype=torch.float64)}
+        if self.logit_bias is not None:
+            tensors["logit_bias"] = torch.tensor([float(self.logit_bias)], dtype=torch.float64)
         if self.class_weights is not None:
             tensors["class_weights"] = self.class_weights.detach().cpu().contiguous()
         return atomic_write(path, lambda p: save_file(tensors, str(p), metadata={"marginal": self.marginal}))
@@ -178,7 +214,8 @@ class ZeroShotHead:
             marginal = (f.metadata() or {}).get("marginal", "logsumexp")
             return cls(weights=f.get_tensor("weights"), logit_scale=float(f.get_tensor("logit_scale")[0]),
                        class_weights=f.get_tensor("class_weights") if "class_weights" in keys else None,
-                       marginal=marginal)
+                       marginal=marginal,
+                       logit_bias=float(f.get_tensor("logit_bias")[0]) if "logit_bias" in keys else None)
 
 
 def p_fake(logits: Any) -> Any:
@@ -213,16 +250,24 @@ def build_head(model, processor, prompts: PromptSet | str, *, marginal: str = "l
     if missing:
         emb.update(encode_texts(model, processor, missing))
     text_emb = torch.from_numpy(np.stack([np.asarray(emb[t], dtype=np.float32) for t in texts]))
-    scale = float(model.logit_scale.detach().float().exp().item())
-    return ZeroShotHead.from_rows(ensemble(text_emb, rows), n_classes, scale, marginal)
+    scale, bias = head_scale(model)
+    return ZeroShotHead.from_rows(ensemble(text_emb, rows), n_classes, float(scale.detach()), marginal,
+                                  None if bias is None else float(bias.detach()))
+
+
+def head_scale(model) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(exp(logit_scale), logit_bias or None) of a dual encoder, as float32 0-d tensors that keep
+    their gradients (fine-tuning learns them)."""
+    require_text(model, "a zero-shot head")
+    bias = logit_bias(model)
+    return logit_scale(model).float().exp().reshape(()), None if bias is None else bias.float().reshape(())
 
 
 def encode_rows(clip, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 rows: Sequence[Sequence[int]]) -> torch.Tensor:
-    """(R, D) head rows through CLIP's text tower from tokenised prompts, with gradients where
+    """(R, D) head rows through the text tower from tokenised prompts, with gradients where
     enabled (fine-tuning): `ZeroShotHead.from_rows` makes the head."""
-    out = clip.text_model(input_ids=input_ids, attention_mask=attention_mask)
-    return ensemble(clip.text_projection(out.pooler_output), rows)
+    return ensemble(text_embeds(clip, input_ids, attention_mask), rows)
 
 
 __all__ = [
@@ -231,6 +276,7 @@ __all__ = [
     "encode_texts",
     "ensemble",
     "encode_rows",
+    "head_scale",
     "head_texts",
     "normalize",
     "p_fake",

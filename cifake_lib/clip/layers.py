@@ -1,9 +1,11 @@
-"""Per-block image features of CLIP's vision tower, from one forward pass, cached.
+"""Per-block image features of a backbone's vision tower, from one forward pass, cached.
 
-For every vision block l = 1..L: the class token of that block's output, through the tower's
-final layer norm (`post_layernorm`) and the visual projection, so block L gives exactly CLIP's
-image embedding (what `clip.features.image_features` returns and the ordinary probe reads) and
-every block lives in the same space. One pass with `output_hidden_states=True` gives all blocks.
+For every vision block l = 1..L: that block's output pooled as the tower pools its last one
+(`backbone.pool_block`: CLIP's class token through `post_layernorm` and the visual projection;
+SigLIP's tokens through `post_layernorm` and its attention-pooling head; DINOv2's class token
+through its final layer norm), so block L gives exactly the image embedding (what
+`clip.features.image_features` returns and the ordinary probe reads) and every block lives in the
+same space. One pass with `output_hidden_states=True` gives all blocks.
 
 Cache: `cache_root()/features/<key>-layers.npy` (L, N, D) float32, the key that of
 `image_features` (model weights, images, preprocessing, dtype) with the feature kind added.
@@ -20,15 +22,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cifake_lib.clip.backbone import embed_dim, n_blocks, pool_block, vision_hidden_states
 from cifake_lib.clip.features import cache_dir, compute_dtype, feature_cache_key, model_device
 from cifake_lib.core.files import atomic_write, write_json
 from cifake_lib.data.preprocess import ImagePreprocessor
 
-KIND = "class token of each vision block, post_layernorm, visual projection"
-
-
-def n_blocks(model) -> int:
-    return int(model.config.vision_config.num_hidden_layers)
+KIND = "each vision block pooled as the last (class token, post_layernorm, visual projection for CLIP)"
 
 
 def parse_layers(spec: str | None, n: int) -> list[int]:
@@ -54,16 +53,15 @@ def _encode(model, preprocessor: ImagePreprocessor, images: np.ndarray, batch_si
     device, dtype = model_device(model), compute_dtype(model)
     weights_dtype = next(model.parameters()).dtype
     autocast = torch.autocast(device.type, dtype=dtype) if dtype != weights_dtype else contextlib.nullcontext()
-    vision, norm, proj = model.vision_model, model.vision_model.post_layernorm, model.visual_projection
     out: list[torch.Tensor] = []
     for start in range(0, len(images), batch_size):
         x = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size])).to(device)
         pixel_values = preprocessor(x, dtype=weights_dtype)
         with autocast:
-            hidden = vision(pixel_values=pixel_values, output_hidden_states=True).hidden_states[1:]
-            out.append(torch.stack([proj(norm(h[:, 0, :])) for h in hidden]).float())  # (L, B, D)
+            hidden = vision_hidden_states(model, pixel_values)
+            out.append(torch.stack([pool_block(model, h) for h in hidden]).float())  # (L, B, D)
     if not out:
-        return np.zeros((n_blocks(model), 0, int(model.config.projection_dim)), dtype=np.float32)
+        return np.zeros((n_blocks(model), 0, embed_dim(model)), dtype=np.float32)
     return torch.cat(out, dim=1).cpu().numpy()
 
 

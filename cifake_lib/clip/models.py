@@ -1,14 +1,11 @@
-"""Loading CLIP (a Hub id or a local folder) and writing a tiny offline CLIP for tests.
-
-The tiny CLIP is a real `CLIPModel` + `CLIPProcessor` saved with `save_pretrained`, so it
-goes through exactly the code path of `openai/clip-vit-base-patch32`; only the sizes differ.
+"""Loading a backbone and its processor (a Hub id or a local folder): CLIP, SigLIP, or an image-only
+encoder such as DINOv2 (`clip.backbone` tells them apart). Tiny offline models: `clip.tiny`.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -16,42 +13,12 @@ from typing import Any
 
 import torch
 
+from cifake_lib.clip.backbone import require_text
+from cifake_lib.core.backbones import family_of_type
 from cifake_lib.core.errors import CifakeError
-from cifake_lib.core.files import follow_umask
 from cifake_lib.core.network import looks_like_path, offline_unless_hub_reachable
 from cifake_lib.core.settings import DEFAULT_MODEL
 from cifake_lib.core.weights import DamagedWeights, check_model_folder
-
-KNOWN_MODELS = (
-    "openai/clip-vit-base-patch32",
-    "openai/clip-vit-base-patch16",
-    "openai/clip-vit-large-patch14",
-)
-
-# OpenAI's CLIP normalisation, which the tiny model shares so preprocessing code paths match.
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
-# Model shapes: "tiny" learns CIFAKE in CPU minutes; "vit-b-32" has ViT-B/32's compute, for benchmarks.
-SHAPES = {
-    "tiny": dict(
-        image_size=32, patch_size=4, vision_hidden=64, vision_layers=2, vision_heads=2,
-        text_hidden=64, text_layers=2, text_heads=2, projection_dim=64,
-    ),
-    "vit-b-32": dict(
-        image_size=224, patch_size=32, vision_hidden=768, vision_layers=12, vision_heads=12,
-        text_hidden=512, text_layers=12, text_heads=8, projection_dim=512,
-    ),
-}
-
-# Words the tiny tokenizer learns merges for: the prompt vocabulary of this project.
-_TOKENIZER_CORPUS = """
-a an the of this is photo photograph picture image real authentic genuine natural camera
-taken with by fake synthetic generated ai-generated ai artificial intelligence computer
-rendered diffusion stable model machine made digital art generative neural network
-low resolution small blurry pixelated tiny cropped close-up
-airplane automobile bird cat deer dog frog horse ship truck car plane animal vehicle
-"""
 
 
 class ModelUnavailable(CifakeError, OSError):
@@ -119,18 +86,21 @@ def check_model_source(name_or_path: str | os.PathLike) -> None:
     check_model_folder(path)  # a cut or pickled *.safetensors: one line naming it, before transformers
 
 
-def load_clip(
+def load_backbone(
     name_or_path: str | os.PathLike = DEFAULT_MODEL,
     *,
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
+    image_size: int | None = None,
 ):
-    """Load a `CLIPModel` and its `CLIPProcessor` from a Hub id or a local folder, in eval mode.
+    """Load a backbone and its processor from a Hub id or a local folder, in eval mode.
 
+    The class follows the folder's config.json (`clip.backbone`): `CLIPModel` + `CLIPProcessor`,
+    `SiglipModel` + `SiglipProcessor`, or an image-only `AutoModel` (DINOv2) + its image
+    processor. image_size: feed the model images of this side instead of its own (its processor's
+    resize and crop scaled to it; the position embeddings are interpolated on the way in).
     Raises a clear error naming the id when it cannot be fetched (e.g. offline).
     """
-    from transformers import CLIPModel
-
     name = os.fspath(name_or_path)
     path = Path(name).expanduser()
     local = path.exists()
@@ -142,9 +112,7 @@ def load_clip(
     with offline_unless_hub_reachable() if not local else nullcontext(False) as went_offline:
         try:
             with quiet_transformers():
-                processor = load_processor(source)
-                # SDPA: fused attention kernels, never the (tokens x tokens) scores in memory (speed.check_sdpa).
-                model = CLIPModel.from_pretrained(source, dtype=dtype or torch.float32, attn_implementation="sdpa")
+                model, processor = _load(source, dtype or torch.float32)
         except CifakeError:
             raise
         except (RuntimeError, ValueError) as e:  # weights of another shape than config.json says
@@ -156,15 +124,54 @@ def load_clip(
             raise DamagedWeights(f"{path}: the weights do not fit the folder's config.json ({first[:300]})") from None
         except OSError as e:
             if local:
-                raise FileNotFoundError(f"{path}: could not load a CLIP model from this folder ({e})") from None
+                raise FileNotFoundError(f"{path}: could not load a model from this folder ({e})") from None
             why = "the Hugging Face Hub cannot be reached and it is not in the local cache" if went_offline \
                 else f"{type(e).__name__}"
             raise ModelUnavailable(
-                f"could not load CLIP model {name!r} from the Hugging Face Hub ({why}). "
+                f"could not load model {name!r} from the Hugging Face Hub ({why}). "
                 "If this machine is offline, download it elsewhere and pass the local folder "
                 "(--model DIR), or write a tiny offline model with `cifake tiny-model DIR`."
             ) from None
+    if image_size is not None:
+        set_image_size(processor, image_size)
     model.to(device).eval()
+    return model, processor
+
+
+def _load(source: str, dtype: torch.dtype):
+    """(model, processor) of the family config.json names."""
+    from transformers import AutoConfig, AutoModel, CLIPModel, SiglipModel
+
+    fam = family_of_type(AutoConfig.from_pretrained(source).model_type)
+    model_class = {"clip": CLIPModel, "siglip": SiglipModel}.get(fam, AutoModel)
+    # SDPA: fused attention kernels, never the (tokens x tokens) scores in memory (speed.check_sdpa).
+    model = model_class.from_pretrained(source, dtype=dtype, attn_implementation="sdpa")
+    return model, load_processor(source, fam)
+
+
+def set_image_size(processor: Any, size: int) -> Any:
+    """Make `processor` produce `size` x `size` inputs: the crop becomes `size` and the resize keeps
+    its ratio to the crop (CLIP 224/224, DINOv2 256/224); a square resize becomes `size`."""
+    if int(size) < 8:
+        raise ValueError(f"image_size must be at least 8 pixels, got {size}")
+    ip = getattr(processor, "image_processor", processor)
+    resize = dict(ip.size)
+    crop = dict(ip.crop_size) if getattr(ip, "do_center_crop", False) and getattr(ip, "crop_size", None) else None
+    if "shortest_edge" in resize:
+        ratio = resize["shortest_edge"] / (crop["height"] if crop else resize["shortest_edge"])
+        ip.size = {"shortest_edge": int(round(size * ratio))}
+    else:
+        ip.size = {"height": int(size), "width": int(size)}
+    if crop:
+        ip.crop_size = {"height": int(size), "width": int(size)}
+    return processor
+
+
+def load_clip(name_or_path: str | os.PathLike = DEFAULT_MODEL, *, device: torch.device | str | None = None,
+              dtype: torch.dtype | None = None):
+    """`load_backbone` for a model that must have a text tower (CLIP or SigLIP)."""
+    model, processor = load_backbone(name_or_path, device=device, dtype=dtype)
+    require_text(model, f"{os.fspath(name_or_path)}: this step")
     return model, processor
 
 
@@ -173,21 +180,36 @@ def quiet_transformers() -> Iterator[None]:
     """No "Loading weights" / "Writing model shards" bars from transformers inside the block.
 
     Loading a model takes a second; a bar per load only fills notebooks with red stderr.
-    Our own long work shows its progress through tqdm.
+    Our own long work shows its progress through tqdm. Also dropped: the warning that a SigLIP
+    config's *default* text config (CLIP's token ids 49406/49407 against a 32,000 vocabulary,
+    replaced a moment later by the checkpoint's own) is invalid; every SigLIP load prints it.
     """
+    import logging
+
     from transformers.utils import logging as hf_logging
 
+    def keep(record: logging.LogRecord) -> bool:
+        return not ("_token_id must be `None` or an integer within the vocabulary" in str(record.msg)
+                    and "got 4940" in str(record.msg))
+
+    logger = logging.getLogger("transformers.configuration_utils")
+    logger.addFilter(keep)
     was_on = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     try:
         yield
     finally:
+        logger.removeFilter(keep)
         if was_on:
             hf_logging.enable_progress_bar()
 
 
-def image_processor_class() -> type:
-    """`CLIPImageProcessor`, or its PIL twin when torchvision is absent.
+# config.json model_type -> the image processor class it is saved with (transformers' name)
+_IMAGE_PROCESSORS = {"clip": "CLIPImageProcessor", "siglip": "SiglipImageProcessor", "dinov2": "BitImageProcessor"}
+
+
+def image_processor_class(model_type: str = "clip") -> type:
+    """The image processor class of a model type, or its PIL twin when torchvision is absent.
 
     Without torchvision, transformers 5 falls back to the PIL class by itself but warns on every
     load. We only read the processor's settings (sizes, mean, std: `preprocess.ImagePreprocessor`
@@ -197,135 +219,26 @@ def image_processor_class() -> type:
 
     import transformers
 
-    if importlib.util.find_spec("torchvision") is None and hasattr(transformers, "CLIPImageProcessorPil"):
-        return transformers.CLIPImageProcessorPil
-    return transformers.CLIPImageProcessor
+    name = _IMAGE_PROCESSORS.get(model_type, "CLIPImageProcessor")
+    if importlib.util.find_spec("torchvision") is None and hasattr(transformers, name + "Pil"):
+        return getattr(transformers, name + "Pil")
+    return getattr(transformers, name)
 
 
-def load_processor(source: str | os.PathLike) -> Any:
-    """`CLIPProcessor.from_pretrained(source)`, with the image processor of `image_processor_class`."""
-    from transformers import AutoTokenizer, CLIPProcessor
+def load_processor(source: str | os.PathLike, family: str = "clip") -> Any:
+    """The processor of a model folder or Hub id: `CLIPProcessor` / `SiglipProcessor` (image
+    processor of `image_processor_class`, the folder's tokenizer), or the image processor alone for
+    an image-only encoder."""
+    from transformers import AutoConfig, AutoTokenizer, CLIPProcessor, SiglipProcessor
 
     source = os.fspath(source)
-    return CLIPProcessor(image_processor=image_processor_class().from_pretrained(source),
-                         tokenizer=AutoTokenizer.from_pretrained(source))
+    if family == "image":
+        model_type = AutoConfig.from_pretrained(source).model_type
+        if model_type in _IMAGE_PROCESSORS:
+            return image_processor_class(model_type).from_pretrained(source)
+        from transformers import AutoImageProcessor
 
-
-def write_tiny_clip(
-    out_dir: str | os.PathLike,
-    *,
-    seed: int = 0,
-    shape: str = "tiny",
-    num_merges: int = 400,
-) -> Path:
-    """Write a randomly initialised CLIPModel + CLIPProcessor to `out_dir` and return the path.
-
-    Same seed, same weights. `shape="tiny"` takes 32x32 input with patch 4; `"vit-b-32"` has
-    ViT-B/32's sizes (224 input, patch 32) for benchmarks. The tokenizer is a real byte-level BPE
-    with a small vocabulary, saved as files that `CLIPProcessor.from_pretrained` reads.
-    """
-    from transformers import (
-        CLIPConfig,
-        CLIPModel,
-        CLIPProcessor,
-        CLIPTextConfig,
-        CLIPTokenizer,
-        CLIPVisionConfig,
-    )
-
-    if shape not in SHAPES:
-        raise ValueError(f"shape must be one of {sorted(SHAPES)}, got {shape!r}")
-    s = SHAPES[shape]
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-
-    vocab, merges = _train_bpe(_TOKENIZER_CORPUS.split(), num_merges)
-    tokenizer = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
-    bos, eos = vocab["<|startoftext|>"], vocab["<|endoftext|>"]
-    # eos must not be 2: that id switches CLIP's text pooling to its legacy argmax rule.
-    assert eos != 2 and tokenizer.convert_tokens_to_ids("<|endoftext|>") == eos
-
-    text_config = CLIPTextConfig(
-        vocab_size=len(vocab), hidden_size=s["text_hidden"], intermediate_size=4 * s["text_hidden"],
-        num_hidden_layers=s["text_layers"], num_attention_heads=s["text_heads"],
-        max_position_embeddings=77, projection_dim=s["projection_dim"],
-        bos_token_id=bos, eos_token_id=eos, pad_token_id=eos,
-    )
-    vision_config = CLIPVisionConfig(
-        image_size=s["image_size"], patch_size=s["patch_size"], hidden_size=s["vision_hidden"],
-        intermediate_size=4 * s["vision_hidden"], num_hidden_layers=s["vision_layers"],
-        num_attention_heads=s["vision_heads"], projection_dim=s["projection_dim"],
-    )
-    config = CLIPConfig(
-        text_config=text_config.to_dict(), vision_config=vision_config.to_dict(),
-        projection_dim=s["projection_dim"],
-    )
-    torch.manual_seed(seed)
-    model = CLIPModel(config)
-    image_processor = image_processor_class()(
-        size={"shortest_edge": s["image_size"]},
-        crop_size={"height": s["image_size"], "width": s["image_size"]},
-        resample=3,  # bicubic, as OpenAI's CLIP
-        image_mean=list(CLIP_MEAN),
-        image_std=list(CLIP_STD),
-    )
-    processor = CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer)
-    with quiet_transformers():
-        model.save_pretrained(out)
-        processor.save_pretrained(out)
-    follow_umask(out)  # save_pretrained's safetensors file is 0600 whatever the umask
-    (out / "TINY_MODEL.json").write_text(json.dumps({"shape": shape, "seed": seed}, indent=2) + "\n")
-    return out
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2/CLIP's reversible map from bytes to printable unicode characters."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, (chr(c) for c in cs), strict=True))
-
-
-def _train_bpe(words: list[str], num_merges: int) -> tuple[dict[str, int], list[tuple[str, str]]]:
-    """A minimal byte-level BPE learner in CLIP's format (end of word marked by `</w>`).
-
-    The vocabulary covers every byte (so any text tokenises) plus merges learned on `words`.
-    """
-    byte_chars = list(_bytes_to_unicode().values())
-    vocab_list = byte_chars + [c + "</w>" for c in byte_chars]
-    enc = _bytes_to_unicode()
-    corpus = Counter()
-    for w in words:
-        chars = [enc[b] for b in w.lower().encode("utf-8")]
-        corpus[tuple(chars[:-1] + [chars[-1] + "</w>"])] += 1
-    merges: list[tuple[str, str]] = []
-    for _ in range(num_merges):
-        pairs = Counter()
-        for word, freq in corpus.items():
-            for a, b in zip(word, word[1:], strict=False):
-                pairs[a, b] += freq
-        if not pairs:
-            break
-        (a, b), _count = max(pairs.items(), key=lambda kv: (kv[1], kv[0]))
-        merges.append((a, b))
-        vocab_list.append(a + b)
-        new_corpus = Counter()
-        for word, freq in corpus.items():
-            merged, i = [], 0
-            while i < len(word):
-                if i + 1 < len(word) and word[i] == a and word[i + 1] == b:
-                    merged.append(a + b)
-                    i += 2
-                else:
-                    merged.append(word[i])
-                    i += 1
-            new_corpus[tuple(merged)] += freq
-        corpus = new_corpus
-    vocab_list += ["<|startoftext|>", "<|endoftext|>"]
-    vocab = {tok: i for i, tok in enumerate(dict.fromkeys(vocab_list))}
-    return vocab, merges
+        return AutoImageProcessor.from_pretrained(source)
+    processor_class = SiglipProcessor if family == "siglip" else CLIPProcessor
+    return processor_class(image_processor=image_processor_class(family).from_pretrained(source),
+                           tokenizer=AutoTokenizer.from_pretrained(source))

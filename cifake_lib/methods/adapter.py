@@ -1,10 +1,11 @@
-"""`--train adapter`: CLIP-Adapter (`clip.adapter`) trained on frozen CLIP with the cross-entropy
-over the class prompts, scored by the prompts' zero-shot text head.
+"""`--train adapter`: CLIP-Adapter (`clip.adapter`) trained on a frozen backbone with the
+cross-entropy over the class prompts, scored by the prompts' zero-shot text head (an image-only
+encoder: by its linear head).
 
 The adapter is a submodule of the `ClipClassifier` (so the optimiser, DDP and the checkpoints see
-it) and reaches the features through a hook on CLIP's visual projection. CLIP and its logit scale
-stay frozen and byte-identical; the run exports the adapter as OUT/clip_adapter.safetensors and
-the unchanged input model as OUT/model/ (written once), which `ClipDetector.from_run` reads back.
+it), which passes the image embedding through it. The backbone and its logit scale stay frozen
+and byte-identical; the run exports the adapter as OUT/clip_adapter.safetensors and the unchanged
+input model as OUT/model/ (written once), which `ClipDetector.from_run` reads back.
 """
 
 from __future__ import annotations
@@ -22,14 +23,14 @@ if TYPE_CHECKING:
 
 
 def attach_adapter(model: nn.Module, cfg: FinetuneConfig) -> ClipAdapter:
-    """A fresh adapter (seeded by cfg.seed) as `model.adapter`, hooked onto its CLIP; CLIP frozen."""
+    """A fresh adapter (seeded by cfg.seed) as `model.adapter`, on its image embedding; the backbone frozen."""
+    from cifake_lib.clip.backbone import embed_dim
+
     clip = model.clip
-    dim = int(clip.config.projection_dim)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        adapter = ClipAdapter(dim, cfg.adapter_reduction, cfg.adapter_ratio)
-    model.adapter = adapter  # registered as a submodule: optimiser, .to(device), DDP
-    adapter.attach(clip)
+        adapter = ClipAdapter(embed_dim(clip), cfg.adapter_reduction, cfg.adapter_ratio)
+    model.adapter = adapter  # registered as a submodule: optimiser, .to(device), DDP; applied by the model
     for p in clip.parameters():
         p.requires_grad_(False)
     return adapter

@@ -31,7 +31,9 @@ def _prompt_names() -> str:
 class ZeroshotConfig:
     """`cifake zeroshot`: every prompt set scored from one pass over the images."""
 
-    model: str = setting(DEFAULT_MODEL, "CLIP Hub id or local model folder", metavar="M")
+    model: str = setting(DEFAULT_MODEL, "CLIP or SigLIP Hub id or local model folder", metavar="M")
+    image_size: int | None = setting(None, "input side in pixels (position embeddings interpolated when it differs "
+                                     "from the model's own)", low=8, metavar="PX", show_default="the model's own")
     prompts: str = setting("all", f"prompt sets: 'all' or any of {_prompt_names()}, or a .json/.toml file "
                            "{\"REAL\": [...], \"FAKE\": [...]}; comma-separated", metavar="NAME[,NAME...]")
     marginal: str = setting("logsumexp", "class-aware sets, image class unknown: log-mean-exp of the "
@@ -45,15 +47,21 @@ class ZeroshotConfig:
 
     def check(self) -> None:
         from cifake_lib.clip.prompts import resolve_prompt_sets
+        from cifake_lib.core.backbones import has_text_tower
 
         resolve_prompt_sets(self.prompts)  # a bad name fails before data or model load
+        if has_text_tower(self.model) is False:
+            raise ValueError(f"model: zero-shot needs a text tower; {self.model} is an image-only encoder")
 
 
 @dataclass
 class ProbeConfig:
     """`cifake probe`: logistic regression (or an MLP) on frozen CLIP image features."""
 
-    model: str = setting(DEFAULT_MODEL, "CLIP Hub id or local model folder", metavar="M")
+    model: str = setting(DEFAULT_MODEL, "backbone Hub id or local model folder (CLIP, SigLIP, DINOv2, ...)",
+                         metavar="M")
+    image_size: int | None = setting(None, "input side in pixels (position embeddings interpolated when it differs "
+                                     "from the model's own)", low=8, metavar="PX", show_default="the model's own")
     mlp: bool = setting(False, "a one-hidden-layer MLP probe instead of logistic regression")
     hidden: int = setting(512, "MLP hidden units", low=1)
     batch_size: int = setting(256, "images per forward pass", low=1)

@@ -32,10 +32,11 @@ LOSS_NAMES = {
 }
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
 COMPILE = ("auto", "on", "off")
+LOG_WITH = ("auto", "tensorboard", "csv", "none")
 
 # Fields that say how to run, not what to train: they may change on --resume.
 RUNTIME_FIELDS = frozenset({"out", "resume", "stop_after", "progress", "keep_checkpoints", "cpu",
-                            "eval_batch_size", "data", "compile", "wise_ft"})
+                            "eval_batch_size", "data", "compile", "wise_ft", "log_with"})
 
 WHAT = "what to train"
 OPTIM = "optimisation"
@@ -82,7 +83,8 @@ class FinetuneConfig:
     that many optimizer steps without changing the schedule; `--resume` continues.
     """
 
-    model: str = setting(DEFAULT_MODEL, "CLIP Hub id or local model folder to start from", metavar="M")
+    model: str = setting(DEFAULT_MODEL, "backbone to start from: a Hub id or local model folder (CLIP, SigLIP, "
+                         "or an image-only encoder such as DINOv2)", metavar="M")
     out: str = setting("", cli=False)  # the run folder; given to the stage, not as a setting
     train: str = setting("both", "what learns: both encoders (= text,image), image, text, prompt (CoOp: "
                          "context vectors before the label word, CLIP frozen, loss ce), lora (LoRA adapters "
@@ -96,6 +98,9 @@ class FinetuneConfig:
                         "each label averaged at each step; FLYP's CE ablation draws one template per class); "
                         "clip-label-aware: in-batch CLIP loss with targets spread over same-label pairs",
                         choices=LOSSES, group=WHAT)
+    image_size: int | None = setting(None, "input side in pixels (position embeddings interpolated when it differs "
+                                     "from the model's own)", low=8, metavar="PX", group=WHAT,
+                                     show_default="the model's own")
     epochs: int = setting(3, "epochs", low=1, group=OPTIM)
     max_steps: int | None = setting(None, "optimizer steps of the whole run (overrides --epochs)", low=1,
                                     metavar="S", group=OPTIM)
@@ -133,6 +138,9 @@ class FinetuneConfig:
                                    "(0: never)", convert=_zero_is_none, low=1, group=EVAL)
     eval_batch_size: int = setting(256, "images per evaluation batch", low=1, group=EVAL)
     log_every: int = setting(10, "log every N steps", low=1, metavar="N", group=EVAL)
+    log_with: str = setting("auto", "training curves through Accelerate's trackers, under OUT/logs: tensorboard, "
+                            "csv (OUT/logs/scalars.csv), none, or auto (TensorBoard when installed, else CSV)",
+                            choices=LOG_WITH, group=EVAL)
     seed: int = setting(0, "training seed: initialisation of new parameters, batch order, augmentation",
                         key="train_seed", metavar="N", show_default="the data --seed")
     cpu: bool = setting(False, "train on the CPU even when a GPU is present")
@@ -282,16 +290,21 @@ def check_run_length(cfg: FinetuneConfig, total_steps: int, steps_per_epoch: int
 
 
 def config_changes(saved: Mapping[str, Any], current: FinetuneConfig) -> list[str]:
-    """Human-readable differences between a checkpoint's config and `current` (runtime fields aside)."""
+    """Human-readable differences between a checkpoint's config and `current` (runtime fields aside).
+
+    A setting added after the checkpoint was written counts as unchanged while it has its default."""
     now = current.identity()
+    defaults = {f.name: f.default for f in dataclasses.fields(FinetuneConfig)}
     out = []
     for key in sorted(set(now) | {k for k in saved if k not in RUNTIME_FIELDS}):
+        if key not in saved and key in defaults and now.get(key) == defaults[key]:
+            continue
         a, b = saved.get(key, "<absent>"), now.get(key, "<absent>")
         if json.dumps(a) != json.dumps(b):
             out.append(f"{key}: {a!r} -> {b!r}")
     return out
 
 
-__all__ = ["ADDED_MODULES", "MAX_PLANNED_STEPS", "FinetuneConfig", "LORA_TOWERS", "LOSS_NAMES", "LOSSES",
+__all__ = ["ADDED_MODULES", "LOG_WITH", "MAX_PLANNED_STEPS", "FinetuneConfig", "LORA_TOWERS", "LOSS_NAMES", "LOSSES",
            "MIXED_PRECISION", "RUNTIME_FIELDS", "TRAIN_CHOICES", "check_run_length", "config_changes",
            "parse_alphas", "parse_train"]

@@ -87,7 +87,8 @@ def run_layer_probe(data: CifakeData, cfg: ProbeConfig, out: str | Path, *, args
                     n_boot: int = 1000) -> dict[str, Any]:
     """Features of every block (one pass, cached), a probe per block, layers.csv and the figure; the
     chosen block's run folder. Returns its test metrics with "layer" and "layers" (the rows) added."""
-    from cifake_lib.clip.layers import layer_features, n_blocks, parse_layers
+    from cifake_lib.clip.backbone import n_blocks
+    from cifake_lib.clip.layers import layer_features, parse_layers
     from cifake_lib.evaluation.runs import write_run
     from cifake_lib.methods.cost import CostMeter, count_parameters
     from cifake_lib.methods.probe_fit import WEIGHTS_FILE, ProbeDetector
@@ -99,7 +100,7 @@ def run_layer_probe(data: CifakeData, cfg: ProbeConfig, out: str | Path, *, args
         raise ValueError("--layers fits a linear probe per block; it does not combine with --mlp")
     t0 = time.perf_counter()
     out = Path(out)
-    clip, processor = load_for_inference(cfg.model, cfg.device)
+    clip, processor = load_for_inference(cfg.model, cfg.device, image_size=cfg.image_size)
     layers = parse_layers(cfg.layers, n_blocks(clip))
     meter = CostMeter(next(clip.parameters()).device)
     # training cost: the train split's features and every block's fits (not val/test scoring)
@@ -122,7 +123,7 @@ def run_layer_probe(data: CifakeData, cfg: ProbeConfig, out: str | Path, *, args
         save_figure(layers_figure(rows, title=f"Layer-wise linear probe ({len(data.train)} training images)"),
                     out / LAYERS_FIGURE)
     det = ProbeDetector(clip, processor, probe, model_ref=model_reference(clip) or cfg.model,
-                        detector="probe:layers", layer=layer)
+                        detector="probe:layers", layer=layer, image_size=cfg.image_size)
     probe.save(out / WEIGHTS_FILE)
     selection = {"parameter": "layer, then C", "layers": layers, "chosen_layer": layer, "split": "val",
                  "metric": "ROC AUC (layer); log loss (C)", "C": fits[layer].best, "at_edge": fits[layer].at_edge}

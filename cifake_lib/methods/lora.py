@@ -1,12 +1,13 @@
-"""LoRA on CLIP through `peft` (Hu et al., "LoRA: Low-Rank Adaptation of Large Language Models",
+"""LoRA on a backbone through `peft` (Hu et al., "LoRA: Low-Rank Adaptation of Large Language Models",
 ICLR 2022): `--train lora`.
 
 `peft.inject_adapter_in_model` puts a rank-r adapter beside each attention projection (q, k, v,
-out) of the chosen towers: W x + (alpha / r) B A x, A initialised by peft (Kaiming-uniform), B
-zero, so training starts at the input model. Only A and B learn: every CLIP weight, the logit
-scale included, stays byte-identical while training. The model is still a `CLIPModel` (peft
-swaps the projections in place), so `ClipClassifier`, the losses and the checkpoints work as for
-a full fine-tune; a checkpoint holds CLIP's weights with the adapters.
+out) of every block of the chosen towers (`backbone.lora_target_regex`: CLIP's and SigLIP's
+self_attn projections, DINOv2's query, key, value and output dense): W x + (alpha / r) B A x, A
+initialised by peft (Kaiming-uniform), B zero, so training starts at the input model. Only A and
+B learn: every backbone weight, the logit scale included, stays byte-identical while training.
+The model keeps its class (peft swaps the projections in place), so `ClipClassifier`, the losses
+and the checkpoints work as for a full fine-tune; a checkpoint holds the weights with the adapters.
 
 At export the adapters are merged (W + (alpha / r) B A) into a plain CLIP folder OUT/model/ that
 `load_detector`, `evaluate`, `predict` and robustness read like any fine-tuned model; the
@@ -27,30 +28,23 @@ if TYPE_CHECKING:
 
 ADAPTER_DIR = "lora_adapter"
 ADAPTER_NAME = "default"
-PROJECTIONS = ("q_proj", "k_proj", "v_proj", "out_proj")
-TOWER_MODULES = {"vision": ("vision_model",), "text": ("text_model",), "both": ("vision_model", "text_model")}
 
 
-def target_modules(towers: str) -> str:
-    """peft's target_modules as a full-match regex: the attention projections of the chosen towers."""
-    if towers not in TOWER_MODULES:
-        raise ValueError(f"lora_towers must be one of {', '.join(TOWER_MODULES)}, got {towers!r}")
-    return rf"(?:{'|'.join(TOWER_MODULES[towers])})\..*\.self_attn\.(?:{'|'.join(PROJECTIONS)})"
-
-
-def lora_config(cfg: FinetuneConfig):
-    """The `peft.LoraConfig` of a run's settings."""
+def lora_config(cfg: FinetuneConfig, model: nn.Module):
+    """The `peft.LoraConfig` of a run's settings, for `model`'s family."""
     from peft import LoraConfig
 
+    from cifake_lib.clip.backbone import lora_target_regex
+
     return LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules=target_modules(cfg.lora_towers), bias="none")
+                      target_modules=lora_target_regex(model, cfg.lora_towers), bias="none")
 
 
 def attach_lora(clip: nn.Module, cfg: FinetuneConfig) -> nn.Module:
     """Adapters injected into `clip` in place (seeded by the caller's torch seed); returns clip."""
     from peft import inject_adapter_in_model
 
-    inject_adapter_in_model(lora_config(cfg), clip, adapter_name=ADAPTER_NAME)
+    inject_adapter_in_model(lora_config(cfg, clip), clip, adapter_name=ADAPTER_NAME)
     return clip
 
 
@@ -77,7 +71,7 @@ def lora_layers(clip: nn.Module) -> dict[str, Any]:
 
 @torch.no_grad()
 def merged_state_dict(clip: nn.Module) -> dict[str, torch.Tensor]:
-    """A plain CLIPModel state dict on the CPU: each adapted weight W + (alpha / r) B A, adapters gone."""
+    """A plain state dict of the backbone on the CPU: each adapted weight W + (alpha / r) B A, adapters gone."""
     deltas = {f"{name}.base_layer.weight": m.get_delta_weight(ADAPTER_NAME) for name, m in lora_layers(clip).items()}
     out = {}
     for key, value in clip.state_dict().items():
@@ -89,10 +83,8 @@ def merged_state_dict(clip: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def merged_model(clip: nn.Module) -> nn.Module:
-    """A new plain CLIPModel (CPU, float32) holding the merged weights; `clip` is left as it is."""
-    from transformers import CLIPModel
-
-    plain = CLIPModel(clip.config)
+    """A new plain model of `clip`'s class (CPU, float32) holding the merged weights; `clip` is left as it is."""
+    plain = type(clip)(clip.config)
     plain.load_state_dict(merged_state_dict(clip), strict=True)
     return plain.eval()
 
@@ -112,7 +104,7 @@ def save_adapter(clip: nn.Module, cfg: FinetuneConfig, folder: str | Path) -> Pa
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    config = lora_config(cfg)
+    config = lora_config(cfg, clip)
     config.base_model_name_or_path = cfg.model
     config.save_pretrained(str(folder))
     atomic_write(folder / "adapter_model.safetensors",
@@ -121,7 +113,7 @@ def save_adapter(clip: nn.Module, cfg: FinetuneConfig, folder: str | Path) -> Pa
 
 
 def export_lora(clip: nn.Module, processor, cfg: FinetuneConfig, out: Path, model_dir: str) -> None:
-    """The merged plain CLIP to OUT/<model_dir>/ and the adapters beside it (OUT/lora_adapter/)."""
+    """The merged plain backbone to OUT/<model_dir>/ and the adapters beside it (OUT/lora_adapter/)."""
     from cifake_lib.methods.checkpoints import export_model
 
     export_model(merged_model(clip), processor, out / model_dir)
@@ -132,9 +124,9 @@ def lora_methods_text(cfg: FinetuneConfig) -> str:
     towers = {"both": "both towers", "vision": "the image tower", "text": "the text tower"}[cfg.lora_towers]
     return (f"LoRA (Hu et al., ICLR 2022) through peft: rank-{cfg.lora_rank} adapters (alpha {cfg.lora_alpha:g}, "
             f"dropout {cfg.lora_dropout:g}) on the q, k, v and output projections of every attention layer of "
-            f"{towers}; CLIP's weights and logit scale frozen and byte-identical; merged into the weights at "
+            f"{towers}; the backbone's weights and logit scale frozen and byte-identical; merged into the weights at "
             f"export. AdamW at {cfg.lora_lr:g}.")
 
 
 __all__ = ["ADAPTER_DIR", "attach_lora", "export_lora", "lora_config", "lora_methods_text", "merged_model",
-           "merged_state_dict", "set_lora_trainable", "target_modules"]
+           "merged_state_dict", "set_lora_trainable"]

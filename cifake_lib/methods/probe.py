@@ -53,7 +53,7 @@ def run(data: DataConfig | CifakeData, cfg: ProbeConfig, out: str | os.PathLike)
                          info={"layer": m["layer"], "C": m["C"], "selection": m["selection"]})
     from cifake_lib.methods.cost import CostMeter, count_parameters
 
-    clip, processor = load_for_inference(cfg.model, cfg.device)
+    clip, processor = load_for_inference(cfg.model, cfg.device, image_size=cfg.image_size)
     model_ref = model_reference(clip) or cfg.model
     val = cifake.val if cifake.val is not None and len(cifake.val) else None
     splits = {"train": cifake.train, "test": cifake.test} | ({"val": val} if val is not None else {})
@@ -72,7 +72,7 @@ def run(data: DataConfig | CifakeData, cfg: ProbeConfig, out: str | os.PathLike)
     n_probe = sum(w.size + b.size for w, b in zip(fit.probe.weights, fit.probe.biases, strict=True))
     cost = meter.record(trainable_params=n_probe, total_params=count_parameters(clip.parameters()) + n_probe,
                         train_images=len(cifake.train), train_seconds=train_seconds + time.perf_counter() - t_fit)
-    det = ProbeDetector(clip, processor, fit.probe, model_ref=model_ref)
+    det = ProbeDetector(clip, processor, fit.probe, model_ref=model_ref, image_size=cfg.image_size)
     key = "alpha" if cfg.mlp else "C"
     selection = {"parameter": key, "grid": fit.grid, "val_log_loss": fit.val_log_loss, "best": fit.best,
                  "split": fit.selection_split, "metric": "log loss", "at_edge": fit.at_edge}

@@ -293,14 +293,20 @@ def _extension(grid: Sequence[float], best: float, steps: int = 3) -> list[float
 
 
 class ProbeDetector:
-    """CLIP image features -> probe: kind "probe". `predict_proba(images)` -> p_fake."""
+    """A backbone's image features -> probe: kind "probe". `predict_proba(images)` -> p_fake.
+
+    adapter: a CLIP-Adapter applied to the features first (an image-only encoder fine-tuned with
+    one); image_size: the input side the run chose (None: the model's own)."""
 
     kind = KIND
 
     def __init__(self, model, processor, probe: ProbeModel, *, threshold: float = 0.5,
-                 detector: str | None = None, model_ref: str | None = None, layer: int | None = None):
+                 detector: str | None = None, model_ref: str | None = None, layer: int | None = None,
+                 adapter: Any = None, image_size: int | None = None):
         from cifake_lib.methods.zeroshot import model_reference
 
+        self.adapter = adapter
+        self.image_size = image_size
         self.model = model
         self.processor = processor
         self.probe = probe
@@ -328,10 +334,14 @@ class ProbeDetector:
                                                            cache=cache)[self.layer - 1])
         feats = image_features(self.model, self.processor, images, batch_size=batch_size, cache=cache,
                                progress=progress)
-        return self.p_fake_from_features(feats)
+        return self.p_fake_from_features(feats if self.adapter is None else self.adapter.adapt(feats))
 
     def to_json(self, model_ref: str | None = None) -> dict[str, Any]:
-        return {
+        from cifake_lib.clip.adapter import ADAPTER_FILE
+
+        extra = ({"image_size": self.image_size} if self.image_size is not None else {}) | (
+            {"clip_adapter": ADAPTER_FILE} if self.adapter is not None else {})
+        return extra | {
             "kind": KIND,
             "detector": self.detector,
             "model": self.model_ref if model_ref is None else model_ref,
@@ -356,6 +366,8 @@ class ProbeDetector:
     @classmethod
     def from_run(cls, run_dir: str | os.PathLike, device: str | torch.device | None = None) -> ProbeDetector:
         """Load from a run folder (or its detector.json) with kind "probe"."""
+        from cifake_lib.clip.adapter import ClipAdapter
+        from cifake_lib.clip.backbone import embed_dim
         from cifake_lib.evaluation.runs import read_detector_json
         from cifake_lib.methods.zeroshot import load_for_inference, resolve_model_ref
 
@@ -363,12 +375,15 @@ class ProbeDetector:
         meta_path = folder / DETECTOR_FILE
         probe = ProbeModel.load(folder / str(meta.get("weights") or WEIGHTS_FILE))
         model_ref = resolve_model_ref(str(meta.get("model") or ""), folder)
-        model, processor = load_for_inference(model_ref, device)
-        dim = int(model.config.projection_dim)
+        model, processor = load_for_inference(model_ref, device, image_size=meta.get("image_size"))
+        dim = embed_dim(model)
         if dim != probe.dim:
             raise ValueError(f"{meta_path}: probe expects {probe.dim}-d features but {model_ref} gives {dim}")
+        adapter = ClipAdapter.load(folder / meta["clip_adapter"]).to(next(model.parameters()).device) \
+            if meta.get("clip_adapter") else None
         return cls(model, processor, probe, threshold=float(meta.get("threshold", 0.5)),
-                   detector=meta.get("detector"), model_ref=model_ref, layer=meta.get("layer"))
+                   detector=meta.get("detector"), model_ref=model_ref, layer=meta.get("layer"), adapter=adapter,
+                   image_size=meta.get("image_size"))
 
     def __repr__(self) -> str:
         return (f"ProbeDetector(detector={self.detector!r}, model={self.model_ref!r}, "

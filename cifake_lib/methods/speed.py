@@ -101,10 +101,14 @@ def resolve_compile(mode: str, device: torch.device | str) -> tuple[bool, str]:
 
 
 def towers(model: nn.Module) -> list[nn.Module]:
-    """The vision and text transformers of a CLIPModel, or of a module holding one as `.clip`."""
+    """The vision and text transformers of a backbone (`clip.backbone`: an image-only encoder has
+    only the first), or of a module holding one as `.clip`; none for anything else."""
+    from cifake_lib.clip import backbone
+
     clip = getattr(model, "clip", model)
-    found = [getattr(clip, name, None) for name in ("vision_model", "text_model")]
-    return [t for t in found if isinstance(t, nn.Module)]
+    if not hasattr(getattr(clip, "config", None), "model_type"):
+        return []
+    return [backbone.vision_tower(clip)] + backbone.text_modules(clip)[:1]
 
 
 def compile_towers(model: nn.Module, mode: str = "on", *, compile_mode: str | None = None,

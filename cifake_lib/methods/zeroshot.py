@@ -94,8 +94,13 @@ class ClipDetector:
     def __init__(self, model, processor, prompts: PromptSet | str | Mapping[str, Any] = DEFAULT_PROMPT_SET, *,
                  threshold: float = 0.5, head: ZeroShotHead | None = None, detector: str | None = None,
                  model_ref: str | None = None, marginal: str = "logsumexp", use_known_class: bool = False,
-                 context: PromptContext | None = None, adapter: ClipAdapter | None = None):
+                 context: PromptContext | None = None, adapter: ClipAdapter | None = None,
+                 image_size: int | None = None):
+        from cifake_lib.clip.backbone import require_text
+
+        require_text(model, "a zero-shot detector")
         self.model = model
+        self.image_size = image_size  # the input side the run chose; None: the model's own
         self.processor = processor
         self.prompts = get_prompt_set(prompts)
         self.threshold = float(threshold)
@@ -142,7 +147,7 @@ class ClipDetector:
 
     def to_json(self, model_ref: str | None = None) -> dict[str, Any]:
         """The detector.json dict (write_run adds/overrides "threshold")."""
-        return {
+        meta = {
             "kind": KIND,
             "detector": self.detector,
             "model": self.model_ref if model_ref is None else model_ref,
@@ -150,10 +155,18 @@ class ClipDetector:
             "marginal": self.head.marginal,
             "use_known_class": self.use_known_class and self.prompts.class_aware,
             "threshold": self.threshold,
-        } | ({"prompt_context": CONTEXT_FILE, "n_ctx": self.context.n_ctx,
-              "label_words": list(self.context.label_words)} if self.context is not None else {}) | (
-            {"clip_adapter": ADAPTER_FILE, "adapter_reduction": self.adapter.reduction,
-             "adapter_ratio": self.adapter.ratio} if self.adapter is not None else {})
+            "head": "sigmoid per label (SigLIP), renormalised over the two" if self.head.sigmoid
+            else "softmax over the two labels (CLIP)",
+        }
+        if self.image_size is not None:
+            meta["image_size"] = self.image_size
+        if self.context is not None:
+            meta |= {"prompt_context": CONTEXT_FILE, "n_ctx": self.context.n_ctx,
+                     "label_words": list(self.context.label_words)}
+        if self.adapter is not None:
+            meta |= {"clip_adapter": ADAPTER_FILE, "adapter_reduction": self.adapter.reduction,
+                     "adapter_ratio": self.adapter.ratio}
+        return meta
 
     def save(self, out_dir: str | os.PathLike, *, model_subdir: str | None = "model",
              text_embeddings: bool = False, extra: Mapping[str, Any] | None = None) -> Path:
@@ -186,10 +199,10 @@ class ClipDetector:
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike, prompts: PromptSet | str = DEFAULT_PROMPT_SET, *,
                         threshold: float = 0.5, device: str | torch.device | None = None,
-                        marginal: str = "logsumexp", **kwargs: Any) -> ClipDetector:
-        """Zero-shot detector from a Hub id or a CLIP model folder (half precision on CUDA)."""
-        model, processor = load_for_inference(name_or_path, device)
-        return cls(model, processor, prompts, threshold=threshold, marginal=marginal, **kwargs)
+                        marginal: str = "logsumexp", image_size: int | None = None, **kwargs: Any) -> ClipDetector:
+        """Zero-shot detector from a Hub id or a CLIP or SigLIP model folder (half precision on CUDA)."""
+        model, processor = load_for_inference(name_or_path, device, image_size=image_size)
+        return cls(model, processor, prompts, threshold=threshold, marginal=marginal, image_size=image_size, **kwargs)
 
     @classmethod
     def from_run(cls, run_dir: str | os.PathLike, device: str | torch.device | None = None) -> ClipDetector:
@@ -208,9 +221,10 @@ class ClipDetector:
         except (ValueError, FileNotFoundError) as e:
             raise ValueError(f"{meta_path}: {e}") from None
         model_ref = resolve_model_ref(str(meta.get("model") or ""), folder)
-        model, processor = load_for_inference(model_ref, device)
+        image_size = meta.get("image_size")
+        model, processor = load_for_inference(model_ref, device, image_size=image_size)
         head = ZeroShotHead.load(folder / meta["text_embeddings"]) if meta.get("text_embeddings") else None
-        context = PromptContext.load(folder / meta["prompt_context"], processor.tokenizer) \
+        context = PromptContext.load(folder / meta["prompt_context"], processor.tokenizer, model) \
             if meta.get("prompt_context") else None
         adapter = ClipAdapter.load(folder / meta["clip_adapter"]).to(next(model.parameters()).device) \
             if meta.get("clip_adapter") else None
@@ -218,19 +232,21 @@ class ClipDetector:
                    context=context, adapter=adapter,
                    detector=meta.get("detector"), model_ref=model_ref,
                    marginal=meta.get("marginal", "logsumexp"),
-                   use_known_class=bool(meta.get("use_known_class", False)))
+                   use_known_class=bool(meta.get("use_known_class", False)), image_size=image_size)
 
     def __repr__(self) -> str:
         return (f"ClipDetector(detector={self.detector!r}, model={self.model_ref!r}, "
                 f"threshold={self.threshold:.4f}, device={self.device})")
 
 
-def load_for_inference(name_or_path: str | os.PathLike, device: str | torch.device | None = None):
-    """`models.load_clip` on `device` (default: the best available), half precision on CUDA."""
-    from cifake_lib.clip.models import inference_dtype, load_clip, pick_device
+def load_for_inference(name_or_path: str | os.PathLike, device: str | torch.device | None = None, *,
+                       image_size: int | None = None):
+    """`models.load_backbone` on `device` (default: the best available), half precision on CUDA;
+    image_size: its input side, when the run used another than the model's own."""
+    from cifake_lib.clip.models import inference_dtype, load_backbone, pick_device
 
     dev = device if isinstance(device, torch.device) else pick_device(str(device) if device else None)
-    return load_clip(name_or_path, device=dev, dtype=inference_dtype(dev))
+    return load_backbone(name_or_path, device=dev, dtype=inference_dtype(dev), image_size=image_size)
 
 
 # ---------------------------------------------------------------------------
@@ -343,8 +359,11 @@ def run(data: DataConfig | CifakeData, cfg: ZeroshotConfig, out: str | os.PathLi
     names = [folder_name(s.name) for s in sets]
     if len(set(names)) != len(names):
         raise ValueError(f"prompt set names collide as folder names: {names}")
+    from cifake_lib.clip.backbone import require_text
+
     cifake, dcfg = loaded(data, progress=cfg.progress)
-    clip, processor = load_for_inference(cfg.model, cfg.device)
+    clip, processor = load_for_inference(cfg.model, cfg.device, image_size=cfg.image_size)
+    require_text(clip, f"zero-shot ({cfg.model})")
     model_ref = model_reference(clip) or cfg.model
     splits = {"test": cifake.test} | ({"val": cifake.val} if cifake.val is not None and len(cifake.val) else {})
     t_feat = time.perf_counter()
@@ -361,7 +380,7 @@ def run(data: DataConfig | CifakeData, cfg: ZeroshotConfig, out: str | os.PathLi
     rows, all_metrics = [], {}
     for ps, folder in zip(sets, names, strict=True):
         t_set = time.perf_counter()
-        det = ClipDetector(clip, processor, ps, head=heads[ps.name], model_ref=model_ref)
+        det = ClipDetector(clip, processor, ps, head=heads[ps.name], model_ref=model_ref, image_size=cfg.image_size)
         m = _write_set(cifake, out / folder, det, scores[ps.name], args=args, seed=dcfg.seed if dcfg else 0,
                        seconds=feature_seconds + time.perf_counter() - t_set, cfg=cfg, cost=cost)
         m_val = read_json(out / folder / "metrics_val.json") if "val" in splits else None
