@@ -20,9 +20,11 @@ from cifake_lib.core.formatting import format_metric
 from cifake_lib.evaluation.study import ALL
 
 # The training-set size has its own section, the learning curves (`analysis/learning_curves.py`).
-AXES = ("model",)
+AXES = ("model", "image_size")
 METRICS = ("roc_auc", "accuracy")
-TITLES = {"train_size": "Along the training-set size", "model": "Along the backbone"}
+TITLES = {"train_size": "Along the training-set size", "model": "Along the backbone",
+          "image_size": "Along the input resolution"}
+OWN_SIZE = "own"  # the image_size cell of a run at its backbone's own input size
 
 
 def _number(cell: Any) -> float | None:
@@ -38,11 +40,22 @@ def _size_value(cell: str) -> float:
 
 
 def main_cell(rows: Sequence[Mapping[str, str]]) -> dict[str, str]:
-    """The values the other axes are held at: the first model, the largest training set, all seeds."""
+    """The values the other axes are held at: the first model, the largest training set, the first
+    input size, all seeds."""
     trained = [r for r in rows if r.get("seed", "") != ""]
-    models = list(dict.fromkeys(r["model"] for r in trained if r["model"]))
+    models = list(dict.fromkeys(r["model"] for r in rows if r["model"]))
     sizes = sorted({r["train_size"] for r in trained}, key=_size_value)
-    return {"model": models[0] if models else "", "train_size": sizes[-1] if sizes else ""}
+    pixels = list(dict.fromkeys(r.get("image_size", "") for r in rows if r["model"]))
+    return {"model": models[0] if models else "", "train_size": sizes[-1] if sizes else "",
+            "image_size": pixels[0] if pixels else ""}
+
+
+def _holds(row: Mapping[str, str], hold: Mapping[str, str]) -> bool:
+    """Whether a run sits at the held values of the other axes (an axis it lacks holds anywhere:
+    the CNN has no model or input size, zero-shot no training-set size)."""
+    lacks = {"model": row.get("model") == "", "image_size": row.get("model") == "",
+             "train_size": row.get("seed", "") == ""}
+    return all(lacks.get(k) or row.get(k, "") == v for k, v in hold.items())
 
 
 def _interval(root: Path, row: Mapping[str, str], metric: str, leak_free: bool) -> tuple[float, float] | None:
@@ -60,14 +73,15 @@ def axis_rows(root: str | Path, rows: Sequence[Mapping[str, str]], axis: str) ->
     over seeds, or the single run's 95% CI) and `_sd`; `leak_free` says which test split."""
     root = Path(root)
     hold = {k: v for k, v in main_cell(rows).items() if k != axis}
-    cells = [r for r in rows if r.get("status") == "complete" and r.get("seed", "") != ""
-             and all(r.get(k) == v for k, v in hold.items() if not (k == "model" and r.get("model") == ""))]
-    if axis == "model":  # the CNN has no backbone: it has no place along this axis
+    # zero-shot (no seed) trains nothing: it has a place along the backbone and the resolution only
+    cells = [r for r in rows if r.get("status") == "complete" and _holds(r, hold)
+             and (r.get("seed", "") != "" or axis in ("model", "image_size"))]
+    if axis in ("model", "image_size"):  # the CNN has no backbone: no place along these axes
         cells = [r for r in cells if r.get("model")]
     leak_free = bool(cells) and all(_number(r.get("leak_free_roc_auc")) is not None for r in cells)
     groups: dict[tuple[str, str], list[Mapping[str, str]]] = {}
     for r in cells:
-        groups.setdefault((r["method"], r[axis]), []).append(r)
+        groups.setdefault((r["method"], r.get(axis) or OWN_SIZE if axis == "image_size" else r[axis]), []).append(r)
     out = []
     for (method, value), runs in groups.items():
         row: dict[str, Any] = {"method": method, "value": value, "n_seeds": len(runs), "leak_free": leak_free}
@@ -96,28 +110,44 @@ def _cell(row: Mapping[str, Any], metric: str) -> str:
     return f"{format_metric(v)} [{format_metric(row[f'{metric}_lo'])}, {format_metric(row[f'{metric}_hi'])}]"
 
 
-def axis_markdown(rows: Sequence[Mapping[str, Any]], axis: str) -> str:
-    """The axis table as Markdown: one line per method, one column per axis value."""
+def axis_markdown(rows: Sequence[Mapping[str, Any]], axis: str, skipped: Mapping[tuple[str, str], str] | None = None
+                  ) -> str:
+    """The axis table as Markdown: one line per method, one column per axis value; a run the grid
+    skipped (`skipped`: (method, value) -> why) is marked, its reason listed under the table."""
     values = list(dict.fromkeys(r["value"] for r in sorted(
         rows, key=lambda r: _size_value(r["value"]) if axis == "train_size" else 0)))
+    values += [v for _, v in (skipped or {}) if v not in values]
     by = {(r["method"], r["value"]): r for r in rows}
+    methods = list(dict.fromkeys([r["method"] for r in rows] + [m for m, _ in (skipped or {})]))
     lines = [f"| method | {' | '.join(str(v) for v in values)} |", "|---" * (len(values) + 1) + "|"]
     for metric in METRICS:
-        for method in dict.fromkeys(r["method"] for r in rows):
-            cells = [_cell(by[(method, v)], metric) if (method, v) in by else "–" for v in values]
+        for method in methods:
+            cells = [_cell(by[(method, v)], metric) if (method, v) in by else
+                     "skipped\\*" if (method, v) in (skipped or {}) else "–" for v in values]
             lines.append(f"| {method} ({metric.replace('_', ' ')}) | {' | '.join(cells)} |")
-    return "\n".join(lines) + "\n"
+    reasons = dict.fromkeys(skipped.values()) if skipped else {}
+    notes = [f"\\* skipped: {why} ({', '.join(f'{m} on {v}' for (m, v), w in skipped.items() if w == why)})"
+             for why in reasons]
+    return "\n".join(lines) + "\n" + ("\n" + "\n\n".join(notes) + "\n" if notes else "")
+
+
+def _skipped(rows: Sequence[Mapping[str, str]], axis: str) -> dict[tuple[str, str], str]:
+    """(method, axis value) -> why, for the runs the grid skipped (their backbone cannot make them)."""
+    return {(r["method"], r.get(axis) or OWN_SIZE): r.get("reason") or "not possible"
+            for r in rows if r.get("status") == "skipped" and r.get(axis, "") != ""}
 
 
 def grid_sections(root: str | Path, rows: Sequence[Mapping[str, str]]) -> list[Any]:
     """A report Section for each axis of the study with more than one value among its complete runs."""
+    from cifake_lib.analysis.backbones import backbone_comparison
     from cifake_lib.analysis.parts import Section
     from cifake_lib.viz.grid_plots import axis_figure
 
     sections = []
     for axis in AXES:
         table = axis_rows(root, rows, axis)
-        if len({r["value"] for r in table}) < 2:
+        skipped = _skipped(rows, axis) if axis == "model" else {}
+        if len({r["value"] for r in table} | {v for _, v in skipped}) < 2:
             continue
         split = "leak-free test split" if table[0]["leak_free"] else "test split"
         s = Section(TITLES[axis])
@@ -125,11 +155,13 @@ def grid_sections(root: str | Path, rows: Sequence[Mapping[str, str]]) -> list[A
         s.add(f"Every method at each value of `{axis}` ({hold}; {split}). A cell is the mean ± sd over "
               "training seeds; a cell with one seed shows its bootstrap 95% CI. Every choice (threshold, "
               "hyper-parameters, early stopping) was made on the same validation split for every value.\n",
-              axis_markdown(table, axis))
+              axis_markdown(table, axis, skipped))
         name = f"grid_{axis}"
         s.tables[f"{name}.csv"] = (table, None)
         s.image(axis_figure(table, axis, title=f"Test metrics along {axis.replace('_', ' ')} ({split})"),
                 f"{name}.png", f"test ROC AUC and accuracy along {axis}")
+        if axis == "model":
+            backbone_comparison(root, rows, s)
         sections.append(s)
     return sections
 

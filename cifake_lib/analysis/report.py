@@ -47,6 +47,7 @@ from cifake_lib.analysis.study import (
     significant,
 )
 from cifake_lib.core.files import read_json, write_csv, write_text_atomic
+from cifake_lib.core.formatting import format_p
 from cifake_lib.evaluation.metrics import utc_now
 from cifake_lib.evaluation.runs import detector_kind
 
@@ -494,13 +495,6 @@ def _embeddings_block(s: Section, runs: Sequence[Mapping[str, Any]], split: Any,
 # --------------------------------------------------------------------------- discussion
 
 METRIC_WORDS = {"roc_auc": "ROC AUC", "accuracy": "accuracy"}
-
-
-def format_p(p: float | None) -> str:
-    """A p-value as text: 4 decimals, or "< 0.0001"."""
-    if p is None:
-        return "–"
-    return "< 0.0001" if p < 1e-4 else f"{p:.4f}"
 
 
 def _p_words(p: float) -> str:

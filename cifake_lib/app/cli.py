@@ -247,8 +247,10 @@ def _run(args: argparse.Namespace) -> int:
         record = run_study(preset=opts.preset, data=opts.data, config_file=opts.config, out=opts.out,
                            run_overrides=overrides)
     ran = sum(s["status"] == "ran" for s in record["steps"])
-    print(f"study complete in {opts.out}: {ran} step(s) ran, {len(record['steps']) - ran} already complete; "
-          f"report: {opts.out}/report/report.md")
+    impossible = sum(s["status"].startswith("skipped:") for s in record["steps"])
+    print(f"study complete in {opts.out}: {ran} step(s) ran, {len(record['steps']) - ran - impossible} already "
+          f"complete" + (f", {impossible} skipped (see runs.csv's reason column)" if impossible else "")
+          + f"; report: {opts.out}/report/report.md")
     return 0
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from cifake_lib.core.files import write_csv
-from cifake_lib.evaluation.study import COST_COLUMNS, INDEX, INDEX_COLUMNS
+from cifake_lib.evaluation.study import COST_COLUMNS, INDEX, INDEX_COLUMNS, SKIPPED
 
 
 def _json(path: Path) -> dict[str, Any]:
@@ -54,7 +54,10 @@ def _seconds(folder: Path) -> float | None:
 
 
 def status_of(step: Any, session: Mapping[str, str]) -> str:
-    """complete / partial (checkpoints, to resume) / planned, or what this session's attempt ended as."""
+    """complete / partial (checkpoints, to resume) / planned / skipped (the backbone cannot make it),
+    or what this session's attempt ended as."""
+    if getattr(step, "skip", None):
+        return SKIPPED
     if session.get(step.name) in ("failed", "stopped"):
         return session[step.name]
     if step.is_done():
@@ -72,7 +75,8 @@ def index_rows(steps: Sequence[Any], out: Path, session: Mapping[str, str] | Non
         status = status_of(s, session)
         ev = evaluated.get(s.out)
         row: dict[str, Any] = {**s.key.row(), "stage": s.stage, "run_dir": os.path.relpath(s.out, out),
-                               "status": status, "command": "cifake " + " ".join(s.argv),
+                               "status": status, "reason": getattr(s, "skip", None) or "",
+                               "command": "" if status == SKIPPED else "cifake " + " ".join(s.argv),
                                "evaluated_dir": os.path.relpath(ev.out, out) if ev is not None else ""}
         if metrics and status == "complete":
             row.update(seconds=_seconds(s.out), **_headline(s.out), **_cost(s.out))
@@ -92,9 +96,10 @@ def plan_text(steps: Sequence[Any], out: Path) -> str:
     """`--print-plan`: every run's key, status and command, then the other steps, as TSV."""
     buf = io.StringIO()
     w = csv.writer(buf, delimiter="\t", lineterminator="\n")
-    w.writerow(["method", "model", "train_size", "seed", "status", "run_dir", "command"])
+    w.writerow(["method", "model", "train_size", "seed", "image_size", "status", "run_dir", "command"])
     for r in index_rows(steps, out, metrics=False):
-        w.writerow([r["method"], r["model"], r["train_size"], r["seed"], r["status"], r["run_dir"], r["command"]])
+        w.writerow([r["method"], r["model"], r["train_size"], r["seed"], r["image_size"],
+                    r["status"] + (f" ({r['reason']})" if r["reason"] else ""), r["run_dir"], r["command"]])
     for s in (s for s in steps if s.key is None):
         w.writerow([s.name, "", "", "", "complete" if s.is_done() else "planned", os.path.relpath(s.out, out),
                     "cifake " + " ".join(s.argv)])

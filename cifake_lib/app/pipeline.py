@@ -71,6 +71,9 @@ NOTEBOOKS = ("01_data", "02_zero_shot", "03_fine_tune", "04_analysis")
 NOTEBOOKS_DONE = "notebooks.json"
 TINY_MODEL = "tiny"
 TINY_FOLDER = "tiny_model"  # under OUT: the tiny CLIP of `--model tiny`
+# `model` values naming a tiny random backbone the study writes into OUT: name -> (family, folder)
+TINY_MODELS = {TINY_MODEL: ("clip", TINY_FOLDER), "tiny-siglip": ("siglip", "tiny_siglip"),
+               "tiny-dinov2": ("dinov2", "tiny_dinov2")}
 BEST_ZEROSHOT = "@best"  # placeholder for the zero-shot prompt set chosen on validation
 # Keys the study itself sets: a config may not.
 RESERVED = {"evaluate": {"model"}, "robustness": {"runs"}, "report": {"runs"}}
@@ -120,8 +123,9 @@ class RunConfig:
 
     stages: list[str] = setting(default_factory=lambda: list(STAGES), help="stages in order, comma-separated",
                                 choices=STAGES, metavar="NAMES", show_default=",".join(STAGES))
-    model: str = setting(DEFAULT_MODEL, "the default backbone: CLIP Hub id or local folder; tiny: a tiny "
-                         "randomly initialised CLIP written into OUT", metavar="M")
+    model: str = setting(DEFAULT_MODEL, "the default backbone: a Hub id or local folder (CLIP, SigLIP, DINOv2); "
+                         "tiny, tiny-siglip, tiny-dinov2: a tiny randomly initialised model of that family written "
+                         "into OUT", metavar="M")
     models: list[str] | None = setting(None, "backbones of the grid (the models axis), comma-separated",
                                        metavar="M,M", show_default="[run] model")
     methods: list[str] | None = setting(None, "methods of the grid, each a [methods.<name>] table, "
@@ -133,18 +137,24 @@ class RunConfig:
     seeds: list[int] | None = setting(None, "training seeds: every trained method runs once per seed on the "
                                       "same data split (zero-shot once); e.g. 0,1,2", metavar="S,S",
                                       show_default="the data --seed")
+    image_sizes: list[int] | None = setting(None, "input sides of the grid in pixels (the resolution axis): every "
+                                            "method with a backbone runs once per size, position embeddings "
+                                            "interpolated; e.g. 224,112,64", metavar="PX,PX",
+                                            show_default="each backbone's own")
     notebooks: bool = setting(False, "also execute the four notebooks headless (a stage after the report, "
                               "reading the study's runs) and save executed copies in OUT/notebooks")
 
     def check(self) -> None:
         if not self.stages:
             raise ValueError(f"stages is empty: nothing would run; name at least one of {', '.join(STAGES)}")
-        for name in ("seeds", "train_sizes", "models", "methods"):
+        for name in ("seeds", "train_sizes", "models", "methods", "image_sizes"):
             values = getattr(self, name)
             if values is not None and (not values or len(set(values)) != len(values)):
                 raise ValueError(f"{name} must be distinct and at least one, got {values}")
         if self.train_sizes is not None and min(self.train_sizes) < 2:
             raise ValueError(f"train_sizes: each size must be at least 2 (one REAL, one FAKE), got {self.train_sizes}")
+        if self.image_sizes is not None and min(self.image_sizes) < 8:
+            raise ValueError(f"image_sizes: each side must be at least 8 pixels, got {self.image_sizes}")
 
 
 METHOD_NAME = re.compile(r"[a-z][a-z0-9-]*")
@@ -244,9 +254,10 @@ def _merged_config(preset: str, config_file: str | os.PathLike | None,
 
 
 def model_path(model: str, out: Path) -> str:
-    """The backbone a run loads: `model` itself, or for "tiny" the tiny CLIP the study writes into OUT."""
+    """The backbone a run loads: `model` itself, or for "tiny", "tiny-siglip", "tiny-dinov2" the tiny
+    random model of that family the study writes into OUT."""
     # absolute: run folders record it, and notebooks and reports read them from other directories
-    return str((out / TINY_FOLDER).resolve()) if model == TINY_MODEL else model
+    return str((out / TINY_MODELS[model][1]).resolve()) if model in TINY_MODELS else model
 
 
 def study_config(preset: str = "report", config_file: str | os.PathLike | None = None, *,
@@ -285,6 +296,7 @@ class Step:
     complete: Callable[[], bool] | None = None  # a finer "done" test than the done file's presence
     key: RunKey | None = None  # a run of the grid: its place in it
     evaluates: Path | None = None  # evaluate: the run folder it re-evaluates
+    skip: str | None = None  # why the grid cannot make this run (e.g. no text tower); never executed
 
     def is_done(self) -> bool:
         if self.complete is not None:
@@ -313,9 +325,10 @@ class Planner:
         self.seeds = self.run.seeds or [self.data.seed]
         self.models = self.run.models or [self.run.model]
         self.sizes: list[int | None] = list(self.run.train_sizes or [self.data.train_size])
+        self.image_sizes: list[int | None] = list(self.run.image_sizes or [None])
         self.methods = read_methods(self.config)
         self.chosen = self._chosen_methods()
-        self.defaults = RunKey("", self.run.model, self.data.train_size, self.data.seed)
+        self.defaults = RunKey("", self.run.model, self.data.train_size, self.data.seed, None)
 
     def _chosen_methods(self) -> list[Method]:
         names = self.run.methods if self.run.methods is not None else list(self.methods)
@@ -326,14 +339,17 @@ class Planner:
         return [self.methods[n] for n in names if self.methods[n].stage in self.run.stages]
 
     def main_key(self, method: Method) -> RunKey:
-        """The method's run in the main cell: first model, largest training set, first seed."""
+        """The method's run in the main cell: first model, largest training set, first seed, first input size."""
         size = None if None in self.sizes else max(s for s in self.sizes if s is not None)
-        return self.key(method, self.models[0], size, self.seeds[0])
+        return self.key(method, self.models[0], size, self.seeds[0], self.image_sizes[0])
 
-    def key(self, method: Method, model: str | None, size: int | None, seed: int | None) -> RunKey:
+    def key(self, method: Method, model: str | None, size: int | None, seed: int | None,
+            image_size: int | None = None) -> RunKey:
         if method.stage == "zeroshot":
-            return RunKey(method.name, model, None, None)
-        return RunKey(method.name, None if method.stage in NO_BACKBONE else model, size, seed)
+            return RunKey(method.name, model, None, None, image_size)
+        if method.stage in NO_BACKBONE:
+            return RunKey(method.name, None, size, seed, None)
+        return RunKey(method.name, model, size, seed, image_size)
 
     def add(self, stage: str, name: str, done: str, extra: Mapping[str, Any] | None = None, *,
             folder: str | None = None, data_extra: Mapping[str, Any] | None = None, **kw: Any) -> Step:
@@ -363,21 +379,45 @@ class Planner:
             extra["model"] = model_path(key.model, self.out)
         if key.seed is not None and self.run.seeds:  # only an explicit seeds list writes the training seed out
             extra[stages.TRAIN_SEED] = key.seed
+        if key.image_size is not None:
+            extra["image_size"] = key.image_size
         data_extra = {"train_size": key.train_size} if key.train_size is not None else {}
         folder = key.folder(self.defaults)
         done = "summary.csv" if method.stage == "zeroshot" else "metrics.json"
-        return self.add(method.stage, folder, done, extra, folder=f"{RUNS_DIR}/{folder}", data_extra=data_extra,
+        step = self.add(method.stage, folder, done, extra, folder=f"{RUNS_DIR}/{folder}", data_extra=data_extra,
                         key=key, resumable=method.stage in ("finetune", "cnn"))
+        step.skip = skip_reason(method.stage, step.cfg, key.model and self.family(key.model))
+        return step
+
+    def family(self, model: str) -> str | None:
+        """The backbone family of a model of the grid, known without loading it (None: not known)."""
+        from cifake_lib.core.backbones import family_of_reference
+
+        if model in TINY_MODELS:
+            return {"dinov2": "image"}.get(TINY_MODELS[model][0], TINY_MODELS[model][0])
+        return family_of_reference(model)
+
+
+def skip_reason(stage: str, cfg: Any, family: str | None) -> str | None:
+    """Why a run of `stage` with settings `cfg` cannot run on a backbone of `family`, or None."""
+    from cifake_lib.methods.finetune_config import family_problem
+
+    if family == "image" and stage == "zeroshot":
+        return "no text tower: zero-shot scores text prompts"
+    return family_problem(cfg, family) if stage == "finetune" else None
 
 
 def _plan_runs(p: Planner) -> list[Step]:
-    """Every run of the grid, zero-shot first (once per backbone), then per seed, size, method and model."""
-    runs = [p.add_run(m, p.key(m, model, None, None)) for m in p.chosen if m.stage == "zeroshot" for model in p.models]
+    """Every run of the grid, zero-shot first (once per backbone and input size), then per seed,
+    size, method, model and input size."""
+    runs = [p.add_run(m, p.key(m, model, None, None, px)) for m in p.chosen if m.stage == "zeroshot"
+            for model in p.models for px in p.image_sizes]
     for seed in p.seeds:
         for size in p.sizes:
             for m in (m for m in p.chosen if m.stage != "zeroshot"):
                 for model in ([None] if m.stage in NO_BACKBONE else p.models):
-                    runs.append(p.add_run(m, p.key(m, model, size, seed)))
+                    for px in ([None] if m.stage in NO_BACKBONE else p.image_sizes):
+                        runs.append(p.add_run(m, p.key(m, model, size, seed, px)))
     return runs
 
 
@@ -390,25 +430,29 @@ def _layout(p: Planner, runs: list[Step], report_runs: list[Path]) -> dict[str, 
     and where each run of the earlier (pre-grid) layout went."""
     out = p.out
     main = {m.name: p.main_key(m) for m in p.chosen}
+    skipped = {os.path.relpath(s.out, out): s.skip for s in runs if s.skip}
+    runs = [s for s in runs if not s.skip]
     by_key = {s.key: s for s in runs}
     main_runs = {name: _rel(out, [by_key[k].out])[0] for name, k in main.items() if k in by_key}
     for m in p.chosen:  # the stage's first method answers for the stage ("finetune": the main fine-tune)
-        main_runs.setdefault(m.stage, main_runs[m.name])
+        if m.name in main_runs:
+            main_runs.setdefault(m.stage, main_runs[m.name])
     seed_runs = [s.out for s in runs if s.key.seed is not None and s.key.model in (None, main[s.key.method].model)
-                 and s.key.train_size == main[s.key.method].train_size]
+                 and s.key.train_size == main[s.key.method].train_size
+                 and s.key.image_size == main[s.key.method].image_size]
     first_finetune = next((m.name for m in p.chosen if m.stage == "finetune"), None)
     renamed = {}
     for s in runs:  # the folders before the grid: finetune, finetune_<ablation>, <stage>_seed<s>
         k, stage = s.key, p.methods[s.key.method].stage
-        if k.model not in (None, p.run.model) or k.train_size != p.defaults.train_size:
+        if k.model not in (None, p.run.model) or k.train_size != p.defaults.train_size or k.image_size is not None:
             continue
         base = stage if stage != "finetune" or k.method == first_finetune else f"finetune_{k.method}"
         renamed[base if k.seed in (None, p.data.seed) else f"{base}_seed{k.seed}"] = _rel(out, [s.out])[0]
     return {"report_runs": _rel(out, report_runs), "trained_runs": _rel(out, [s.out for s in runs if s.key.seed is not None]),
             "seed_runs": _rel(out, seed_runs), "evaluated": _rel(out, [s.out for s in p.steps if s.stage == "evaluate"]),
-            "main_runs": main_runs, "seeds": p.seeds, "renamed": renamed,
+            "main_runs": main_runs, "seeds": p.seeds, "renamed": renamed, "skipped": skipped,
             "axes": {"methods": [m.name for m in p.chosen], "models": p.models, "train_sizes": p.sizes,
-                     "seeds": p.seeds}}
+                     "seeds": p.seeds, "image_sizes": p.image_sizes}}
 
 
 def _newer_than(done: Path, runs: list[Path]) -> Callable[[], bool]:
@@ -437,10 +481,10 @@ def plan_study(config: Mapping[str, Any], out: Path, data: str) -> Planner:
         p.add("data", "data", stages.SUMMARY)
     runs = _plan_runs(p)
     main = {p.main_key(m) for m in p.chosen}
-    primary = [s for s in runs if s.key in main]
+    primary = [s for s in runs if s.key in main and not s.skip]
     report_runs = [s.out for s in primary]
     if "evaluate" in todo:
-        for run in runs:
+        for run in (r for r in runs if not r.skip):
             zeroshot = run.stage == "zeroshot"
             step = p.add("evaluate", f"evaluate:{run.out.name}", "metrics.json",
                          {"split": "test", "model": str(run.out / BEST_ZEROSHOT) if zeroshot else str(run.out)},
@@ -526,8 +570,13 @@ def _run_steps(steps: list[Step], record: dict[str, Any], out: Path, log: Callab
     from cifake_lib.methods.finetune import OutOfMemory
 
     session: dict[str, str] = {}  # step name -> how this invocation's attempt ended
+    _say_skipped(steps, log)
     for i, step in enumerate(steps, 1):
         label = f"[{i}/{len(steps)}] {step.name}"
+        if step.skip:
+            record["steps"].append({"name": step.name, "status": f"skipped: {step.skip}", "seconds": 0.0,
+                                    "command": None})
+            continue
         if step.is_done():
             log(f"{label}: complete, skipped")
             record["steps"].append({"name": step.name, "status": "skipped", "seconds": 0.0,
@@ -559,6 +608,16 @@ def _run_steps(steps: list[Step], record: dict[str, Any], out: Path, log: Callab
             break
         log(f"{label}: done in {seconds:.1f} s")
         write_json(out / "pipeline.json", record)
+
+
+def _say_skipped(steps: list[Step], log: Callable[[str], None]) -> None:
+    """Once, before anything runs: the runs of the grid its backbones cannot make, and why."""
+    reasons: dict[str, list[str]] = {}
+    for s in steps:
+        if s.skip:
+            reasons.setdefault(s.skip, []).append(f"{s.key.method} on {s.key.model}")
+    for why, runs in reasons.items():
+        log(f"skipped, {len(runs)} run(s) of the grid ({why}): {', '.join(dict.fromkeys(runs))}")
 
 
 def _command(argv: list[str] | None) -> str | None:
@@ -620,8 +679,8 @@ def run_study(*, preset: str = "report", data: str | None = None, config_file: s
 
     with study_lock(out, "run_study"):  # one study at a time per folder (nested in the CLI's own: counted)
         for model in planner.models:
-            if model == TINY_MODEL:
-                _tiny_model(Path(model_path(model, out)), seed=planner.data.seed)
+            if model in TINY_MODELS:
+                _tiny_model(Path(model_path(model, out)), TINY_MODELS[model][0], seed=planner.data.seed)
         _write_study(out, {"preset": preset, "config_file": str(config_file) if config_file else None,
                            "data": source, "model": model_path(planner.models[0], out), "config": config,
                            "layout": planner.layout})
@@ -634,11 +693,11 @@ def run_study(*, preset: str = "report", data: str | None = None, config_file: s
     return record
 
 
-def _tiny_model(folder: Path, seed: int) -> Path:
-    from cifake_lib.clip.tiny import write_tiny_clip
+def _tiny_model(folder: Path, family: str, seed: int) -> Path:
+    from cifake_lib.clip.tiny import write_tiny_model
 
     if not (folder / "config.json").is_file():
-        write_tiny_clip(folder, seed=seed)
+        write_tiny_model(folder, family, seed=seed)
     return folder
 
 

@@ -18,6 +18,7 @@ checks (accuracy meaningless: random weights).
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections import Counter
 from pathlib import Path
@@ -42,12 +43,13 @@ _TINY = dict(image_size=32, patch_size=4, vision_hidden=64, vision_layers=2, vis
 SHAPES: dict[str, dict[str, dict[str, Any]]] = {
     "clip": {
         "tiny": _TINY,
+        # openai/clip-vit-*: CLIP's 49,408-token vocabulary, 77-token context
         "vit-b-32": dict(image_size=224, patch_size=32, vision_hidden=768, vision_layers=12, vision_heads=12,
-                         text_hidden=512, text_layers=12, text_heads=8, projection_dim=512),
+                         text_hidden=512, text_layers=12, text_heads=8, projection_dim=512, vocab_size=49_408),
         "vit-b-16": dict(image_size=224, patch_size=16, vision_hidden=768, vision_layers=12, vision_heads=12,
-                         text_hidden=512, text_layers=12, text_heads=8, projection_dim=512),
+                         text_hidden=512, text_layers=12, text_heads=8, projection_dim=512, vocab_size=49_408),
         "vit-l-14": dict(image_size=224, patch_size=14, vision_hidden=1024, vision_layers=24, vision_heads=16,
-                         text_hidden=768, text_layers=12, text_heads=12, projection_dim=768),
+                         text_hidden=768, text_layers=12, text_heads=12, projection_dim=768, vocab_size=49_408),
     },
     "siglip": {
         "tiny": _TINY,
@@ -107,14 +109,7 @@ def write_tiny_clip(
     ViT-B/32's sizes (224 input, patch 32) for benchmarks. The tokenizer is a real byte-level BPE
     with a small vocabulary, saved as files that `CLIPProcessor.from_pretrained` reads.
     """
-    from transformers import (
-        CLIPConfig,
-        CLIPModel,
-        CLIPProcessor,
-        CLIPTextConfig,
-        CLIPTokenizer,
-        CLIPVisionConfig,
-    )
+    from transformers import CLIPModel, CLIPProcessor, CLIPTokenizer
 
     if shape not in SHAPES["clip"]:
         raise ValueError(f"shape must be one of {sorted(SHAPES['clip'])}, got {shape!r}")
@@ -127,9 +122,23 @@ def write_tiny_clip(
     bos, eos = vocab["<|startoftext|>"], vocab["<|endoftext|>"]
     # eos must not be 2: that id switches CLIP's text pooling to its legacy argmax rule.
     assert eos != 2 and tokenizer.convert_tokens_to_ids("<|endoftext|>") == eos
+    torch.manual_seed(seed)
+    model = CLIPModel(_clip_config(s, len(vocab), bos, eos))
+    image_processor = image_processor_class("clip")(
+        size={"shortest_edge": s["image_size"]},
+        crop_size={"height": s["image_size"], "width": s["image_size"]},
+        resample=3,  # bicubic, as OpenAI's CLIP
+        image_mean=list(CLIP_MEAN),
+        image_std=list(CLIP_STD),
+    )
+    return _save(model, CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer), out, "clip", shape, seed)
+
+
+def _clip_config(s: dict[str, Any], vocab_size: int, bos: int, eos: int):
+    from transformers import CLIPConfig, CLIPTextConfig, CLIPVisionConfig
 
     text_config = CLIPTextConfig(
-        vocab_size=s.get("vocab_size", len(vocab)), hidden_size=s["text_hidden"], intermediate_size=4 * s["text_hidden"],
+        vocab_size=s.get("vocab_size", vocab_size), hidden_size=s["text_hidden"], intermediate_size=4 * s["text_hidden"],
         num_hidden_layers=s["text_layers"], num_attention_heads=s["text_heads"],
         max_position_embeddings=77, projection_dim=s["projection_dim"],
         bos_token_id=bos, eos_token_id=eos, pad_token_id=eos,
@@ -139,20 +148,43 @@ def write_tiny_clip(
         intermediate_size=4 * s["vision_hidden"], num_hidden_layers=s["vision_layers"],
         num_attention_heads=s["vision_heads"], projection_dim=s["projection_dim"],
     )
-    config = CLIPConfig(
-        text_config=text_config.to_dict(), vision_config=vision_config.to_dict(),
-        projection_dim=s["projection_dim"],
-    )
-    torch.manual_seed(seed)
-    model = CLIPModel(config)
-    image_processor = image_processor_class("clip")(
-        size={"shortest_edge": s["image_size"]},
-        crop_size={"height": s["image_size"], "width": s["image_size"]},
-        resample=3,  # bicubic, as OpenAI's CLIP
-        image_mean=list(CLIP_MEAN),
-        image_std=list(CLIP_STD),
-    )
-    return _save(model, CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer), out, "clip", shape, seed)
+    return CLIPConfig(text_config=text_config.to_dict(), vision_config=vision_config.to_dict(),
+                      projection_dim=s["projection_dim"])
+
+
+def _siglip_config(s: dict[str, Any], vocab_size: int, pad: int, bos: int, eos: int):
+    from transformers import SiglipConfig, SiglipTextConfig, SiglipVisionConfig
+
+    text = SiglipTextConfig(vocab_size=s.get("vocab_size", vocab_size), hidden_size=s["text_hidden"],
+                            intermediate_size=4 * s["text_hidden"], num_hidden_layers=s["text_layers"],
+                            num_attention_heads=s["text_heads"], max_position_embeddings=64,
+                            pad_token_id=pad, bos_token_id=bos, eos_token_id=eos)
+    vision = SiglipVisionConfig(image_size=s["image_size"], patch_size=s["patch_size"], hidden_size=s["vision_hidden"],
+                                intermediate_size=4 * s["vision_hidden"], num_hidden_layers=s["vision_layers"],
+                                num_attention_heads=s["vision_heads"])
+    with quiet_transformers():  # SiglipConfig first checks a default text config's ids, and says so
+        return SiglipConfig(text_config=text.to_dict(), vision_config=vision.to_dict())
+
+
+def _dinov2_config(s: dict[str, Any]):
+    from transformers import Dinov2Config
+
+    return Dinov2Config(image_size=s["image_size"], patch_size=s["patch_size"], hidden_size=s["vision_hidden"],
+                        num_hidden_layers=s["vision_layers"], num_attention_heads=s["vision_heads"], mlp_ratio=4)
+
+
+def meta_model(family: str, shape: str):
+    """A model of the family and shape on the meta device: its structure and no memory (for FLOP
+    counts). The vocabulary is the published one where the shape names it, else a small one."""
+    from transformers import CLIPModel, Dinov2Model, SiglipModel
+
+    s = SHAPES[family][shape]
+    with torch.device("meta"):
+        if family == "clip":
+            return CLIPModel(_clip_config(s, 49_408, 49_406, 49_407))
+        if family == "siglip":
+            return SiglipModel(_siglip_config(s, 32_000, 0, 2, 1))
+        return Dinov2Model(_dinov2_config(s))
 
 
 def _gemma_tokenizer(num_merges: int = 300):
@@ -172,29 +204,18 @@ def _gemma_tokenizer(num_merges: int = 300):
 
 
 def _write_siglip(out_dir: str | os.PathLike, *, seed: int = 0, shape: str = "tiny") -> Path:
-    from transformers import (
-        SiglipConfig,
-        SiglipModel,
-        SiglipProcessor,
-        SiglipTextConfig,
-        SiglipVisionConfig,
-    )
+    from transformers import SiglipModel, SiglipProcessor
 
     s = SHAPES["siglip"][shape]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer, vocab = _gemma_tokenizer()
-    text = SiglipTextConfig(vocab_size=s.get("vocab_size", len(vocab)), hidden_size=s["text_hidden"],
-                            intermediate_size=4 * s["text_hidden"], num_hidden_layers=s["text_layers"],
-                            num_attention_heads=s["text_heads"], max_position_embeddings=64,
-                            pad_token_id=vocab["<pad>"], bos_token_id=vocab["<bos>"], eos_token_id=vocab["<eos>"])
-    vision = SiglipVisionConfig(image_size=s["image_size"], patch_size=s["patch_size"], hidden_size=s["vision_hidden"],
-                                intermediate_size=4 * s["vision_hidden"], num_hidden_layers=s["vision_layers"],
-                                num_attention_heads=s["vision_heads"])
-    with quiet_transformers():  # SiglipConfig first checks a default text config's ids, and says so
-        config = SiglipConfig(text_config=text.to_dict(), vision_config=vision.to_dict())
+    config = _siglip_config(s, len(vocab), vocab["<pad>"], vocab["<bos>"], vocab["<eos>"])
     torch.manual_seed(seed)
     model = SiglipModel(config)
+    with torch.no_grad():  # SigLIP's own initialisation (Zhai et al., ICCV 2023): t' = log 10, b = -10
+        model.logit_scale.fill_(math.log(10.0))  # transformers' init is log 1 and 0, which a sigmoid
+        model.logit_bias.fill_(-10.0)  # loss on random features barely moves
     image_processor = image_processor_class("siglip")(
         size={"height": s["image_size"], "width": s["image_size"]}, resample=2,  # bilinear, as SigLIP's
         image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
@@ -203,15 +224,13 @@ def _write_siglip(out_dir: str | os.PathLike, *, seed: int = 0, shape: str = "ti
 
 
 def _write_dinov2(out_dir: str | os.PathLike, *, seed: int = 0, shape: str = "tiny") -> Path:
-    from transformers import Dinov2Config, Dinov2Model
+    from transformers import Dinov2Model
 
     s = SHAPES["dinov2"][shape]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    config = Dinov2Config(image_size=s["image_size"], patch_size=s["patch_size"], hidden_size=s["vision_hidden"],
-                          num_hidden_layers=s["vision_layers"], num_attention_heads=s["vision_heads"], mlp_ratio=4)
     torch.manual_seed(seed)
-    model = Dinov2Model(config)
+    model = Dinov2Model(_dinov2_config(s))
     crop = s.get("crop", s["image_size"])
     processor = image_processor_class("dinov2")(
         size={"shortest_edge": s["resize"]}, crop_size={"height": crop, "width": crop}, resample=3,  # bicubic

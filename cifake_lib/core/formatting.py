@@ -24,6 +24,13 @@ def format_value(v: Any, *, percent: bool = False, digits: int = 4) -> str:
     return f"{v:.{max(digits - 2, 0)}%}" if percent else f"{v:.{digits}f}"
 
 
+def format_p(p: float | None) -> str:
+    """A p-value as text: 4 decimals, or "< 0.0001"."""
+    if p is None:
+        return "–"
+    return "< 0.0001" if p < 1e-4 else f"{p:.4f}"
+
+
 def format_metric(value: Any, ci: Sequence[Any] | None = None, *, percent: bool = False,
                   digits: int = 4) -> str:
     """A metric with its 95% interval: "0.6418 [0.5681, 0.7196]" or "57.50% [50.50%, 64.50%]".

@@ -1,6 +1,6 @@
 """How a `cifake run` output folder describes itself: study.json and the grid's index runs.csv.
 
-A study is a grid of runs. Each run has a key (method, model, train_size, seed); its folder is
+A study is a grid of runs. Each run has a key (method, model, train_size, seed, image_size); its folder is
 named from the key by one rule (`run_folder`); OUT/runs.csv, the index, has one row per run
 (key columns, run folder, status, seconds, headline metrics) and is rewritten atomically as
 runs finish. Robustness, the report, the notebooks and `predict --model STUDY` read the index,
@@ -23,29 +23,32 @@ STUDY = "study.json"  # a `cifake run` output folder's own settings and layout
 OLD_STUDY = "config.json"  # its name before: read for existing studies (a model folder has one too)
 INDEX = "runs.csv"  # the grid's index: one row per run
 RUNS_DIR = "runs"  # under OUT: one folder per run of the grid
-KEY_COLUMNS = ("method", "model", "train_size", "seed")
+KEY_COLUMNS = ("method", "model", "train_size", "seed", "image_size")
 # What each run cost (`methods/cost.py`, metrics.json "cost"), as index columns.
 COST_COLUMNS = ("trainable_params", "total_params", "peak_memory_bytes", "peak_memory_kind", "train_seconds",
                 "train_images_per_second", "device_seconds_per_1k_images")
-INDEX_COLUMNS = (*KEY_COLUMNS, "stage", "run_dir", "status", "seconds", "accuracy", "roc_auc",
+INDEX_COLUMNS = (*KEY_COLUMNS, "stage", "run_dir", "status", "reason", "seconds", "accuracy", "roc_auc",
                  "leak_free_accuracy", "leak_free_roc_auc", *COST_COLUMNS, "evaluated_dir", "command")
+SKIPPED = "skipped"  # the status of a run the grid cannot make (e.g. zero-shot on an image-only backbone)
 ALL = "all"  # train_size of a run on the whole training split
 
 
 @dataclass(frozen=True)
 class RunKey:
     """Where a run sits in the grid. model None: the method has no backbone (the CNN); train_size
-    None: the whole training split; seed None: nothing is trained (zero-shot)."""
+    None: the whole training split; seed None: nothing is trained (zero-shot); image_size None: the
+    backbone's own input size."""
 
     method: str
     model: str | None
     train_size: int | None
     seed: int | None
+    image_size: int | None = None
 
     def folder(self, defaults: RunKey) -> str:
         """The run's folder under OUT/runs, by one rule: the method, then each axis whose value
         differs from the study's default for it (`defaults`), so adding a value to an axis never
-        renames a run that exists: `flyp`, `flyp_n500`, `flyp_n500_seed1`, `probe_m-vit-b-16`."""
+        renames a run that exists: `flyp`, `flyp_n500`, `flyp_n500_seed1`, `probe_m-vit-b-16`, `flyp_r64`."""
         parts = [self.method]
         if self.model is not None and self.model != defaults.model:
             parts.append(f"m-{model_slug(self.model)}")
@@ -53,13 +56,16 @@ class RunKey:
             parts.append(f"n{self.train_size}")
         if self.seed is not None and self.seed != defaults.seed:
             parts.append(f"seed{self.seed}")
+        if self.image_size is not None and self.image_size != defaults.image_size:
+            parts.append(f"r{self.image_size}")
         return "_".join(parts)
 
     def row(self) -> dict[str, Any]:
         """The key as runs.csv cells ("" where an axis does not apply, "all" for the whole split)."""
         return {"method": self.method, "model": "" if self.model is None else self.model,
                 "train_size": "" if self.seed is None else (ALL if self.train_size is None else self.train_size),
-                "seed": "" if self.seed is None else self.seed}
+                "seed": "" if self.seed is None else self.seed,
+                "image_size": "" if self.image_size is None else self.image_size}
 
 
 def model_slug(model: str) -> str:
@@ -121,5 +127,5 @@ def read_study(folder: str | os.PathLike) -> dict[str, Any] | None:
     return None
 
 
-__all__ = ["ALL", "COST_COLUMNS", "INDEX", "INDEX_COLUMNS", "KEY_COLUMNS", "OLD_STUDY", "RUNS_DIR", "STUDY", "RunKey", "index_runs",
+__all__ = ["ALL", "SKIPPED", "COST_COLUMNS", "INDEX", "INDEX_COLUMNS", "KEY_COLUMNS", "OLD_STUDY", "RUNS_DIR", "STUDY", "RunKey", "index_runs",
            "is_study_record", "main_runs", "model_slug", "read_index", "read_study"]

@@ -10,7 +10,9 @@ The record (`cost` in metrics.json and run.json):
   it covers the whole process up to then (the loaded data included), an upper bound;
 - train_seconds, train_images (images seen, repeats counted), train_images_per_second;
 - device_seconds_per_1k_images: train_seconds x devices / train_images x 1000, the figure that
-  compares runs on different hardware budgets.
+  compares runs on different hardware budgets;
+- flops_per_image: the backbone's counted FLOPs for one image at the run's input size, forward and
+  forward+backward, vision tower and (one prompt) text tower (`clip.flops`).
 """
 
 from __future__ import annotations
@@ -97,5 +99,20 @@ def cost_record(*, trainable_params: int, total_params: int, peak_memory_bytes: 
             "device_seconds_per_1k_images": per_1k, "device": device, "n_devices": int(n_devices)}
 
 
-__all__ = ["COST_KEY", "CPU_PEAK", "CUDA_PEAK", "FIELDS", "CostMeter", "cost_record", "count_parameters",
+def with_flops(cost: dict[str, Any] | None, model: Any, image_size: int | None) -> dict[str, Any] | None:
+    """`cost` with "flops_per_image" added (`clip.flops.flops_per_image`). Counting runs on a meta copy
+    of the model after training: should it fail for some architecture, the run keeps its results and
+    the record says why instead."""
+    if cost is None:
+        return None
+    from cifake_lib.clip.flops import flops_per_image
+
+    try:
+        flops: dict[str, Any] = flops_per_image(model, image_size)
+    except Exception as e:  # noqa: BLE001 (a count is a record, not a reason to lose a finished run)
+        flops = {"error": f"{type(e).__name__}: {e}"[:300]}
+    return {**cost, "flops_per_image": flops}
+
+
+__all__ = ["with_flops", "COST_KEY", "CPU_PEAK", "CUDA_PEAK", "FIELDS", "CostMeter", "cost_record", "count_parameters",
            "peak_rss_bytes"]

@@ -289,6 +289,25 @@ def check_run_length(cfg: FinetuneConfig, total_steps: int, steps_per_epoch: int
                          "optimizer steps: the learning rate would never reach its peak")
 
 
+NEEDS_TEXT = ("both", "text", "prompt")  # what an image-only encoder cannot train
+
+
+def family_problem(cfg: FinetuneConfig, family: str | None) -> str | None:
+    """Why `cfg` cannot run on a backbone of `family` ("clip", "siglip", "image"; None: not known
+    before it loads), or None. Torch-free: the study grid asks before anything runs."""
+    if family == "image":
+        if cfg.train in NEEDS_TEXT:
+            return (f"no text tower: train={cfg.train} needs one; an image-only encoder trains with train image, "
+                    "lora or adapter (and a linear head)")
+        if cfg.wise_ft:
+            return "no text tower: wise_ft mixes with the zero-shot classifier an image-only encoder lacks"
+        if cfg.lora_towers == "text":
+            return "no text tower: lora_towers=text"
+    if family == "siglip" and cfg.loss == "clip-label-aware":
+        return "loss=clip-label-aware is CLIP's softmax loss; SigLIP fine-tunes with flyp (its sigmoid loss) or ce"
+    return None
+
+
 def config_changes(saved: Mapping[str, Any], current: FinetuneConfig) -> list[str]:
     """Human-readable differences between a checkpoint's config and `current` (runtime fields aside).
 
@@ -305,6 +324,6 @@ def config_changes(saved: Mapping[str, Any], current: FinetuneConfig) -> list[st
     return out
 
 
-__all__ = ["ADDED_MODULES", "LOG_WITH", "MAX_PLANNED_STEPS", "FinetuneConfig", "LORA_TOWERS", "LOSS_NAMES", "LOSSES",
+__all__ = ["ADDED_MODULES", "LOG_WITH", "NEEDS_TEXT", "family_problem", "MAX_PLANNED_STEPS", "FinetuneConfig", "LORA_TOWERS", "LOSS_NAMES", "LOSSES",
            "MIXED_PRECISION", "RUNTIME_FIELDS", "TRAIN_CHOICES", "check_run_length", "config_changes",
            "parse_alphas", "parse_train"]

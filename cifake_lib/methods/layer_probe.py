@@ -90,7 +90,7 @@ def run_layer_probe(data: CifakeData, cfg: ProbeConfig, out: str | Path, *, args
     from cifake_lib.clip.backbone import n_blocks
     from cifake_lib.clip.layers import layer_features, parse_layers
     from cifake_lib.evaluation.runs import write_run
-    from cifake_lib.methods.cost import CostMeter, count_parameters
+    from cifake_lib.methods.cost import CostMeter, count_parameters, with_flops
     from cifake_lib.methods.probe_fit import WEIGHTS_FILE, ProbeDetector
     from cifake_lib.methods.zeroshot import load_for_inference, model_reference
     from cifake_lib.viz.cost_figures import layers_figure
@@ -115,8 +115,9 @@ def run_layer_probe(data: CifakeData, cfg: ProbeConfig, out: str | Path, *, args
     chosen = next(r for r in rows if r["chosen"])
     layer = int(chosen["layer"])
     probe = fits[layer].probe
-    cost = meter.record(trainable_params=probe.dim + 1, total_params=count_parameters(clip.parameters()) + probe.dim + 1,
-                        train_images=len(data.train), train_seconds=train_seconds)
+    cost = with_flops(meter.record(trainable_params=probe.dim + 1,
+                                   total_params=count_parameters(clip.parameters()) + probe.dim + 1,
+                                   train_images=len(data.train), train_seconds=train_seconds), clip, cfg.image_size)
     out.mkdir(parents=True, exist_ok=True)
     _write_csv(out / LAYERS_CSV, rows)
     if cfg.figures:

@@ -51,7 +51,7 @@ def run(data: DataConfig | CifakeData, cfg: ProbeConfig, out: str | os.PathLike)
         m = run_layer_probe(cifake, cfg, out, args=settings_record("probe", dcfg, cfg, out=out), n_boot=cfg.n_boot)
         return RunResult("probe", out, runs=[out], metrics={m["detector"]: m}, seconds=time.perf_counter() - t0,
                          info={"layer": m["layer"], "C": m["C"], "selection": m["selection"]})
-    from cifake_lib.methods.cost import CostMeter, count_parameters
+    from cifake_lib.methods.cost import CostMeter, count_parameters, with_flops
 
     clip, processor = load_for_inference(cfg.model, cfg.device, image_size=cfg.image_size)
     model_ref = model_reference(clip) or cfg.model
@@ -70,8 +70,9 @@ def run(data: DataConfig | CifakeData, cfg: ProbeConfig, out: str | os.PathLike)
                     mlp=cfg.mlp, hidden=(cfg.hidden,), seed=cfg.train_seed, progress=cfg.progress)
     # training cost: the train split's features and the fits (C chosen on val), not val/test scoring
     n_probe = sum(w.size + b.size for w, b in zip(fit.probe.weights, fit.probe.biases, strict=True))
-    cost = meter.record(trainable_params=n_probe, total_params=count_parameters(clip.parameters()) + n_probe,
-                        train_images=len(cifake.train), train_seconds=train_seconds + time.perf_counter() - t_fit)
+    cost = with_flops(meter.record(trainable_params=n_probe, total_params=count_parameters(clip.parameters()) + n_probe,
+                                   train_images=len(cifake.train),
+                                   train_seconds=train_seconds + time.perf_counter() - t_fit), clip, cfg.image_size)
     det = ProbeDetector(clip, processor, fit.probe, model_ref=model_ref, image_size=cfg.image_size)
     key = "alpha" if cfg.mlp else "C"
     selection = {"parameter": key, "grid": fit.grid, "val_log_loss": fit.val_log_loss, "best": fit.best,

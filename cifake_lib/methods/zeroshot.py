@@ -371,12 +371,13 @@ def run(data: DataConfig | CifakeData, cfg: ZeroshotConfig, out: str | os.PathLi
                                       marginal=cfg.marginal, progress=cfg.progress)
     feature_seconds = time.perf_counter() - t_feat
     args = settings_record("zeroshot", dcfg, cfg, out=out)
-    from cifake_lib.methods.cost import cost_record, count_parameters
+    from cifake_lib.methods.cost import cost_record, count_parameters, with_flops
 
     # nothing is trained: the cost of zero-shot is the backbone it loads, and no training time
-    cost = cost_record(trainable_params=0, total_params=count_parameters(clip.parameters()), peak_memory_bytes=None,
-                       peak_memory_kind="not trained", train_seconds=0.0, train_images=0,
-                       device=str(next(clip.parameters()).device.type))
+    cost = with_flops(cost_record(trainable_params=0, total_params=count_parameters(clip.parameters()),
+                                  peak_memory_bytes=None, peak_memory_kind="not trained", train_seconds=0.0,
+                                  train_images=0, device=str(next(clip.parameters()).device.type)),
+                      clip, cfg.image_size)
     rows, all_metrics = [], {}
     for ps, folder in zip(sets, names, strict=True):
         t_set = time.perf_counter()

@@ -57,6 +57,7 @@ from cifake_lib.methods.finetune_config import (
     FinetuneConfig,
     check_run_length,
     config_changes,
+    family_problem,
 )
 from cifake_lib.methods.lora import export_lora
 from cifake_lib.methods.speed import compile_towers, make_adamw
@@ -79,23 +80,11 @@ class OutOfMemory(RuntimeError):
 # The settings against the backbone: checked once, before any data or model loads
 # ---------------------------------------------------------------------------
 
-NEEDS_TEXT = ("both", "text", "prompt")  # what an image-only encoder cannot train
-
-
 def check_family(cfg: FinetuneConfig, family: str | None) -> None:
     """Refuse, naming the setting, what the backbone's family cannot do (None: not known yet)."""
-    if family == "image":
-        if cfg.train in NEEDS_TEXT:
-            raise ValueError(f"train={cfg.train} needs a text tower; {cfg.model} is an image-only encoder: "
-                             "use train image, lora or adapter (a linear head is trained with it)")
-        if cfg.wise_ft:
-            raise ValueError("wise_ft mixes the zero-shot and the fine-tuned weights; an image-only encoder "
-                             "has no zero-shot classifier to mix with")
-        if cfg.lora_towers == "text":
-            raise ValueError("lora_towers=text: an image-only encoder has no text tower")
-    if family == "siglip" and cfg.loss == "clip-label-aware":
-        raise ValueError("loss=clip-label-aware is CLIP's softmax loss; SigLIP fine-tunes with flyp (its sigmoid "
-                         "loss) or ce")
+    problem = family_problem(cfg, family)
+    if problem:
+        raise ValueError(f"{cfg.model}: {problem}")
 
 
 def checked(cfg: FinetuneConfig) -> PromptSet:

@@ -33,6 +33,7 @@ from cifake_lib.core.results import RunResult, settings_record
 from cifake_lib.data.config import DataConfig, loaded
 from cifake_lib.methods.adapter import adapter_methods_text
 from cifake_lib.methods.checkpoints import HISTORY_FILE, export_model
+from cifake_lib.methods.cost import with_flops
 from cifake_lib.methods.finetune.loop import TrainOutcome, train
 from cifake_lib.methods.finetune.losses import loss_name
 from cifake_lib.methods.finetune.setup import FINETUNED_DIR, MODEL_DIR, PROBE_FILE, checked
@@ -232,7 +233,7 @@ def evaluate_run(data: CifakeData, cfg: FinetuneConfig, outcome: TrainOutcome, p
     metrics = write_run(out, test=data.test, p_test=p_test, val=val, p_val=p_val, detector=meta,
                         model=cfg.model, data=data.source, seed=cfg.seed,
                         args={**(args if args is not None else cfg.to_dict()), "ce_variant": meta["ce_variant"]},
-                        seconds=seconds, cost=outcome.cost)
+                        seconds=seconds, cost=with_flops(outcome.cost, det.model, cfg.image_size))
     if outcome.history:
         save_figure(training_curves_figure(outcome.history, title=f"finetune:{cfg.train}"), out / CURVES_FILE)
     return metrics
