@@ -49,6 +49,7 @@ METHODS = {
     "prompt": {"train": "prompt"},
     "lora": {"train": "lora"},  # FLYP's loss on LoRA adapters (methods.lora)
     "adapter": {"train": "adapter"},  # CLIP-Adapter, CE over the class prompts (methods.adapter)
+    "image": {"train": "image"},  # the image tower only (an image-only encoder: with its linear head)
 }
 PROMPTS = "class_aware"
 
@@ -105,24 +106,24 @@ def _setup(model_dir: str, v: Variant, batch_size: int, device: str):
     """A fresh classifier (compiled per the variant), its optimizer and one ready batch on the device."""
     import numpy as np
     import torch
-    from transformers import CLIPModel, CLIPProcessor
 
     from cifake_lib.clip.coop import PromptContext
+    from cifake_lib.clip.models import load_backbone
     from cifake_lib.data.preprocess import ImagePreprocessor
     from cifake_lib.methods import finetune as ft
     from cifake_lib.methods import speed
 
     cfg = ft.FinetuneConfig(model=model_dir, prompts=PROMPTS, compile=v.compile, **METHODS[v.loss])
     torch.manual_seed(0)
-    processor = CLIPProcessor.from_pretrained(model_dir)
-    clip = CLIPModel.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="sdpa")
+    clip, processor = load_backbone(model_dir, device="cpu", dtype=torch.float32)  # CLIP, SigLIP or image-only
+    tokenizer = getattr(processor, "tokenizer", None)
     if cfg.train == "lora":  # as finetune.build: adapters injected before the classifier is built
         from cifake_lib.methods.lora import attach_lora
 
         attach_lora(clip, cfg)
-    context = PromptContext.create(clip, processor.tokenizer, cfg.n_ctx) if cfg.train == "prompt" else None
+    context = PromptContext.create(clip, tokenizer, cfg.n_ctx) if cfg.train == "prompt" else None
     prompts = ft.resolve_prompts(cfg.prompts)
-    model = ft.ClipClassifier(clip, processor.tokenizer, prompts, context)
+    model = ft.ClipClassifier(clip, tokenizer, prompts, context)
     if cfg.train == "adapter":
         from cifake_lib.methods.adapter import attach_adapter
 
@@ -133,7 +134,7 @@ def _setup(model_dir: str, v: Variant, batch_size: int, device: str):
     x = torch.from_numpy(rng.integers(0, 256, size=(batch_size, 32, 32, 3), dtype=np.uint8)).to(device)
     labels, classes = np.arange(batch_size) % 2, rng.integers(0, 10, batch_size)
     captions = None  # FLYP: each image's caption drawn as the loop draws them
-    if cfg.loss == "flyp":
+    if cfg.loss == "flyp" and model.linear is None:
         captions = torch.from_numpy(ft.draw_captions(ft.caption_choices(prompts), labels, classes, 0, 0)).to(device)
     batch = (ImagePreprocessor.from_processor(processor)(x),  # ready tensors, made once
              torch.from_numpy(labels).to(device), torch.from_numpy(classes).to(device), captions)

@@ -1,7 +1,9 @@
 """Does the report preset fit a 15 GB GPU (Colab's T4)? Peak memory per stage, estimated on any machine.
 
     python bench/bench_memory.py --model STANDIN   # a ViT-B/32 CLIP folder (see below)
-    python bench/bench_memory.py                   # ViT-B/32-shaped random CLIP (small tokenizer vocabulary)
+    python bench/bench_memory.py                   # ViT-B/32-shaped random CLIP (CLIP's vocabulary size)
+    python bench/bench_memory.py --backbones       # every backbone's stand-in: CLIP ViT-B/32, B/16, L/14,
+                                                   # SigLIP 2 base, DINOv2 base (published shapes, random weights)
     python bench/bench_memory.py --json
 
 Fine-tuning: weights, gradients and AdamW moments are counted exactly from the model; the activations
@@ -22,8 +24,13 @@ from _common import prepare
 
 PRESETS = ("report", "smoke")
 # bench_finetune.METHODS keys measured: both encoders under FLYP, CoOp's context (its PromptContext),
-# LoRA adapters under FLYP's loss, and CLIP-Adapter
+# LoRA adapters under FLYP's loss, and CLIP-Adapter; an image-only encoder (no text tower) the image
+# tower with its linear head, LoRA and CLIP-Adapter
 MEASURED = ("flyp", "prompt", "lora", "adapter")
+MEASURED_IMAGE_ONLY = ("image", "lora", "adapter")
+# --backbones: (family, tiny.SHAPES name) of each stand-in
+BACKBONES = (("clip", "vit-b-32"), ("clip", "vit-b-16"), ("clip", "vit-l-14"), ("siglip", "siglip2-base"),
+             ("dinov2", "dinov2-base"))
 
 
 def preset_batches(preset: str) -> dict[str, int]:
@@ -64,6 +71,11 @@ def measure_training(model_dir: str, method: str, dtype, sizes: tuple[int, int])
     return model.clip.config, n_params, n_trainable, per_image, fixed
 
 
+def vision_config_of(config):
+    """The vision config of a dual encoder's config, or the config of an image-only encoder."""
+    return getattr(config, "vision_config", None) or config
+
+
 def layer_probe_memory(vision_config, n_params: int, batch: int):
     """`probe --layers`: the probe's inference plus every block's hidden states, which
     output_hidden_states keeps alive until the batch's class tokens are taken (modelled, fp16)."""
@@ -81,12 +93,13 @@ def layer_probe_memory(vision_config, n_params: int, batch: int):
 def estimates(model_dir: str, preset: str, precision: str, sizes: tuple[int, int]) -> dict:
     import torch
 
+    from cifake_lib.core.backbones import has_text_tower
     from cifake_lib.methods.memory import inference_memory, training_memory
 
     b = preset_batches(preset)
     dtype = torch.bfloat16  # on the CPU; fp16 saves the same bytes
     rows, measured = [], {}
-    for method in MEASURED:
+    for method in (MEASURED if has_text_tower(model_dir) is not False else MEASURED_IMAGE_ONLY):
         name = f"finetune ({method})"
         config, n_params, n_trainable, per_image, fixed = measure_training(model_dir, method, dtype, sizes)
         measured[name] = {"method": method, "activation_mib_per_image": round(per_image / 2**20, 2),
@@ -94,38 +107,18 @@ def estimates(model_dir: str, preset: str, precision: str, sizes: tuple[int, int
         rows.append(training_memory(name, n_params, n_trainable, per_image, fixed, b["finetune_batch"], precision))
     for name, batch in [("finetune eval", b["finetune_eval"]), ("zeroshot", b["zeroshot"]), ("probe", b["probe"]),
                         ("evaluate / robustness", b["robustness"])]:
-        rows.append(inference_memory(name, config.vision_config, n_params, batch, "fp16"))
-    rows.append(layer_probe_memory(config.vision_config, n_params, b["probe"]))
+        rows.append(inference_memory(name, vision_config_of(config), n_params, batch, "fp16"))
+    rows.append(layer_probe_memory(vision_config_of(config), n_params, b["probe"]))
     return {"model": model_dir, "preset": preset, "precision": precision, "batches": b,
             "measured_at_batch_sizes": list(sizes), "measured": measured, "n_params": n_params,
             "rows": [r.to_dict() for r in rows]}
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", help="CLIP folder (the ViT-B/32 stand-in); default: a ViT-B/32-shaped random CLIP")
-    ap.add_argument("--preset", choices=PRESETS, default="report", help="the study preset (default: report)")
-    ap.add_argument("--precision", choices=("fp16", "bf16"), default="fp16",
-                    help="training precision (fp16 on a T4, which has no bf16 tensor cores)")
-    ap.add_argument("--sizes", default="2,4", help="two batch sizes to measure activations at (default 2,4)")
-    ap.add_argument("--json", action="store_true")
-    a = ap.parse_args(argv)
-    prepare()  # HF_HUB_OFFLINE before transformers is imported
-    sizes = tuple(int(s) for s in a.sizes.split(","))
-    from cifake_lib.clip.tiny import write_tiny_clip
+def _print(result: dict, a, label: str) -> None:
     from cifake_lib.methods.memory import T4_BUDGET_GIB
 
-    with tempfile.TemporaryDirectory(prefix="bench_memory_") as tmp:
-        model = a.model or str(write_tiny_clip(Path(tmp) / "model", shape="vit-b-32"))
-        result = estimates(model, a.preset, a.precision, sizes)
-    if a.json:
-        print(json.dumps(result, indent=2))
-        return 0
-    print(f"ESTIMATED peak GPU memory per stage, {a.preset} preset, {a.precision} (T4 budget {T4_BUDGET_GIB} GiB "
-          "of max_memory_allocated)")
-    if not a.model:
-        print("  (no --model: ViT-B/32 shapes with a small tokenizer vocabulary; the real 49,408-word one adds "
-              "25 M parameters, about 0.4 GiB when trained)")
+    print(f"{label}: ESTIMATED peak GPU memory per stage, {a.preset} preset, {a.precision} (T4 budget "
+          f"{T4_BUDGET_GIB} GiB of max_memory_allocated), {result['n_params'] / 1e6:.1f} M parameters")
     for name, m in result["measured"].items():
         print(f"  measured {name}: {m['activation_mib_per_image']} MiB/image + {m['activation_mib_fixed']} MiB "
               f"fixed saved activations (batches {a.sizes}), {m['trainable_params'] / 1e6:.1f} M trainable")
@@ -134,6 +127,49 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{r['stage']:<24}{r['batch_size']:>6}{r['weights_gib']:>9.2f}{r['grads_gib']:>7.2f}"
               f"{r['optimizer_gib']:>7.2f}{r['activations_gib']:>8.2f}{r['total_gib']:>8.2f}  "
               f"{'yes' if r['fits_t4'] else 'NO':<7}  {r['how']}")
+    fits = [r for r in result["rows"] if r["stage"].startswith("finetune (") and not r["fits_t4"]]
+    for r in fits:  # what would fit: the largest micro-batch under the budget, the rest by accumulation
+        m = result["measured"][r["stage"]]
+        per, fixed = m["activation_mib_per_image"], m["activation_mib_fixed"]
+        states = r["weights_gib"] + r["grads_gib"] + r["optimizer_gib"]
+        room = (T4_BUDGET_GIB - states) / 1.15 * 1024 - fixed
+        micro = int(room // per) if per > 0 else 0
+        print(f"  {r['stage']} does not fit at batch {r['batch_size']}: "
+              + (f"--batch-size {micro} --grad-accum {-(-r['batch_size'] // micro)} would (same effective batch)"
+                 if micro >= 1 else "its parameter states alone exceed the budget: use LoRA or CLIP-Adapter"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", help="a model folder (e.g. the ViT-B/32 stand-in); default: a ViT-B/32-shaped random CLIP")
+    ap.add_argument("--backbones", action="store_true",
+                    help="every backbone's stand-in in turn (published shapes, random weights): " +
+                    ", ".join(f"{f} {s}" for f, s in BACKBONES))
+    ap.add_argument("--preset", choices=PRESETS, default="report", help="the study preset (default: report)")
+    ap.add_argument("--precision", choices=("fp16", "bf16"), default="fp16",
+                    help="training precision (fp16 on a T4, which has no bf16 tensor cores)")
+    ap.add_argument("--sizes", default="2,4", help="two batch sizes to measure activations at (default 2,4)")
+    ap.add_argument("--json", action="store_true")
+    a = ap.parse_args(argv)
+    prepare()  # HF_HUB_OFFLINE before transformers is imported
+    sizes = tuple(int(s) for s in a.sizes.split(","))
+    from cifake_lib.clip.tiny import write_tiny_model
+
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="bench_memory_") as tmp:
+        if a.model:
+            results[a.model] = estimates(a.model, a.preset, a.precision, sizes)
+        for family, shape in BACKBONES if a.backbones else ([] if a.model else [("clip", "vit-b-32")]):
+            folder = write_tiny_model(Path(tmp) / shape, family, shape=shape)
+            results[f"{family} {shape}"] = estimates(str(folder), a.preset, a.precision, sizes)
+            for f in folder.glob("*.safetensors"):
+                f.unlink()  # the next stand-in needs the disk
+    if a.json:
+        print(json.dumps(results, indent=2))
+        return 0
+    for label, result in results.items():
+        _print(result, a, label)
+        print()
     return 0
 
 
