@@ -139,7 +139,6 @@ def _skipped(rows: Sequence[Mapping[str, str]], axis: str) -> dict[tuple[str, st
 
 def grid_sections(root: str | Path, rows: Sequence[Mapping[str, str]]) -> list[Any]:
     """A report Section for each axis of the study with more than one value among its complete runs."""
-    from cifake_lib.analysis.backbones import backbone_comparison
     from cifake_lib.analysis.parts import Section
     from cifake_lib.viz.grid_plots import axis_figure
 
@@ -160,8 +159,6 @@ def grid_sections(root: str | Path, rows: Sequence[Mapping[str, str]]) -> list[A
         s.tables[f"{name}.csv"] = (table, None)
         s.image(axis_figure(table, axis, title=f"Test metrics along {axis.replace('_', ' ')} ({split})"),
                 f"{name}.png", f"test ROC AUC and accuracy along {axis}")
-        if axis == "model":
-            backbone_comparison(root, rows, s)
         sections.append(s)
     return sections
 

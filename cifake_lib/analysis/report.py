@@ -726,13 +726,19 @@ def full_sections(core: Sequence[Section], study: Study, run_dirs: Sequence[str 
     place: the grid's axes after the quantitative results, the cost of each method after the
     analysis, and the study's other sections (related works, pipeline, algorithm, learning curves,
     cross-dataset results, computer resources, future direction: `report_sections`)."""
-    from cifake_lib.analysis.grid import grid_sections
+    from cifake_lib.analysis.backbones import backbone_comparison
+    from cifake_lib.analysis.grid import TITLES, grid_sections
     from cifake_lib.analysis.report_sections import with_study_sections
     from cifake_lib.evaluation.study import read_index
 
-    sections = list(core)
-    _insert_after(sections, "Quantitative results",
-                  [s for root in study_roots for s in grid_sections(Path(root), read_index(root))])
+    sections, grid = list(core), []
+    for root in study_roots:
+        rows = read_index(root)
+        for s in grid_sections(Path(root), rows):
+            if s.title == TITLES["model"]:  # along the backbone: each backbone's best against the default's
+                backbone_comparison(root, rows, s)
+            grid.append(s)
+    _insert_after(sections, "Quantitative results", grid)
     _insert_after(sections, "Analysis", [cost_section(study)])
     return with_study_sections(sections, run_dirs, study, study_roots)
 
