@@ -60,6 +60,7 @@ def test_the_folder_rule_is_stable_when_an_axis_grows():
 def test_plan_of_the_done_when_grid(tmp_path):
     """methods x seeds x train_sizes on the smoke preset: 8 fine-tunes, one folder and key each."""
     config = load_config("smoke", _grid(tmp_path, "500, 2000"))
+    config["data"]["subset"] = "5000:400"  # 4,000 training images after validation: room for 2,000
     p = plan_study(config, tmp_path / "S", "data")
     runs = [s for s in p.steps if s.key is not None]
     assert len(runs) == 8 and {s.stage for s in runs} == {"finetune"}
@@ -97,6 +98,13 @@ def test_bad_axes_are_refused_before_anything_runs(tmp_path):
     config["run"]["train_sizes"] = [100, 100]
     with pytest.raises(ValueError, match="train_sizes must be distinct"):
         plan_study(config, tmp_path, "data")
+    config = load_config("smoke")  # subset 1600:400, val_fraction 0.2: 1,280 training images
+    config["run"]["train_sizes"] = [500, 2000]
+    with pytest.raises(PipelineError, match=r"train_sizes 2000: more than the 1280 training images that \[data\] "
+                                            r"subset = 1600:400 leaves after the validation split"):
+        plan_study(config, tmp_path, "data")
+    config["run"]["train_sizes"] = [500, 1280]  # the whole training split fits
+    assert plan_study(config, tmp_path, "data").sizes == [500, 1280]
 
 
 @pytest.fixture(scope="module")

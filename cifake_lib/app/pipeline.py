@@ -313,9 +313,25 @@ class Planner:
         self.seeds = self.run.seeds or [self.data.seed]
         self.models = self.run.models or [self.run.model]
         self.sizes: list[int | None] = list(self.run.train_sizes or [self.data.train_size])
+        self._check_sizes_fit()
         self.methods = read_methods(self.config)
         self.chosen = self._chosen_methods()
         self.defaults = RunKey("", self.run.model, self.data.train_size, self.data.seed)
+
+    def _check_sizes_fit(self) -> None:
+        """With a [data] subset the training split's size is known before any image is read: a
+        train_size larger than it is refused now, not after the runs before it have trained."""
+        if self.data.subset is None:
+            return
+        n_train = self.data.subset[0]
+        if self.data.val_fraction > 0:
+            n_train -= min(max(1, round(self.data.val_fraction * n_train)), n_train - 1)  # load.validation_split
+        too_big = [n for n in self.sizes if n is not None and n > n_train]
+        if too_big:
+            raise PipelineError(
+                f"train_sizes {', '.join(map(str, too_big))}: more than the {n_train} training images that [data] "
+                f"subset = {':'.join(map(str, self.data.subset))} leaves after the validation split (val_fraction "
+                f"{self.data.val_fraction}); raise the subset's train part or drop the size")
 
     def _chosen_methods(self) -> list[Method]:
         names = self.run.methods if self.run.methods is not None else list(self.methods)
