@@ -133,13 +133,17 @@ class RunConfig:
     seeds: list[int] | None = setting(None, "training seeds: every trained method runs once per seed on the "
                                       "same data split (zero-shot once); e.g. 0,1,2", metavar="S,S",
                                       show_default="the data --seed")
+    external: list[str] | None = setting(None, "external labelled test sets (REAL/ + FAKE/ folders, archives, "
+                                         "parquet, hf:REPO), comma-separated: every main-cell detector is scored "
+                                         "on each (`cifake evaluate --external`) into OUT/external/<set>/<run>/, "
+                                         "and the report gains the cross-dataset table", metavar="SRC,SRC")
     notebooks: bool = setting(False, "also execute the four notebooks headless (a stage after the report, "
                               "reading the study's runs) and save executed copies in OUT/notebooks")
 
     def check(self) -> None:
         if not self.stages:
             raise ValueError(f"stages is empty: nothing would run; name at least one of {', '.join(STAGES)}")
-        for name in ("seeds", "train_sizes", "models", "methods"):
+        for name in ("seeds", "train_sizes", "models", "methods", "external"):
             values = getattr(self, name)
             if values is not None and (not values or len(set(values)) != len(values)):
                 raise ValueError(f"{name} must be distinct and at least one, got {values}")
@@ -440,6 +444,28 @@ def _newer_than(done: Path, runs: list[Path]) -> Callable[[], bool]:
     return complete
 
 
+EXTERNAL_STEP = "external:"  # step names "external:<set>:<run>"
+
+
+def _plan_external(p: Planner, primary: list[Step]) -> list[Step]:
+    """`[run] external`: every main-cell detector scored on each external set, at its own threshold
+    (chosen on CIFAKE's validation split), into OUT/external/<set>/<run>/ (analysis/cross_dataset.py)."""
+    from cifake_lib.data.external import set_name
+
+    steps = []
+    for source in p.run.external or []:
+        name = set_name(source)
+        for run in primary:
+            zeroshot = run.stage == "zeroshot"
+            model = str(run.out / BEST_ZEROSHOT) if zeroshot else str(run.out)
+            steps.append(p.add("evaluate", f"{EXTERNAL_STEP}{name}:{run.out.name}", "metrics.json",
+                               {"split": "test", "model": model, "external": True},
+                               folder=f"external/{name}/{run.out.name}",
+                               data_extra={"data": source, "subset": None, "dedup": False},  # the whole set
+                               best_zeroshot=run.out if zeroshot else None))
+    return steps
+
+
 def plan_study(config: Mapping[str, Any], out: Path, data: str) -> Planner:
     """The study's steps in order (`.steps`), every one's settings checked, and where its runs go
     (`.layout`); raises SettingError or PipelineError. Evaluate, robustness and the report see the
@@ -464,6 +490,8 @@ def plan_study(config: Mapping[str, Any], out: Path, data: str) -> Planner:
                          evaluates=run.out)
             if run in primary:  # the report's leak-free headline
                 report_runs.append(step.out)
+    if "evaluate" in todo:
+        report_runs += [s.out for s in _plan_external(p, primary)]
     if "robustness" in todo:
         names = [str(s.out / BEST_ZEROSHOT) if s.stage == "zeroshot" else str(s.out) for s in primary]
         step = p.add("robustness", "robustness", "robustness.csv", {"runs": names})
@@ -471,7 +499,8 @@ def plan_study(config: Mapping[str, Any], out: Path, data: str) -> Planner:
         report_runs.append(step.out)
     if "report" in todo:
         step = p.add("report", "report", "report.md", {"runs": [str(out)]})
-        step.complete = _newer_than(step.out / "report.md", [s.out for s in p.steps if s.key or s.evaluates])
+        step.complete = _newer_than(step.out / "report.md", [s.out for s in p.steps if s.key or s.evaluates
+                                                             or s.name.startswith(EXTERNAL_STEP)])
     p.layout = _layout(p, runs, report_runs)
     return p
 
