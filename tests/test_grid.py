@@ -158,6 +158,20 @@ def test_report_has_a_table_and_a_figure_along_train_size(grid_study):
         assert f"| cnn | {n} | 1 |" in section and f"| probe | {n} | 0 |" in section
 
 
+def test_report_axes_and_resources_come_from_the_whole_grid(grid_study):
+    """The Pipeline's axes and the Computer resources table read the study's index, not only the main
+    cell's runs (the report is given those): every size and seed, every run's seconds."""
+    from cifake_lib.analysis.report import section_text
+
+    path = grid_study["out"] / "report" / "report.md"
+    assert "train size: 100, 200, 300; seed: 0, 1" in section_text(path, "Pipeline")
+    resources = section_text(path, "Computer resources")
+    rows = read_index(grid_study["out"])
+    assert f"{len(rows)} run(s) on " in resources and "from the study's runs.csv" in resources
+    assert all(f"| {r['run_dir']} | {r['method']} | {r['train_size']} | {r['seed']} | complete |" in resources
+               for r in rows)
+
+
 def test_axis_table_holds_the_other_axes_and_averages_seeds(tmp_path):
     from cifake_lib.analysis.grid import axis_markdown, axis_rows
 
