@@ -739,7 +739,7 @@ def full_sections(core: Sequence[Section], study: Study, run_dirs: Sequence[str 
     sections = list(core)
     _insert_after(sections, "Quantitative results",
                   [s for root in study_roots for s in grid_sections(Path(root), read_index(root))])
-    _insert_after(sections, "Analysis", [cost_section(study)])
+    _insert_after(sections, "Analysis", [cost_section(study, [r for root in study_roots for r in read_index(root)])])
     return with_study_sections(sections, run_dirs, study, study_roots)
 
 
