@@ -180,3 +180,26 @@ def test_cross_dataset_table_every_detector_on_every_set(ext_dir, ext_parquet, c
     empty = tmp_path / "no_external_runs"
     empty.mkdir()
     assert cross_dataset_section(empty) is None
+
+
+def test_run_external_scores_every_main_detector_and_the_report_has_the_table(ext_dir, sample_dir, tmp_path):
+    """`[run] external = [SET]`: each main-cell detector scored on the set at its CIFAKE threshold, into
+    OUT/external/<set>/<run>/, and report.md's cross-dataset table shows every one, with its own numbers."""
+    from cifake_lib.app.pipeline import print_plan, run_study
+
+    grid = tmp_path / "ext.toml"
+    grid.write_text(f'[run]\nstages = ["data", "probe", "cnn", "evaluate", "report"]\nmethods = ["probe", "cnn"]\n'
+                    f'external = ["{ext_dir}"]\n[data]\nsubset = "400:100"\n[cnn]\nepochs = 1\n'
+                    '[report]\nembeddings = 0\nsaliency = false\n')
+    out = tmp_path / "S"
+    plan = print_plan(preset="smoke", data=str(sample_dir), config_file=grid, out=out)
+    assert "external:jpeg40_64:probe" in plan and "--external" in plan
+    run_study(preset="smoke", data=str(sample_dir), config_file=grid, out=out, log=lambda m: None)
+    report = (out / "report" / "report.md").read_text()
+    section = report.split("## Cross-dataset results")[1].split("\n## ")[0]
+    for name in ("probe", "cnn"):
+        m = json.loads((out / "external" / "jpeg40_64" / name / "metrics.json").read_text())
+        assert m["split"] == "external" and m["n"] == 2 * N_PER_LABEL and m["external"]["native_size"] == "64x64"
+        own = json.loads((out / "runs" / name / "detector.json").read_text())["threshold"]
+        assert m["threshold"] == pytest.approx(own)  # chosen on CIFAKE's validation split, never on the set
+        assert f"| jpeg40_64 | {m['detector']} | 64x64 | {2 * N_PER_LABEL} | {m['roc_auc']:.4f}" in section

@@ -60,6 +60,7 @@ def test_the_folder_rule_is_stable_when_an_axis_grows():
 def test_plan_of_the_done_when_grid(tmp_path):
     """methods x seeds x train_sizes on the smoke preset: 8 fine-tunes, one folder and key each."""
     config = load_config("smoke", _grid(tmp_path, "500, 2000"))
+    config["data"]["subset"] = "5000:400"  # 4,000 training images after validation: room for 2,000
     p = plan_study(config, tmp_path / "S", "data")
     runs = [s for s in p.steps if s.key is not None]
     assert len(runs) == 8 and {s.stage for s in runs} == {"finetune"}
@@ -97,6 +98,13 @@ def test_bad_axes_are_refused_before_anything_runs(tmp_path):
     config["run"]["train_sizes"] = [100, 100]
     with pytest.raises(ValueError, match="train_sizes must be distinct"):
         plan_study(config, tmp_path, "data")
+    config = load_config("smoke")  # subset 1600:400, val_fraction 0.2: 1,280 training images
+    config["run"]["train_sizes"] = [500, 2000]
+    with pytest.raises(PipelineError, match=r"train_sizes 2000: more than the 1280 training images that \[data\] "
+                                            r"subset = 1600:400 leaves after the validation split"):
+        plan_study(config, tmp_path, "data")
+    config["run"]["train_sizes"] = [500, 1280]  # the whole training split fits
+    assert plan_study(config, tmp_path, "data").sizes == [500, 1280]
 
 
 @pytest.fixture(scope="module")
@@ -148,6 +156,20 @@ def test_report_has_a_table_and_a_figure_along_train_size(grid_study):
     assert "learning_curves.png" in section and (grid_study["out"] / "report" / "learning_curves.png").is_file()
     for n in ("100", "200", "300"):  # every size of the grid, both methods, both seeds
         assert f"| cnn | {n} | 1 |" in section and f"| probe | {n} | 0 |" in section
+
+
+def test_report_axes_and_resources_come_from_the_whole_grid(grid_study):
+    """The Pipeline's axes and the Computer resources table read the study's index, not only the main
+    cell's runs (the report is given those): every size and seed, every run's seconds."""
+    from cifake_lib.analysis.report import section_text
+
+    path = grid_study["out"] / "report" / "report.md"
+    assert "train size: 100, 200, 300; seed: 0, 1" in section_text(path, "Pipeline")
+    resources = section_text(path, "Computer resources")
+    rows = read_index(grid_study["out"])
+    assert f"{len(rows)} run(s) on " in resources and "from the study's runs.csv" in resources
+    assert all(f"| {r['run_dir']} | {r['method']} | {r['train_size']} | {r['seed']} | complete |" in resources
+               for r in rows)
 
 
 def test_axis_table_holds_the_other_axes_and_averages_seeds(tmp_path):

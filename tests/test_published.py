@@ -57,3 +57,18 @@ def test_a_malformed_entry_is_refused():
     with pytest.raises(ValueError, match="fraction"):
         pub._check({k: "x" for k in pub.REQUIRED} | {"metric": "accuracy", "setting": "probe", "value": 92.98,
                                                      "url": "u"}, 0)
+
+
+def test_the_adaptation_anchors_are_cited_with_their_arxiv_ids():
+    """The works the method axis is set against (CLIPping the Deception, AdaptPrompt, RINE, DeeCLIP)
+    and the CLIP fine-tuning work without CIFAKE are in Related Works and References, by arXiv id."""
+    by_id = {e.get("arxiv"): e for e in pub.related_works()}
+    expected = {"2402.12927": "Khan & Dang-Nguyen 2024", "2512.17730": "Jiang et al. 2025",
+                "2402.19091": "Koutlis & Papadopoulos 2024", "2504.19876": "Keita et al. 2025",
+                "2404.08788": "Moskowitz, Gaona & Peterson 2024"}
+    assert {i: pub.cite(by_id[i]) for i in expected if i in by_id} == expected
+    refs = pub.references()
+    for arxiv_id in expected:
+        assert sum(f"arXiv:{arxiv_id}" in r for r in refs) == 1, arxiv_id
+    assert "International Conference on Multimedia Retrieval" in by_id["2402.12927"]["venue"]
+    assert "ECCV" in by_id["2402.19091"]["venue"]

@@ -76,6 +76,7 @@ def test_report_has_the_study_sections_from_what_ran(grid, tmp_path):
     assert "arXiv:2404.08788" in report.section_text(path, "References")
     algo = report.section_text(path, "Algorithm")
     assert "finetune_n1000" in algo and "lr 1e-05" in algo and "5 linear warm-up steps" in algo
+    assert "at each epoch's end and the last step, and every 2 steps: validation ROC AUC" in algo
     resources = report.section_text(path, "Computer resources")
     assert "6 run(s)" in resources and "21 s of wall time" in resources  # 2 x (2.5 + 3.5 + 4.5)
     assert "train size: 320, 1000, 4000" in report.section_text(path, "Pipeline")

@@ -731,15 +731,16 @@ def full_sections(core: Sequence[Section], study: Study, run_dirs: Sequence[str 
     from cifake_lib.analysis.report_sections import with_study_sections
     from cifake_lib.evaluation.study import read_index
 
-    sections, grid = list(core), []
+    sections, grid, index = list(core), [], []
     for root in study_roots:
         rows = read_index(root)
+        index += rows
         for s in grid_sections(Path(root), rows):
             if s.title == TITLES["model"]:  # along the backbone: each backbone's best against the default's
                 backbone_comparison(root, rows, s)
             grid.append(s)
     _insert_after(sections, "Quantitative results", grid)
-    _insert_after(sections, "Analysis", [cost_section(study)])
+    _insert_after(sections, "Analysis", [cost_section(study, index)])
     return with_study_sections(sections, run_dirs, study, study_roots)
 
 

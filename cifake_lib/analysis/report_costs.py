@@ -16,6 +16,7 @@ from typing import Any
 from cifake_lib.analysis.parts import Section
 
 COSTS_CSV = "costs.csv"
+SEED_COSTS_CSV = "seed_costs.csv"
 FRONTIER_FIGURE = "efficiency_frontier.png"
 COLUMNS = ("method", "trainable_params", "total_params", "peak_memory_gib", "peak_memory_kind", "train_seconds",
            "train_images_per_second", "device_seconds_per_1k_images", "test_roc_auc", "test_roc_auc_ci95", "device")
@@ -71,8 +72,60 @@ def cost_summary(rows: Sequence[Mapping[str, Any]], key: str = "method") -> list
     return out
 
 
-def cost_section(study: Any) -> Section:
-    """The report's "Cost" section: the table, costs.csv and the frontier figure."""
+# runs.csv's cost columns (app/index.py) -> cost_summary's fields
+INDEX_FIELDS = {"roc_auc": "test_roc_auc", "trainable_params": "trainable_params", "total_params": "total_params",
+                "peak_memory_bytes": "peak_memory_gib", "train_seconds": "train_seconds",
+                "train_images_per_second": "train_images_per_second",
+                "device_seconds_per_1k_images": "device_seconds_per_1k_images"}
+SEED_TABLE = (("method", "method", "text"), ("train_size", "train size", "text"), ("n_runs", "seeds", "int"),
+              ("test_roc_auc", "test ROC AUC", "pm"), ("trainable_params", "trainable params", "int"),
+              ("peak_memory_gib", "peak memory (GiB)", "pm"), ("train_seconds", "train s", "pm"),
+              ("train_images_per_second", "train img/s", "pm"),
+              ("device_seconds_per_1k_images", "device-s / 1k img", "pm"))
+
+
+def seed_cost_rows(index_rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Mean and sd over seeds of each method's cost and test ROC AUC, per (method, model, train size),
+    from the study's index (OUT/runs.csv); only cells that ran two seeds or more."""
+    rows = []
+    for r in index_rows:
+        if r.get("status") != "complete" or not r.get("seed") or not r.get("trainable_params"):
+            continue
+        row = {"method": r["method"], "cell": (r["method"], r.get("model"), r.get("train_size")),
+               "train_size": r.get("train_size") or "all", "peak_memory_kind": r.get("peak_memory_kind")}
+        for column, field in INDEX_FIELDS.items():
+            if r.get(column) not in (None, ""):
+                row[field] = float(r[column]) / (2**30 if column == "peak_memory_bytes" else 1)
+        rows.append(row)
+    out = []
+    for summary in cost_summary(rows, key="cell"):
+        cell = next(r for r in rows if str(r["cell"]) == summary["cell"])
+        if summary["n_runs"] >= 2:
+            out.append({**summary, "method": cell["method"], "train_size": cell["train_size"]})
+    return out
+
+
+def _seed_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    def cell(r: Mapping[str, Any], key: str, kind: str) -> str:
+        v = r.get(key)
+        if v is None:
+            return "–"
+        if kind == "int":
+            return f"{v:,.0f}"
+        if kind == "text":
+            return str(v)
+        sd = r.get(f"{key}_sd")
+        return f"{v:.4f}" + (f" ± {sd:.4f}" if sd is not None else "")
+
+    lines = ["| " + " | ".join(h for _, h, _ in SEED_TABLE) + " |",
+             "|" + "|".join("---" if k == "text" else "---:" for _, _, k in SEED_TABLE) + "|"]
+    lines += ["| " + " | ".join(cell(r, key, kind) for key, _, kind in SEED_TABLE) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def cost_section(study: Any, index_rows: Sequence[Mapping[str, Any]] = ()) -> Section:
+    """The report's "Cost" section: the table, costs.csv and the frontier figure; with the study's
+    index rows, the mean ± sd over seeds of each method that ran several (seed_costs.csv)."""
     from cifake_lib.analysis.compare import markdown_table
     from cifake_lib.viz.cost_figures import frontier_figure
 
@@ -89,9 +142,15 @@ def cost_section(study: Any) -> Section:
     if missing:
         s.add(f"Not measured (no cost record): {', '.join(missing)}.\n")
     s.tables[COSTS_CSV] = (rows, list(COLUMNS))
+    seeds = seed_cost_rows(index_rows)
+    if seeds:
+        s.add("Over training seeds (the study's runs.csv; mean ± sample sd, the main cell's table above is "
+              "one seed):\n", _seed_table(seeds))
+        s.tables[SEED_COSTS_CSV] = ([{k: v for k, v in r.items() if k != "cell"} for r in seeds], None)
     s.image(frontier_figure(rows, title="Test ROC AUC against trainable parameters and training time"),
             FRONTIER_FIGURE, "Efficiency frontier: test ROC AUC against trainable parameters and training seconds")
     return s
 
 
-__all__ = ["COSTS_CSV", "FRONTIER_FIGURE", "cost_rows", "cost_section", "cost_summary", "run_cost"]
+__all__ = ["COSTS_CSV", "FRONTIER_FIGURE", "SEED_COSTS_CSV", "cost_rows", "cost_section", "cost_summary", "run_cost",
+           "seed_cost_rows"]

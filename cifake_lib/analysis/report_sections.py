@@ -179,6 +179,12 @@ def _warmup(cfg: Mapping[str, Any]) -> str:
     return f"{steps} linear warm-up steps" if steps is not None else "the default linear warm-up"
 
 
+def _when_validated(cfg: Mapping[str, Any]) -> str:
+    """When the loop validates (finetune.py: each epoch end and the last step, and every eval_every steps)."""
+    every = cfg.get("eval_every")
+    return "at each epoch's end and the last step" + (f", and every {every} steps" if every else "")
+
+
 def algorithm_part(runs: Sequence[Mapping[str, Any]]) -> Section:
     """One FLYP step as pseudo-code, with the settings that ran (or a line saying none ran)."""
     s = Section("Algorithm")
@@ -200,7 +206,7 @@ def algorithm_part(runs: Sequence[Mapping[str, Any]]) -> Section:
           f"    clip gradient norm at {cfg.get('grad_clip', '?')}; AdamW step (lr {cfg.get('lr', '?')}, "
           f"weight decay {cfg.get('weight_decay', '?')}), "
           f"{_warmup(cfg)} then cosine decay to lr x {cfg.get('min_lr_ratio', '?')}\n"
-          f"    every {cfg.get('eval_every', '?')} steps: validation ROC AUC; keep the best step "
+          f"    {_when_validated(cfg)}: validation ROC AUC; keep the best step "
           f"(patience {cfg.get('patience', '?')})\n"
           "predict: p_fake = softmax(exp(logit_scale) * u . [v_REAL, v_FAKE])[FAKE]; "
           "threshold chosen on validation\n"
@@ -332,7 +338,10 @@ def with_study_sections(sections: Sequence[Any], run_dirs: str | os.PathLike | I
 
     paths = [run_dirs] if isinstance(run_dirs, (str, os.PathLike)) else list(run_dirs)
     cross_rows = cross_dataset_rows(external_runs(paths))
-    parts = seed_sections(paths, study, cross_rows=cross_rows)
+    # the grid's axes and every run's device time come from the study's index (OUT/runs.csv), which
+    # lists the whole grid; `paths` hold only the main cell's runs
+    index_dirs = list(dict.fromkeys(str(Path(p)) for p in [*paths, *study_roots]))
+    parts = seed_sections(index_dirs, study, cross_rows=cross_rows)
     curves = learning_curve_section(learning_curve_records([*paths, *study_roots]))
     extra = [p for p in (curves, cross_dataset_section(paths)) if p]
     out = [parts["related"], *sections]

@@ -141,13 +141,17 @@ class RunConfig:
                                             "method with a backbone runs once per size, position embeddings "
                                             "interpolated; e.g. 224,112,64", metavar="PX,PX",
                                             show_default="each backbone's own")
+    external: list[str] | None = setting(None, "external labelled test sets (REAL/ + FAKE/ folders, archives, "
+                                         "parquet, hf:REPO), comma-separated: every main-cell detector is scored "
+                                         "on each (`cifake evaluate --external`) into OUT/external/<set>/<run>/, "
+                                         "and the report gains the cross-dataset table", metavar="SRC,SRC")
     notebooks: bool = setting(False, "also execute the four notebooks headless (a stage after the report, "
                               "reading the study's runs) and save executed copies in OUT/notebooks")
 
     def check(self) -> None:
         if not self.stages:
             raise ValueError(f"stages is empty: nothing would run; name at least one of {', '.join(STAGES)}")
-        for name in ("seeds", "train_sizes", "models", "methods", "image_sizes"):
+        for name in ("seeds", "train_sizes", "models", "methods", "image_sizes", "external"):
             values = getattr(self, name)
             if values is not None and (not values or len(set(values)) != len(values)):
                 raise ValueError(f"{name} must be distinct and at least one, got {values}")
@@ -326,9 +330,25 @@ class Planner:
         self.models = self.run.models or [self.run.model]
         self.sizes: list[int | None] = list(self.run.train_sizes or [self.data.train_size])
         self.image_sizes: list[int | None] = list(self.run.image_sizes or [None])
+        self._check_sizes_fit()
         self.methods = read_methods(self.config)
         self.chosen = self._chosen_methods()
         self.defaults = RunKey("", self.run.model, self.data.train_size, self.data.seed, None)
+
+    def _check_sizes_fit(self) -> None:
+        """With a [data] subset the training split's size is known before any image is read: a
+        train_size larger than it is refused now, not after the runs before it have trained."""
+        if self.data.subset is None:
+            return
+        n_train = self.data.subset[0]
+        if self.data.val_fraction > 0:
+            n_train -= min(max(1, round(self.data.val_fraction * n_train)), n_train - 1)  # load.validation_split
+        too_big = [n for n in self.sizes if n is not None and n > n_train]
+        if too_big:
+            raise PipelineError(
+                f"train_sizes {', '.join(map(str, too_big))}: more than the {n_train} training images that [data] "
+                f"subset = {':'.join(map(str, self.data.subset))} leaves after the validation split (val_fraction "
+                f"{self.data.val_fraction}); raise the subset's train part or drop the size")
 
     def _chosen_methods(self) -> list[Method]:
         names = self.run.methods if self.run.methods is not None else list(self.methods)
@@ -468,6 +488,28 @@ def _newer_than(done: Path, runs: list[Path]) -> Callable[[], bool]:
     return complete
 
 
+EXTERNAL_STEP = "external:"  # step names "external:<set>:<run>"
+
+
+def _plan_external(p: Planner, primary: list[Step]) -> list[Step]:
+    """`[run] external`: every main-cell detector scored on each external set, at its own threshold
+    (chosen on CIFAKE's validation split), into OUT/external/<set>/<run>/ (analysis/cross_dataset.py)."""
+    from cifake_lib.data.external import set_name
+
+    steps = []
+    for source in p.run.external or []:
+        name = set_name(source)
+        for run in primary:
+            zeroshot = run.stage == "zeroshot"
+            model = str(run.out / BEST_ZEROSHOT) if zeroshot else str(run.out)
+            steps.append(p.add("evaluate", f"{EXTERNAL_STEP}{name}:{run.out.name}", "metrics.json",
+                               {"split": "test", "model": model, "external": True},
+                               folder=f"external/{name}/{run.out.name}",
+                               data_extra={"data": source, "subset": None, "dedup": False},  # the whole set
+                               best_zeroshot=run.out if zeroshot else None))
+    return steps
+
+
 def plan_study(config: Mapping[str, Any], out: Path, data: str) -> Planner:
     """The study's steps in order (`.steps`), every one's settings checked, and where its runs go
     (`.layout`); raises SettingError or PipelineError. Evaluate, robustness and the report see the
@@ -492,6 +534,8 @@ def plan_study(config: Mapping[str, Any], out: Path, data: str) -> Planner:
                          evaluates=run.out)
             if run in primary:  # the report's leak-free headline
                 report_runs.append(step.out)
+    if "evaluate" in todo:
+        report_runs += [s.out for s in _plan_external(p, primary)]
     if "robustness" in todo:
         names = [str(s.out / BEST_ZEROSHOT) if s.stage == "zeroshot" else str(s.out) for s in primary]
         step = p.add("robustness", "robustness", "robustness.csv", {"runs": names})
@@ -499,7 +543,8 @@ def plan_study(config: Mapping[str, Any], out: Path, data: str) -> Planner:
         report_runs.append(step.out)
     if "report" in todo:
         step = p.add("report", "report", "report.md", {"runs": [str(out)]})
-        step.complete = _newer_than(step.out / "report.md", [s.out for s in p.steps if s.key or s.evaluates])
+        step.complete = _newer_than(step.out / "report.md", [s.out for s in p.steps if s.key or s.evaluates
+                                                             or s.name.startswith(EXTERNAL_STEP)])
     p.layout = _layout(p, runs, report_runs)
     return p
 

@@ -98,6 +98,9 @@ def load_torch_file(path: str | os.PathLike, *, mmap: bool = False) -> Any:
     path = Path(path)
     if not path.is_file():
         raise DamagedWeights(f"{path}: file not found")
+    if mmap:  # torch maps only its zip container; anything else (a bare pickle) goes to weights_only's refusal
+        with open(path, "rb") as f:
+            mmap = f.read(4) == b"PK\x03\x04"
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
