@@ -50,6 +50,7 @@ METHODS = {
     "lora": {"train": "lora"},  # FLYP's loss on LoRA adapters (methods.lora)
     "adapter": {"train": "adapter"},  # CLIP-Adapter, CE over the class prompts (methods.adapter)
     "image": {"train": "image"},  # the image tower only (an image-only encoder: with its linear head)
+    "text": {"train": "text"},  # the text tower only
 }
 PROMPTS = "class_aware"
 

@@ -23,10 +23,11 @@ from pathlib import Path
 from _common import prepare
 
 PRESETS = ("report", "smoke")
-# bench_finetune.METHODS keys measured: both encoders under FLYP, CoOp's context (its PromptContext),
-# LoRA adapters under FLYP's loss, and CLIP-Adapter; an image-only encoder (no text tower) the image
+# bench_finetune.METHODS keys measured: both encoders under FLYP and under CE, one tower (image, text),
+# CoOp's context (its PromptContext), LoRA adapters under FLYP's loss, and CLIP-Adapter; an image-only
+# encoder (no text tower) the image
 # tower with its linear head, LoRA and CLIP-Adapter
-MEASURED = ("flyp", "prompt", "lora", "adapter")
+MEASURED = ("flyp", "ce", "image", "text", "prompt", "lora", "adapter")
 MEASURED_IMAGE_ONLY = ("image", "lora", "adapter")
 # --backbones: (family, tiny.SHAPES name) of each stand-in
 BACKBONES = (("clip", "vit-b-32"), ("clip", "vit-b-16"), ("clip", "vit-l-14"), ("siglip", "siglip2-base"),

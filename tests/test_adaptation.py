@@ -340,3 +340,19 @@ def test_cost_over_seeds_from_the_study_index(tmp_path):
     assert (f"| lora | all | 3 | {statistics.fmean(aucs):.4f} ± {statistics.stdev(aucs):.4f} | 16,384 | 2.0000 ± 1.0000 |"
             in text)
     assert SEED_COSTS_CSV in section.tables and "| probe |" not in text.split("Over training seeds")[1]
+
+
+def test_frontier_draws_what_trains_nothing_and_separates_equal_costs():
+    """Zero-shot (0 parameters, 0 s) is a point at 0 on both axes; two methods of one cost both show."""
+    from cifake_lib.viz.cost_figures import _dodge, frontier_figure
+
+    rows = [{"method": "zeroshot", "trainable_params": 0, "train_seconds": 0.0, "test_roc_auc": 0.61},
+            {"method": "probe", "trainable_params": 65, "train_seconds": 3.0, "test_roc_auc": 0.78},
+            {"method": "probe:layers", "trainable_params": 65, "train_seconds": 4.0, "test_roc_auc": 0.78}]
+    fig = frontier_figure(rows)
+    for ax in fig.axes[:2]:
+        xs = [float(c.lines[0].get_xdata()[0]) for c in ax.containers]
+        assert len(xs) == 3 and xs[0] == 0.0 and ax.get_xscale() == "symlog"
+    params = [float(c.lines[0].get_xdata()[0]) for c in fig.axes[0].containers]
+    assert params[1] != params[2] and params[1] * params[2] == pytest.approx(65 * 65)
+    assert _dodge([5.0, 0.0, 0.0]) == [5.0, -0.075, 0.075]

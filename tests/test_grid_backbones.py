@@ -67,6 +67,8 @@ def test_report_has_the_backbone_table_and_paired_comparisons(study):
     assert "| tiny-siglip |" in section and "| tiny-dinov2 |" in section and "DeLong" in section
     assert (study["out"] / "report" / "backbone_comparisons.csv").is_file()
     assert (study["out"] / "report" / "grid_model.png").stat().st_size > 5000
+    pipeline = report.split("## Pipeline")[1].split("\n## ")[0]  # the data stage's duplicate counts
+    assert "validation image(s) with a pixel-identical twin in train were dropped" in pipeline
 
 
 def test_the_resolution_axis_names_its_runs_and_sets_their_input(tmp_path):

@@ -146,11 +146,29 @@ def pipeline_figure(axes: Mapping[str, Sequence[str]]) -> Figure:
     return fig
 
 
+def duplicates_note(paths: Sequence[str | os.PathLike]) -> str:
+    """What the study's data stage counted (OUT/data/summary.json), as a sentence; "" without one."""
+    from cifake_lib.core.files import read_json
+
+    for p in paths:
+        summary = Path(p) / "data" / "summary.json"
+        if summary.is_file():
+            d = (read_json(summary) or {}).get("duplicates") or {}
+            return (f"Exact duplicates in the data as loaded: {d.get('dropped_val', 0):,} validation image(s) with a "
+                    f"pixel-identical twin in train were dropped before anything was tuned on validation; "
+                    f"{d.get('train_test', 0):,} identical pair(s) across train and test, whose test copies the "
+                    f"leak-free headline removes, and {d.get('within_test', 0):,} within test.\n")
+    return ""
+
+
 def pipeline_part(study: Any, paths: Sequence[str | os.PathLike], external_sets: Sequence[str] = ()) -> Section:
     s = Section("Pipeline")
     axes = grid_axes(study, paths, external_sets)
     s.image(pipeline_figure(axes), "pipeline.png", "Pipeline: data, detectors, evaluation, and the grid's axes")
     s.add("Grid axes as run: " + "; ".join(f"{k}: {', '.join(v)}" for k, v in axes.items()) + ".\n")
+    note = duplicates_note(paths)
+    if note:
+        s.add(note)
     return s
 
 

@@ -41,24 +41,45 @@ def layers_figure(rows: Sequence[Mapping[str, Any]], *, title: str = "Layer-wise
     return fig
 
 
-def frontier_figure(rows: Sequence[Mapping[str, Any]], *, title: str = "Accuracy against cost") -> Figure:
-    """Test ROC AUC against trainable parameters (log axis) and training seconds, one point per method.
+MARKERS = "osD^v<>pPXh*"
 
-    rows: {"method", "trainable_params", "train_seconds", "test_roc_auc", "test_roc_auc_ci95"?}.
+
+def _dodge(xs: Sequence[float]) -> list[float]:
+    """x positions with points that share one spread apart (a few percent on a log axis, a little
+    around 0), so that methods of equal cost (the probe and its layer-wise twin) stay visible."""
+    out = list(xs)
+    groups: dict[float, list[int]] = {}
+    for i, x in enumerate(xs):
+        groups.setdefault(round(float(x), 6), []).append(i)
+    for x, idx in groups.items():
+        for k, i in enumerate(idx):
+            shift = k - (len(idx) - 1) / 2
+            out[i] = x * 1.3 ** shift if x > 0 else 0.15 * shift
+    return out
+
+
+def frontier_figure(rows: Sequence[Mapping[str, Any]], *, title: str = "Accuracy against cost") -> Figure:
+    """Test ROC AUC against trainable parameters and training seconds, one point per method.
+
+    rows: {"method", "trainable_params", "train_seconds", "test_roc_auc", "test_roc_auc_ci95"?}. Both
+    axes are logarithmic above 1 and linear below (symlog), so a method that trains nothing (zero-shot:
+    0 parameters, 0 s) sits at 0 on the same figure; methods of equal cost are spread a little apart.
     """
     fig = Figure(figsize=(10, 4.2), layout="constrained")
     axes = fig.subplots(1, 2, sharey=True)
     values, err = _errors(rows, "test_roc_auc")
-    colors = {m: f"C{i % 10}" for i, m in enumerate(dict.fromkeys(r["method"] for r in rows))}
-    for ax, key, label in ((axes[0], "trainable_params", "trainable parameters (log)"),
-                           (axes[1], "train_seconds", "training seconds (log)")):
-        for i, r in enumerate(rows):
-            x = r.get(key)
-            if x is None or not x > 0 or not np.isfinite(values[i]):
-                continue
-            ax.errorbar([x], [values[i]], yerr=err[:, i:i + 1], marker="o", capsize=3, color=colors[r["method"]],
-                        label=r["method"])
-        ax.set_xscale("log")
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    style = {m: (f"C{i % 10}", MARKERS[i % len(MARKERS)]) for i, m in enumerate(methods)}
+    for ax, key, label in ((axes[0], "trainable_params", "trainable parameters (0, then log)"),
+                           (axes[1], "train_seconds", "training seconds (0, then log)")):
+        shown = [i for i, r in enumerate(rows) if r.get(key) is not None and np.isfinite(values[i])]
+        xs = _dodge([max(0.0, float(rows[i][key])) for i in shown])
+        for x, i in zip(xs, shown, strict=True):
+            color, marker = style[rows[i]["method"]]
+            ax.errorbar([x], [values[i]], yerr=err[:, i:i + 1], marker=marker, capsize=3, color=color,
+                        label=rows[i]["method"], linestyle="none")
+        ax.set_xscale("symlog", linthresh=1.0)
+        ax.set_xlim(left=-0.5)
         ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels crowd a short log range
         ax.set_xlabel(label)
         ax.grid(True, alpha=0.3)
