@@ -504,3 +504,27 @@ def test_public_names():
         assert hasattr(ft, name)
     assert math.isclose(ft.MAX_LOGIT_SCALE, math.log(100))
     assert sys.modules["cifake_lib.methods.finetune"] is ft
+
+
+@pytest.mark.parametrize("log_with", ["tensorboard", "csv", "none"])
+def test_training_curves_go_through_accelerates_trackers(tiny_model_dir, tmp_path, log_with):
+    """tensorboard: event files under OUT/logs/finetune (tensorboardX stands in for TensorBoard); csv:
+    OUT/logs/scalars.csv with the train and validation scalars of history.json; none: no logs."""
+    if log_with == "tensorboard":
+        pytest.importorskip("tensorboardX")
+    out = tmp_path / log_with
+    train(_data(), _cfg(tiny_model_dir, out, max_steps=4, eval_every=2, log_with=log_with))
+    history = ft.load_history(out)
+    if log_with == "tensorboard":
+        events = list((out / "logs" / "finetune").rglob("events.out.tfevents.*"))
+        assert events and max(e.stat().st_size for e in events) > 100
+    elif log_with == "csv":
+        import csv
+
+        rows = list(csv.DictReader(open(out / "logs" / "scalars.csv")))
+        losses = {int(r["step"]): float(r["value"]) for r in rows if r["tag"] == "train/loss"}
+        assert losses == {h["step"]: pytest.approx(h["loss"]) for h in history if h["kind"] == "train"}
+        assert {int(r["step"]) for r in rows if r["tag"] == "val/auc"} == {2, 4}
+        assert json.loads((out / "logs" / "config.json").read_text())["log_with"] == "csv"
+    else:
+        assert not (out / "logs").exists()
