@@ -44,7 +44,9 @@ def study(sample_dir, tmp_path_factory):
     (root / "grid.toml").write_text(GRID)
     lines: list[str] = []
     run_study(preset="smoke", data=str(sample_dir), config_file=root / "grid.toml", out=root / "S", log=lines.append)
-    return {"out": root / "S", "log": lines}
+    again = run_study(preset="smoke", data=str(sample_dir), config_file=root / "grid.toml", out=root / "S",
+                      log=lambda m: None)  # the tiny models exist now: planned from their own config.json
+    return {"out": root / "S", "log": lines, "again": again}
 
 
 def test_impossible_pairs_are_skipped_with_their_reason_and_said_once(study):
@@ -57,6 +59,8 @@ def test_impossible_pairs_are_skipped_with_their_reason_and_said_once(study):
     said = [line for line in study["log"] if line.startswith("skipped, ")]
     assert len(said) == 2 and any("zeroshot on tiny-dinov2" in line for line in said)
     assert not (study["out"] / "runs" / "flyp_m-tiny-dinov2").exists()
+    statuses = [s["status"] for s in study["again"]["steps"]]  # the same command again: nothing to do
+    assert "ran" not in statuses and statuses.count("skipped") == 22
 
 
 def test_report_has_the_backbone_table_and_paired_comparisons(study):

@@ -47,11 +47,8 @@ class ZeroshotConfig:
 
     def check(self) -> None:
         from cifake_lib.clip.prompts import resolve_prompt_sets
-        from cifake_lib.core.backbones import has_text_tower
 
         resolve_prompt_sets(self.prompts)  # a bad name fails before data or model load
-        if has_text_tower(self.model) is False:
-            raise ValueError(f"model: zero-shot needs a text tower; {self.model} is an image-only encoder")
 
 
 @dataclass

@@ -353,9 +353,13 @@ def run(data: DataConfig | CifakeData, cfg: ZeroshotConfig, out: str | os.PathLi
     Thresholds come from validation (runs.write_run); the natural threshold 0.5 is reported too.
     Class-aware sets marginalise over the CIFAR classes (never the image's own class).
     """
+    from cifake_lib.core.backbones import has_text_tower
+
     t0 = time.perf_counter()
     out = Path(out)
     sets = resolve_prompt_sets(cfg.prompts)  # once per run: a bad name fails before data or model load
+    if has_text_tower(cfg.model) is False:  # (a study plans such a run as skipped and never calls this)
+        raise ValueError(f"model: zero-shot needs a text tower; {cfg.model} is an image-only encoder")
     names = [folder_name(s.name) for s in sets]
     if len(set(names)) != len(names):
         raise ValueError(f"prompt set names collide as folder names: {names}")
