@@ -61,6 +61,10 @@ def measure_training(model_dir: str, method: str, dtype, sizes: tuple[int, int])
     built = {}
 
     def measure(b: int) -> int:
+        import gc
+
+        built.clear()
+        gc.collect()  # the last measurement's model: its cycles (peft, hooks) would wait for the collector
         cfg, model, _, batch, _ = _setup(model_dir, variant, b, "cpu")
         built["model"] = model
         return saved_activation_bytes(model, batch, _loss_fn(cfg), dtype)
@@ -146,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--backbones", action="store_true",
                     help="every backbone's stand-in in turn (published shapes, random weights): " +
                     ", ".join(f"{f} {s}" for f, s in BACKBONES))
+    ap.add_argument("--backbone", choices=[f"{f}:{s}" for f, s in BACKBONES],
+                    help="one backbone's stand-in (run them one process each to keep the host's memory low)")
     ap.add_argument("--preset", choices=PRESETS, default="report", help="the study preset (default: report)")
     ap.add_argument("--precision", choices=("fp16", "bf16"), default="fp16",
                     help="training precision (fp16 on a T4, which has no bf16 tensor cores)")
@@ -160,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench_memory_") as tmp:
         if a.model:
             results[a.model] = estimates(a.model, a.preset, a.precision, sizes)
-        for family, shape in BACKBONES if a.backbones else ([] if a.model else [("clip", "vit-b-32")]):
+        chosen = [tuple(a.backbone.split(":"))] if a.backbone else list(BACKBONES) if a.backbones else []
+        for family, shape in chosen or ([] if a.model else [("clip", "vit-b-32")]):
             folder = write_tiny_model(Path(tmp) / shape, family, shape=shape)
             results[f"{family} {shape}"] = estimates(str(folder), a.preset, a.precision, sizes)
             for f in folder.glob("*.safetensors"):
