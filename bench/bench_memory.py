@@ -139,9 +139,11 @@ def _print(result: dict, a, label: str) -> None:
         states = r["weights_gib"] + r["grads_gib"] + r["optimizer_gib"]
         room = (T4_BUDGET_GIB - states) / 1.15 * 1024 - fixed
         micro = int(room // per) if per > 0 else 0
+        accum = -(-r["batch_size"] // micro) if micro >= 1 else 0  # the fewest accumulation steps that fit
         print(f"  {r['stage']} does not fit at batch {r['batch_size']}: "
-              + (f"--batch-size {micro} --grad-accum {-(-r['batch_size'] // micro)} would (same effective batch)"
-                 if micro >= 1 else "its parameter states alone exceed the budget: use LoRA or CLIP-Adapter"))
+              + (f"--batch-size {-(-r['batch_size'] // accum)} --grad-accum {accum} would (the same "
+                 f"{r['batch_size']} images per optimizer step)" if micro >= 1
+                 else "its parameter states alone exceed the budget: use LoRA or CLIP-Adapter"))
 
 
 def main(argv: list[str] | None = None) -> int:
