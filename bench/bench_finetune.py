@@ -103,7 +103,7 @@ def _synthetic_data(n: int, seed: int = 0):
     return CifakeData(train=split, test=split.take(slice(0, 2)), val=None, source="synthetic", cache_path=None)
 
 
-def _setup(model_dir: str, v: Variant, batch_size: int, device: str):
+def _setup(model_dir: str, v: Variant, batch_size: int, device: str, prompts: str = PROMPTS):
     """A fresh classifier (compiled per the variant), its optimizer and one ready batch on the device."""
     import numpy as np
     import torch
@@ -114,7 +114,7 @@ def _setup(model_dir: str, v: Variant, batch_size: int, device: str):
     from cifake_lib.methods import finetune as ft
     from cifake_lib.methods import speed
 
-    cfg = ft.FinetuneConfig(model=model_dir, prompts=PROMPTS, compile=v.compile, **METHODS[v.loss])
+    cfg = ft.FinetuneConfig(model=model_dir, prompts=prompts, compile=v.compile, **METHODS[v.loss])
     torch.manual_seed(0)
     clip, processor = load_backbone(model_dir, device="cpu", dtype=torch.float32)  # CLIP, SigLIP or image-only
     tokenizer = getattr(processor, "tokenizer", None)

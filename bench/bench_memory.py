@@ -42,6 +42,7 @@ def preset_batches(preset: str) -> dict[str, int]:
     ft = cfg["finetune"]
     return {
         "finetune_batch": int(ft["batch_size"]),
+        "finetune_prompts": str(ft["prompts"]),
         "grad_accum": int(ft["grad_accum"]),
         "finetune_eval": int(ft["eval_batch_size"]),
         "zeroshot": int(cfg["zeroshot"]["batch_size"]),
@@ -50,7 +51,7 @@ def preset_batches(preset: str) -> dict[str, int]:
     }
 
 
-def measure_training(model_dir: str, method: str, dtype, sizes: tuple[int, int]):
+def measure_training(model_dir: str, method: str, dtype, sizes: tuple[int, int], prompts: str):
     """(CLIP config, n_params, n_trainable, bytes/image, fixed bytes) of fine-tuning with `method`
     (a bench_finetune.METHODS key), on bench_finetune's classifier, batch and loss."""
     from bench_finetune import Variant, _loss_fn, _setup
@@ -65,7 +66,7 @@ def measure_training(model_dir: str, method: str, dtype, sizes: tuple[int, int])
 
         built.clear()
         gc.collect()  # the last measurement's model: its cycles (peft, hooks) would wait for the collector
-        cfg, model, _, batch, _ = _setup(model_dir, variant, b, "cpu")
+        cfg, model, _, batch, _ = _setup(model_dir, variant, b, "cpu", prompts)
         built["model"] = model
         return saved_activation_bytes(model, batch, _loss_fn(cfg), dtype)
 
@@ -76,20 +77,30 @@ def measure_training(model_dir: str, method: str, dtype, sizes: tuple[int, int])
     return model.clip.config, n_params, n_trainable, per_image, fixed
 
 
+def _in_own_process(fn, *args):
+    """fn(*args) in a fresh process: each measurement loads a model and trains a step, and the memory
+    a CPU process has touched is not given back, so a long list of large models would exhaust the host."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(fn, *args).result()
+
+
 def vision_config_of(config):
     """The vision config of a dual encoder's config, or the config of an image-only encoder."""
     return getattr(config, "vision_config", None) or config
 
 
-def layer_probe_memory(vision_config, n_params: int, batch: int):
+def layer_probe_memory(vision_config, n_params: int, batch: int, side: int):
     """`probe --layers`: the probe's inference plus every block's hidden states, which
     output_hidden_states keeps alive until the batch's class tokens are taken (modelled, fp16)."""
     import dataclasses
 
     from cifake_lib.methods.memory import GIB, inference_memory
 
-    row = inference_memory("probe --layers", vision_config, n_params, batch, "fp16")
-    tokens = (vision_config.image_size // vision_config.patch_size) ** 2 + 1
+    row = inference_memory("probe --layers", vision_config, n_params, batch, "fp16", image_size=side)
+    tokens = (side // vision_config.patch_size) ** 2 + 1
     hidden = (vision_config.num_hidden_layers + 1) * batch * tokens * vision_config.hidden_size * 2 / GIB
     return dataclasses.replace(row, activations_gib=row.activations_gib + hidden, total_gib=row.total_gib + hidden,
                                how=row.how + " + all blocks' hidden states")
@@ -98,22 +109,29 @@ def layer_probe_memory(vision_config, n_params: int, batch: int):
 def estimates(model_dir: str, preset: str, precision: str, sizes: tuple[int, int]) -> dict:
     import torch
 
-    from cifake_lib.core.backbones import has_text_tower
+    from cifake_lib.clip.models import load_processor
+    from cifake_lib.core.backbones import family_of_reference, has_text_tower
+    from cifake_lib.data.preprocess import ImagePreprocessor
     from cifake_lib.methods.memory import inference_memory, training_memory
 
     b = preset_batches(preset)
     dtype = torch.bfloat16  # on the CPU; fp16 saves the same bytes
+    # the side the model is fed (DINOv2's position grid is for 518 px; its processor crops 224)
+    side = ImagePreprocessor.from_processor(load_processor(model_dir, family_of_reference(model_dir) or "clip")
+                                            ).output_size[0]
     rows, measured = [], {}
     for method in (MEASURED if has_text_tower(model_dir) is not False else MEASURED_IMAGE_ONLY):
         name = f"finetune ({method})"
-        config, n_params, n_trainable, per_image, fixed = measure_training(model_dir, method, dtype, sizes)
+        config, n_params, n_trainable, per_image, fixed = _in_own_process(
+            measure_training, model_dir, method, dtype, sizes, b["finetune_prompts"])
         measured[name] = {"method": method, "activation_mib_per_image": round(per_image / 2**20, 2),
                           "activation_mib_fixed": round(fixed / 2**20, 1), "trainable_params": n_trainable}
         rows.append(training_memory(name, n_params, n_trainable, per_image, fixed, b["finetune_batch"], precision))
-    for name, batch in [("finetune eval", b["finetune_eval"]), ("zeroshot", b["zeroshot"]), ("probe", b["probe"]),
-                        ("evaluate / robustness", b["robustness"])]:
-        rows.append(inference_memory(name, vision_config_of(config), n_params, batch, "fp16"))
-    rows.append(layer_probe_memory(vision_config_of(config), n_params, b["probe"]))
+    inference = [("finetune eval", b["finetune_eval"]), ("zeroshot", b["zeroshot"]), ("probe", b["probe"]),
+                 ("evaluate / robustness", b["robustness"])]
+    for name, batch in (x for x in inference if x[0] != "zeroshot" or has_text_tower(model_dir) is not False):
+        rows.append(inference_memory(name, vision_config_of(config), n_params, batch, "fp16", image_size=side))
+    rows.append(layer_probe_memory(vision_config_of(config), n_params, b["probe"], side))
     return {"model": model_dir, "preset": preset, "precision": precision, "batches": b,
             "measured_at_batch_sizes": list(sizes), "measured": measured, "n_params": n_params,
             "rows": [r.to_dict() for r in rows]}

@@ -103,18 +103,21 @@ def training_memory(stage: str, n_params: int, n_trainable: int, per_image: floa
 
 
 def inference_memory(stage: str, vision_config: Any, n_params: int, batch_size: int,
-                     precision: str = "fp16") -> MemoryEstimate:
-    """Modelled peak of CLIP image-feature extraction: weights + one layer's live tensors + the input.
+                     precision: str = "fp16", *, image_size: int | None = None) -> MemoryEstimate:
+    """Modelled peak of image-feature extraction: weights + one layer's live tensors + the input
+    (`image_size`: the side fed to the model, default its config's).
 
     One encoder layer at once holds its input, the MLP's hidden (4x wider; quick_gelu keeps about
     three such tensors alive) and the attention output; the batch of preprocessed images sits in
     float32 with about two resize intermediates beside it.
     """
     elt = 2 if precision in ("fp16", "bf16") else 4
-    tokens = (vision_config.image_size // vision_config.patch_size) ** 2 + 1
-    hidden, mlp = vision_config.hidden_size, vision_config.intermediate_size
+    side = int(image_size or vision_config.image_size)  # image_size: the side the model is fed
+    tokens = (side // vision_config.patch_size) ** 2 + 1
+    hidden = vision_config.hidden_size
+    mlp = getattr(vision_config, "intermediate_size", None) or int(hidden * vision_config.mlp_ratio)  # DINOv2: a ratio
     layer = batch_size * tokens * (3 * mlp + 4 * hidden) * elt
-    images = 3 * batch_size * 3 * vision_config.image_size ** 2 * 4
+    images = 3 * batch_size * 3 * side ** 2 * 4
     weights = n_params * elt
     return MemoryEstimate(
         stage=stage, batch_size=batch_size, precision=precision, weights_gib=weights / GIB, grads_gib=0.0,
