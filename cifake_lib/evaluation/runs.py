@@ -36,6 +36,7 @@ import cifake_lib
 from cifake_lib.clip.prompts import MARGINALS
 from cifake_lib.core.errors import CifakeError
 from cifake_lib.core.files import read_json, write_json
+from cifake_lib.core.paths import find_moved, portable_path, resolve_recorded
 from cifake_lib.evaluation.metrics import (
     RECORD_FIELDS,
     choose_threshold,
@@ -51,6 +52,8 @@ PREDICTIONS = "predictions.csv"
 PREDICTIONS_VAL = "predictions_val.csv"
 RUN = "run.json"
 DETECTOR = "detector.json"
+# detector.json fields that name a folder (the CLIP a detector loads, the model it was trained from)
+_PATH_FIELDS = ("model", "base_model", "finetuned_model")
 # The study folder lives in `study.py` (no numpy: `cifake --help` imports it).
 from cifake_lib.evaluation.study import OLD_STUDY, STUDY, read_study  # noqa: E402,F401
 
@@ -154,6 +157,10 @@ def write_run(out_dir: str | os.PathLike, *, test: Any, p_test: Any, val: Any | 
     else:
         threshold, source = 0.5, "default"
     threshold = float(threshold)
+    # Folders the run depends on, recorded relative to it: a copied or moved study still loads.
+    model = portable_path(str(model), out)
+    detector = {**detector, **{k: portable_path(str(detector[k]), out) for k in _PATH_FIELDS
+                               if isinstance(detector.get(k), str)}}
 
     common = dict(threshold=threshold, detector=detector["detector"], model=str(model), data=str(data),
                   seed=int(seed), n_boot=n_boot, threshold_source=source)
@@ -307,13 +314,41 @@ def read_run(path: str | os.PathLike, *, predictions: bool = True) -> dict[str, 
         check_metrics(metrics_val, str(folder / METRICS_VAL))
     return {
         "path": folder,
-        "metrics": check_metrics(read_json(folder / METRICS), str(folder / METRICS)),
+        "metrics": absolute_paths(check_metrics(read_json(folder / METRICS), str(folder / METRICS)), folder),
         "metrics_val": metrics_val,
         "run": optional_json(RUN),
         "detector": optional_json(DETECTOR),
         "predictions": optional_csv(PREDICTIONS),
         "predictions_val": optional_csv(PREDICTIONS_VAL),
     }
+
+
+def _is_folder_record(d: Path) -> bool:
+    return d.is_dir() and any((d / f).is_file() for f in ("config.json", DETECTOR, METRICS))
+
+
+def recorded_folder(value: Any, folder: Path) -> Any:
+    """A folder a run recorded (relative to itself, or absolute from an older or moved study) as
+    an absolute path when it exists, else `value` unchanged (a Hub id, "cifake-cnn")."""
+    if not isinstance(value, str) or not value:
+        return value
+    found = resolve_recorded(value, folder)
+    if found is not None:
+        return str(found)
+    if Path(value).is_absolute() or value.startswith("."):
+        moved = find_moved(value, folder, accept=_is_folder_record)
+        if moved is not None:
+            return str(moved)
+    return value
+
+
+def absolute_paths(metrics: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """metrics.json as read: its "model" (and an evaluation's `args.model`, the run it scored)
+    resolved against the run folder, so every run read names its folders the same way."""
+    out = {**metrics, "model": recorded_folder(metrics.get("model"), folder)}
+    if isinstance(metrics.get("args"), dict) and "model" in metrics["args"]:
+        out["args"] = {**metrics["args"], "model": recorded_folder(metrics["args"]["model"], folder)}
+    return out
 
 
 def find_runs(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Path]:
