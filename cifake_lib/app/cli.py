@@ -186,9 +186,22 @@ PRINTERS = {"data": _print_data, "zeroshot": _print_zeroshot, "probe": _print_pr
             "report": lambda r, args: print(r.info["report"])}
 
 
+def check_paths(cfg: Any) -> None:
+    """A mistyped --model folder or --runs path fails here, in a second, before any folder is
+    claimed, any data is loaded or any Hub lookup is tried."""
+    from cifake_lib.core.network import check_local_folder
+
+    if isinstance(getattr(cfg, "model", None), str):
+        check_local_folder(cfg.model, "--model")
+    for path in getattr(cfg, "runs", None) or []:
+        if not os.path.exists(os.path.expanduser(path)):
+            raise FileNotFoundError(f"--runs {path}: no such file or folder")
+
+
 def _stage_runner(name: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         data, cfg = _configs(name, args)
+        check_paths(cfg)
         out = getattr(args, "out", None)
         if out is None:
             r = stages.STAGES[name].run(data, cfg, None)
@@ -210,13 +223,15 @@ def _claimed(out: str, args: argparse.Namespace, command: str) -> Iterator[None]
 
 
 def _finetune(args: argparse.Namespace) -> int:
-    from cifake_lib.methods.finetune import OutOfMemory, TrainingDiverged
-
     try:
         return _stage_runner("finetune")(args)
-    except OutOfMemory as e:  # the user's fix is a smaller --batch-size: a usage error, exit 2
-        raise CliError(str(e)) from None
-    except TrainingDiverged as e:
+    except RuntimeError as e:  # imported only now: a bad option fails before torch loads
+        from cifake_lib.methods.finetune import OutOfMemory, TrainingDiverged
+
+        if isinstance(e, OutOfMemory):  # the user's fix is a smaller --batch-size: a usage error, exit 2
+            raise CliError(str(e)) from None
+        if not isinstance(e, TrainingDiverged):
+            raise
         print(f"cifake finetune: {e}", file=sys.stderr)
         return 1
 
@@ -227,7 +242,7 @@ def _finetune(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from cifake_lib.app.pipeline import print_plan, run_study, study_config
+    from cifake_lib.app.pipeline import check_study, print_plan, run_study, study_config
 
     opts = build(StudyOptions, given(args, StudyOptions), flag_names=True)
     overrides = given(args, RunConfig)
@@ -239,6 +254,8 @@ def _run(args: argparse.Namespace) -> int:
         config = study_config(opts.preset, opts.config, run_overrides=overrides, data=opts.data, out=opts.out)
         print(json.dumps(config, indent=2, default=str))
         return 0
+    check_study(preset=opts.preset, data=opts.data, config_file=opts.config, out=opts.out,
+                run_overrides=overrides)  # a bad setting creates no folder
     with _claimed(opts.out, args, "run"):
         record = run_study(preset=opts.preset, data=opts.data, config_file=opts.config, out=opts.out,
                            run_overrides=overrides)
@@ -264,6 +281,7 @@ def _predict(args: argparse.Namespace) -> int:
     from cifake_lib.methods.predict import predict_paths
 
     cfg = build(PredictConfig, given(args, PredictConfig), flag_names=True)
+    check_paths(cfg)
     detector = load_detector_or_fail(cfg.model, cfg.device)
     failed = 0
     for record in predict_paths(detector, read_inputs(cfg.inputs), batch_size=cfg.batch_size):
@@ -354,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
     return int(code or 0)
 
 
-__all__ = ["COMMANDS", "CliError", "build_parser", "main", "read_inputs"]
+__all__ = ["COMMANDS", "CliError", "build_parser", "check_paths", "main", "read_inputs"]
 
 if __name__ == "__main__":
     sys.exit(main())
