@@ -49,8 +49,10 @@ from cifake_lib.core.config import (
 )
 from cifake_lib.core.errors import CifakeError
 from cifake_lib.core.files import read_json, write_json
+from cifake_lib.core.paths import portable_path
 from cifake_lib.core.settings import DEFAULT_MODEL, default_data_source
 from cifake_lib.data.config import DataConfig
+from cifake_lib.evaluation.scale import settings_scale
 from cifake_lib.evaluation.study import (
     OLD_STUDY,
     RUNS_DIR,
@@ -132,7 +134,7 @@ class RunConfig:
                                             "320,1000,4000", metavar="N,N", show_default="the whole split")
     seeds: list[int] | None = setting(None, "training seeds: every trained method runs once per seed on the "
                                       "same data split (zero-shot once); e.g. 0,1,2", metavar="S,S",
-                                      show_default="the data --seed")
+                                      show_default="one seed, the data --seed; the report preset: 0,1,2")
     notebooks: bool = setting(False, "also execute the four notebooks headless (a stage after the report, "
                               "reading the study's runs) and save executed copies in OUT/notebooks")
 
@@ -143,6 +145,14 @@ class RunConfig:
             values = getattr(self, name)
             if values is not None and (not values or len(set(values)) != len(values)):
                 raise ValueError(f"{name} must be distinct and at least one, got {values}")
+        from cifake_lib.core.network import check_local_folder
+
+        for model in [self.model, *(self.models or [])]:
+            if model != TINY_MODEL:  # a mistyped folder stops the study before its first stage
+                try:
+                    check_local_folder(model, "model")
+                except FileNotFoundError as e:
+                    raise ValueError(str(e)) from None
         if self.train_sizes is not None and min(self.train_sizes) < 2:
             raise ValueError(f"train_sizes: each size must be at least 2 (one REAL, one FAKE), got {self.train_sizes}")
 
@@ -595,6 +605,13 @@ def _planned(preset: str, data: str | None, config_file: str | os.PathLike | Non
     return config, source, planner
 
 
+def check_study(*, preset: str = "report", data: str | None = None, config_file: str | os.PathLike | None = None,
+                out: str | os.PathLike = "study", run_overrides: Mapping[str, Any] | None = None) -> None:
+    """Check what `run_study` would check (settings, data source, model folders) without writing or
+    importing anything heavy: `cifake run` calls it before it creates OUT."""
+    _planned(preset, data, config_file, Path(out), run_overrides, False)
+
+
 def print_plan(*, preset: str = "report", data: str | None = None, config_file: str | os.PathLike | None = None,
                out: str | os.PathLike = "study", run_overrides: Mapping[str, Any] | None = None) -> str:
     """Every run of the study's grid (key, status, run folder, the single-run command) and the other
@@ -623,8 +640,10 @@ def run_study(*, preset: str = "report", data: str | None = None, config_file: s
             if model == TINY_MODEL:
                 _tiny_model(Path(model_path(model, out)), seed=planner.data.seed)
         _write_study(out, {"preset": preset, "config_file": str(config_file) if config_file else None,
-                           "data": source, "model": model_path(planner.models[0], out), "config": config,
-                           "layout": planner.layout})
+                           "data": source, "model": portable_path(model_path(planner.models[0], out), out),
+                           "config": config, "layout": planner.layout,
+                           "scale": settings_scale([model_path(m, out) for m in planner.models],
+                                                   planner.data.subset).record()})
         write_index(steps, out)
         record: dict[str, Any] = {"out": str(out), "preset": preset, "data": source, "steps": []}
         try:
@@ -775,6 +794,6 @@ def run_notebooks(folder: Path, *, data: str, smoke: bool, study: Path | None = 
     return results
 
 
-__all__ = ["Method", "PipelineError", "RunConfig", "Step", "StudyOptions", "best_zeroshot", "execute_notebook",
+__all__ = ["Method", "PipelineError", "RunConfig", "Step", "StudyOptions", "best_zeroshot", "check_study", "execute_notebook",
            "load_config", "model_path", "plan", "plan_study", "print_plan", "read_methods", "run_notebooks",
            "run_study", "study_config"]
