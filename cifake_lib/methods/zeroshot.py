@@ -176,8 +176,11 @@ class ClipDetector:
         out.mkdir(parents=True, exist_ok=True)
         ref = self.model_ref
         if model_subdir is not None:
-            self.model.save_pretrained(out / model_subdir)
-            self.processor.save_pretrained(out / model_subdir)
+            from cifake_lib.clip.models import quiet_transformers
+
+            with quiet_transformers():  # no "Writing model shards" bar
+                self.model.save_pretrained(out / model_subdir)
+                self.processor.save_pretrained(out / model_subdir)
             follow_umask(out / model_subdir)  # save_pretrained's safetensors file is 0600
             ref = model_subdir
         meta = {**self.to_json(ref), **(extra or {})}
