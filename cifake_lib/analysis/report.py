@@ -516,16 +516,23 @@ def _embeddings_block(s: Section, runs: Sequence[Mapping[str, Any]], split: Any,
     models = models_before_after(runs)
     if not models:
         return
-    rng = np.random.default_rng(0)
-    idx = np.sort(rng.choice(len(split), size=min(limit, len(split)), replace=False))
-    images, labels = split.images[idx], split.labels[idx]
+    from cifake_lib.data.load import stratified_subset
+
+    # as many REAL as FAKE (a plain random draw gave 161/139), each stratified by CIFAR class; seeded
+    n = min(limit, 2 * int(min((split.labels == 0).sum(), (split.labels == 1).sum())))
+    n -= n % 2
+    if n == 0:
+        return
+    sample = stratified_subset(split, n, seed=0)
+    images, labels = sample.images, sample.labels
     try:
         features = {name: image_embeddings(ref, images, device=device) for name, ref in models.items()}
     except Exception as e:  # a model that cannot be loaded here must not sink the whole report
         s.add(f"_Embeddings skipped: {type(e).__name__}: {e}_\n")
         return
     s.add("### Image embeddings\n",
-          f"CLIP image embeddings of {len(idx)} test images (seeded sample), projected to 2-D. Silhouette score "
+          f"CLIP image embeddings of {n} test images ({n // 2} REAL, {n // 2} FAKE, stratified by CIFAR class, "
+          "seeded), projected to 2-D. Silhouette score "
           "(cosine) of the REAL/FAKE labels in the full embedding space: higher means better separated.\n")
     rows = [{"model": name, "silhouette": separation(f, labels)} for name, f in features.items()]
     s.add(compare.markdown_table(rows, [("model", "model", "text"), ("silhouette", "silhouette", "num")]))

@@ -25,6 +25,7 @@ from cifake_lib import __version__
 from cifake_lib.analysis.config import ReportData
 from cifake_lib.app import stages
 from cifake_lib.app.pipeline import RunConfig, StudyOptions
+from cifake_lib.app.push import PushConfig
 from cifake_lib.core.config import add_options, build, given, setting
 from cifake_lib.core.errors import CifakeError, is_disk_full
 from cifake_lib.core.lock import study_lock
@@ -292,6 +293,23 @@ def _predict(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _push(args: argparse.Namespace) -> int:
+    from cifake_lib.app.push import push
+
+    cfg = build(PushConfig, given(args, PushConfig), flag_names=True)
+    if not os.path.isdir(os.path.expanduser(cfg.model)):
+        raise FileNotFoundError(f"--model {cfg.model}: no such folder (a run folder to push was meant)")
+    result = push(cfg, note=lambda msg: print(msg, file=sys.stderr))
+    if args.json:
+        print(json.dumps(result, indent=2))
+    elif result["url"] is None:
+        print(f"dry run: {len(result['files'])} file(s) of {result['run']} would go to {cfg.repo}:")
+        print("\n".join(f"  {f}" for f in result["files"]))
+    else:
+        print(f"pushed {result['run']} ({len(result['files'])} files) to {cfg.repo}: {result['url']}")
+    return 0
+
+
 def _tiny_model(args: argparse.Namespace) -> int:
     from cifake_lib.clip.models import write_tiny_clip
 
@@ -327,6 +345,8 @@ COMMANDS: list[Command] = [
             stages.STAGES["report"].option_classes, _stage_runner("report"), out=True),
     Command("predict", "p_fake for image files: one JSON line per image, in input order "
             "(exit 1 if any file failed)", (PredictConfig,), _predict),
+    Command("push", "upload a detector's run folder (with its model card and, for a probe or zero-shot run, "
+            "its local base model) to the Hugging Face Hub", (PushConfig,), _push, json=True),
     Command("tiny-model", "write a small randomly initialised CLIP (offline, for tests and smoke runs)",
             (TinyModelConfig,), _tiny_model, writes=True),
 ]

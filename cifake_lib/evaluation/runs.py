@@ -5,8 +5,9 @@ how to find and read it back.
     DIR/predictions.csv      test predictions: id,label,cifar_class,p_fake
     DIR/predictions_val.csv  validation predictions (when there is a validation split)
     DIR/metrics_val.json     validation metrics at the same threshold (idem)
-    DIR/run.json             arguments, package versions, python, platform, device, seconds
+    DIR/run.json             arguments, package versions, the git commit, python, platform, device, seconds
     DIR/detector.json        the detector dict + the chosen "threshold"
+    DIR/README.md            a model card: what it is, data, split, metrics, threshold, how to load it
 
 `read_study` (a `cifake run` output folder's own settings, OUT/study.json) is defined in
 `study.py` and importable from here; what every method returns is `core.results.RunResult`.
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import math
 import os
 import platform
@@ -35,7 +37,7 @@ import numpy as np
 import cifake_lib
 from cifake_lib.clip.prompts import MARGINALS
 from cifake_lib.core.errors import CifakeError
-from cifake_lib.core.files import read_json, write_json
+from cifake_lib.core.files import read_json, write_json, write_text_atomic
 from cifake_lib.core.paths import find_moved, portable_path, resolve_recorded
 from cifake_lib.evaluation.metrics import (
     RECORD_FIELDS,
@@ -45,6 +47,8 @@ from cifake_lib.evaluation.metrics import (
     utc_now,
     write_predictions,
 )
+from cifake_lib.evaluation.model_card import CARD, model_card
+from cifake_lib.evaluation.scale import is_tiny_model
 
 METRICS = "metrics.json"
 METRICS_VAL = "metrics_val.json"
@@ -81,6 +85,28 @@ def package_versions() -> dict[str, str | None]:
     return versions
 
 
+@functools.cache
+def source_commit() -> dict[str, Any] | None:
+    """The git commit of the cifake_lib source that ran ({"commit", "dirty"}), when the package lives in
+    a git checkout (an editable install); None otherwise (a wheel, no git)."""
+    import subprocess
+
+    root = Path(cifake_lib.__file__).resolve().parent.parent
+
+    def git(*argv: str) -> str | None:
+        try:
+            done = subprocess.run(["git", "-C", str(root), *argv], capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    if not commit or not (root / "cifake_lib").is_dir() or git("rev-parse", "--show-toplevel") is None:
+        return None
+    changed = git("status", "--porcelain", "--untracked-files=no", "--", "cifake_lib")
+    return {"commit": commit, "dirty": bool(changed)}
+
+
 def device_info() -> dict[str, Any]:
     """What the run ran on: CPU count, CUDA devices (names, CUDA version), MPS."""
     info: dict[str, Any] = {"cpu_count": os.cpu_count(), "cuda": False, "cuda_devices": [], "mps": False}
@@ -114,6 +140,11 @@ def _jsonable(obj: Any) -> Any:
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return _jsonable(dataclasses.asdict(obj))
     return str(obj)
+
+
+def _settings_dict(args: Any) -> dict[str, Any]:
+    record = _jsonable(args)
+    return record if isinstance(record, dict) else {}
 
 
 def _check_split(split: Any, p: Any, name: str) -> np.ndarray:
@@ -182,6 +213,11 @@ def write_run(out_dir: str | os.PathLike, *, test: Any, p_test: Any, val: Any | 
         (out / PREDICTIONS_VAL).unlink(missing_ok=True)
         (out / METRICS_VAL).unlink(missing_ok=True)
     write_json(out / DETECTOR, {**_jsonable(detector), "threshold": threshold})
+    tiny = any(is_tiny_model(str(resolve_recorded(str(r), out) or r)) for r in (model, detector.get("base_model"))
+               if isinstance(r, str) and r)
+    write_text_atomic(out / CARD, model_card(out.name, metrics=metrics, detector=detector, model=str(model),
+                                             args=_settings_dict(args),
+                                             metrics_val=metrics_val, tiny=tiny))
     write_json(out / RUN, {
         "args": _jsonable(args),
         "seconds": float(seconds),
@@ -191,6 +227,7 @@ def write_run(out_dir: str | os.PathLike, *, test: Any, p_test: Any, val: Any | 
         "data": str(data),
         "seed": int(seed),
         "versions": package_versions(),
+        "git": source_commit(),
         "python": sys.version,
         "platform": platform.platform(),
         "device": device_info(),

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cifake_lib.core.paths import resolve_recorded
+
 TINY_MARK = "TINY_MODEL.json"  # written by `clip.models.write_tiny_clip` into every tiny model folder
 FULL_TEST = 20_000  # CIFAKE's test split: 10,000 REAL + 10,000 FAKE
 # A leak-free re-scoring of the whole test split drops the test images that also occur in train
@@ -108,12 +110,10 @@ def _subset(args: Mapping[str, Any] | None) -> tuple[int, int] | None:
 
 def _run_models(run: Mapping[str, Any]) -> list[str]:
     """The model folders a run used, resolved against its folder: its model and its base model."""
-    from cifake_lib.evaluation.runs import recorded_folder
-
     folder = Path(str(run.get("path") or "."))
     det = run.get("detector") or {}
     refs = [(run.get("metrics") or {}).get("model"), det.get("base_model")]
-    return [recorded_folder(r, folder) for r in refs if isinstance(r, str) and r]
+    return [str(resolve_recorded(r, folder) or r) for r in refs if isinstance(r, str) and r]
 
 
 def study_scale(runs: Iterable[Mapping[str, Any]]) -> Scale:
