@@ -26,7 +26,7 @@ from cifake_lib.analysis.config import ReportData
 from cifake_lib.app import stages
 from cifake_lib.app.pipeline import RunConfig, StudyOptions
 from cifake_lib.app.push import PushConfig
-from cifake_lib.core.config import add_options, build, given, setting
+from cifake_lib.core.config import add_options, build, given, setting, to_toml
 from cifake_lib.core.errors import CifakeError, is_disk_full
 from cifake_lib.core.lock import study_lock
 from cifake_lib.core.outdir import claim_output, write_error
@@ -253,7 +253,8 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     if opts.print_config:
         config = study_config(opts.preset, opts.config, run_overrides=overrides, data=opts.data, out=opts.out)
-        print(json.dumps(config, indent=2, default=str))
+        print(to_toml(config, header=f"cifake run --preset {opts.preset}: every setting, checked. Save it and "
+                      "pass it back with --config FILE (a setting left out takes its default)."), end="")
         return 0
     check_study(preset=opts.preset, data=opts.data, config_file=opts.config, out=opts.out,
                 run_overrides=overrides)  # a bad setting creates no folder

@@ -43,6 +43,7 @@ from cifake_lib.core.config import (
     build,
     negated,
     option_map,
+    options,
     setting,
     to_argv,
     to_mapping,
@@ -105,7 +106,8 @@ class StudyOptions:
     config: str | None = setting(None, "TOML whose tables override the preset's (see "
                                  "cifake_lib/app/presets/report.toml)", metavar="FILE.toml")
     out: str = setting("study", "folder for every stage's outputs", metavar="DIR")
-    print_config: bool = setting(False, "check the merged config and print it as JSON, then exit")
+    print_config: bool = setting(False, "check the merged config and print it as TOML (every setting; "
+                                 "--config reads it back), then exit")
     print_plan: bool = setting(False, "list every run of the grid with its key, its status and the single "
                                "`cifake ...` command that reproduces it, then exit (imports no torch)")
 
@@ -259,18 +261,35 @@ def model_path(model: str, out: Path) -> str:
     return str((out / TINY_FOLDER).resolve()) if model == TINY_MODEL else model
 
 
+def _as_table(cfg: Any, skip: set[str] | frozenset[str] = frozenset()) -> dict[str, Any]:
+    """A settings instance as its TOML table: every setting; a None where the default is not None
+    (a list setting set to none) written as [], TOML's spelling of it (see read_methods)."""
+    defaults = {o.key: o.default for o in options(type(cfg))}
+    return {k: [] if v is None and defaults.get(k) is not None else v
+            for k, v in to_mapping(cfg).items() if k not in skip}
+
+
 def study_config(preset: str = "report", config_file: str | os.PathLike | None = None, *,
                  run_overrides: Mapping[str, Any] | None = None, data: str | None = None,
                  out: str | os.PathLike = "study") -> dict[str, Any]:
-    """The merged config, checked as `run_study` checks it, with every setting's value filled in."""
+    """The merged config, checked as `run_study` checks it, with every setting's value filled in: each
+    stage's table as written (not a method's overrides of it), each method's overrides, so that
+    `cifake run --config` reads back the same config."""
     config = _merged_config(preset, config_file, run_overrides)
     source = data or config.get("data", {}).get("data") or default_data_source()
-    planner = plan_study(config, Path(out), source)
-    full: dict[str, Any] = {"run": to_mapping(planner.run), "data": to_mapping(planner.data)}
-    for step in planner.steps:
-        if step.cfg is not None and step.stage not in full:
-            full[step.stage] = {k: v for k, v in to_mapping(step.cfg).items() if k not in RESERVED.get(step.stage, ())}
-    full["methods"] = {m.name: {"stage": m.stage, **m.overrides} for m in planner.methods.values()}
+    planner = plan_study(config, Path(out), source)  # checks everything, every run's settings included
+    full: dict[str, Any] = {"run": _as_table(planner.run), "data": _as_table(planner.data)}
+    for stage in dict.fromkeys(step.stage for step in planner.steps if step.cfg is not None):
+        parts = split_table(stage, config.get(stage, {}))
+        own = {**parts[stages.STAGES[stage].classes[0]],  # what the study sets itself: left out below
+               **{k: ["study"] if k == "runs" else "study" for k in RESERVED.get(stage, ())}}
+        cfg = stages.stage_config(stage, own, planner.data, where=f"[{stage}]")
+        # a run's backbone comes from [run] model / models (the grid), not from its stage's table
+        grid = {"model"} if stage in METHOD_STAGES and stage not in NO_BACKBONE else set()
+        data_keys = {k: v for k, v in config.get(stage, {}).items() if k in {o.key for o in options(DataConfig)}}
+        full[stage] = {**_as_table(cfg, RESERVED.get(stage, set()) | grid), **data_keys}
+    full["methods"] = {m.name: {"stage": m.stage, **{k: [] if v is None else v for k, v in m.overrides.items()}}
+                       for m in planner.methods.values()}
     return full
 
 
