@@ -156,7 +156,7 @@ def test_models_before_after(tmp_path, tiny_model_dir):
     make_run(tmp_path / "fti", "finetune:image", kind="clip", model="/no/such/model", n=20)
     pairs = models_before_after(load_runs(tmp_path))
     assert list(pairs.values()) == [str(tiny_model_dir), str((tmp_path / "ft").resolve())]
-    assert list(pairs)[1] == "fine-tuned (finetune:both)"
+    assert list(pairs) == ["random weights (model)", "fine-tuned (finetune:both)"]  # a tiny CLIP is not "pretrained"
 
 
 # --------------------------------------------------------------------------- leak-free headline, paired tests

@@ -32,8 +32,9 @@ def _what(detector: Mapping[str, Any], model: str, tiny: bool) -> str:
                 "against its label prompts")
     base = detector.get("base_model") or (model if kind in ("clip", "probe") else None)
     if base:
-        text += f", built on `{base}`" + (" (a tiny CLIP with random weights)" if tiny else "")
-    return text
+        where = " (relative to this folder)" if str(base).startswith(".") else ""
+        text += f", built on `{base}`{where}" + (" (a tiny CLIP with random weights)" if tiny else "")
+    return text[:1].upper() + text[1:]
 
 
 def _metrics_table(m: Mapping[str, Any]) -> str:
