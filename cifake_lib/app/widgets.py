@@ -304,9 +304,10 @@ class Explorer:
         self._id_index = ({str(s): i for i, s in enumerate(np.asarray(split.ids).tolist())}
                           if split is not None else {})
 
-        # width auto: JupyterLab 4 gives the button a fixed width and cut "Upload images (4)" to "Upload images..."
+        # width auto: JupyterLab 4 gives the button a fixed width and cut "Upload images (4)" to "Upload images...";
+        # align_self keeps it as wide as its text rather than the whole pane
         self.upload = w.FileUpload(accept="image/*", multiple=True, description="Upload images",
-                                   layout=w.Layout(width="auto"))
+                                   layout=w.Layout(width="auto", align_self="flex-start"))
         self.upload_out = w.HTML(uploads_html([]))
         self.upload.observe(self.on_upload, names="value")
 

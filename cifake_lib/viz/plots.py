@@ -304,7 +304,7 @@ def anchor_figure(ours: Mapping[str, Mapping[str, Any]], metric: str = "accuracy
     anchors = anchors_beside(ANCHOR_COLUMNS[metric])
     rows = [{**m, "name": name.removesuffix(" (ours)")} for name, m in ours.items()]  # the legend says whose
     return compare_bar(rows, metric, published=anchors, context_only=context_only,
-                       title=title or anchored_title(f"Ours (bars): test {metric_label(metric)}", anchors,
+                       title=title or anchored_title(f"{metric_label(metric)}, test split (95% CI)", anchors,
                                                      context_only=context_only))
 
 
