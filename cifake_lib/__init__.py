@@ -77,6 +77,7 @@ _FROM: dict[str, tuple[str | tuple[str, str], ...]] = {
     "cifake_lib.analysis.config": ("ReportConfig", "RobustnessConfig"),
     "cifake_lib.analysis.robustness": (("run_robustness", "run"),),
     "cifake_lib.analysis.study": ("Study", "load_study", "paired_comparisons"),
+    "cifake_lib.analysis.leak_free": ("leak_free_evaluations",),
     "cifake_lib.analysis.report_stage": (("run_report", "run"),),
     "cifake_lib.app.notebook": ("NotebookContext", "notebook_context"),
     "cifake_lib.app.pipeline": ("print_plan", "run_study"),

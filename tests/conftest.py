@@ -1,7 +1,8 @@
 """Shared fixtures.
 
 Real CIFAKE images are found through environment variables (never copied into the repo):
-- `CIFAKE_DATA`: a folder in the Kaggle layout (CI points it at the 7,900-image sample);
+- `CIFAKE_DATA`: a folder of CIFAKE in the Kaggle layout, the whole dataset or a sample of it (CI points it
+  at a 7,900-image sample, whose known contents `cifake_sample` tests check);
 - `CIFAKE_ARCHIVE`: the full CIFAKE .tar.gz, for full-scale tests.
 Tests that need them skip with a reason when they are absent.
 """
@@ -38,6 +39,23 @@ def sample_dir() -> Path:
     if not path or not Path(path).is_dir():
         pytest.skip("real CIFAKE sample not available: set CIFAKE_DATA to a folder in the Kaggle layout")
     return Path(path)
+
+
+SAMPLE_IMAGES = 7_900  # the sample CI uses: 2,950 + 2,950 train, 1,000 + 1,000 test
+
+
+@pytest.fixture(scope="session")
+def cifake_sample(sample_dir) -> Path:
+    """`$CIFAKE_DATA` when it is the 7,900-image sample whose known contents (counts, duplicate pairs) a
+    few tests check; skip when it is another CIFAKE folder (e.g. the whole dataset), which every other
+    test takes."""
+    n = sum(1 for split in ("train", "test") for label in ("REAL", "FAKE")
+            for p in (sample_dir / split / label).iterdir() if p.is_file()) \
+        if all((sample_dir / s / lab).is_dir() for s in ("train", "test") for lab in ("REAL", "FAKE")) else -1
+    if n != SAMPLE_IMAGES:
+        pytest.skip(f"checks the {SAMPLE_IMAGES:,}-image sample's known contents; CIFAKE_DATA={sample_dir} is "
+                    "another CIFAKE folder")
+    return sample_dir
 
 
 @pytest.fixture(scope="session")

@@ -27,6 +27,11 @@ from cifake_lib.data.config import DataConfig
 from cifake_lib.methods.cnn_config import CnnStageConfig
 from cifake_lib.methods.finetune_config import FinetuneConfig
 
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -186,9 +191,21 @@ def test_print_config_is_the_checked_merged_config(sample_dir, tmp_path, capsys)
     user = tmp_path / "u.toml"
     user.write_text("[finetune]\nlr = 2e-4\n[run]\nseeds = [0, 1]\n")
     assert main(["run", "--preset", "smoke", "--data", str(sample_dir), "--config", str(user), "--print-config"]) == 0
-    config = json.loads(capsys.readouterr().out)
+    printed = capsys.readouterr().out
+    config = tomllib.loads(printed)
     assert config["finetune"]["lr"] == 2e-4 and config["finetune"]["epochs"] == 3  # given, then the default
     assert config["run"]["seeds"] == [0, 1] and config["data"]["subset"] == [1600, 400]
+    assert "model" not in config["finetune"] and config["methods"]["ce"] == {"stage": "finetune", "loss": "ce",
+                                                                           "wise_ft": []}
+    # what it prints, --config reads back: the same config again, for the smoke and the report preset
+    for preset in ("smoke", "report"):
+        argv = ["run", "--preset", preset, "--data", str(sample_dir), "--print-config"]
+        assert main([*argv, *(["--config", str(user)] if preset == "smoke" else [])]) == 0
+        first = capsys.readouterr().out
+        saved = tmp_path / f"{preset}.toml"
+        saved.write_text(first)
+        assert main([*argv, "--config", str(saved)]) == 0
+        assert capsys.readouterr().out == first
     user.write_text("[finetune]\nlr = -1\n")
     assert main(["run", "--preset", "smoke", "--data", str(sample_dir), "--config", str(user), "--print-config"]) == 2
     assert "[finetune] (flyp) lr must be > 0" in capsys.readouterr().err  # the table, and the method it built

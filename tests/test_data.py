@@ -532,8 +532,8 @@ def test_summarize_and_cli_json(tree, capsys):
 
 
 @pytest.fixture(scope="module")
-def sample(sample_dir) -> CifakeData:
-    return load_cifake(str(sample_dir), val_fraction=0, progress=False)
+def sample(cifake_sample) -> CifakeData:
+    return load_cifake(str(cifake_sample), val_fraction=0, progress=False)
 
 
 def test_sample_counts_and_every_class_recovered(sample):

@@ -317,16 +317,25 @@ def test_a_hub_id_without_the_hub_fails_in_seconds_from_every_command(hub_unreac
 
 def test_a_path_like_model_that_does_not_exist_is_no_such_folder_at_once(tree, image, tmp_path, monkeypatch,
                                                                           capsys):
+    """Every command with a model option fails in a second, before it loads data or claims --out."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "smoke").mkdir()
+    before = sorted(p.name for p in tmp_path.iterdir())
     for model in ("smoke/nonexistent", "./nothing", "~/no/such/model", "a/b/c"):
         for argv in (["predict", "--model", model, image],
-                     ["zeroshot", "--data", tree, "--model", model, "--out", tmp_path / "zs"]):
+                     *[[stage, "--data", tree, "--model", model, "--out", tmp_path / stage]
+                       for stage in ("zeroshot", "probe", "finetune", "evaluate")],
+                     ["run", "--preset", "smoke", "--data", tree, "--model", model, "--out", tmp_path / "run"]):
             t0 = time.perf_counter()
             assert cli(*argv) == 2
-            assert time.perf_counter() - t0 < 5
+            assert time.perf_counter() - t0 < 5, argv
             err = capsys.readouterr().err
             assert f"{model}: no such folder" in err and "Hub" not in err.split("no such folder")[0], err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before, "a mistyped model created an output folder"
+    for stage in ("robustness", "report"):
+        assert cli(stage, "--runs", "smoke/nonexistent", "--out", tmp_path / stage) == 2
+        assert "--runs smoke/nonexistent: no such file or folder" in capsys.readouterr().err
+        assert not (tmp_path / stage).exists()
 
 
 # ---------------------------------------------------------------------------

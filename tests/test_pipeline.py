@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from figure_checks import checked_figures
 from PIL import Image
@@ -240,6 +241,50 @@ def test_study_json_and_old_config_json(study, tmp_path):
     commands = {s["name"]: s["command"] for s in pipeline_record["steps"]}
     assert commands["cnn"].startswith("cifake cnn ") and "--epochs 2" in commands["cnn"]
     assert "--runs " + str(out) in commands["report"]
+
+
+def _recorded_paths(folder: Path) -> list[str]:
+    """Every folder the study's detector.json and metrics.json files name (model, base_model, the run scored)."""
+    found = []
+    for f in [*folder.rglob("detector.json"), *folder.rglob("metrics.json")]:
+        record = json.loads(f.read_text())
+        found += [str(record[k]) for k in ("model", "base_model") if isinstance(record.get(k), str)]
+        found += [str((record.get("args") or {}).get("model") or "")]
+    return [p for p in found if p]
+
+
+def test_a_moved_study_keeps_every_detector_loadable(study, tmp_path, monkeypatch):
+    """Copy the finished study, take the original away, and predict with every detector of the copy
+    (each run folder, the zero-shot folder, the study itself), through the command and the library;
+    the copy's notebooks find its tiny model."""
+    import shutil
+
+    from cifake_lib.app.notebook import notebook_context
+    from cifake_lib.methods.detectors import load_detector
+
+    out = study["out"]
+    assert not [p for p in _recorded_paths(out) if p.startswith(str(out))], "a run recorded an absolute study path"
+    copy = tmp_path / "elsewhere" / "copied_study"
+    shutil.copytree(out, copy)
+    away = out.with_name(out.name + "_away")
+    image = next((Path(study["first"]["data"]) / "test" / "FAKE").glob("*.jpg"))
+    out.rename(away)
+    try:
+        models = [copy / "runs" / d for d in ("probe", "flyp", "cnn", "zeroshot")]
+        models += sorted(p.parent for p in (copy / "runs" / "zeroshot").glob("*/detector.json")) + [copy]
+        for model in models:
+            det = load_detector(model, note=lambda m: None)
+            p = det.predict_proba(np.asarray(Image.open(image).convert("RGB"))[None])
+            assert 0.0 <= float(p[0]) <= 1.0, model
+        for name in ("probe", "zeroshot"):
+            lines = subprocess.run([sys.executable, "-m", "cifake_lib", "predict", "--model",
+                                    str(copy / "runs" / name), str(image)], capture_output=True, text=True)
+            assert lines.returncode == 0, lines.stderr
+            assert json.loads(lines.stdout)["label"] in ("REAL", "FAKE")
+        monkeypatch.setenv("CIFAKE_STUDY", str(copy))
+        assert notebook_context().clip_model() == str((copy / "tiny_model").resolve())
+    finally:
+        away.rename(out)
 
 
 # --- training seeds, the notebooks stage ----------------------------------------------------------

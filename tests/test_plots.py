@@ -96,6 +96,25 @@ def test_compare_bar(scores):
     anchor_lines = [line for line in ax.lines if line.get_marker() == "D"]
     assert [list(line.get_xdata()) for line in anchor_lines] == [[0.93, 0.93], [0.987, 0.991]]
     assert plots.layout_problems(plots.fit_text(fig)) == []
+    # a figure published only approximately: a hollow diamond labelled with its published text
+    fig = plots.compare_bar(rows[:1], "accuracy", published={"CNN": 0.9298, "few-shot": "≈95%"}, context_only=True)
+    ax = fig.axes[0]
+    hollow = [line for line in ax.lines if line.get_marker() == "D" and line.get_markerfacecolor() == "white"]
+    assert [list(line.get_xdata()) for line in hollow] == [[0.95, 0.95]]
+    assert [t.get_text() for t in ax.texts][1:] == ["92.98%", "≈95%"]
+    assert [t.get_text() for t in fig.legends[0].get_texts()][1:] == [
+        "published (not ours; context only)", "published (not ours; context only), approximate"]
+    assert plots.layout_problems(plots.fit_text(fig)) == []
+    # a notebook's figure beside anchor_table: the same published rows as the table's column
+    from cifake_lib.evaluation.published import anchor_table
+
+    ours = {"probe (ours)": rows[0]}
+    table = [r for r in anchor_table(ours) if r["source"] == "published" and r["accuracy"] != "—"]
+    ax = plots.anchor_figure(ours, "accuracy", context_only=True).axes[0]
+    drawn = [t.get_text() for t in ax.get_yticklabels()]
+    assert drawn[0] == "probe" and len(drawn) == 1 + len(table) >= 3
+    assert all(any(r["detector"] in label for label in drawn[1:]) for r in table)
+    assert [t.get_text() for t in ax.texts][1:] == [r["accuracy"] for r in table]
     ax = plots.compare_bar(rows[:2], "natural_threshold.accuracy").axes[0]
     assert len(ax.patches) == 2 and len(ax.collections) == 2
     assert ax.get_xlabel() == "Accuracy at p_fake ≥ 0.5" and ax.texts[0].get_text().endswith("%")

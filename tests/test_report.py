@@ -3,6 +3,8 @@ there, and every image it links exists and opens with PIL. Also the gallery help
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -55,8 +57,22 @@ def test_report_from_tiny_runs(study):
     assert "### Robustness" in text and "blur sigma=1.5" in text
     assert "Temperature scaling fitted on validation" in text
     assert "Settings: epochs planned 1, learning rate 0.002" in text  # methods from run.json
-    # No leak-free evaluation among these runs: the caption says so instead of claiming it.
+    # No leak-free evaluation among these runs: the caption says so instead of claiming it, says how to
+    # get one from a notebook too, and explains the mark on every row.
     assert "not leak-free" in text and "Leak-free test split" not in text
+    assert "`report.leak_free_evaluations(RUNS, data)`" in text
+    assert "| cnn † |" in text and "† the test split as loaded: this detector has no leak-free evaluation" in text
+    # 40 test images: a subset of CIFAKE, which says so at the top, under every table and figure, in the
+    # Discussion, and beside the published results
+    assert text.split("\n")[2].startswith("> **A subset of CIFAKE.** These detectors were trained and tested on "
+                                          "40 of CIFAKE's 20,000 test images")
+    caption = "_Subset of CIFAKE: 40 test images: not the whole of CIFAKE._"
+    lines = [line for line in text.split("\n") if line.strip()]
+    for i, line in enumerate(lines[:-1]):
+        ends_table = line.startswith("|") and not lines[i + 1].startswith("|")
+        if line.startswith("![") or ends_table:
+            assert lines[i + 1] == caption, (line, lines[i + 1])
+    assert "**Context only, not a comparison:**" in text and "- These detectors were trained and tested on 40" in text
     images = report.linked_images(path)
     names = {p.name for p in images}
     assert {"roc.png", "per_class.png", "reliability.png", "robustness.png", "gallery_cnn.png",
@@ -67,6 +83,30 @@ def test_report_from_tiny_runs(study):
             im.verify()
     for csv in ("comparison.csv", "per_class.csv", "calibration.csv", "paired_comparisons.csv"):
         assert (root / "out" / csv).is_file()
+
+
+def test_leak_free_evaluations_make_the_headline_leak_free(study, tmp_path):
+    """What notebook 04 does on its own: each run's predictions kept to the leak-free test images (here a
+    test image planted as a copy of a training image is dropped), paired with the run by load_study."""
+    import shutil
+
+    from cifake_lib.analysis.leak_free import leak_free_evaluations
+    from cifake_lib.analysis.study import load_study
+
+    root, data = study
+    runs = tmp_path / "runs"
+    shutil.copytree(root / "runs", runs)
+    planted = data.test.images.copy()
+    planted[0] = data.train.images[0]  # test image 0 now also occurs in train: a leak
+    leaky = replace(data, test=replace(data.test, images=planted))
+    written = leak_free_evaluations(runs, leaky, n_boot=0, note=lambda m: None)
+    assert len(written) == 4 and leak_free_evaluations(runs, leaky, note=lambda m: None) == []  # once
+    s = load_study([runs])
+    assert s.leak_free and all(r["metrics"]["n"] == len(data.test) - 1 for r in s.runs)
+    assert {v["n"] for v in s.removed.values()} == {1}
+    assert data.test.ids[0] not in set(s.runs[0]["predictions"]["id"].tolist())
+    text = report.build_report([runs], tmp_path / "out", n_boot=0, saliency=False).read_text()
+    assert "**Leak-free test split:**" in text and "†" not in text
 
 
 def test_report_cli_without_data(study, tmp_path):
@@ -116,7 +156,7 @@ def test_models_before_after(tmp_path, tiny_model_dir):
     make_run(tmp_path / "fti", "finetune:image", kind="clip", model="/no/such/model", n=20)
     pairs = models_before_after(load_runs(tmp_path))
     assert list(pairs.values()) == [str(tiny_model_dir), str((tmp_path / "ft").resolve())]
-    assert list(pairs)[1] == "fine-tuned (finetune:both)"
+    assert list(pairs) == ["random weights (model)", "fine-tuned (finetune:both)"]  # a tiny CLIP is not "pretrained"
 
 
 # --------------------------------------------------------------------------- leak-free headline, paired tests
@@ -222,3 +262,24 @@ def test_paired_statement_wording(lo, hi, p, expected):
     row = {"detector_a": "a", "detector_b": "b", "metric": "accuracy", "difference": (lo + hi) / 2,
            "ci_low": lo, "ci_high": hi, "p_value": p, "test": "McNemar exact"}
     assert expected in report.paired_statement(row)
+
+
+def test_scale_of_a_study(tiny_model_dir, tmp_path):
+    """A tiny random model or a subset makes a pipeline check; pretrained models on all of CIFAKE do not."""
+    from cifake_lib.evaluation.scale import Scale, is_tiny_model, settings_scale, study_scale
+
+    assert is_tiny_model(str(tiny_model_dir)) and not is_tiny_model("openai/clip-vit-base-patch32")
+    s = settings_scale([str(tiny_model_dir), "openai/clip-vit-base-patch32"], [1600, 400])
+    assert s.reduced and s.tiny_models == (str(tiny_model_dir),) and s.subset == (1600, 400)
+    assert s.what() == ("a tiny randomly initialised CLIP (no pretrained weights) and a 1,600/400-image "
+                        "(train/test) subset of CIFAKE")
+    assert s.record()["pipeline_check"] is True and s.banner().startswith("> **Pipeline check, not a result.**")
+    subset = settings_scale(["openai/clip-vit-base-patch32"], [16_000, 4_000])
+    assert subset.reduced and not subset.pipeline_check and subset.banner().startswith("> **A subset of CIFAKE.**")
+    full = {"path": tmp_path, "metrics": {"model": "openai/clip-vit-base-patch32", "n": 20_000},
+            "run": {"args": {"subset": None}}, "detector": {}}
+    assert not study_scale([full]).reduced and Scale().banner() == "" and Scale().caption() == ""
+    fine_tuned = {"path": tmp_path, "metrics": {"model": "model", "n": 20_000}, "run": {"args": {}},
+                  "detector": {"base_model": str(tiny_model_dir)}}
+    assert study_scale([full, fine_tuned]).tiny_models == (str(tiny_model_dir),)
+    assert study_scale([{**full, "metrics": {"model": "cifake-cnn", "n": 400}}]).test_images == 400

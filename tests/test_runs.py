@@ -74,6 +74,23 @@ def test_write_run_writes_every_file(tmp_path):
     assert info["seconds"] == 1.5 and "T" in info["created"]
     assert info["versions"]["numpy"] == np.__version__ and "cifake_lib" in info["versions"]
     assert "cuda" in info["device"] and info["python"] and info["platform"]
+    # the git commit of the source that ran, when it is a git checkout
+    import subprocess
+
+    import cifake_lib
+
+    here = Path(cifake_lib.__file__).resolve().parent.parent
+    head = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True)
+    assert (info["git"] or {}).get("commit") == (head.stdout.strip() if head.returncode == 0 else None)
+    # the model card: what it is, data and split, metrics with intervals, threshold, how to load it
+    card = (run / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: cifake_lib\n") and "# probe: a CIFAKE detector" in card
+    assert f"**Threshold.** {metrics['threshold']:.4f} (chosen on validation" in card
+    assert "a 10/20-image (train/test) subset" in card and "test 400 images (200 REAL, 200 FAKE)" in card
+    assert f"| ROC AUC | {metrics['roc_auc']:.4f} [{metrics['roc_auc_ci95'][0]:.4f}, " in card
+    assert "| `acc@0.5` (at p_fake ≥ 0.5) |" in card and "1 = FAKE (AI-generated" in card
+    assert 'cl.load_detector("run")' in card and "cifake predict --model run image.png" in card
+    assert "## Limitations" in card and "Pipeline check" not in card
     pred = read_predictions(run / "predictions.csv")
     np.testing.assert_array_equal(pred["p_fake"], args["p_test"])
     np.testing.assert_array_equal(pred["id"], args["test"].ids)

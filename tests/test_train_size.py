@@ -68,7 +68,8 @@ def test_load_keeps_one_validation_split_for_every_train_size(sample_dir):
     assert not set(base.val.ids) & set(base.train.ids)
 
 
-def test_load_drops_validation_images_with_a_twin_in_train(sample_dir):
+def test_load_drops_validation_images_with_a_twin_in_train(cifake_sample):
+    sample_dir = cifake_sample
     # The sample holds one pair of identical train files; with seed 1 the split puts one in each side.
     data = load_cifake(sample_dir, val_fraction=0.5, seed=1, progress=False)
     assert data.duplicates["within_train"] == 1 and data.duplicates["dropped_val"] == 1

@@ -129,5 +129,20 @@ def test_explorer_callbacks(detectors, files, tmp_path):
     ex.label_box.value, ex.correct_box.value, ex.class_box.value = "all", "all", "dog"
     assert ex.browse_rows and all(r["cifar_class"] == "dog" for r in ex.browse_rows)
     assert ex.browse_out.value.count("data:image/png") == len(ex.browse_rows)  # images from the split
+    t = run["metrics"]["threshold"]
+    assert f"Decisions at this run's threshold {t:.4f}" in ex.browse_out.value
+    assert f" ≥ {t:.4f}" in ex.browse_out.value or f" &lt; {t:.4f}" in ex.browse_out.value
+    # a filter that matches nothing says why, and how many each filter set back to "all" would show
+    preds = {"id": np.array(list("abcdef")), "label": np.array([0, 0, 1, 1, 1, 0]),
+             "cifar_class": np.array([5, 3, 3, 5, 3, 5]), "p_fake": np.array([0.1, 0.8, 0.95, 0.2, 0.55, 0.5])}
+    filters = {"label": "FAKE", "cifar_class": "dog", "correct": "right"}  # the one FAKE dog (d) is wrong
+    assert len(widgets.filter_predictions(preds, label="FAKE", cifar_class="dog", correct=True, threshold=0.5)) == 0
+    empty = widgets.empty_filter_text(preds, filters, threshold=0.5)
+    assert empty.startswith("No test prediction of this run has label FAKE, class dog, decision right")
+    assert empty.endswith("with label “all”: 1; with class “all”: 2; with decision “all”: 1.")
+    run["predictions"] = preds
+    ex = widgets.Explorer(detectors, [run], None, saliency=False)
+    ex.label_box.value, ex.class_box.value, ex.correct_box.value = "FAKE", "dog", "right"
+    assert "0 shown of 0 matching" in ex.browse_out.value and "Set a filter back to “all”" in ex.browse_out.value
     titles = [ex.widget.get_title(i) for i in range(2)]
     assert titles == ["Upload", "Browse"] and all(len(t) <= 12 for t in titles)  # never cut

@@ -453,11 +453,17 @@ def _fmt_num(v: Any, digits: int = 4) -> str:
     return str(v)
 
 
+def as_code_if_at(text: str) -> str:
+    """`acc@0.5` as code: Markdown renderers (JupyterLab, GitHub) turn a bare `name@x.y` into an
+    e-mail link."""
+    return f"`{text}`" if "@" in text and "`" not in text else text
+
+
 def format_cell(row: Mapping[str, Any], key: str, kind: str = "num", digits: int = 4) -> str:
     """One table cell: text, an int, a number, or (`kind="ci"`) `value [lo, hi]` when the CI exists."""
     v = row.get(key)
     if kind == "text":
-        return "" if v is None else str(v).replace("|", "\\|")
+        return "" if v is None else as_code_if_at(str(v).replace("|", "\\|"))
     if kind == "int":
         return _fmt_num(v if v is None or isinstance(v, (list, tuple)) else int(v))
     text = _fmt_num(v, digits)
@@ -474,7 +480,7 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[st
         return "_(no rows)_\n"
     if columns is None:
         columns = [(k, k, "num" if isinstance(rows[0][k], float) else "text") for k in rows[0]]
-    lines = ["| " + " | ".join(h for _, h, _ in columns) + " |",
+    lines = ["| " + " | ".join(as_code_if_at(h) for _, h, _ in columns) + " |",
              "|" + "|".join("---" if kind == "text" else "---:" for _, _, kind in columns) + "|"]
     for r in rows:
         lines.append("| " + " | ".join(format_cell(r, k, kind, digits) for k, _, kind in columns) + " |")

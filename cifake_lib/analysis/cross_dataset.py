@@ -103,7 +103,7 @@ def cross_dataset_markdown(rows: Sequence[Mapping[str, Any]], pairs: Sequence[Ma
     """The two tables with their captions."""
     text = [markdown_table(rows, CROSS_COLUMNS),
             "\nROC AUC is threshold-free; accuracy is at each detector's threshold chosen on CIFAKE's "
-            "validation split (acc@0.5 beside it). Intervals: percentile bootstrap, 95%. Image size: "
+            "validation split (`acc@0.5` beside it). Intervals: percentile bootstrap, 95%. Image size: "
             "the external set's most common native size; each detector's own preprocessing resized it.\n"]
     if pairs:
         text += ["\nPaired comparisons on each set (same images; paired bootstrap of the difference, McNemar "

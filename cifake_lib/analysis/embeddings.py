@@ -120,7 +120,10 @@ def models_before_after(runs: Sequence[Mapping[str, Any]]) -> dict[str, str]:
         return out
     base = str(source["metrics"].get("model", ""))
     if base and usable(base):
-        out[f"pretrained ({Path(base).name or base})"] = base
+        from cifake_lib.evaluation.scale import is_tiny_model
+
+        before = "random weights" if is_tiny_model(base) else "pretrained"  # a tiny smoke CLIP was never trained
+        out[f"{before} ({Path(base).name or base})"] = base
     if ft:
         out[f"fine-tuned ({ft[0]['metrics']['detector']})"] = str(ft[0]["path"])
     return out

@@ -50,6 +50,7 @@ from cifake_lib.core.files import read_json, write_csv, write_text_atomic
 from cifake_lib.core.formatting import format_p
 from cifake_lib.evaluation.metrics import utc_now
 from cifake_lib.evaluation.runs import detector_kind
+from cifake_lib.evaluation.scale import Scale
 
 REPORT = "report.md"
 TITLE = "CIFAKE detectors: report"
@@ -110,15 +111,32 @@ def compute_results(study: Study, *, n_boot: int = 1000, n_boot_paired: int = 20
                    paired=paired, paired_notes=notes, robustness=robustness)
 
 
+def captioned(section: Section, study: Study | None) -> Section:
+    """`section` with a caption line under every figure and table when the study is a pipeline check
+    (a tiny random CLIP, a subset: `Study.scale`), so no number of it is read as CLIP's; as it is
+    otherwise."""
+    caption = study.scale.caption() if study is not None else ""
+    if not caption:
+        return section
+    blocks = []
+    for block in section.blocks:
+        blocks.append(block)
+        is_figure = re.fullmatch(r"!\[[^\]]*\]\([^)]+\)\s*", block)
+        if is_figure or any(line.startswith("|") for line in block.splitlines()):
+            blocks.append(caption)
+    return Section(section.title, blocks, dict(section.figures), dict(section.tables))
+
+
 def assemble_report(sections: Sequence[Section], out_dir: str | os.PathLike, *, title: str,
-                    preamble: str = "") -> Path:
-    """Write every section's figures and CSVs into `out_dir`, then report.md; returns its path."""
+                    preamble: str = "", study: Study | None = None) -> Path:
+    """Write every section's figures and CSVs into `out_dir`, then report.md; returns its path.
+    With `study`, a pipeline check's captions (`captioned`) are added to every figure and table."""
     from cifake_lib.viz.plots import save_figure
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     md = [f"# {title}\n"] + ([preamble] if preamble else [])
-    for s in sections:
+    for s in (captioned(s, study) for s in sections):
         for name, fig in s.figures.items():
             save_figure(fig, out / name)
         for name, (rows, columns) in s.tables.items():
@@ -129,10 +147,12 @@ def assemble_report(sections: Sequence[Section], out_dir: str | os.PathLike, *, 
     return path
 
 
-def show_section(section: Section) -> None:
-    """Display a section in a notebook as report.md shows it: its Markdown, its figures in place."""
+def show_section(section: Section, study: Study | None = None) -> None:
+    """Display a section in a notebook as report.md shows it: its Markdown, its figures in place
+    (with `study`, a pipeline check's captions too, as `assemble_report` writes them)."""
     from IPython.display import Markdown, display
 
+    section = captioned(section, study)
     text: list[str] = []
     for block in section.blocks:
         link = re.fullmatch(r"!\[[^\]]*\]\(([^)]+)\)\s*", block)
@@ -224,8 +244,17 @@ def _settings(run: Mapping[str, Any]) -> list[str]:
     return settings
 
 
-def methods_text(runs: Sequence[Mapping[str, Any]]) -> str:
-    """One generated paragraph per run from its metrics, run.json, detector.json and history.json."""
+def _model_text(model: Any, root: Path | None) -> str:
+    """A run's model as the methods text names it: relative to the study (a folder inside it), else
+    as recorded; a tiny random CLIP says so."""
+    from cifake_lib.evaluation.scale import is_tiny_model
+
+    return f"`{_relative(model, root)}`" + (" (a tiny CLIP with random weights)" if is_tiny_model(model) else "")
+
+
+def methods_text(runs: Sequence[Mapping[str, Any]], root: Path | None = None) -> str:
+    """One generated paragraph per run from its metrics, run.json, detector.json and history.json;
+    model folders inside `root` (the study) are named relative to it."""
     lines = []
     for r in runs:
         m, run_json, det = r["metrics"], r.get("run") or {}, r.get("detector") or {}
@@ -238,7 +267,7 @@ def methods_text(runs: Sequence[Mapping[str, Any]]) -> str:
         threshold = (f"threshold {m['threshold']:.4f} (chosen on validation)" if src == "val"
                      else f"threshold {m['threshold']:.4f} ({src})")
         text = (f"- **{r['name']}** (`{m['detector']}`, kind {det.get('kind', '?')}): model "
-                f"`{m.get('model')}`, data `{m.get('data')}`; {sizes}; {threshold}; "
+                f"{_model_text(m.get('model'), root)}, data `{m.get('data')}`; {sizes}; {threshold}; "
                 f"seed {m.get('seed')}.")
         settings = _settings(r)
         if settings:
@@ -265,7 +294,7 @@ def methods_text(runs: Sequence[Mapping[str, Any]]) -> str:
 
 def methods_section(study: Study) -> Section:
     s = Section("Methods")
-    s.add(methods_text(study.runs))
+    s.add(methods_text(study.runs, study_root(study)))
     if study.notes:
         s.add("\n".join(f"- {n}" for n in study.notes) + "\n")
     s.add("Choices: thresholds (maximising validation accuracy), the zero-shot prompt set (validation AUC), "
@@ -283,23 +312,30 @@ def methods_section(study: Study) -> Section:
 HEADLINE_COLUMNS = tuple(c for c in compare.COMPARISON_COLUMNS if c[0] != "source")
 
 
+LEAK_FREE_HOW = ("the evaluate stage of `cifake run` (`cifake evaluate --dedup`), or in a notebook "
+                 "`report.leak_free_evaluations(RUNS, data)` (notebook 04 does it on its own)")
+DAGGER = ("† the test split as loaded: this detector has no leak-free evaluation, so some of its test images may "
+          "also occur in train or validation.")
+
+
 def _caption(study: Study) -> str:
+    marked = any(not r.get("leak_free") for r in study.runs)
     if not study.runs or not any(r.get("leak_free") for r in study.runs):
         return ("**Test split as loaded (not leak-free):** no evaluation with train/validation duplicates "
-                "removed was found among the run folders; run `cifake evaluate --dedup` (the evaluate stage "
-                "of `cifake run`) for the leak-free headline.\n")
+                f"removed was found among the run folders; {LEAK_FREE_HOW} gives the leak-free headline.\n"
+                + (f"\n{DAGGER}\n" if marked else ""))
     counts = sorted({(v["n"], v["fake"], v["real"]) for v in study.removed.values()})
     removed = "; ".join(f"{n:,} removed ({fake:,} FAKE, {real:,} REAL)" for n, fake, real in counts) or \
         "the number removed is not known (no scores with duplicates to compare)"
     text = (f"**Leak-free test split:** every test image whose pixels also occur in train or validation removed "
             f"(`evaluate --dedup`): {removed}.")
-    if not study.leak_free:
-        text += " Rows marked † have no leak-free evaluation and use the test split as loaded."
+    if marked:
+        text += f"\n\n{DAGGER}"
     return text + "\n"
 
 
 def quantitative_section(study: Study, res: Results) -> Section:
-    from cifake_lib.evaluation.published import published_anchors, published_table
+    from cifake_lib.evaluation.published import anchors_beside, published_table
     from cifake_lib.viz.plots import anchored_title, compare_bar, roc_figure
 
     s = Section("Quantitative results")
@@ -307,7 +343,7 @@ def quantitative_section(study: Study, res: Results) -> Section:
             for r, run in zip([r for r in res.rows if r["source"] == "ours"], study.runs, strict=True)]
     s.add("### Main results\n", _caption(study),
           "`value [95% bootstrap CI]`. **accuracy**: at each detector's threshold, chosen on validation (column "
-          "threshold); **acc@0.5**: at p_fake >= 0.5, the natural threshold, which needs no labelled data. "
+          "threshold); **`acc@0.5`**: at p_fake >= 0.5, the natural threshold, which needs no labelled data. "
           "Accuracy and AUC intervals from metrics.json, the others bootstrapped from predictions.csv.\n",
           compare.markdown_table(ours, HEADLINE_COLUMNS))
     s.tables["comparison.csv"] = (res.rows, None)
@@ -325,22 +361,28 @@ def quantitative_section(study: Study, res: Results) -> Section:
     if res.paired_notes:
         s.add("\n".join(f"- {n}" for n in res.paired_notes) + "\n")
     s.tables["paired_comparisons.csv"] = (res.paired, PAIRED_COLUMNS)
+    context = study.scale.reduced  # a pipeline check: published results are context, not a comparison
     s.add("### Published results (not ours)\n",
-          "Reported by others on their own split and protocol, at their published precision; set beside the "
-          "figure of ours named in the last column (a zero-shot figure, which tunes no threshold, beside acc@0.5).\n",
+          (f"**Context only, not a comparison:** ours come from {study.scale.what()}, theirs from trained models "
+           "on CIFAKE's test set. " if context else "")
+          + "Reported by others on their own split and protocol, at their published precision; set beside the "
+          "figure of ours named in the last column (a zero-shot figure, which tunes no threshold, beside `acc@0.5`). "
+          "The figures below draw every one of them for their metric (one published only approximately as a "
+          "hollow diamond).\n",
           compare.markdown_table(published_table(), PUBLISHED_COLUMNS))
     curves = compare.roc_curves(study.runs)
     if curves:
         split = "leak-free test split" if study.leak_free else "test split"
         s.image(roc_figure(curves, title=f"ROC curves, {split}"), "roc.png", "ROC curves of every detector")
-    auc_anchors = published_anchors("roc_auc")
-    s.image(compare_bar(ours, "roc_auc", published=auc_anchors, title=anchored_title("ROC AUC (95% CI)", auc_anchors)),
-            "compare_auc.png", "ROC AUC of every detector with published anchors")
-    acc_anchors = published_anchors("accuracy", setting="supervised") | published_anchors(
-        "accuracy", setting="probe") | published_anchors("accuracy", setting="fine-tuned")
-    s.image(compare_bar(ours, "accuracy", published=acc_anchors,
-                        title=anchored_title("Accuracy at the validation threshold (95% CI)", acc_anchors)),
-            "compare_accuracy.png", "Accuracy of every detector with published anchors")
+    auc_anchors = anchors_beside("roc_auc")  # the published table's rows of each column, no more, no fewer
+    s.image(compare_bar(ours, "roc_auc", published=auc_anchors, context_only=context,
+                        title=anchored_title("ROC AUC (95% CI)", auc_anchors, context_only=context)),
+            "compare_auc.png", "ROC AUC of every detector with the published results")
+    acc_anchors = anchors_beside("accuracy")  # a zero-shot accuracy would be beside acc@0.5: not here
+    s.image(compare_bar(ours, "accuracy", published=acc_anchors, context_only=context,
+                        title=anchored_title("Accuracy at the validation threshold (95% CI)", acc_anchors,
+                                             context_only=context)),
+            "compare_accuracy.png", "Accuracy of every detector with the published results")
     _per_class_block(s, res.per_class)
     return s
 
@@ -475,16 +517,23 @@ def _embeddings_block(s: Section, runs: Sequence[Mapping[str, Any]], split: Any,
     models = models_before_after(runs)
     if not models:
         return
-    rng = np.random.default_rng(0)
-    idx = np.sort(rng.choice(len(split), size=min(limit, len(split)), replace=False))
-    images, labels = split.images[idx], split.labels[idx]
+    from cifake_lib.data.load import stratified_subset
+
+    # as many REAL as FAKE (a plain random draw gave 161/139), each stratified by CIFAR class; seeded
+    n = min(limit, 2 * int(min((split.labels == 0).sum(), (split.labels == 1).sum())))
+    n -= n % 2
+    if n == 0:
+        return
+    sample = stratified_subset(split, n, seed=0)
+    images, labels = sample.images, sample.labels
     try:
         features = {name: image_embeddings(ref, images, device=device) for name, ref in models.items()}
     except Exception as e:  # a model that cannot be loaded here must not sink the whole report
         s.add(f"_Embeddings skipped: {type(e).__name__}: {e}_\n")
         return
     s.add("### Image embeddings\n",
-          f"CLIP image embeddings of {len(idx)} test images (seeded sample), projected to 2-D. Silhouette score "
+          f"CLIP image embeddings of {n} test images ({n // 2} REAL, {n // 2} FAKE, stratified by CIFAR class, "
+          "seeded), projected to 2-D. Silhouette score "
           "(cosine) of the REAL/FAKE labels in the full embedding space: higher means better separated.\n")
     rows = [{"model": name, "silhouette": separation(f, labels)} for name, f in features.items()]
     s.add(compare.markdown_table(rows, [("model", "model", "text"), ("silhouette", "silhouette", "num")]))
@@ -527,10 +576,12 @@ def _zero_shot_thresholds(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     return ["Zero-shot accuracy depends on the threshold: " + "; ".join(out) + "."] if out else []
 
 
-def _published_statements(rows: Sequence[Mapping[str, Any]], leak_free: bool = True) -> list[str]:
+def _published_statements(rows: Sequence[Mapping[str, Any]], leak_free: bool = True,
+                          scale: Scale | None = None) -> list[str]:
     """Descriptive: a published figure beside ours of the same setting (different split and protocol)."""
     from cifake_lib.evaluation.published import cite, compared_with, published_results
 
+    scale = scale or Scale()
     kinds = {"supervised": ("cnn",), "probe": ("probe",), "zero-shot": ("zeroshot",), "fine-tuned": ("finetune",)}
     split = "leak-free split" if leak_free else "test split as loaded"
     out = []
@@ -542,8 +593,9 @@ def _published_statements(rows: Sequence[Mapping[str, Any]], leak_free: bool = T
             mine = "; ".join(f"{r['name']} {r[key]:.2%}" if e["metric"] == "accuracy" else f"{r['name']} {r[key]:.4f}"
                              for r in ours)
             out.append(f"Published {e['name']} ({cite(e)}): {METRIC_WORDS.get(e['metric'], e['metric'])} {e['text']} "
-                       f"on {e['split']}; ours ({compared_with(e)}, {split}): {mine}. Descriptive only: a "
-                       "different split and protocol, no paired test is possible.")
+                       f"on {e['split']}; ours ({compare.as_code_if_at(compared_with(e))}, {split}): {mine}. "
+                       + (f"Context only, not a comparison: ours come from {scale.what()}." if scale.reduced else
+                          "Descriptive only: a different split and protocol, no paired test is possible."))
     return out
 
 
@@ -644,12 +696,18 @@ def discussion(study: Study, res: Results) -> list[str]:
     """Generated sentences. "Better than" / "not distinguishable" come from the paired table only."""
     from cifake_lib.evaluation.published import absence_claim
 
-    out = [paired_statement(r) + "." for r in res.paired]
+    check = study.scale.pipeline_check  # a tiny random CLIP: the statements test the pipeline, not CLIP
+    out = [f"This study is a pipeline check: its detectors were made with {study.scale.what()}. The paired "
+           "comparisons below check that the pipeline runs and that its tests are computed; they say nothing "
+           "about CLIP on CIFAKE."] if check else [
+        f"These detectors were trained and tested on {study.scale.what()}: the comparisons below hold for "
+        "that subset."] if study.scale.reduced else []
+    out += [("Pipeline check: " if check else "") + paired_statement(r) + "." for r in res.paired]
     if res.paired:
         out.append(f"A difference is called higher or lower only when its paired interval excludes 0 and its "
                    f"test gives p < 0.05; {len(res.paired)} tests, not corrected for multiple comparisons.")
     out += _zero_shot_thresholds(res.rows)
-    out += _published_statements(res.rows, study.leak_free)
+    out += _published_statements(res.rows, study.leak_free, study.scale)
     out += _calibration_statements(res.calibration)
     out += _descriptive_statements(res.rows, res.per_class, [r for rec in res.robustness for r in rec["rows"]])
     if any(str(r["metrics"].get("detector", "")).startswith("finetune:both") for r in study.runs):
@@ -711,7 +769,7 @@ def build_report(run_dirs: str | os.PathLike | Iterable[str | os.PathLike], out_
         references_section(),
     ]
     sections = full_sections(core, study, run_dirs, study_roots=study_roots)
-    return assemble_report(sections, out_dir, title=title, preamble=preamble(study))
+    return assemble_report(sections, out_dir, title=title, preamble=preamble(study), study=study)
 
 
 def _insert_after(sections: list[Section], title: str, new: Sequence[Section]) -> None:
@@ -744,14 +802,42 @@ def full_sections(core: Sequence[Section], study: Study, run_dirs: Sequence[str 
     return with_study_sections(sections, run_dirs, study, study_roots)
 
 
+def banner(study: Study) -> str:
+    """The banner at the top of report.md and notebook 04 when the study is a pipeline check (a tiny
+    random CLIP, a subset of CIFAKE); empty for a study of pretrained models on the whole of CIFAKE."""
+    return study.scale.banner()
+
+
+def study_root(study: Study) -> Path | None:
+    """The folder that holds every run folder of the study (a `cifake run` folder, a runs folder)."""
+    try:
+        return Path(os.path.commonpath([str(Path(p).resolve()) for p in study.paths]))
+    except ValueError:  # none, or on different drives
+        return None
+
+
+def _relative(path: Any, root: Path | None) -> str:
+    """`path` relative to `root` when it lies inside it (what stays true when the study moves), else as is."""
+    try:
+        if root is None or not Path(str(path)).is_absolute() or not Path(str(path)).exists():
+            return str(path)  # a Hub id, a name ("cifake-cnn"), or a folder no longer there
+        return Path(str(path)).resolve().relative_to(root).as_posix()
+    except (ValueError, OSError):
+        return str(path)
+
+
 def preamble(study: Study) -> str:
-    """report.md's opening paragraph: where the runs came from, the label convention, what chose what."""
-    return (f"Generated {utc_now()} by cifake_lib from {study.n_folders} run folder(s) under "
-            f"{', '.join(f'`{d}`' for d in study.paths)}. Label 1 = FAKE is the positive class. Every choice "
-            "(threshold, prompt set, C, early stopping, temperature) was made on validation data; test data "
+    """report.md's opening paragraph: the pipeline-check banner (when it is one), where the runs came
+    from, the label convention, what chose what."""
+    root = study_root(study)
+    folders = ", ".join(f"`{_relative(d, root) or '.'}`" for d in study.paths)
+    text = (f"Generated {utc_now()} by cifake_lib from {study.n_folders} run folder(s) under {folders}"
+            + (f" (in `{root}`)" if root is not None else "") + ". Label 1 = FAKE is the positive class. Every "
+            "choice (threshold, prompt set, C, early stopping, temperature) was made on validation data; test data "
             "gave these numbers only. Main numbers: "
             + ("the leak-free test split" if study.leak_free else "the test split as loaded (not leak-free)")
             + " (see Quantitative results).\n")
+    return banner(study) + "\n" + text if banner(study) else text
 
 
 def headline_test_split(study: Study, data: Any) -> Any:
@@ -796,8 +882,6 @@ def ensure_smoke_runs(runs_dir: str | os.PathLike, data: str | None = None, *, s
     CIFAKE paper's CNN (1 epoch) when there is no CNN run; on `subset` of `data`. Returns the
     run folders it wrote (none when both kinds exist).
     """
-    import tempfile
-
     from cifake_lib.evaluation.runs import find_runs
 
     runs_dir = Path(runs_dir)
@@ -817,7 +901,11 @@ def ensure_smoke_runs(runs_dir: str | os.PathLike, data: str | None = None, *, s
         from cifake_lib.methods import zeroshot
         from cifake_lib.methods.config import ZeroshotConfig
 
-        model = write_tiny_clip(Path(tempfile.mkdtemp(prefix="cifake_tiny_")) / "tiny_clip", seed=seed)
+        # inside the runs folder (the notebooks' own tiny CLIP when there is one): the runs
+        # record it relative to themselves, so the folder can be moved or copied whole
+        model = runs_dir / "tiny_clip"
+        if not (model / "config.json").is_file():
+            write_tiny_clip(model, seed=seed)
         zeroshot.run(small, ZeroshotConfig(model=str(model), prompts="plain,ensemble"), runs_dir / "zeroshot")
         written += [runs_dir / "zeroshot"]
     if "cnn" not in kinds:

@@ -25,6 +25,7 @@ import numpy as np
 
 from cifake_lib.analysis import compare
 from cifake_lib.evaluation.runs import detector_kind
+from cifake_lib.evaluation.scale import Scale, study_scale
 from cifake_lib.evaluation.stats import compare_pair
 
 
@@ -73,6 +74,7 @@ class Study:
     notes: list[str] = field(default_factory=list)
     n_folders: int = 0
     removed: dict[str, dict[str, int]] = field(default_factory=dict)  # name -> {"n", "fake", "real"} removed
+    scale: Scale = field(default_factory=Scale)  # a pipeline check (tiny random CLIP, a subset) or not
 
     @property
     def leak_free(self) -> bool:
@@ -118,7 +120,7 @@ def load_study(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> Study:
         runs += [{**r, "leak_free": True, "leak_free_path": r["path"]} for r in extra]
     with_dup = [r for r in selected if id(r) in matched]
     return Study(paths=[str(p) for p in paths], runs=runs, with_duplicates=with_dup, notes=notes,
-                 n_folders=len(found), removed=removed)
+                 n_folders=len(found), removed=removed, scale=study_scale(found))
 
 
 # --------------------------------------------------------------------------- paired comparisons

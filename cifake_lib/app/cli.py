@@ -25,7 +25,8 @@ from cifake_lib import __version__
 from cifake_lib.analysis.config import ReportData
 from cifake_lib.app import stages
 from cifake_lib.app.pipeline import RunConfig, StudyOptions
-from cifake_lib.core.config import add_options, build, given, setting
+from cifake_lib.app.push import PushConfig
+from cifake_lib.core.config import add_options, build, given, setting, to_toml
 from cifake_lib.core.errors import CifakeError, is_disk_full
 from cifake_lib.core.lock import study_lock
 from cifake_lib.core.outdir import claim_output, write_error
@@ -190,9 +191,22 @@ PRINTERS = {"data": _print_data, "zeroshot": _print_zeroshot, "probe": _print_pr
             "report": lambda r, args: print(r.info["report"])}
 
 
+def check_paths(cfg: Any) -> None:
+    """A mistyped --model folder or --runs path fails here, in a second, before any folder is
+    claimed, any data is loaded or any Hub lookup is tried."""
+    from cifake_lib.core.network import check_local_folder
+
+    if isinstance(getattr(cfg, "model", None), str):
+        check_local_folder(cfg.model, "--model")
+    for path in getattr(cfg, "runs", None) or []:
+        if not os.path.exists(os.path.expanduser(path)):
+            raise FileNotFoundError(f"--runs {path}: no such file or folder")
+
+
 def _stage_runner(name: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         data, cfg = _configs(name, args)
+        check_paths(cfg)
         out = getattr(args, "out", None)
         if out is None:
             r = stages.STAGES[name].run(data, cfg, None)
@@ -214,13 +228,15 @@ def _claimed(out: str, args: argparse.Namespace, command: str) -> Iterator[None]
 
 
 def _finetune(args: argparse.Namespace) -> int:
-    from cifake_lib.methods.finetune import OutOfMemory, TrainingDiverged
-
     try:
         return _stage_runner("finetune")(args)
-    except OutOfMemory as e:  # the user's fix is a smaller --batch-size: a usage error, exit 2
-        raise CliError(str(e)) from None
-    except TrainingDiverged as e:
+    except RuntimeError as e:  # imported only now: a bad option fails before torch loads
+        from cifake_lib.methods.finetune import OutOfMemory, TrainingDiverged
+
+        if isinstance(e, OutOfMemory):  # the user's fix is a smaller --batch-size: a usage error, exit 2
+            raise CliError(str(e)) from None
+        if not isinstance(e, TrainingDiverged):
+            raise
         print(f"cifake finetune: {e}", file=sys.stderr)
         return 1
 
@@ -231,7 +247,7 @@ def _finetune(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from cifake_lib.app.pipeline import print_plan, run_study, study_config
+    from cifake_lib.app.pipeline import check_study, print_plan, run_study, study_config
 
     opts = build(StudyOptions, given(args, StudyOptions), flag_names=True)
     overrides = given(args, RunConfig)
@@ -241,8 +257,11 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     if opts.print_config:
         config = study_config(opts.preset, opts.config, run_overrides=overrides, data=opts.data, out=opts.out)
-        print(json.dumps(config, indent=2, default=str))
+        print(to_toml(config, header=f"cifake run --preset {opts.preset}: every setting, checked. Save it and "
+                      "pass it back with --config FILE (a setting left out takes its default)."), end="")
         return 0
+    check_study(preset=opts.preset, data=opts.data, config_file=opts.config, out=opts.out,
+                run_overrides=overrides)  # a bad setting creates no folder
     with _claimed(opts.out, args, "run"):
         record = run_study(preset=opts.preset, data=opts.data, config_file=opts.config, out=opts.out,
                            run_overrides=overrides)
@@ -270,6 +289,7 @@ def _predict(args: argparse.Namespace) -> int:
     from cifake_lib.methods.predict import predict_paths
 
     cfg = build(PredictConfig, given(args, PredictConfig), flag_names=True)
+    check_paths(cfg)
     detector = load_detector_or_fail(cfg.model, cfg.device)
     failed = 0
     for record in predict_paths(detector, read_inputs(cfg.inputs), batch_size=cfg.batch_size):
@@ -278,6 +298,23 @@ def _predict(args: argparse.Namespace) -> int:
     if failed:
         print(f"cifake predict: {failed} input(s) could not be scored", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _push(args: argparse.Namespace) -> int:
+    from cifake_lib.app.push import push
+
+    cfg = build(PushConfig, given(args, PushConfig), flag_names=True)
+    if not os.path.isdir(os.path.expanduser(cfg.model)):
+        raise FileNotFoundError(f"--model {cfg.model}: no such folder (a run folder to push was meant)")
+    result = push(cfg, note=lambda msg: print(msg, file=sys.stderr))
+    if args.json:
+        print(json.dumps(result, indent=2))
+    elif result["url"] is None:
+        print(f"dry run: {len(result['files'])} file(s) of {result['run']} would go to {cfg.repo}:")
+        print("\n".join(f"  {f}" for f in result["files"]))
+    else:
+        print(f"pushed {result['run']} ({len(result['files'])} files) to {cfg.repo}: {result['url']}")
+    return 0
 
 
 def _tiny_model(args: argparse.Namespace) -> int:
@@ -317,6 +354,8 @@ COMMANDS: list[Command] = [
             stages.STAGES["report"].option_classes, _stage_runner("report"), out=True),
     Command("predict", "p_fake for image files: one JSON line per image, in input order "
             "(exit 1 if any file failed)", (PredictConfig,), _predict),
+    Command("push", "upload a detector's run folder (with its model card and, for a probe or zero-shot run, "
+            "its local base model) to the Hugging Face Hub", (PushConfig,), _push, json=True),
     Command("tiny-model", "write a small randomly initialised CLIP, SigLIP or DINOv2 (offline, for tests and smoke runs)",
             (TinyModelConfig,), _tiny_model, writes=True),
 ]
@@ -362,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
     return int(code or 0)
 
 
-__all__ = ["COMMANDS", "CliError", "build_parser", "main", "read_inputs"]
+__all__ = ["COMMANDS", "CliError", "build_parser", "check_paths", "main", "read_inputs"]
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -141,12 +141,15 @@ class NotebookContext:
 
 
 def _study_model(study: Path, model: str) -> str:
-    """The study's model as recorded, or, for a model folder inside the study (the smoke preset's
-    tiny CLIP) that is not where it was recorded (a relative --out, a moved study), that folder."""
-    recorded = Path(model).expanduser()
-    if recorded.is_absolute() and recorded.is_dir():
-        return str(recorded)
-    inside = study / recorded.name
+    """The study's model as recorded: a folder relative to the study (the smoke preset's tiny
+    CLIP), a folder elsewhere, or a Hub id; a folder recorded by an older study that has moved
+    since is looked for inside the study under its own name."""
+    from cifake_lib.core.paths import resolve_recorded
+
+    found = resolve_recorded(model, study)
+    if found is not None:
+        return str(found)
+    inside = study / Path(model).name
     if (inside / "config.json").is_file():
         return str(inside)
     return model  # a Hugging Face id (or a folder elsewhere, as recorded)

@@ -43,14 +43,17 @@ from cifake_lib.core.config import (
     build,
     negated,
     option_map,
+    options,
     setting,
     to_argv,
     to_mapping,
 )
 from cifake_lib.core.errors import CifakeError
 from cifake_lib.core.files import read_json, write_json
+from cifake_lib.core.paths import portable_path
 from cifake_lib.core.settings import DEFAULT_MODEL, default_data_source
 from cifake_lib.data.config import DataConfig
+from cifake_lib.evaluation.scale import settings_scale
 from cifake_lib.evaluation.study import (
     OLD_STUDY,
     RUNS_DIR,
@@ -106,7 +109,8 @@ class StudyOptions:
     config: str | None = setting(None, "TOML whose tables override the preset's (see "
                                  "cifake_lib/app/presets/report.toml)", metavar="FILE.toml")
     out: str = setting("study", "folder for every stage's outputs", metavar="DIR")
-    print_config: bool = setting(False, "check the merged config and print it as JSON, then exit")
+    print_config: bool = setting(False, "check the merged config and print it as TOML (every setting; "
+                                 "--config reads it back), then exit")
     print_plan: bool = setting(False, "list every run of the grid with its key, its status and the single "
                                "`cifake ...` command that reproduces it, then exit (imports no torch)")
 
@@ -136,7 +140,7 @@ class RunConfig:
                                             "320,1000,4000", metavar="N,N", show_default="the whole split")
     seeds: list[int] | None = setting(None, "training seeds: every trained method runs once per seed on the "
                                       "same data split (zero-shot once); e.g. 0,1,2", metavar="S,S",
-                                      show_default="the data --seed")
+                                      show_default="one seed, the data --seed; the report preset: 0,1,2")
     image_sizes: list[int] | None = setting(None, "input sides of the grid in pixels (the resolution axis): every "
                                             "method with a backbone runs once per size, position embeddings "
                                             "interpolated; e.g. 224,112,64", metavar="PX,PX",
@@ -155,6 +159,14 @@ class RunConfig:
             values = getattr(self, name)
             if values is not None and (not values or len(set(values)) != len(values)):
                 raise ValueError(f"{name} must be distinct and at least one, got {values}")
+        from cifake_lib.core.network import check_local_folder
+
+        for model in [self.model, *(self.models or [])]:
+            if model not in TINY_MODELS:  # a mistyped folder stops the study before its first stage
+                try:
+                    check_local_folder(model, "model")
+                except FileNotFoundError as e:
+                    raise ValueError(str(e)) from None
         if self.train_sizes is not None and min(self.train_sizes) < 2:
             raise ValueError(f"train_sizes: each size must be at least 2 (one REAL, one FAKE), got {self.train_sizes}")
         if self.image_sizes is not None and min(self.image_sizes) < 8:
@@ -264,18 +276,35 @@ def model_path(model: str, out: Path) -> str:
     return str((out / TINY_MODELS[model][1]).resolve()) if model in TINY_MODELS else model
 
 
+def _as_table(cfg: Any, skip: set[str] | frozenset[str] = frozenset()) -> dict[str, Any]:
+    """A settings instance as its TOML table: every setting; a None where the default is not None
+    (a list setting set to none) written as [], TOML's spelling of it (see read_methods)."""
+    defaults = {o.key: o.default for o in options(type(cfg))}
+    return {k: [] if v is None and defaults.get(k) is not None else v
+            for k, v in to_mapping(cfg).items() if k not in skip}
+
+
 def study_config(preset: str = "report", config_file: str | os.PathLike | None = None, *,
                  run_overrides: Mapping[str, Any] | None = None, data: str | None = None,
                  out: str | os.PathLike = "study") -> dict[str, Any]:
-    """The merged config, checked as `run_study` checks it, with every setting's value filled in."""
+    """The merged config, checked as `run_study` checks it, with every setting's value filled in: each
+    stage's table as written (not a method's overrides of it), each method's overrides, so that
+    `cifake run --config` reads back the same config."""
     config = _merged_config(preset, config_file, run_overrides)
     source = data or config.get("data", {}).get("data") or default_data_source()
-    planner = plan_study(config, Path(out), source)
-    full: dict[str, Any] = {"run": to_mapping(planner.run), "data": to_mapping(planner.data)}
-    for step in planner.steps:
-        if step.cfg is not None and step.stage not in full:
-            full[step.stage] = {k: v for k, v in to_mapping(step.cfg).items() if k not in RESERVED.get(step.stage, ())}
-    full["methods"] = {m.name: {"stage": m.stage, **m.overrides} for m in planner.methods.values()}
+    planner = plan_study(config, Path(out), source)  # checks everything, every run's settings included
+    full: dict[str, Any] = {"run": _as_table(planner.run), "data": _as_table(planner.data)}
+    for stage in dict.fromkeys(step.stage for step in planner.steps if step.cfg is not None):
+        parts = split_table(stage, config.get(stage, {}))
+        own = {**parts[stages.STAGES[stage].classes[0]],  # what the study sets itself: left out below
+               **{k: ["study"] if k == "runs" else "study" for k in RESERVED.get(stage, ())}}
+        cfg = stages.stage_config(stage, own, planner.data, where=f"[{stage}]")
+        # a run's backbone comes from [run] model / models (the grid), not from its stage's table
+        grid = {"model"} if stage in METHOD_STAGES and stage not in NO_BACKBONE else set()
+        data_keys = {k: v for k, v in config.get(stage, {}).items() if k in {o.key for o in options(DataConfig)}}
+        full[stage] = {**_as_table(cfg, RESERVED.get(stage, set()) | grid), **data_keys}
+    full["methods"] = {m.name: {"stage": m.stage, **{k: [] if v is None else v for k, v in m.overrides.items()}}
+                       for m in planner.methods.values()}
     return full
 
 
@@ -699,6 +728,13 @@ def _planned(preset: str, data: str | None, config_file: str | os.PathLike | Non
     return config, source, planner
 
 
+def check_study(*, preset: str = "report", data: str | None = None, config_file: str | os.PathLike | None = None,
+                out: str | os.PathLike = "study", run_overrides: Mapping[str, Any] | None = None) -> None:
+    """Check what `run_study` would check (settings, data source, model folders) without writing or
+    importing anything heavy: `cifake run` calls it before it creates OUT."""
+    _planned(preset, data, config_file, Path(out), run_overrides, False)
+
+
 def print_plan(*, preset: str = "report", data: str | None = None, config_file: str | os.PathLike | None = None,
                out: str | os.PathLike = "study", run_overrides: Mapping[str, Any] | None = None) -> str:
     """Every run of the study's grid (key, status, run folder, the single-run command) and the other
@@ -727,8 +763,10 @@ def run_study(*, preset: str = "report", data: str | None = None, config_file: s
             if model in TINY_MODELS:
                 _tiny_model(Path(model_path(model, out)), TINY_MODELS[model][0], seed=planner.data.seed)
         _write_study(out, {"preset": preset, "config_file": str(config_file) if config_file else None,
-                           "data": source, "model": model_path(planner.models[0], out), "config": config,
-                           "layout": planner.layout})
+                           "data": source, "model": portable_path(model_path(planner.models[0], out), out),
+                           "config": config, "layout": planner.layout,
+                           "scale": settings_scale([model_path(m, out) for m in planner.models],
+                                                   planner.data.subset).record()})
         write_index(steps, out)
         record: dict[str, Any] = {"out": str(out), "preset": preset, "data": source, "steps": []}
         try:
@@ -879,6 +917,6 @@ def run_notebooks(folder: Path, *, data: str, smoke: bool, study: Path | None = 
     return results
 
 
-__all__ = ["Method", "PipelineError", "RunConfig", "Step", "StudyOptions", "best_zeroshot", "execute_notebook",
+__all__ = ["Method", "PipelineError", "RunConfig", "Step", "StudyOptions", "best_zeroshot", "check_study", "execute_notebook",
            "load_config", "model_path", "plan", "plan_study", "print_plan", "read_methods", "run_notebooks",
            "run_study", "study_config"]

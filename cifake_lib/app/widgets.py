@@ -10,7 +10,7 @@ The widgets only call plain functions, which the tests call directly, without a 
 `uploaded_files(value)` (the one place where ipywidgets 7 and 8 differ: FileUpload.value is
 {name: {"metadata": ..., "content": bytes}} in 7 and a tuple of {"name", "content"
 (memoryview), ...} dicts in 8), `decode_image`, `score_uploads`, `filter_predictions` and
-`prediction_rows`. `Explorer.on_upload` / `Explorer.on_filter` are the callbacks.
+`prediction_rows`, `empty_filter_text`. `Explorer.on_upload` / `Explorer.on_filter` are the callbacks.
 """
 
 from __future__ import annotations
@@ -230,18 +230,53 @@ def uploads_html(rows: Sequence[Mapping[str, Any]]) -> str:
     return _table(["file", "detector", "p_fake", "decision", "image", "saliency"], body) + legend
 
 
+FILTER_NAMES = {"label": "label", "cifar_class": "class", "correct": "decision"}
+
+
+def _filter_words(filters: Mapping[str, Any]) -> str:
+    return ", ".join(f"{FILTER_NAMES[k]} {v}" for k, v in filters.items())
+
+
+def empty_filter_text(preds: Mapping[str, np.ndarray], filters: Mapping[str, Any], threshold: float) -> str:
+    """Why no prediction matches `filters` ({"label": "FAKE", "cifar_class": "cat", "correct": "wrong"},
+    "all" for none) and what to change: how many would match with each filter set back to "all"."""
+    active = {k: v for k, v in filters.items() if v not in (None, "all")}
+    if not len(preds["label"]):
+        return "This run has no test predictions."
+    if not active:
+        return "No test prediction to show."
+
+    def count(f: Mapping[str, Any]) -> int:
+        return len(filter_predictions(preds, label=f.get("label"), cifar_class=f.get("cifar_class"),
+                                      correct={"right": True, "wrong": False}.get(f.get("correct")),
+                                      threshold=threshold))
+
+    hints = [f"with {FILTER_NAMES[k]} “all”: {count({**active, k: 'all'}):,}" for k in active]
+    return (f"No test prediction of this run has {_filter_words(active)} (decisions at its threshold "
+            f"{threshold:.4f}). Set a filter back to “all” to see more: " + "; ".join(hints) + ".")
+
+
+def threshold_text(threshold: float) -> str:
+    """How the Browse pane's decisions are made: at the run's own threshold, not at 0.5."""
+    return (f"Decisions at this run's threshold {threshold:.4f} (chosen on validation): p_fake ≥ {threshold:.4f} "
+            "→ FAKE, below → REAL.")
+
+
 def browse_html(rows: Sequence[Mapping[str, Any]], images: Sequence[np.ndarray | None] | None = None,
-                total: int | None = None) -> str:
-    """A table of prediction rows, with each image (or "–" when it is not loaded)."""
-    head = f"<p>{len(rows)} shown" + (f" of {total} matching" if total is not None else "") + "</p>"
+                total: int | None = None, *, threshold: float | None = None, empty: str = "") -> str:
+    """A table of prediction rows, with each image (or "–" when it is not loaded), the run's threshold
+    above it, and `empty` (why nothing matches, `empty_filter_text`) when there is no row."""
+    head = f"<p>{len(rows)} shown" + (f" of {total} matching" if total is not None else "") + (
+        f". {html.escape(threshold_text(threshold), quote=False)}" if threshold is not None else "") + "</p>"
     if not rows:
-        return head
+        return head + (f"<p style='color:#b00'>{html.escape(empty, quote=False)}</p>" if empty else "")
     body = []
     for k, r in enumerate(rows):
         im = images[k] if images is not None else None
         pic = f"<img src='{png_data_uri(im, _scale_for(im, 96))}' width=96>" if im is not None else "–"
         colour = "#070" if r["correct"] else "#b00"
-        body.append([html.escape(r["id"]), r["label"], r["cifar_class"], format_metric(r["p_fake"]),
+        sign = "" if threshold is None else (" ≥ " if r["predicted"] == "FAKE" else " < ") + f"{threshold:.4f}"
+        body.append([html.escape(r["id"]), r["label"], r["cifar_class"], format_metric(r["p_fake"]) + sign,
                      f"<td style='{TD};color:{colour}'>{r['predicted']}</td>", pic])
     return head + _table(["id", "label", "class", "p_fake", "predicted", "image"], body)
 
@@ -269,7 +304,10 @@ class Explorer:
         self._id_index = ({str(s): i for i, s in enumerate(np.asarray(split.ids).tolist())}
                           if split is not None else {})
 
-        self.upload = w.FileUpload(accept="image/*", multiple=True, description="Upload images")
+        # width auto: JupyterLab 4 gives the button a fixed width and cut "Upload images (4)" to "Upload images...";
+        # align_self keeps it as wide as its text rather than the whole pane
+        self.upload = w.FileUpload(accept="image/*", multiple=True, description="Upload images",
+                                   layout=w.Layout(width="auto", align_self="flex-start"))
         self.upload_out = w.HTML(uploads_html([]))
         self.upload.observe(self.on_upload, names="value")
 
@@ -320,7 +358,10 @@ class Explorer:
         if self.split is not None:
             images = [self.split.images[self._id_index[r["id"]]] if r["id"] in self._id_index else None
                       for r in self.browse_rows]
-        self.browse_out.value = browse_html(self.browse_rows, images, total=len(idx))
+        filters = {"label": self.label_box.value, "cifar_class": self.class_box.value,
+                   "correct": self.correct_box.value}
+        self.browse_out.value = browse_html(self.browse_rows, images, total=len(idx), threshold=t,
+                                            empty="" if len(idx) else empty_filter_text(preds, filters, t))
         return self.browse_rows
 
     def _ipython_display_(self) -> None:

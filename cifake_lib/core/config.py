@@ -396,5 +396,48 @@ def to_argv(classes: type | Sequence[type], values: Mapping[str, Any]) -> list[s
     return argv + positional
 
 
+# ---------------------------------------------------------------------------
+# TOML out: what `cifake run --print-config` prints and `--config` reads back
+# ---------------------------------------------------------------------------
+
+
+def _toml_value(value: Any, where: str) -> str:
+    import json
+    import math
+
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return ("inf" if value > 0 else "-inf") if math.isinf(value) else "nan" if math.isnan(value) else repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # a TOML basic string: JSON's escapes are TOML's
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v, where) for v in value if v is not None) + "]"
+    raise TypeError(f"{where}: cannot write {type(value).__name__} {value!r} as TOML")
+
+
+def to_toml(tables: Mapping[str, Mapping[str, Any]], header: str = "") -> str:
+    """{table: {key: value}} as TOML that tomllib reads back to the same values: a None value (TOML has
+    no null: "the default") is left out, a nested dict is a sub-table (`[methods.flyp]`)."""
+    lines = [f"# {line}" for line in header.splitlines()]
+
+    def table(name: str, values: Mapping[str, Any]) -> None:
+        lines.append(f"\n[{name}]")
+        subs = {}
+        for key, value in values.items():
+            if isinstance(value, Mapping):
+                subs[key] = value
+            elif value is not None:
+                lines.append(f"{key} = {_toml_value(value, f'[{name}] {key}')}")
+        for key, value in subs.items():
+            table(f"{name}.{key}", value)
+
+    for name, values in tables.items():
+        table(name, values)
+    return "\n".join(lines).lstrip("\n") + "\n"
+
+
 __all__ = ["Option", "SettingError", "add_options", "build", "coerce", "given", "negated", "option_map", "options",
-           "run_checks", "setting", "to_argv", "to_mapping"]
+           "run_checks", "setting", "to_argv", "to_mapping", "to_toml"]

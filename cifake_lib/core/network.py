@@ -41,6 +41,14 @@ def looks_like_path(value: str) -> bool:
     return "/" in value and os.path.isdir(os.path.expanduser(value.split("/", 1)[0]))
 
 
+def check_local_folder(value: str, flag: str = "--model") -> None:
+    """Fail at once, naming `flag`, when `value` is meant as a local folder (`looks_like_path`)
+    that does not exist: no data is loaded and no Hub lookup retried for a typo."""
+    if value and looks_like_path(value) and not os.path.exists(os.path.expanduser(value)):
+        raise FileNotFoundError(f"{flag} {value}: no such folder (a local folder was meant; a Hub id looks like "
+                                "openai/clip-vit-base-patch32)")
+
+
 def _offline_flags() -> list[tuple[object, str]]:
     """The module-level switches that `huggingface_hub` and `datasets` read at call time."""
     flags = []

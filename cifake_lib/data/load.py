@@ -676,6 +676,7 @@ def _counts_line(train: Split, test: Split) -> str:
 
 
 _WARNED_SHORT: set[str] = set()  # sources whose shortfall was already logged (CifakeData.warnings keeps it)
+_LOGGED_SHORT: set[str] = set()  # the warnings themselves, which format_summary does not print again
 
 
 def _shortfall(source: str, train: Split, test: Split) -> str | None:
@@ -732,6 +733,7 @@ def load_cifake(data: str | os.PathLike | None = None, *, subset: tuple[int, int
     shortfall = _shortfall(source.name, train, test)
     if shortfall and str(source) not in _WARNED_SHORT:  # once per source and process: notebooks load often
         _WARNED_SHORT.add(str(source))
+        _LOGGED_SHORT.add(shortfall)
         logger.warning(shortfall)
     if subset is not None:
         train = stratified_subset(train, subset[0], seed=seed)
@@ -793,7 +795,8 @@ def _counts_text(counts: Mapping[str, int]) -> str:
 
 
 def format_summary(summary: Mapping[str, Any]) -> str:
-    """The human-readable version of `summarize`'s dict."""
+    """The human-readable version of `summarize`'s dict (a warning this process has logged already
+    is not printed again; `summarize` keeps it)."""
     splits = summary["splits"]
     lines = [f"CIFAKE from {summary['source']} ({summary['seconds']:.1f} s; cache: {summary['cache']})", "",
              f"{'split':<8}{'REAL':>9}{'FAKE':>9}{'total':>9}"]
@@ -821,5 +824,7 @@ def format_summary(summary: Mapping[str, Any]) -> str:
     skipped = summary["skipped"]
     lines.append(f"skipped: {len(skipped)} file(s)" + (": " + ", ".join(skipped[:10]) if skipped else "")
                  + (", ..." if len(skipped) > 10 else ""))
-    lines += [f"warning: {w}" for w in summary.get("warnings", [])]
+    # load_cifake logged these as it loaded, once per source and process: a notebook printing the
+    # summary right after would show the same warning twice
+    lines += [f"warning: {w}" for w in summary.get("warnings", []) if w not in _LOGGED_SHORT]
     return "\n".join(lines)

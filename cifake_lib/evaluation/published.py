@@ -3,8 +3,8 @@
 Each entry of published.toml is one published number with its source (authors, year, venue,
 title, arXiv id / DOI / URL), the split it was measured on and its published precision
 (`text`, e.g. "92.98%", or "≈95%" for a figure given only approximately). This module reads
-that file and renders it: anchor lines for `plots.compare_bar` (exact figures only), table
-rows, the report's References list, and the dated claim of absence.
+that file and renders it: anchors for `plots.compare_bar` (an approximate figure as its text,
+drawn hollow), table rows, the report's References list, and the dated claim of absence.
 
 A zero-shot figure tunes no threshold, so `compared_with` says it is set beside our
 accuracy at 0.5 (`acc@0.5`), never beside an accuracy at a threshold tuned on validation.
@@ -101,14 +101,24 @@ def compared_with(entry: Mapping[str, Any]) -> str:
 
 
 def published_anchors(metric: str = "roc_auc", names: Sequence[str] | None = None, *,
-                      setting: str | None = None) -> dict[str, float]:
-    """{"name (Authors Year)": value} for `plots.compare_bar(published=...)`.
+                      setting: str | None = None, approximate: bool = True) -> dict[str, float | str]:
+    """{"name (Authors Year)": value} for `plots.compare_bar(published=...)`: every published result
+    of `metric` (and `setting`), as the published-results table lists them.
 
-    Approximate figures ("≈95%") are left out: a line at 0.95 would claim a precision the
-    source does not give. Unknown `names` are simply absent.
+    An approximate figure ("≈95%") is given as its published text, which compare_bar draws as a
+    hollow diamond labelled with that text: a line at 0.9500 would claim a precision the source
+    does not give. `approximate=False` leaves such figures out. Unknown `names` are simply absent.
     """
-    return {f"{e['name']} ({cite(e)})": e["value"]
-            for e in published_results(metric=metric, setting=setting, names=names) if not e["approximate"]}
+    return {f"{e['name']} ({cite(e)})": (e["text"] if e["approximate"] else e["value"])
+            for e in published_results(metric=metric, setting=setting, names=names)
+            if approximate or not e["approximate"]}
+
+
+def anchors_beside(column: str) -> dict[str, float | str]:
+    """`published_anchors` of every result that `anchor_table` and `published_table` set beside our
+    `column` ("accuracy", "acc@0.5" or "roc_auc"), so a figure draws the table's published rows."""
+    return {f"{e['name']} ({cite(e)})": (e["text"] if e["approximate"] else e["value"])
+            for e in published_results() if compared_with(e) == column}
 
 
 def published_table(metric: str | None = None) -> list[dict[str, Any]]:
@@ -166,5 +176,5 @@ def absence_claim(*, related: bool = True) -> str:
             "(image and text) on CIFAKE, so the finetune:both detector has no published counterpart." + related)
 
 
-__all__ = ["published_results", "published_anchors", "published_table", "anchor_table", "references",
+__all__ = ["published_results", "published_anchors", "anchors_beside", "published_table", "anchor_table", "references",
            "reference", "cite", "compared_with", "checked", "absence_claim", "related_works"]

@@ -5,8 +5,9 @@ how to find and read it back.
     DIR/predictions.csv      test predictions: id,label,cifar_class,p_fake
     DIR/predictions_val.csv  validation predictions (when there is a validation split)
     DIR/metrics_val.json     validation metrics at the same threshold (idem)
-    DIR/run.json             arguments, package versions, python, platform, device, seconds
+    DIR/run.json             arguments, package versions, the git commit, python, platform, device, seconds
     DIR/detector.json        the detector dict + the chosen "threshold"
+    DIR/README.md            a model card: what it is, data, split, metrics, threshold, how to load it
 
 `read_study` (a `cifake run` output folder's own settings, OUT/study.json) is defined in
 `study.py` and importable from here; what every method returns is `core.results.RunResult`.
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import math
 import os
 import platform
@@ -35,7 +37,8 @@ import numpy as np
 import cifake_lib
 from cifake_lib.clip.prompts import MARGINALS
 from cifake_lib.core.errors import CifakeError
-from cifake_lib.core.files import read_json, write_json
+from cifake_lib.core.files import read_json, write_json, write_text_atomic
+from cifake_lib.core.paths import find_moved, portable_path, resolve_recorded
 from cifake_lib.evaluation.metrics import (
     RECORD_FIELDS,
     choose_threshold,
@@ -44,6 +47,8 @@ from cifake_lib.evaluation.metrics import (
     utc_now,
     write_predictions,
 )
+from cifake_lib.evaluation.model_card import CARD, model_card
+from cifake_lib.evaluation.scale import is_tiny_model
 
 METRICS = "metrics.json"
 METRICS_VAL = "metrics_val.json"
@@ -51,6 +56,8 @@ PREDICTIONS = "predictions.csv"
 PREDICTIONS_VAL = "predictions_val.csv"
 RUN = "run.json"
 DETECTOR = "detector.json"
+# detector.json fields that name a folder (the CLIP a detector loads, the model it was trained from)
+_PATH_FIELDS = ("model", "base_model", "finetuned_model")
 # The study folder lives in `study.py` (no numpy: `cifake --help` imports it).
 from cifake_lib.evaluation.study import OLD_STUDY, STUDY, read_study  # noqa: E402,F401
 
@@ -76,6 +83,28 @@ def package_versions() -> dict[str, str | None]:
         except metadata.PackageNotFoundError:
             versions[key] = None
     return versions
+
+
+@functools.cache
+def source_commit() -> dict[str, Any] | None:
+    """The git commit of the cifake_lib source that ran ({"commit", "dirty"}), when the package lives in
+    a git checkout (an editable install); None otherwise (a wheel, no git)."""
+    import subprocess
+
+    root = Path(cifake_lib.__file__).resolve().parent.parent
+
+    def git(*argv: str) -> str | None:
+        try:
+            done = subprocess.run(["git", "-C", str(root), *argv], capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    if not commit or not (root / "cifake_lib").is_dir() or git("rev-parse", "--show-toplevel") is None:
+        return None
+    changed = git("status", "--porcelain", "--untracked-files=no", "--", "cifake_lib")
+    return {"commit": commit, "dirty": bool(changed)}
 
 
 def device_info() -> dict[str, Any]:
@@ -111,6 +140,11 @@ def _jsonable(obj: Any) -> Any:
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return _jsonable(dataclasses.asdict(obj))
     return str(obj)
+
+
+def _settings_dict(args: Any) -> dict[str, Any]:
+    record = _jsonable(args)
+    return record if isinstance(record, dict) else {}
 
 
 def _check_split(split: Any, p: Any, name: str) -> np.ndarray:
@@ -154,6 +188,10 @@ def write_run(out_dir: str | os.PathLike, *, test: Any, p_test: Any, val: Any | 
     else:
         threshold, source = 0.5, "default"
     threshold = float(threshold)
+    # Folders the run depends on, recorded relative to it: a copied or moved study still loads.
+    model = portable_path(str(model), out)
+    detector = {**detector, **{k: portable_path(str(detector[k]), out) for k in _PATH_FIELDS
+                               if isinstance(detector.get(k), str)}}
 
     common = dict(threshold=threshold, detector=detector["detector"], model=str(model), data=str(data),
                   seed=int(seed), n_boot=n_boot, threshold_source=source)
@@ -175,6 +213,11 @@ def write_run(out_dir: str | os.PathLike, *, test: Any, p_test: Any, val: Any | 
         (out / PREDICTIONS_VAL).unlink(missing_ok=True)
         (out / METRICS_VAL).unlink(missing_ok=True)
     write_json(out / DETECTOR, {**_jsonable(detector), "threshold": threshold})
+    tiny = any(is_tiny_model(str(resolve_recorded(str(r), out) or r)) for r in (model, detector.get("base_model"))
+               if isinstance(r, str) and r)
+    write_text_atomic(out / CARD, model_card(out.name, metrics=metrics, detector=detector, model=str(model),
+                                             args=_settings_dict(args),
+                                             metrics_val=metrics_val, tiny=tiny))
     write_json(out / RUN, {
         "args": _jsonable(args),
         "seconds": float(seconds),
@@ -184,6 +227,7 @@ def write_run(out_dir: str | os.PathLike, *, test: Any, p_test: Any, val: Any | 
         "data": str(data),
         "seed": int(seed),
         "versions": package_versions(),
+        "git": source_commit(),
         "python": sys.version,
         "platform": platform.platform(),
         "device": device_info(),
@@ -307,13 +351,41 @@ def read_run(path: str | os.PathLike, *, predictions: bool = True) -> dict[str, 
         check_metrics(metrics_val, str(folder / METRICS_VAL))
     return {
         "path": folder,
-        "metrics": check_metrics(read_json(folder / METRICS), str(folder / METRICS)),
+        "metrics": absolute_paths(check_metrics(read_json(folder / METRICS), str(folder / METRICS)), folder),
         "metrics_val": metrics_val,
         "run": optional_json(RUN),
         "detector": optional_json(DETECTOR),
         "predictions": optional_csv(PREDICTIONS),
         "predictions_val": optional_csv(PREDICTIONS_VAL),
     }
+
+
+def _is_folder_record(d: Path) -> bool:
+    return d.is_dir() and any((d / f).is_file() for f in ("config.json", DETECTOR, METRICS))
+
+
+def recorded_folder(value: Any, folder: Path) -> Any:
+    """A folder a run recorded (relative to itself, or absolute from an older or moved study) as
+    an absolute path when it exists, else `value` unchanged (a Hub id, "cifake-cnn")."""
+    if not isinstance(value, str) or not value:
+        return value
+    found = resolve_recorded(value, folder)
+    if found is not None:
+        return str(found)
+    if Path(value).is_absolute() or value.startswith("."):
+        moved = find_moved(value, folder, accept=_is_folder_record)
+        if moved is not None:
+            return str(moved)
+    return value
+
+
+def absolute_paths(metrics: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """metrics.json as read: its "model" (and an evaluation's `args.model`, the run it scored)
+    resolved against the run folder, so every run read names its folders the same way."""
+    out = {**metrics, "model": recorded_folder(metrics.get("model"), folder)}
+    if isinstance(metrics.get("args"), dict) and "model" in metrics["args"]:
+        out["args"] = {**metrics["args"], "model": recorded_folder(metrics["args"]["model"], folder)}
+    return out
 
 
 def find_runs(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Path]:

@@ -251,8 +251,11 @@ def export_model(clip: nn.Module, processor, path: str | os.PathLike) -> Path:
     tmp = path.with_name(f".{path.name}.tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
-    clip.save_pretrained(tmp, safe_serialization=True)
-    processor.save_pretrained(tmp)
+    from cifake_lib.clip.models import quiet_transformers
+
+    with quiet_transformers():  # no "Writing model shards" bar inside the fine-tuning bar
+        clip.save_pretrained(tmp, safe_serialization=True)
+        processor.save_pretrained(tmp)
     follow_umask(tmp)  # save_pretrained's safetensors file is 0600 whatever the umask
     _replace_dir(tmp, path)
     return path

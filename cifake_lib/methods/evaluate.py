@@ -31,6 +31,15 @@ def load_detector_or_fail(name: str, device: str | None) -> Any:
         raise CifakeError(f"--model {msg}" if msg.startswith(name) else f"--model {name}: {msg}") from None
 
 
+def _args(dcfg: DataConfig | None, cfg: EvaluateConfig, out: str | os.PathLike) -> dict[str, Any]:
+    """The settings record, with the scored folder relative to `out` (a moved study still pairs
+    each re-evaluation with the run it scored)."""
+    from cifake_lib.core.paths import portable_path
+
+    args = settings_record("evaluate", dcfg, cfg, out=out)
+    return {**args, "model": portable_path(cfg.model, out)}
+
+
 def run(data: DataConfig | CifakeData, cfg: EvaluateConfig, out: str | os.PathLike) -> RunResult:
     """Score `cfg.model` on the test (or validation) split at the detector's own threshold."""
     from cifake_lib.methods.predict import evaluate_detector
@@ -44,8 +53,7 @@ def run(data: DataConfig | CifakeData, cfg: EvaluateConfig, out: str | os.PathLi
         from cifake_lib.methods.external import run_external_evaluate, wants_external
 
         if wants_external(data.data, cfg):
-            m = run_external_evaluate(data, cfg, out, detector=detector,
-                                      args=settings_record("evaluate", data, cfg, out=out))
+            m = run_external_evaluate(data, cfg, out, detector=detector, args=_args(data, cfg, out))
             return RunResult("evaluate", Path(out), runs=[Path(out)], metrics={m["detector"]: m},
                              seconds=time.perf_counter() - t0)
     cifake, dcfg = loaded(data)
@@ -53,9 +61,9 @@ def run(data: DataConfig | CifakeData, cfg: EvaluateConfig, out: str | os.PathLi
     if split is None:
         raise CifakeError("--split val: the data has no validation split (--val-fraction 0)")
     out = Path(out)
-    m = evaluate_detector(detector, split, out, split_name=cfg.split, model=cfg.model, data=cifake.source,
-                          seed=dcfg.seed if dcfg else 0, batch_size=cfg.batch_size, n_boot=cfg.n_boot,
-                          args=settings_record("evaluate", dcfg, cfg, out=out))
+    args = _args(dcfg, cfg, out)
+    m = evaluate_detector(detector, split, out, split_name=cfg.split, model=args["model"], data=cifake.source,
+                          seed=dcfg.seed if dcfg else 0, batch_size=cfg.batch_size, n_boot=cfg.n_boot, args=args)
     return RunResult("evaluate", out, runs=[out], metrics={m["detector"]: m}, seconds=time.perf_counter() - t0)
 
 

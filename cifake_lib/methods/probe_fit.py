@@ -15,6 +15,7 @@ probe give identical p_fake.
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from collections.abc import Mapping, Sequence
@@ -33,6 +34,7 @@ DETECTOR_FILE = "detector.json"
 DEFAULT_CS = tuple(float(c) for c in np.logspace(-4, 2, 13))  # 1e-4 ... 1e2, half a decade apart
 DEFAULT_ALPHAS = (1e-4, 1e-2)  # MLP L2 penalties tried
 DEFAULT_HIDDEN = (512,)
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -253,8 +255,8 @@ def fit_probe(train_features: np.ndarray, train_labels: np.ndarray, val_features
         more = _extension(sorted(tried), chosen)
         if not more:
             break
-        warnings.warn(f"probe: the chosen {key} ({chosen:g}) is at the edge of "
-                      f"the grid; extending it with {', '.join(f'{v:g}' for v in more)}", stacklevel=2)
+        logger.warning(f"probe: the chosen {key} ({chosen:g}) is at the edge of "  # the message only, no source line
+                       f"the grid; extending it with {', '.join(f'{v:g}' for v in more)}")
         fit_values(more)
     grid = sorted(tried)
     losses = [tried[v][0] for v in grid]
@@ -262,8 +264,8 @@ def fit_probe(train_features: np.ndarray, train_labels: np.ndarray, val_features
     best = float(grid[best_i])
     at_edge = bool(_extension(grid, best))  # the first or last of three or more values
     if at_edge:
-        warnings.warn(f"probe: the chosen {key} ({best:g}) is still at the edge of the grid tried "
-                      f"({grid[0]:g}..{grid[-1]:g}); a wider grid may fit better", stacklevel=2)
+        logger.warning(f"probe: the chosen {key} ({best:g}) is still at the edge of the grid tried "
+                       f"({grid[0]:g}..{grid[-1]:g}); a wider grid may fit better")
     if refit:
         mean, scale = _standardiser(x)
         probe = _to_probe(_fit_one((x - mean) / scale, y, best, mlp, hidden, seed), mean, scale, mlp, hyper_of(best))

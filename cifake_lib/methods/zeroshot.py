@@ -56,7 +56,8 @@ SUMMARY_FILE = "summary.csv"
 
 
 def model_reference(model) -> str:
-    """How detector.json names a model: an absolute folder path, or the Hub id it came from."""
+    """The model a detector was built on: an absolute folder path, or the Hub id it came from.
+    (A run folder records a folder relative to itself: `evaluation.runs.write_run`.)"""
     name = str(getattr(model, "name_or_path", "") or "")
     if name and Path(name).expanduser().exists():
         return str(Path(name).expanduser().resolve())
@@ -64,21 +65,28 @@ def model_reference(model) -> str:
 
 
 def resolve_model_ref(ref: str, run_dir: str | os.PathLike) -> str:
-    """A detector.json "model": absolute path, path relative to the run dir, or a Hub id."""
+    """A detector.json "model": a path relative to the run dir, an absolute path, or a Hub id.
+
+    A folder that is not where it was recorded (a study copied or moved, recorded before paths
+    were kept relative) is looked for under the same name beside the run and its parents.
+    """
+    from cifake_lib.core.paths import find_moved, resolve_recorded
+
+    where = Path(run_dir) / DETECTOR_FILE
     if not ref:
-        raise ValueError(f"{Path(run_dir) / DETECTOR_FILE}: empty \"model\" entry")
+        raise ValueError(f"{where}: empty \"model\" entry")
+    found = resolve_recorded(ref, run_dir)
+    if found is not None:
+        return str(found)
     p = Path(ref).expanduser()
-    if p.is_absolute():
-        if not p.exists():
-            raise FileNotFoundError(f"{Path(run_dir) / DETECTOR_FILE}: model folder {p} not found")
-        return str(p)
-    candidate = Path(run_dir) / p
-    if candidate.exists():
-        return str(candidate.resolve())
-    if ref.startswith((".", "~")) or ref.count("/") > 1 or "\\" in ref or "/" not in ref:
-        raise FileNotFoundError(f"{Path(run_dir) / DETECTOR_FILE}: model {ref!r} not found at {candidate} "
-                                "(nor is it a Hub id like 'openai/clip-vit-base-patch32')")
-    return ref  # "org/name": a Hub id
+    is_path = p.is_absolute() or ref.startswith((".", "~")) or ref.count("/") != 1 or "\\" in ref
+    if not is_path:
+        return ref  # "org/name": a Hub id
+    moved = find_moved(ref, run_dir, accept=lambda d: (d / "config.json").is_file())
+    if moved is not None:
+        return str(moved)
+    raise FileNotFoundError(f"{where}: model folder {ref!r} not found ({p if p.is_absolute() else Path(run_dir) / p}), "
+                            "nor a folder of that name beside the run or its parents")
 
 
 class ClipDetector:
@@ -181,8 +189,11 @@ class ClipDetector:
         out.mkdir(parents=True, exist_ok=True)
         ref = self.model_ref
         if model_subdir is not None:
-            self.model.save_pretrained(out / model_subdir)
-            self.processor.save_pretrained(out / model_subdir)
+            from cifake_lib.clip.models import quiet_transformers
+
+            with quiet_transformers():  # no "Writing model shards" bar
+                self.model.save_pretrained(out / model_subdir)
+                self.processor.save_pretrained(out / model_subdir)
             follow_umask(out / model_subdir)  # save_pretrained's safetensors file is 0600
             ref = model_subdir
         meta = {**self.to_json(ref), **(extra or {})}

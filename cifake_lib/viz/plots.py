@@ -176,40 +176,61 @@ def _lookup(row: Mapping[str, Any], key: str) -> Any:
     return value
 
 
-def _anchor_rows(published: Mapping[str, Any]) -> list[tuple[str, float, float]]:
-    """Published anchors as (label, low, high); a single value has low == high.
+def _approximate(value: str) -> float:
+    """A published figure given only approximately ("≈95%", "≈0.95") -> its number, to place a marker."""
+    text = value.strip().lstrip("≈~").strip()
+    number = float(text.rstrip("%")) / (100.0 if text.endswith("%") else 1.0)
+    if not 0.0 <= number <= 1.0:
+        raise ValueError(f"published anchor {value!r}: not a fraction or a percentage")
+    return number
+
+
+def _anchor_rows(published: Mapping[str, Any]) -> list[tuple[str, float, float, str | None]]:
+    """Published anchors as (label, low, high, text); a single value has low == high.
 
     `published` is e.g. `evaluation.published.published_anchors` ({"NAME (Authors Year)": value}).
-    A value may be a number or a (low, high) range; a pair of labels "NAME, low" / "NAME, high"
-    (a range given as two numbers) becomes one range row "NAME".
+    A value may be a number, a (low, high) range, or the text of a figure published only
+    approximately ("≈95%": drawn hollow, labelled with that text, never as a precise number); a
+    pair of labels "NAME, low" / "NAME, high" (a range given as two numbers) becomes one range
+    row "NAME". `text` is None for exact figures.
     """
     rows: dict[str, list[float]] = {}
+    texts: dict[str, str] = {}
     for label, value in published.items():
+        if isinstance(value, str):
+            rows[str(label)] = [_approximate(value)]
+            texts[str(label)] = value
+            continue
         if isinstance(value, (tuple, list)):
             rows[str(label)] = [float(value[0]), float(value[1])]
             continue
         base, _, end = str(label).rpartition(", ")
         key = base if base and end in ("low", "high") else str(label)
         rows.setdefault(key, []).append(float(value))
-    return [(label, min(v), max(v)) for label, v in rows.items()]
+    return [(label, min(v), max(v), texts.get(label)) for label, v in rows.items()]
 
 
-def anchored_title(title: str, published: Mapping[str, Any] | None) -> str:
+def anchored_title(title: str, published: Mapping[str, Any] | None, *, context_only: bool = False) -> str:
     """`title`, then how published results are drawn, or that none reports this metric (so a
-    reader does not look for diamonds that are not there)."""
-    return f"{title}; published results as diamonds" if published else f"{title}; no published result for this metric"
+    reader does not look for diamonds that are not there). `context_only`: our numbers check the
+    pipeline (a tiny random model, a subset), so the published ones are not a comparison."""
+    if not published:
+        return f"{title}; no published result for this metric"
+    return f"{title}; published results as diamonds" + (": context only" if context_only else "")
 
 
 def compare_bar(rows: Sequence[Mapping[str, Any]], metric: str = "roc_auc", *,
                 published: Mapping[str, Any] | None = None, title: str | None = None,
-                ax: Axes | None = None) -> Figure:
+                ax: Axes | None = None, context_only: bool = False) -> Figure:
     """Horizontal bars of `metric` for each row (metrics dicts with a "name"), 95% CI whiskers.
 
     Every bar is labelled with its value (right of its whisker; "n/a" when missing). The CI
     comes from `<metric>_ci95` when the row has it. `published` anchors ({label: value or
     (low, high)}) get rows of their own below ours, as diamonds (a range: a line between two
-    diamonds) labelled "(published)", never bars, so nothing covers a bar. The legend sits
-    outside the axes. Patches: one bar per row.
+    diamonds) labelled "(published)", never bars, so nothing covers a bar; a figure published
+    only approximately ("≈95%") is a hollow diamond labelled with its text. `context_only`: the
+    legend says the published results are context, not a comparison (our numbers check the
+    pipeline). The legend sits outside the axes. Patches: one bar per row.
     """
     if not rows:
         raise ValueError("compare_bar: no rows")
@@ -231,19 +252,23 @@ def compare_bar(rows: Sequence[Mapping[str, Any]], metric: str = "roc_auc", *,
                         ecolor="black", capsize=3)
         ends.append(max(heights[i], float(ci[1])) if has_ci else heights[i])
     ay = len(rows) + 0.5 + np.arange(len(anchors))  # half a row of space between ours and theirs
-    for k, (_, lo, hi) in enumerate(anchors):
+    whose = "published (not ours; context only)" if context_only else "published (not ours)"
+    for k, (_, lo, hi, approx) in enumerate(anchors):
         line = ax.plot([lo, hi], [ay[k], ay[k]], color="tab:orange", marker="D", markersize=6, linewidth=2,
-                       label="published (not ours)")[0]
-        handles += [line] if k == 0 else []
+                       markerfacecolor="white" if approx else "tab:orange",
+                       label=f"{whose}, approximate" if approx else whose)[0]
+        if line.get_label() not in [h.get_label() for h in handles]:
+            handles.append(line)
         ends.append(hi)
     top = max([1.0] + ends)
     for i, end in enumerate(ends[:len(rows)]):
         text = format_metric(values[i], percent=percent) if values[i] is not None else "n/a"
         ax.text(end + 0.02 * top, ypos[i], text, va="center", fontsize="small")
-    for k, (_, lo, hi) in enumerate(anchors):
-        text = format_metric(lo, percent=percent) + ("" if hi == lo else f"–{format_metric(hi, percent=percent)}")
+    for k, (_, lo, hi, approx) in enumerate(anchors):
+        text = approx or (format_metric(lo, percent=percent)
+                          + ("" if hi == lo else f"–{format_metric(hi, percent=percent)}"))
         ax.text(hi + 0.03 * top, ay[k], text, va="center", fontsize="small", color="tab:orange")
-    ax.set_yticks(list(ypos) + list(ay), names + [f"{label} (published)" for label, _, _ in anchors])
+    ax.set_yticks(list(ypos) + list(ay), names + [f"{label} (published)" for label, *_ in anchors])
     for tick in ax.get_yticklabels()[len(rows):]:
         tick.set_color("tab:orange")
     if anchors:
@@ -262,6 +287,25 @@ def compare_bar(rows: Sequence[Mapping[str, Any]], metric: str = "roc_auc", *,
     else:
         ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0, fontsize="small")
     return fig
+
+
+ANCHOR_COLUMNS = {"accuracy": "accuracy", "natural_threshold.accuracy": "acc@0.5", "roc_auc": "roc_auc"}
+
+
+def anchor_figure(ours: Mapping[str, Mapping[str, Any]], metric: str = "accuracy", *, context_only: bool = False,
+                  title: str | None = None) -> Figure:
+    """Ours ({name: metrics dict}, as `published.anchor_table` takes them) as bars of `metric` (accuracy
+    at the validation threshold, "natural_threshold.accuracy" for `acc@0.5`, or "roc_auc"), with every
+    published result that anchor_table sets in that column: the figure shows the table's rows."""
+    from cifake_lib.evaluation.published import anchors_beside
+
+    if metric not in ANCHOR_COLUMNS:
+        raise ValueError(f"anchor_figure: metric must be one of {', '.join(ANCHOR_COLUMNS)}, got {metric!r}")
+    anchors = anchors_beside(ANCHOR_COLUMNS[metric])
+    rows = [{**m, "name": name.removesuffix(" (ours)")} for name, m in ours.items()]  # the legend says whose
+    return compare_bar(rows, metric, published=anchors, context_only=context_only,
+                       title=title or anchored_title(f"{metric_label(metric)}, test split (95% CI)", anchors,
+                                                     context_only=context_only))
 
 
 def metrics_figure(labels: Any, p_fake: Any, *, threshold: float = 0.5, name: str = "detector") -> Figure:
