@@ -18,7 +18,7 @@ from cifake_lib.methods.detectors import load_detector
 @pytest.fixture(scope="module")
 def zero_shot_run(tmp_path_factory, sample_dir):
     """A zero-shot run of a tiny CLIP that lives beside the runs (as in a smoke study), on real images."""
-    from cifake_lib.clip.models import write_tiny_clip
+    from cifake_lib.clip.tiny import write_tiny_clip
     from cifake_lib.data.load import load_cifake
     from cifake_lib.methods import zeroshot
     from cifake_lib.methods.config import ZeroshotConfig
