@@ -400,6 +400,27 @@ def test_resume_refuses_other_data(tiny_model_dir, tmp_path):
     assert train(data, replace(cfg, resume=True, stop_after=None, keep_checkpoints=1)).status == "finished"
 
 
+def test_a_study_moved_mid_run_resumes_and_another_model_is_refused(tiny_model_dir, tmp_path):
+    """The checkpoint records its base model relative to OUT: a study copied elsewhere (its model
+    inside it) resumes; a record written as an absolute path still matches; another model does not."""
+    data = _data(n_val=0)
+    study = tmp_path / "study"
+    shutil.copytree(tiny_model_dir, study / "tiny_model")
+    cfg = _cfg(study / "tiny_model", study / "runs" / "ft", max_steps=4, stop_after=2)
+    assert train(data, cfg).status == "stopped"
+    state = json.loads((latest_checkpoint(cfg.out) / "state.json").read_text())
+    assert state["config"]["model"] == "../../tiny_model"
+
+    moved = tmp_path / "elsewhere" / "study"
+    shutil.move(str(study), moved)
+    here = replace(cfg, model=str(moved / "tiny_model"), out=str(moved / "runs" / "ft"), resume=True)
+    # an older checkpoint recorded the absolute path of the folder now used: the same folder
+    assert config_changes({**state["config"], "model": str(moved / "tiny_model")}, here) == []
+    with pytest.raises(ValueError, match="model: '../../tiny_model'"):
+        train(data, replace(here, model=str(tiny_model_dir)))
+    assert train(data, replace(here, stop_after=None)).status == "finished"
+
+
 def test_interrupted_checkpoint_folder_is_ignored(tiny_model_dir, tmp_path):
     data = _data(n_val=0)
     cfg = _cfg(tiny_model_dir, tmp_path / "r", max_steps=4, stop_after=2)

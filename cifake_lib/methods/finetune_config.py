@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from cifake_lib.core.config import setting
+from cifake_lib.core.paths import find_moved, portable_path, resolve_recorded
 from cifake_lib.core.settings import DEFAULT_MODEL
 
 TRAIN_CHOICES = ("both", "image", "text", "prompt", "lora", "adapter")
@@ -264,8 +265,14 @@ class FinetuneConfig:
         return asdict(self)
 
     def identity(self) -> dict[str, Any]:
-        """The fields a resumed run must share with its checkpoint."""
-        return {k: v for k, v in self.to_dict().items() if k not in RUNTIME_FIELDS}
+        """The fields a resumed run must share with its checkpoint; a local model folder relative
+        to OUT, so that a study moved mid-run (its tiny model with it) still resumes."""
+        ident = {k: v for k, v in self.to_dict().items() if k not in RUNTIME_FIELDS}
+        return {**ident, "model": self.recorded_model()}
+
+    def recorded_model(self) -> str:
+        """`model` as the run folder records it (`core.paths.portable_path`): a Hub id unchanged."""
+        return portable_path(self.model, self.out) if self.out else self.model
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> FinetuneConfig:
@@ -319,9 +326,21 @@ def config_changes(saved: Mapping[str, Any], current: FinetuneConfig) -> list[st
         if key not in saved and key in defaults and now.get(key) == defaults[key]:
             continue
         a, b = saved.get(key, "<absent>"), now.get(key, "<absent>")
-        if json.dumps(a) != json.dumps(b):
+        if json.dumps(a) != json.dumps(b) and not (key == "model" and _same_folder(a, current)):
             out.append(f"{key}: {a!r} -> {b!r}")
     return out
+
+
+def _same_folder(saved: Any, current: FinetuneConfig) -> bool:
+    """Whether a checkpoint's recorded model names the folder `current.model` is: a record
+    written as an absolute path (before records were relative), or one whose study moved."""
+    if not (isinstance(saved, str) and current.out):
+        return False
+    now = resolve_recorded(current.model, ".")
+    if now is None:
+        return False
+    then = resolve_recorded(saved, current.out) or find_moved(saved, current.out)
+    return then is not None and then.resolve() == now
 
 
 __all__ = ["ADDED_MODULES", "LOG_WITH", "NEEDS_TEXT", "family_problem", "MAX_PLANNED_STEPS", "FinetuneConfig", "LORA_TOWERS", "LOSS_NAMES", "LOSSES",

@@ -302,7 +302,7 @@ def train(data: CifakeData, cfg: FinetuneConfig, prompts: PromptSet | None = Non
     t_start = time.perf_counter()
     if setup.main:
         setup.out.mkdir(parents=True, exist_ok=True)
-        write_json(setup.out / "finetune_config.json", cfg.to_dict())
+        write_json(setup.out / "finetune_config.json", {**cfg.to_dict(), "model": cfg.recorded_model()})
     bar = tqdm(total=setup.total_steps, initial=state.step, desc=f"finetune ({cfg.train})", unit="step",
                file=sys.stderr, dynamic_ncols=True, disable=not (cfg.progress and setup.main))
     meter, steps_this_run, written, perm_epoch, perm = _Meter(), 0, len(state.history), -1, None
