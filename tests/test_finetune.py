@@ -344,9 +344,22 @@ def test_evaluate_cli_reproduces_the_run_metrics(sample_run, sample_dir, tmp_pat
 # --- resume, stop-after, refusals ---------------------------------------------------------------
 
 
-def test_stop_after_then_resume_equals_a_straight_run(tiny_model_dir, sample_dir, tmp_path, capsys):
-    """2N steps straight == N steps (--stop-after) + --resume: same weights, history and metrics."""
+def test_stop_after_then_resume_equals_a_straight_run(tiny_model_dir, sample_dir, tmp_path, capsys, monkeypatch):
+    """2N steps straight == N steps (--stop-after) + --resume: same weights, history and metrics.
+    The straight run checks its settings once and resolves its prompts once."""
     from cifake_lib.app.cli import main
+    from cifake_lib.methods.finetune import setup as ft_setup
+
+    calls = {"validate": 0, "resolve_prompts": 0}
+
+    def counted(name, fn):
+        def wrapper(*a, **k):
+            calls[name] += 1
+            return fn(*a, **k)
+        return wrapper
+
+    monkeypatch.setattr(FinetuneConfig, "validate", counted("validate", FinetuneConfig.validate))
+    monkeypatch.setattr(ft_setup, "resolve_prompts", counted("resolve_prompts", ft_setup.resolve_prompts))
 
     common = ["finetune", "--model", str(tiny_model_dir), "--data", str(sample_dir), "--subset", "128:64",
               "--val-fraction", "0.25", "--batch-size", "16", "--max-steps", "12", "--lr", "5e-4",
@@ -354,6 +367,7 @@ def test_stop_after_then_resume_equals_a_straight_run(tiny_model_dir, sample_dir
               "--patience", "0", "--quiet", "--json", "--keep-checkpoints", "3", "--cpu"]
     straight, split = tmp_path / "straight", tmp_path / "split"
     assert main([*common, "--out", str(straight)]) == 0
+    assert calls == {"validate": 1, "resolve_prompts": 1}
     m_straight = json.loads(capsys.readouterr().out)
     assert main([*common, "--out", str(split), "--stop-after", "7"]) == 0
     assert capsys.readouterr().out == ""  # stopped: no metrics yet

@@ -236,7 +236,16 @@ class FinetuneConfig:
         if self.train == "prompt" and self.wise_ft:
             raise ValueError("wise_ft interpolates encoder weights; train=prompt leaves them unchanged")
         self._validate_added()
+        self.__dict__["_validated_as"] = self._values()  # `validated()` skips a second pass over the same values
         return self
+
+    def validated(self) -> FinetuneConfig:
+        """`validate()` unless these very values were validated already (`core.config.build` does it
+        when it reads them): the settings of a run are checked once."""
+        return self if self.__dict__.get("_validated_as") == self._values() else self.validate()
+
+    def _values(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True, default=str)
 
     def _validate_added(self) -> None:
         """The rules of --train lora and --train adapter."""

@@ -89,8 +89,9 @@ def check_family(cfg: FinetuneConfig, family: str | None) -> None:
 
 def checked(cfg: FinetuneConfig) -> PromptSet:
     """Validate the settings (against the backbone when its family is known without loading it)
-    and resolve their prompts: once per run, before any data or model loads."""
-    cfg.validate()
+    and resolve their prompts: once per run, before any data or model loads (values already
+    validated, as `core.config.build` does when it reads them, are not validated again)."""
+    cfg.validated()
     check_family(cfg, family_of_reference(cfg.model))
     return resolve_prompts(cfg.prompts)
 

@@ -267,9 +267,9 @@ def run(data: DataConfig | CifakeData, cfg: FinetuneConfig, out: str | os.PathLi
     """
     t0 = time.perf_counter()
     out = Path(out)
+    prompts = checked(cfg)
     cfg = dataclasses.replace(cfg, out=str(out),
                               data=data.data if isinstance(data, DataConfig) else getattr(data, "source", None))
-    prompts = checked(cfg)
     cifake, dcfg = loaded(data, progress=cfg.progress)
     r = finetune(cifake, cfg, args=settings_record("finetune", dcfg, cfg, out=out), prompts=prompts)
     o = r.outcome
