@@ -156,12 +156,24 @@ def _print(result: dict, a, label: str) -> None:
         per, fixed = m["activation_mib_per_image"], m["activation_mib_fixed"]
         states = r["weights_gib"] + r["grads_gib"] + r["optimizer_gib"]
         room = (T4_BUDGET_GIB - states) / 1.15 * 1024 - fixed
-        micro = int(room // per) if per > 0 else 0
-        accum = -(-r["batch_size"] // micro) if micro >= 1 else 0  # the fewest accumulation steps that fit
         print(f"  {r['stage']} does not fit at batch {r['batch_size']}: "
-              + (f"--batch-size {-(-r['batch_size'] // accum)} --grad-accum {accum} would (the same "
-                 f"{r['batch_size']} images per optimizer step)" if micro >= 1
-                 else "its parameter states alone exceed the budget: use LoRA or CLIP-Adapter"))
+              + accumulation_advice(r["batch_size"], int(room // per) if per > 0 else 0, r["stage"]))
+
+
+def accumulation_advice(batch: int, largest_micro: int, stage: str) -> str:
+    """--batch-size/--grad-accum that keep `batch` images per optimizer step with micro-batches of at
+    most `largest_micro` images (the accumulation divides the batch, so every step sees the same
+    images), and what it changes: an in-batch contrastive loss (FLYP's, and LoRA's under it) pairs
+    images with captions within each micro-batch, so it sees fewer negatives."""
+    if largest_micro < 1:
+        return "its parameter states alone exceed the budget: use LoRA or CLIP-Adapter"
+    accum = next(k for k in range(1, batch + 1) if batch % k == 0 and batch // k <= largest_micro)
+    micro = batch // accum
+    advice = f"--batch-size {micro} --grad-accum {accum} would (the same {batch} images per optimizer step"
+    contrastive = any(name in stage for name in ("flyp", "lora", "image", "text"))
+    if contrastive and accum > 1:
+        return advice + f"; the in-batch contrastive loss then sees {micro - 1} negatives per image, not {batch - 1})"
+    return advice + ")"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -498,7 +498,7 @@ def test_out_of_memory_names_the_batch_size(tiny_model_dir, tmp_path, monkeypatc
         raise ft._OOM("CUDA out of memory. Tried to allocate 2.00 GiB")
 
     monkeypatch.setattr(ClipClassifier, "forward", oom)
-    with pytest.raises(OutOfMemory, match=r"--batch-size 16.*--grad-accum 2"):
+    with pytest.raises(OutOfMemory, match=r"--batch-size 16.*--grad-accum 2.*only --gradient-checkpointing keeps its negatives"):
         train(_data(n_val=0), _cfg(tiny_model_dir, tmp_path / "oom"))
 
 

@@ -106,7 +106,9 @@ class FinetuneConfig:
     max_steps: int | None = setting(None, "optimizer steps of the whole run (overrides --epochs)", low=1,
                                     metavar="S", group=OPTIM)
     batch_size: int = setting(128, "images per forward pass, all processes together", low=1, group=OPTIM)
-    grad_accum: int = setting(1, "forward passes per optimizer step", low=1, metavar="K", group=OPTIM)
+    grad_accum: int = setting(1, "forward passes per optimizer step (the same images per step; FLYP's "
+                              "contrastive loss pairs within each pass, so with fewer negatives)",
+                              low=1, metavar="K", group=OPTIM)
     lr: float = setting(1e-5, "peak AdamW learning rate", low=0.0, low_open=True, group=OPTIM)
     min_lr_ratio: float = setting(0.1, "the cosine ends at lr x this", low=0.0, high=1.0, group=OPTIM)
     warmup_steps: int | None = setting(None, "linear warm-up steps", low=0, group=OPTIM,

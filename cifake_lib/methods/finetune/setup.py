@@ -151,6 +151,8 @@ def _oom_message(cfg: FinetuneConfig, world: int, where: str, kind: str = "CUDA"
             f"process per forward pass, --grad-accum {cfg.grad_accum}). Lower --batch-size and raise "
             f"--grad-accum to keep the effective batch (e.g. --batch-size {max(1, cfg.batch_size // 2)} "
             f"--grad-accum {cfg.grad_accum * 2}), or add --gradient-checkpointing"
+            + ("; the contrastive loss pairs images within each forward pass, so only --gradient-checkpointing "
+               "keeps its negatives" if cfg.loss != "ce" and where != "evaluation" else "")
             + (f"; for evaluation lower --eval-batch-size ({cfg.eval_batch_size})" if where == "evaluation" else ""))
 
 _OOM = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)  # CUDA's; CPU's: see out_of_memory_kind
