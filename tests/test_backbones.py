@@ -226,3 +226,64 @@ def test_fine_tuning_learns_and_reloads(tiny, small_real, tmp_path, fam, train):
     scalars = (tmp_path / "run" / "logs" / "scalars.csv").read_text().splitlines()
     assert scalars[0] == "step,tag,value" and any(",train/loss," in line for line in scalars) \
         and any(",val/auc," in line for line in scalars)
+
+
+def test_an_image_only_encoder_trains_what_its_forward_uses_its_head_at_head_lr(tiny):
+    """DINOv2's mask_token (masked-image pretraining only) stays frozen, so no trainable parameter
+    lacks a gradient (multi-GPU DDP would hang on it); the zero-initialised linear head is its own
+    AdamW group at head_lr / lr."""
+    from cifake_lib.clip.prompts import get_prompt_set
+    from cifake_lib.methods.finetune import ClipClassifier, FinetuneConfig, param_groups, set_trainable
+
+    clip, _ = load_backbone(tiny["dinov2"], device="cpu")
+    model = ClipClassifier(clip, None, get_prompt_set("plain"))
+    cfg = FinetuneConfig(model=str(tiny["dinov2"]), train="image", lr=1e-5, head_lr=1e-2)
+    set_trainable(model, cfg)
+    logits = model(torch.randn(4, 3, 32, 32)).logits
+    torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1, 0, 1])).backward()
+    assert [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None] == []
+    assert not clip.embeddings.mask_token.requires_grad
+    groups = param_groups(model, 0.1, head_lr_scale=cfg.head_lr / cfg.base_lr)
+    head = [g for g in groups if "lr_scale" in g]
+    assert len(head) == 1 and head[0]["lr_scale"] == pytest.approx(1000)
+    assert {id(p) for p in head[0]["params"]} == {id(p) for p in model.linear.parameters()}
+
+
+def test_flops_are_counted_at_the_side_the_processor_makes():
+    """DINOv2's position grid is for 518 px but its processor crops to 224: the cost is at 224."""
+    from transformers import BitImageProcessor
+
+    from cifake_lib.clip.tiny import meta_model
+    from cifake_lib.methods.cost import with_flops
+
+    meta = meta_model("dinov2", "dinov2-base")
+    processor = BitImageProcessor(size={"shortest_edge": 256}, crop_size={"height": 224, "width": 224})
+    assert with_flops({}, meta, None, processor)["flops_per_image"]["image_size"] == 224
+    assert with_flops({}, meta, 112, processor)["flops_per_image"]["image_size"] == 112
+
+
+def test_unsupported_architectures_and_sizes_are_named(tiny, tmp_path):
+    """A model type the library does not read (SigLIP 2 NaFlex, MetaCLIP 2) is refused by name, not
+    read as image-only; an input smaller than one patch names image_size; SigLIP's prompt length is
+    its text tower's."""
+    import json
+    import shutil
+
+    from cifake_lib.core.backbones import UnsupportedBackbone
+
+    assert family_of_reference("google/siglip2-base-patch16-naflex") is None
+    assert family_of_reference("facebook/metaclip-2-worldwide-huge-quickgelu") is None
+    other = tmp_path / "naflex"
+    shutil.copytree(tiny["siglip"], other)
+    config = json.loads((other / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps({**config, "model_type": "siglip2"}))
+    with pytest.raises(UnsupportedBackbone, match="model_type 'siglip2'"):
+        load_backbone(other, device="cpu")
+    with pytest.raises(ValueError, match="image_size 2 is smaller than one 4-pixel patch"):
+        load_backbone(tiny["clip"], device="cpu", image_size=2)
+    from cifake_lib.clip.coop import PromptContext
+
+    siglip, processor = load_backbone(tiny["siglip"], device="cpu")
+    assert backbone.text_length(siglip) == siglip.config.text_config.max_position_embeddings
+    with pytest.raises(ValueError, match="n_ctx 80: the prompts would be 84 tokens, more than the 64"):
+        PromptContext.create(siglip, processor.tokenizer, 80)

@@ -29,7 +29,7 @@ from torch import nn
 from cifake_lib.core.backbones import TEXT_FAMILIES, family_of_type
 
 FAMILIES = ("clip", "siglip", "image")
-SIGLIP_TEXT_LENGTH = 64  # SigLIP's text tower was trained on prompts padded to 64 tokens
+SIGLIP_TEXT_LENGTH = 64  # SigLIP's text tower was trained on prompts padded to 64 tokens (its positions)
 
 
 def family(model: nn.Module) -> str:
@@ -85,6 +85,13 @@ def parameters_of(modules: Sequence[nn.Module]) -> list[nn.Parameter]:
     return [p for m in modules for p in m.parameters()]
 
 
+def pretraining_only_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """Parameters that only masked-image pretraining reads (DINOv2's `mask_token`): a detector's
+    forward never uses them, so they never train (multi-GPU DDP would wait for their gradients)."""
+    token = getattr(getattr(vision_tower(model), "embeddings", None), "mask_token", None)
+    return [token] if isinstance(token, nn.Parameter) else []
+
+
 def embed_dim(model: nn.Module) -> int:
     """Width of the image (and text) embedding."""
     fam = family(model)
@@ -129,11 +136,19 @@ def text_embeds(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch
     return model.text_model(input_ids=input_ids).pooler_output
 
 
+def text_length(model: nn.Module) -> int:
+    """The most tokens the text tower reads (its position embeddings): CLIP 77; SigLIP pads every
+    prompt to it (64 for the base checkpoints; read from the config, as checkpoints differ)."""
+    config = getattr(getattr(model, "clip", model), "config", None)
+    text = getattr(config, "text_config", None)
+    return int(getattr(text, "max_position_embeddings", None) or SIGLIP_TEXT_LENGTH)
+
+
 def tokenize(model: nn.Module, tokenizer: Any, texts: Sequence[str]) -> dict[str, torch.Tensor]:
     """input_ids and attention_mask of `texts` as the model was trained: CLIP padded to the longest,
     SigLIP to its fixed length."""
     if family(model) == "siglip":
-        enc = tokenizer(list(texts), padding="max_length", max_length=SIGLIP_TEXT_LENGTH, truncation=True,
+        enc = tokenizer(list(texts), padding="max_length", max_length=text_length(model), truncation=True,
                         return_tensors="pt")
     else:
         enc = tokenizer(list(texts), padding=True, truncation=True, return_tensors="pt")
@@ -227,6 +242,8 @@ def lora_target_regex(model: nn.Module, towers: str) -> str:
 
 
 __all__ = [
+    "pretraining_only_parameters",
+    "text_length",
     "FAMILIES",
     "TEXT_FAMILIES",
     "embed_dim",

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cifake_lib.clip.backbone import SIGLIP_TEXT_LENGTH, token_embedding, trims_padding
+from cifake_lib.clip.backbone import text_length, token_embedding, trims_padding
 from cifake_lib.clip.head import ZeroShotHead, encode_rows, head_scale
 
 LABEL_WORDS = ("real", "fake")  # the word after the context, for REAL (0) and FAKE (1)
@@ -62,7 +62,7 @@ def prompt_tokens(tokenizer, n_ctx: int, label_words: Sequence[str],
 
 def _prompt_length(model) -> int | None:
     """The length a family's prompts are padded to (SigLIP's fixed one), or None (the longest)."""
-    return None if model is None or trims_padding(model) else SIGLIP_TEXT_LENGTH
+    return None if model is None or trims_padding(model) else text_length(model)
 
 
 class PromptContext(nn.Module):
@@ -83,7 +83,11 @@ class PromptContext(nn.Module):
         """Fresh context vectors from N(0, 0.02) (CoOp's generic initialisation), seeded."""
         width = token_embedding(clip).embedding_dim
         ctx = torch.empty(n_ctx, width).normal_(0.0, 0.02, generator=torch.Generator().manual_seed(seed))
-        return cls(ctx, *prompt_tokens(tokenizer, n_ctx, label_words, _prompt_length(clip)), label_words)
+        tokens = prompt_tokens(tokenizer, n_ctx, label_words, _prompt_length(clip))
+        if tokens[0].shape[1] > text_length(clip):  # found here, not at the first training step
+            raise ValueError(f"n_ctx {n_ctx}: the prompts would be {tokens[0].shape[1]} tokens, more than the "
+                             f"{text_length(clip)} the text tower reads; lower n_ctx")
+        return cls(ctx, *tokens, label_words)
 
     @property
     def n_ctx(self) -> int:

@@ -4,7 +4,7 @@
 forward pass, and of a forward and backward pass, on a copy of the model's structure built on the
 meta device (no weights, no memory, seconds even for ViT-L/14): one image through the vision tower
 at the input side the run uses (position embeddings interpolated as in the run), one prompt through
-the text tower at the length its family reads (CLIP 77 tokens at most, SigLIP its fixed 64).
+the text tower at the length its family reads (CLIP 77 tokens at most, SigLIP its fixed length, 64 for the base checkpoints).
 A FLOP here is a multiply or an add (FlopCounterMode counts 2 per multiply-accumulate).
 """
 
@@ -16,8 +16,6 @@ import torch
 from torch import nn
 
 from cifake_lib.clip import backbone
-
-TEXT_LENGTH = {"clip": 77, "siglip": backbone.SIGLIP_TEXT_LENGTH}
 
 
 def _meta_copy(model: nn.Module) -> nn.Module:
@@ -49,8 +47,8 @@ def flops_per_image(model: nn.Module, image_size: int | None = None) -> dict[str
     out: dict[str, Any] = {"image_size": side}
     out["vision_forward"], out["vision_forward_backward"] = _count(lambda: backbone.image_embeds(meta, pixels))
     family = backbone.family(meta)
-    if family in TEXT_LENGTH:
-        length = TEXT_LENGTH[family]
+    if family in backbone.TEXT_FAMILIES:
+        length = backbone.text_length(meta)
         ids = torch.zeros(1, length, dtype=torch.long, device="meta")
         out["text_length"] = length
         # no padding mask: building one reads its values, which meta tensors do not have
@@ -58,4 +56,4 @@ def flops_per_image(model: nn.Module, image_size: int | None = None) -> dict[str
     return out
 
 
-__all__ = ["TEXT_LENGTH", "flops_per_image"]
+__all__ = ["flops_per_image"]

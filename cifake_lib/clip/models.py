@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from cifake_lib.clip.backbone import require_text
+from cifake_lib.clip.backbone import require_text, vision_config
 from cifake_lib.core.backbones import family_of_type
 from cifake_lib.core.errors import CifakeError
 from cifake_lib.core.network import looks_like_path, offline_unless_hub_reachable
@@ -133,6 +133,9 @@ def load_backbone(
                 "(--model DIR), or write a tiny offline model with `cifake tiny-model DIR`."
             ) from None
     if image_size is not None:
+        patch = int(getattr(vision_config(model), "patch_size", 1) or 1)
+        if int(image_size) < patch:
+            raise ValueError(f"image_size {image_size} is smaller than one {patch}-pixel patch of {name}")
         set_image_size(processor, image_size)
     model.to(device).eval()
     return model, processor

@@ -12,6 +12,8 @@ import json
 import re
 from pathlib import Path
 
+from cifake_lib.core.errors import CifakeError
+
 # family -> what the grid needs from it. "image": no text tower.
 TEXT_FAMILIES = ("clip", "siglip")
 
@@ -19,17 +21,29 @@ TEXT_FAMILIES = ("clip", "siglip")
 # resolutions of one family need no entry each.
 KNOWN = (
     (r"^openai/clip-vit-", "clip"),  # ViT-B/32, B/16, L/14, L/14-336
-    (r"^facebook/metaclip-", "clip"),  # MetaCLIP (CLIPModel weights)
+    (r"^facebook/metaclip-(?!2-)", "clip"),  # MetaCLIP (CLIPModel weights; MetaCLIP 2 is another class)
     (r"^laion/CLIP-ViT-", "clip"),
-    (r"^google/siglip2?-", "siglip"),  # SigLIP and SigLIP 2's fixed-resolution checkpoints (SiglipModel)
+    (r"^google/siglip2?-(?!.*naflex)", "siglip"),  # SigLIP and SigLIP 2's fixed-resolution checkpoints (SiglipModel)
     (r"^facebook/dinov2-", "image"),  # DINOv2 (image only)
 )
-_MODEL_TYPES = {"clip": "clip", "siglip": "siglip"}
+# config.json's model_type -> family: only the architectures whose embeddings clip.backbone reads.
+MODEL_TYPES = {"clip": "clip", "siglip": "siglip", "dinov2": "image", "dinov2_with_registers": "image"}
+
+
+class UnsupportedBackbone(CifakeError):
+    """A model whose architecture (config.json's model_type) this library does not read."""
 
 
 def family_of_type(model_type: str | None) -> str:
-    """The family of a config's `model_type`: "clip", "siglip", else "image"."""
-    return _MODEL_TYPES.get(str(model_type or ""), "image")
+    """The family of a config's `model_type`: "clip", "siglip" or "image" (DINOv2); any other type
+    is refused (a SigLIP 2 NaFlex or MetaCLIP 2 checkpoint read as image-only would fail later, obscurely)."""
+    fam = MODEL_TYPES.get(str(model_type or ""))
+    if fam is None:
+        raise UnsupportedBackbone(
+            f"model_type {model_type!r} is not a backbone this library reads; supported: "
+            f"{', '.join(MODEL_TYPES)} (CLIP and MetaCLIP, SigLIP and SigLIP 2 fixed-resolution checkpoints, "
+            "DINOv2)")
+    return fam
 
 
 def family_of_reference(ref: str) -> str | None:
@@ -41,7 +55,9 @@ def family_of_reference(ref: str) -> str | None:
             config = json.loads((path / "config.json").read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return None
-        return family_of_type(config.get("model_type")) if isinstance(config, dict) else None
+        if not isinstance(config, dict) or config.get("model_type") not in MODEL_TYPES:
+            return None  # not a backbone this library reads: loading it says so
+        return family_of_type(config.get("model_type"))
     return next((fam for pattern, fam in KNOWN if re.match(pattern, str(ref))), None)
 
 
@@ -51,4 +67,4 @@ def has_text_tower(ref: str) -> bool | None:
     return None if fam is None else fam in TEXT_FAMILIES
 
 
-__all__ = ["KNOWN", "TEXT_FAMILIES", "family_of_reference", "family_of_type", "has_text_tower"]
+__all__ = ["KNOWN", "MODEL_TYPES", "UnsupportedBackbone", "TEXT_FAMILIES", "family_of_reference", "family_of_type", "has_text_tower"]

@@ -99,19 +99,31 @@ def cost_record(*, trainable_params: int, total_params: int, peak_memory_bytes: 
             "device_seconds_per_1k_images": per_1k, "device": device, "n_devices": int(n_devices)}
 
 
-def with_flops(cost: dict[str, Any] | None, model: Any, image_size: int | None) -> dict[str, Any] | None:
-    """`cost` with "flops_per_image" added (`clip.flops.flops_per_image`). Counting runs on a meta copy
-    of the model after training: should it fail for some architecture, the run keeps its results and
-    the record says why instead."""
+def with_flops(cost: dict[str, Any] | None, model: Any, image_size: int | None,
+               processor: Any = None) -> dict[str, Any] | None:
+    """`cost` with "flops_per_image" added (`clip.flops.flops_per_image`), at the side the model sees:
+    `image_size` when the run set one, else the processor's output (DINOv2 crops to 224 although its
+    position grid is 518), else the model's own. Counting runs on a meta copy of the model after
+    training: should it fail for some architecture, the run keeps its results and the record says why."""
     if cost is None:
         return None
     from cifake_lib.clip.flops import flops_per_image
 
     try:
-        flops: dict[str, Any] = flops_per_image(model, image_size)
+        flops: dict[str, Any] = flops_per_image(model, image_size or _processor_side(processor))
     except Exception as e:  # noqa: BLE001 (a count is a record, not a reason to lose a finished run)
         flops = {"error": f"{type(e).__name__}: {e}"[:300]}
     return {**cost, "flops_per_image": flops}
+
+
+def _processor_side(processor: Any) -> int | None:
+    """The side of the pixel_values `processor` makes, when it is fixed (a crop or a square resize)."""
+    if processor is None:
+        return None
+    from cifake_lib.data.preprocess import ImagePreprocessor
+
+    size = ImagePreprocessor.from_processor(processor).output_size
+    return int(size[0]) if size else None
 
 
 __all__ = ["with_flops", "COST_KEY", "CPU_PEAK", "CUDA_PEAK", "FIELDS", "CostMeter", "cost_record", "count_parameters",

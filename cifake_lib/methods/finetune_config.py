@@ -175,6 +175,10 @@ class FinetuneConfig:
                                    "0.2)", low=0.0, high=1.0, metavar="RATIO", group=WHAT)
     adapter_lr: float = setting(1e-3, "--train adapter: AdamW learning rate of the adapter", low=0.0,
                                 low_open=True, metavar="LR", group=WHAT)
+    # An image-only encoder's linear head starts at zero (p_fake 0.5): at the encoder's lr it would
+    # barely move, and the encoder gets no gradient until it does.
+    head_lr: float = setting(1e-3, "image-only encoders (DINOv2): AdamW learning rate of the linear head",
+                             low=0.0, low_open=True, metavar="LR", group=WHAT)
     # WiSE-FT: (1 - alpha) * zero-shot + alpha * fine-tuned weights, each alpha scored on validation.
     wise_ft: list[float] | None = setting(None, "WiSE-FT: mix zero-shot and fine-tuned weights at each alpha "
                                           "(e.g. 0,0.25,0.5,0.75,1), score each on validation, export the "
@@ -255,7 +259,7 @@ class FinetuneConfig:
         for name, v in positive.items():
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
-        for name in ("lora_alpha", "lora_lr", "adapter_lr"):
+        for name in ("lora_alpha", "lora_lr", "adapter_lr", "head_lr"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if not 0 <= self.lora_dropout < 1 or not 0 <= self.adapter_ratio <= 1:

@@ -117,7 +117,8 @@ def run_layer_probe(data: CifakeData, cfg: ProbeConfig, out: str | Path, *, args
     probe = fits[layer].probe
     cost = with_flops(meter.record(trainable_params=probe.dim + 1,
                                    total_params=count_parameters(clip.parameters()) + probe.dim + 1,
-                                   train_images=len(data.train), train_seconds=train_seconds), clip, cfg.image_size)
+                                   train_images=len(data.train), train_seconds=train_seconds), clip, cfg.image_size,
+                      processor)
     out.mkdir(parents=True, exist_ok=True)
     _write_csv(out / LAYERS_CSV, rows)
     if cfg.figures:

@@ -72,7 +72,8 @@ def run(data: DataConfig | CifakeData, cfg: ProbeConfig, out: str | os.PathLike)
     n_probe = sum(w.size + b.size for w, b in zip(fit.probe.weights, fit.probe.biases, strict=True))
     cost = with_flops(meter.record(trainable_params=n_probe, total_params=count_parameters(clip.parameters()) + n_probe,
                                    train_images=len(cifake.train),
-                                   train_seconds=train_seconds + time.perf_counter() - t_fit), clip, cfg.image_size)
+                                   train_seconds=train_seconds + time.perf_counter() - t_fit), clip, cfg.image_size,
+                      processor)
     det = ProbeDetector(clip, processor, fit.probe, model_ref=model_ref, image_size=cfg.image_size)
     key = "alpha" if cfg.mlp else "C"
     selection = {"parameter": key, "grid": fit.grid, "val_log_loss": fit.val_log_loss, "best": fit.best,

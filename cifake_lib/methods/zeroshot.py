@@ -392,7 +392,7 @@ def run(data: DataConfig | CifakeData, cfg: ZeroshotConfig, out: str | os.PathLi
     cost = with_flops(cost_record(trainable_params=0, total_params=count_parameters(clip.parameters()),
                                   peak_memory_bytes=None, peak_memory_kind="not trained", train_seconds=0.0,
                                   train_images=0, device=str(next(clip.parameters()).device.type)),
-                      clip, cfg.image_size)
+                      clip, cfg.image_size, processor)
     rows, all_metrics = [], {}
     for ps, folder in zip(sets, names, strict=True):
         t_set = time.perf_counter()

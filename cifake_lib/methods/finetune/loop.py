@@ -175,7 +175,7 @@ def train_step(setup: Setup, state: TrainState, perm: np.ndarray) -> StepStats:
     model.text_grad = phase == "lp" or cfg.train != "image"
     lr = get_lr(state.step, cfg, setup.total_steps)
     for group in setup.optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)  # the linear head of an image-only encoder: head_lr
     loss_sum = torch.zeros((), device=accelerator.device)
     correct = torch.zeros((), device=accelerator.device, dtype=torch.long)
     seen = 0

@@ -188,19 +188,26 @@ class ClipClassifier(nn.Module):
         return ClassifierOutput(logits, image_embeds, head, None, self.logit_scale(), self.logit_bias())
 
 
-def param_groups(model: ClipClassifier, weight_decay: float) -> list[dict[str, Any]]:
+def param_groups(model: ClipClassifier, weight_decay: float, head_lr_scale: float = 1.0) -> list[dict[str, Any]]:
     """AdamW groups: decay on weight matrices only; none on biases, norms, embeddings (CoOp's context
-    vectors are token embeddings), the logit scale and bias."""
-    decay, no_decay = [], []
+    vectors are token embeddings), the logit scale and bias. An image-only encoder's linear head is
+    a group of its own, at `head_lr_scale` x the schedule's learning rate ("lr_scale")."""
+    head = {id(p) for p in model.linear.parameters()} if model.linear is not None else set()
+    decay, no_decay, linear = [], [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        if p.ndim < 2 or "embedding" in name or "logit_" in name or "norm" in name or name.startswith("context."):
+        if id(p) in head:
+            linear.append(p)
+        elif p.ndim < 2 or "embedding" in name or "logit_" in name or "norm" in name or name.startswith("context."):
             no_decay.append(p)
         else:
             decay.append(p)
-    return [{"params": decay, "weight_decay": weight_decay, "name": "decay"},
-            {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"}]
+    groups = [{"params": decay, "weight_decay": weight_decay, "name": "decay"},
+              {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"}]
+    if linear:
+        groups.append({"params": linear, "weight_decay": 0.0, "name": "linear_head", "lr_scale": head_lr_scale})
+    return groups
 
 
 def set_trainable(model: ClipClassifier, cfg: FinetuneConfig) -> None:
@@ -208,7 +215,7 @@ def set_trainable(model: ClipClassifier, cfg: FinetuneConfig) -> None:
 
     --train prompt (CoOp) freezes the whole backbone, logit scale included: only the context learns.
     --train lora / adapter: likewise, only the adapters (methods.lora) or the CLIP-Adapter learn.
-    An image-only encoder's linear head always learns.
+    An image-only encoder's linear head always learns; DINOv2's mask_token (pretraining only) never does.
     """
     from cifake_lib.methods.lora import set_lora_trainable
 
@@ -226,6 +233,8 @@ def set_trainable(model: ClipClassifier, cfg: FinetuneConfig) -> None:
             p.requires_grad_(not cfg.freeze_logit_scale and cfg.train != "prompt")
     if model.linear is not None:
         model.linear.requires_grad_(True)
+    for p in backbone.pretraining_only_parameters(model.clip):
+        p.requires_grad_(False)
 
 
 @torch.no_grad()

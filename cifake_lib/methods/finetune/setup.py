@@ -349,7 +349,8 @@ def build(data: CifakeData, cfg: FinetuneConfig, prompts: PromptSet) -> tuple[Se
     set_trainable(model, cfg)
     model.to(accelerator.device).train()
     compile_towers(model, tower_compile_mode(cfg))
-    optimizer = make_adamw(param_groups(model, cfg.weight_decay), lr=cfg.base_lr, betas=(cfg.beta1, cfg.beta2),
+    groups = param_groups(model, cfg.weight_decay, head_lr_scale=cfg.head_lr / cfg.base_lr)
+    optimizer = make_adamw(groups, lr=cfg.base_lr, betas=(cfg.beta1, cfg.beta2),
                            eps=cfg.eps, weight_decay=cfg.weight_decay, device=accelerator.device)
     if ckpt is not None:  # before prepare: the weights and the optimiser as they were
         load_state(trained_module(model), load_safetensors(ckpt / WEIGHTS_FILE), ckpt / WEIGHTS_FILE)

@@ -233,7 +233,7 @@ def evaluate_run(data: CifakeData, cfg: FinetuneConfig, outcome: TrainOutcome, p
     metrics = write_run(out, test=data.test, p_test=p_test, val=val, p_val=p_val, detector=meta,
                         model=cfg.model, data=data.source, seed=cfg.seed,
                         args={**(args if args is not None else cfg.to_dict()), "ce_variant": meta["ce_variant"]},
-                        seconds=seconds, cost=with_flops(outcome.cost, det.model, cfg.image_size))
+                        seconds=seconds, cost=with_flops(outcome.cost, det.model, cfg.image_size, det.processor))
     if outcome.history:
         save_figure(training_curves_figure(outcome.history, title=f"finetune:{cfg.train}"), out / CURVES_FILE)
     return metrics
