@@ -307,8 +307,9 @@ def test_cost_table_summary_and_frontier_from_run_records(tmp_path):
 
 
 def test_cost_over_seeds_from_the_study_index(tmp_path):
-    """The cost section's seed table: mean and sample sd of each cell's runs.csv rows, cells of one
-    seed (and zero-shot, which trains nothing) left out."""
+    """The cost section's seed table: mean and sample sd of each cell's runs.csv rows (leak-free ROC
+    AUC where re-evaluated), one row per (method, model, train size, input size), cells of one seed
+    (and zero-shot, which trains nothing) left out; a CPU peak (the whole process's RSS) is not averaged."""
     import statistics
 
     from cifake_lib.analysis.report_costs import SEED_COSTS_CSV, cost_section, seed_cost_rows
@@ -316,20 +317,25 @@ def test_cost_over_seeds_from_the_study_index(tmp_path):
     rng = np.random.default_rng(1)
     index = [{"method": "zeroshot", "model": "tiny", "train_size": "", "seed": "", "status": "complete",
               "roc_auc": "0.6", "trainable_params": "0"}]
-    for method, trainable, seeds in (("lora", 16_384, 3), ("probe", 65, 1)):
+    for method, trainable, seeds, size, kind in (("lora", 16_384, 3, "", "cuda max_memory_allocated"),
+                                                 ("lora", 16_384, 2, "64", "cpu peak RSS"),
+                                                 ("probe", 65, 1, "", "cpu peak RSS")):
         for seed in range(seeds):
             index.append({"method": method, "model": "tiny", "train_size": "", "seed": str(seed), "status": "complete",
-                          "roc_auc": str(rng.uniform(0.5, 0.9)), "trainable_params": str(trainable),
+                          "image_size": size, "roc_auc": str(rng.uniform(0.5, 0.9)),
+                          "leak_free_roc_auc": str(rng.uniform(0.5, 0.9)), "trainable_params": str(trainable),
                           "total_params": "300000", "peak_memory_bytes": str(2**30 * (1 + seed)),
-                          "peak_memory_kind": "cpu peak RSS", "train_seconds": str(rng.uniform(5, 50)),
+                          "peak_memory_kind": kind, "train_seconds": str(rng.uniform(5, 50)),
                           "train_images_per_second": "100.0", "device_seconds_per_1k_images": "10.0"})
-    (row,) = seed_cost_rows(index)
-    lora = [r for r in index if r["method"] == "lora"]
-    aucs, secs = ([float(r[k]) for r in lora] for k in ("roc_auc", "train_seconds"))
+    row, small = seed_cost_rows(index)
+    lora = [r for r in index if r["method"] == "lora" and not r["image_size"]]
+    aucs, secs = ([float(r[k]) for r in lora] for k in ("leak_free_roc_auc", "train_seconds"))
     assert row["method"] == "lora" and row["n_runs"] == 3 and row["trainable_params"] == 16_384
+    assert (row["model"], row["image_size"], small["image_size"], small["n_runs"]) == ("tiny", "own", "64", 2)
     assert row["test_roc_auc"] == pytest.approx(statistics.fmean(aucs))
     assert row["test_roc_auc_sd"] == pytest.approx(statistics.stdev(aucs))
     assert row["train_seconds_sd"] == pytest.approx(statistics.stdev(secs)) and row["peak_memory_gib"] == 2.0
+    assert "peak_memory_gib" not in small  # CPU: the process's peak so far, no method's own
 
     class _Study:
         runs = [{"name": "lora", "run": {"cost": {"trainable_params": 16_384, "total_params": 300_000,
@@ -337,8 +343,8 @@ def test_cost_over_seeds_from_the_study_index(tmp_path):
 
     section = cost_section(_Study(), index)
     text = "".join(section.blocks)
-    assert (f"| lora | all | 3 | {statistics.fmean(aucs):.4f} ± {statistics.stdev(aucs):.4f} | 16,384 | 2.0000 ± 1.0000 |"
-            in text)
+    assert (f"| lora | tiny | all | own | 3 | {statistics.fmean(aucs):.4f} ± {statistics.stdev(aucs):.4f} | 16,384 | "
+            "2.0000 ± 1.0000 |" in text)
     assert SEED_COSTS_CSV in section.tables and "| probe |" not in text.split("Over training seeds")[1]
 
 

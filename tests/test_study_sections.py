@@ -10,7 +10,7 @@ import pytest
 from analysis_helpers import make_run, synthetic_split
 from figure_checks import checked_figures
 
-from cifake_lib.analysis import compare, report
+from cifake_lib.analysis import compare, report, report_sections
 from cifake_lib.analysis.learning_curves import (
     curve_points,
     learning_curve_records,
@@ -47,7 +47,7 @@ def grid(tmp_path_factory):
 
 def test_learning_curve_rows_and_points_follow_the_runs(grid):
     records = learning_curve_records(grid)
-    assert sorted((m, n) for _, m, n in records) == sorted((m, n) for m in ("probe", "finetune")
+    assert sorted((m, n) for _, m, n, *_ in records) == sorted((m, n) for m in ("probe", "finetune")
                                                           for n in (320, 1000, 4000))
     rows = learning_curve_rows(records)
     for r in rows:  # oracle: each row is its run's own metrics.json
@@ -58,6 +58,47 @@ def test_learning_curve_rows_and_points_follow_the_runs(grid):
     two_seeds = curve_points([*rows[:1], {**rows[0], "roc_auc": rows[0]["roc_auc"] - 0.1, "seed": 1}])
     assert two_seeds[0]["roc_auc"] == pytest.approx(rows[0]["roc_auc"] - 0.05)
     assert (two_seeds[0]["roc_auc_lo"], two_seeds[0]["roc_auc_hi"]) == (rows[0]["roc_auc"] - 0.1, rows[0]["roc_auc"])
+
+
+def test_learning_curves_hold_the_input_size_and_read_the_leak_free_runs(grid, tmp_path):
+    """A run at another input size is off the curve (the main cell's size is held); with every run
+    re-evaluated leak-free (`evaluated_dir`), the curve reads those, with runs.csv's training seed."""
+    import shutil
+
+    root = tmp_path / "grid"
+    shutil.copytree(grid, root)
+    with open(root / "runs.csv", newline="") as f:
+        rows = [{**r, "image_size": "", "evaluated_dir": f"evaluate/{r['run_dir']}", "seed": "3"}
+                for r in csv.DictReader(f)]
+    rows.append({**rows[0], "image_size": "64", "run_dir": "probe_r64", "evaluated_dir": "evaluate/probe_r64"})
+    for r in rows:
+        shutil.copytree(root / r["run_dir"].replace("_r64", "_n320"), root / r["evaluated_dir"])
+    with open(root / "runs.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    records = learning_curve_records(root)
+    assert len(records) == 6 and all(folder.parent.name == "evaluate" for folder, *_ in records)
+    assert {r["seed"] for r in learning_curve_rows(records)} == {3}
+    assert report_sections.grid_axes(None, [root])["resolution"] == ["64 px", "the model's own input (CIFAKE: 32 px)"]
+
+
+def test_a_grids_other_tiny_backbones_are_named_and_added_modules_show_their_own_rate(grid, tmp_path):
+    """The scale names every tiny model study.json lists (not only the main cell's), and the methods
+    text gives LoRA's own learning rate and shape, not the encoders' unused `lr`."""
+    from cifake_lib.evaluation.scale import TINY_MARK, Scale, with_study_models
+
+    for name, family in (("tiny_model", "clip"), ("tiny_siglip", "siglip")):
+        (tmp_path / name).mkdir()
+        write_json(tmp_path / name / TINY_MARK, {"family": family})
+    write_json(tmp_path / "study.json", {"scale": {"tiny_models": ["tiny_model", "/moved/away/tiny_siglip"]}})
+    scale = with_study_models(Scale(tiny_models=(str(tmp_path / "tiny_model"),)), [tmp_path])
+    assert "CLIP and SigLIP" in scale.what() and "detectors' performance" in scale.caption()
+    args = {"train": "lora", "lr": 1e-5, "lora_lr": 5e-4, "lora_rank": 8, "lora_alpha": 16, "lora_towers": "both"}
+    settings = report._settings({"run": {"args": args}, "detector": {}, "path": str(tmp_path)})
+    assert "learning rate 0.0005" in settings and "LoRA rank 8" in settings
+    flyp = report._settings({"run": {"args": {**args, "train": "both"}}, "detector": {}, "path": str(tmp_path)})
+    assert "learning rate 1e-05" in flyp and not any("LoRA" in x for x in flyp)
 
 
 def test_report_has_the_study_sections_from_what_ran(grid, tmp_path):

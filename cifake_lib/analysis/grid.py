@@ -79,12 +79,19 @@ def axis_rows(root: str | Path, rows: Sequence[Mapping[str, str]], axis: str) ->
     if axis in ("model", "image_size"):  # the CNN has no backbone: no place along these axes
         cells = [r for r in cells if r.get("model")]
     leak_free = bool(cells) and all(_number(r.get("leak_free_roc_auc")) is not None for r in cells)
+    def value_of(r: Mapping[str, str]) -> str:
+        return r.get(axis) or OWN_SIZE if axis == "image_size" else r.get(axis, "")
+
+    order: dict[str, int] = {}  # the grid's own order of the axis's values (the index lists them so)
+    for r in rows:
+        order.setdefault(value_of(r), len(order))
     groups: dict[tuple[str, str], list[Mapping[str, str]]] = {}
     for r in cells:
-        groups.setdefault((r["method"], r.get(axis) or OWN_SIZE if axis == "image_size" else r[axis]), []).append(r)
+        groups.setdefault((r["method"], value_of(r)), []).append(r)
     out = []
     for (method, value), runs in groups.items():
-        row: dict[str, Any] = {"method": method, "value": value, "n_seeds": len(runs), "leak_free": leak_free}
+        row: dict[str, Any] = {"method": method, "value": value, "n_seeds": len(runs), "leak_free": leak_free,
+                               "order": order.get(value, len(order))}
         for metric in METRICS:
             vals = [v for v in (_number(r.get(("leak_free_" if leak_free else "") + metric)) for r in runs)
                     if v is not None]
@@ -93,21 +100,25 @@ def axis_rows(root: str | Path, rows: Sequence[Mapping[str, str]], axis: str) ->
                 continue
             mean = statistics.fmean(vals)
             sd = statistics.stdev(vals) if len(vals) > 1 else None
-            ci = _interval(root, runs[0], metric, leak_free) if sd is None else None
+            # the test set's own uncertainty (one run's bootstrap CI) is shown even over seeds: a method
+            # that ignores the seed (the probe) has sd 0 and is no more certain for it
+            ci = _interval(root, runs[0], metric, leak_free)
             lo, hi = ci if ci else (mean - (sd or 0.0), mean + (sd or 0.0))
-            row.update({metric: mean, f"{metric}_sd": sd, f"{metric}_lo": lo, f"{metric}_hi": hi})
+            row.update({metric: mean, f"{metric}_sd": sd, f"{metric}_lo": lo, f"{metric}_hi": hi,
+                        f"{metric}_ci_of_one_run": ci is not None})
         out.append(row)
     numeric = axis == "train_size"
-    return sorted(out, key=lambda r: (r["method"], _size_value(r["value"]) if numeric else str(r["value"])))
+    return sorted(out, key=lambda r: (r["method"], _size_value(r["value"]) if numeric else r["order"]))
 
 
 def _cell(row: Mapping[str, Any], metric: str) -> str:
     v = row.get(metric)
     if v is None:
         return "–"
-    if row.get(f"{metric}_sd") is not None:
-        return f"{format_metric(v)} ± {format_metric(row[f'{metric}_sd'])}"
-    return f"{format_metric(v)} [{format_metric(row[f'{metric}_lo'])}, {format_metric(row[f'{metric}_hi'])}]"
+    sd = f" ± {format_metric(row[f'{metric}_sd'])}" if row.get(f"{metric}_sd") is not None else ""
+    ci = (f" [{format_metric(row[f'{metric}_lo'])}, {format_metric(row[f'{metric}_hi'])}]"
+          if row.get(f"{metric}_ci_of_one_run", not sd) else "")
+    return f"{format_metric(v)}{sd}{ci}"
 
 
 def axis_markdown(rows: Sequence[Mapping[str, Any]], axis: str, skipped: Mapping[tuple[str, str], str] | None = None
@@ -115,7 +126,7 @@ def axis_markdown(rows: Sequence[Mapping[str, Any]], axis: str, skipped: Mapping
     """The axis table as Markdown: one line per method, one column per axis value; a run the grid
     skipped (`skipped`: (method, value) -> why) is marked, its reason listed under the table."""
     values = list(dict.fromkeys(r["value"] for r in sorted(
-        rows, key=lambda r: _size_value(r["value"]) if axis == "train_size" else 0)))
+        rows, key=lambda r: _size_value(r["value"]) if axis == "train_size" else r.get("order", 0))))
     values += [v for _, v in (skipped or {}) if v not in values]
     by = {(r["method"], r["value"]): r for r in rows}
     methods = list(dict.fromkeys([r["method"] for r in rows] + [m for m, _ in (skipped or {})]))
@@ -151,8 +162,9 @@ def grid_sections(root: str | Path, rows: Sequence[Mapping[str, str]]) -> list[A
         split = "leak-free test split" if table[0]["leak_free"] else "test split"
         s = Section(TITLES[axis])
         hold = ", ".join(f"{k} {v or '(own)'}" for k, v in main_cell(rows).items() if k != axis)
-        s.add(f"Every method at each value of `{axis}` ({hold}; {split}). A cell is the mean ± sd over "
-              "training seeds; a cell with one seed shows its bootstrap 95% CI. Every choice (threshold, "
+        s.add(f"Every method at each value of `{axis}` ({hold}; {split}). A cell is the mean over "
+              "training seeds ± their sd (with two seeds or more) and the bootstrap 95% CI of one run (the "
+              "first seed's): the test set's uncertainty, which a seed-independent method keeps. Every choice (threshold, "
               "hyper-parameters, early stopping) was made on the same validation split for every value.\n",
               axis_markdown(table, axis, skipped))
         name = f"grid_{axis}"

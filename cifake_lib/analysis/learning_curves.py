@@ -27,7 +27,7 @@ from cifake_lib.evaluation.runs import detector_kind, find_runs, read_run
 
 __all__ = ["LC_COLUMNS", "curve_points", "learning_curve_records", "learning_curve_rows", "learning_curve_section"]
 
-Record = tuple[str | os.PathLike, str, int]
+Record = tuple  # (run folder, method, train_size[, training seed: runs.csv's, as a re-evaluation records its own])
 LC_COLUMNS = (("method", "method", "text"), ("train_size", "training images", "int"), ("seed", "seed", "int"),
               ("n_test", "n test", "int"), ("roc_auc", "test ROC AUC [95% CI]", "ci"),
               ("accuracy", "test accuracy [95% CI]", "ci"), ("run", "run", "text"))
@@ -35,19 +35,29 @@ RUNS_CSV = "runs.csv"
 
 
 def _runs_csv_records(path: Path) -> list[Record]:
+    """The runs along train_size with the grid's other axes held at the study's main cell: its first
+    backbone (the CNN has none) and its first input size; each run's leak-free re-evaluation
+    (`evaluated_dir`) when every one of them has it, as the headline tables read."""
     with open(path, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
-    out = []
-    # the other axes held at the study's main cell: its first backbone (the CNN has none)
     models = [r["model"] for r in rows if r.get("model")]
+    main_size = next((r.get("image_size") or "" for r in rows if not models or r.get("model") == models[0]), "")
+    picked = []
     for r in rows:
         if models and r.get("model") not in ("", None, models[0]):
+            continue
+        if (r.get("image_size") or "") != main_size:
             continue
         size, run_dir = (r.get("train_size") or "").strip(), (r.get("run_dir") or "").strip()
         if not size or size.lower() in ("none", "all") or not run_dir or r.get("status", "complete") != "complete":
             continue
-        folder = Path(run_dir) if Path(run_dir).is_absolute() else path.parent / run_dir
-        out.append((folder, r.get("method") or "", int(size)))
+        picked.append(r)
+    column = "evaluated_dir" if picked and all((r.get("evaluated_dir") or "").strip() for r in picked) else "run_dir"
+    out = []
+    for r in picked:
+        folder = Path(r[column].strip())
+        out.append((folder if folder.is_absolute() else path.parent / folder, r.get("method") or "",
+                    int(r["train_size"]), int(r["seed"]) if (r.get("seed") or "").strip() else None))
     return out
 
 
@@ -69,10 +79,10 @@ def learning_curve_records(paths: str | os.PathLike | Iterable[str | os.PathLike
 def learning_curve_rows(records: Sequence[Record]) -> list[dict[str, Any]]:
     """One row per run: method, train_size, seed, test n, ROC AUC and accuracy with their CIs."""
     rows = []
-    for folder, method, size in records:
+    for folder, method, size, *seed in records:
         m = read_run(folder, predictions=False)["metrics"]
         rows.append({"method": method or detector_kind(m.get("detector", "")), "train_size": int(size),
-                     "seed": m.get("seed"), "n_test": m.get("n"), "roc_auc": m.get("roc_auc"),
+                     "seed": seed[0] if seed and seed[0] is not None else m.get("seed"), "n_test": m.get("n"), "roc_auc": m.get("roc_auc"),
                      "roc_auc_ci95": m.get("roc_auc_ci95"), "accuracy": m.get("accuracy"),
                      "accuracy_ci95": m.get("accuracy_ci95"), "run": Path(folder).name})
     return sorted(rows, key=lambda r: (r["method"], r["train_size"], r["seed"] if r["seed"] is not None else -1))

@@ -61,6 +61,9 @@ SETTINGS = (("epochs", "epochs planned"), ("max_steps", "step cap"), ("lr", "lea
             ("loss", "loss"), ("arch", "architecture"), ("mlp", "MLP probe"), ("C", "C"),
             ("alpha", "alpha"), ("patience", "early-stopping patience (validations)"),
             ("subset", "subset (train:test)"), ("val_fraction", "validation fraction"), ("seed", "seed"))
+# --train values whose added module learns at its own rate (FinetuneConfig.base_lr), and LoRA's shape
+ADDED_LR = {"prompt": "prompt_lr", "lora": "lora_lr", "adapter": "adapter_lr"}
+LORA_SETTINGS = (("lora_rank", "LoRA rank"), ("lora_alpha", "LoRA alpha"), ("lora_towers", "LoRA towers"))
 METHOD_REFERENCES = (
     "DeLong, DeLong & Clarke-Pearson (1988). Comparing the areas under two or more correlated receiver "
     "operating characteristic curves: a nonparametric approach. Biometrics 44(3):837-845.",
@@ -233,8 +236,12 @@ def _settings(run: Mapping[str, Any]) -> list[str]:
         args = {**cfg, **args}
     if isinstance(det.get("selection"), dict) and det["selection"].get("best") is not None:
         args[det["selection"].get("parameter", "C")] = det["selection"]["best"]  # the probe's chosen C
+    extra = ()
+    if args.get("train") in ADDED_LR and args.get(ADDED_LR[args["train"]]) is not None:
+        args["lr"] = args[ADDED_LR[args["train"]]]  # what learns is the added module, at its own rate
+        extra = LORA_SETTINGS if args["train"] == "lora" else ()
     settings = []
-    for key, label in SETTINGS:
+    for key, label in (*SETTINGS, *extra):
         # detector.json knows what was used (e.g. the prompt set); run.json what was asked for
         v = det.get(key, args.get(key)) if key == "prompts" else args.get(key, det.get(key))
         if isinstance(v, dict) and "name" in v:  # a prompt set

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from cifake_lib.analysis.parts import Section
+from cifake_lib.methods.cost import CPU_PEAK
 
 COSTS_CSV = "costs.csv"
 SEED_COSTS_CSV = "seed_costs.csv"
@@ -77,7 +78,8 @@ INDEX_FIELDS = {"roc_auc": "test_roc_auc", "trainable_params": "trainable_params
                 "peak_memory_bytes": "peak_memory_gib", "train_seconds": "train_seconds",
                 "train_images_per_second": "train_images_per_second",
                 "device_seconds_per_1k_images": "device_seconds_per_1k_images"}
-SEED_TABLE = (("method", "method", "text"), ("train_size", "train size", "text"), ("n_runs", "seeds", "int"),
+SEED_TABLE = (("method", "method", "text"), ("model", "model", "text"), ("train_size", "train size", "text"),
+              ("image_size", "input px", "text"), ("n_runs", "seeds", "int"),
               ("test_roc_auc", "test ROC AUC", "pm"), ("trainable_params", "trainable params", "int"),
               ("peak_memory_gib", "peak memory (GiB)", "pm"), ("train_seconds", "train s", "pm"),
               ("train_images_per_second", "train img/s", "pm"),
@@ -85,23 +87,33 @@ SEED_TABLE = (("method", "method", "text"), ("train_size", "train size", "text")
 
 
 def seed_cost_rows(index_rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Mean and sd over seeds of each method's cost and test ROC AUC, per (method, model, train size),
-    from the study's index (OUT/runs.csv); only cells that ran two seeds or more."""
+    """Mean and sd over seeds of each method's cost and test ROC AUC (leak-free when the study
+    re-evaluated it), per (method, model, train size, input size), from the study's index
+    (OUT/runs.csv); only cells that ran two seeds or more. A CPU run's peak memory is left out: it is
+    the whole process's peak RSS, which only grows as a study runs, so it compares no two methods."""
     rows = []
     for r in index_rows:
         if r.get("status") != "complete" or not r.get("seed") or not r.get("trainable_params"):
             continue
-        row = {"method": r["method"], "cell": (r["method"], r.get("model"), r.get("train_size")),
-               "train_size": r.get("train_size") or "all", "peak_memory_kind": r.get("peak_memory_kind")}
+        cell = (r["method"], r.get("model"), r.get("train_size"), r.get("image_size"))
+        row = {"method": r["method"], "model": r.get("model") or "–", "cell": cell, "seed": r["seed"],
+               "train_size": r.get("train_size") or "all", "image_size": r.get("image_size") or "own",
+               "peak_memory_kind": r.get("peak_memory_kind")}
         for column, field in INDEX_FIELDS.items():
-            if r.get(column) not in (None, ""):
-                row[field] = float(r[column]) / (2**30 if column == "peak_memory_bytes" else 1)
+            value = r.get("leak_free_roc_auc") if column == "roc_auc" and r.get("leak_free_roc_auc") else r.get(column)
+            if column == "peak_memory_bytes" and r.get("peak_memory_kind") == CPU_PEAK:
+                continue
+            if value not in (None, ""):
+                row[field] = float(value) / (2**30 if column == "peak_memory_bytes" else 1)
         rows.append(row)
     out = []
     for summary in cost_summary(rows, key="cell"):
-        cell = next(r for r in rows if str(r["cell"]) == summary["cell"])
-        if summary["n_runs"] >= 2:
-            out.append({**summary, "method": cell["method"], "train_size": cell["train_size"]})
+        cells = [r for r in rows if str(r["cell"]) == summary["cell"]]
+        seeds = len({r["seed"] for r in cells})
+        if seeds >= 2:
+            first = cells[0]
+            out.append({**summary, "n_runs": seeds, **{k: first[k] for k in ("method", "model", "train_size",
+                                                                             "image_size")}})
     return out
 
 
@@ -135,8 +147,9 @@ def cost_section(study: Any, index_rows: Sequence[Mapping[str, Any]] = ()) -> Se
         s.add("No run recorded its training cost.\n")
         return s
     s.add("Measured while training (`cost` in each run's run.json): parameters that learn and in all, peak memory "
-          "(CUDA: `torch.cuda.max_memory_allocated` over training; CPU: the process's peak resident set, an upper "
-          "bound that includes the loaded data), training seconds and throughput, and device-seconds per 1,000 "
+          "(CUDA: `torch.cuda.max_memory_allocated` over training; CPU: the process's peak resident set so far, "
+          "which includes the loaded data and only grows as a study runs its steps in one process, so on the CPU "
+          "it bounds each run's memory from above and compares no two methods), training seconds and throughput, and device-seconds per 1,000 "
           "training images. Test ROC AUC with its 95% bootstrap interval.\n",
           markdown_table(rows, TABLE))
     if missing:
@@ -145,7 +158,8 @@ def cost_section(study: Any, index_rows: Sequence[Mapping[str, Any]] = ()) -> Se
     seeds = seed_cost_rows(index_rows)
     if seeds:
         s.add("Over training seeds (the study's runs.csv; mean ± sample sd, the main cell's table above is "
-              "one seed):\n", _seed_table(seeds))
+              "one seed; test ROC AUC leak-free where the study re-evaluated; CPU peak memory left out):\n",
+              _seed_table(seeds))
         s.tables[SEED_COSTS_CSV] = ([{k: v for k, v in r.items() if k != "cell"} for r in seeds], None)
     s.image(frontier_figure(rows, title="Test ROC AUC against trainable parameters and training time"),
             FRONTIER_FIGURE, "Efficiency frontier: test ROC AUC against trainable parameters and training seconds")

@@ -80,6 +80,13 @@ def _values(items: Iterable[Any]) -> list[str]:
     return sorted({str(v) for v in items if v not in (None, "")}, key=key)
 
 
+def _resolutions(sizes: Sequence[Any]) -> list[str]:
+    """The input sizes that ran (runs.csv's image_size; blank: the model's own)."""
+    own = "the model's own input (CIFAKE: 32 px)"
+    chosen = [f"{v} px" for v in _values([s for s in sizes if s not in (None, "")])]
+    return chosen + ([own] if any(s in (None, "") for s in sizes) or not chosen else [])
+
+
 def grid_axes(study: Any, paths: Sequence[str | os.PathLike], external_sets: Sequence[str] = ()) -> dict[str, list[str]]:
     """The grid's axes as they ran: {axis: [values]} from runs.csv, else from the runs themselves."""
     table = _runs_csv(paths)
@@ -88,8 +95,7 @@ def grid_axes(study: Any, paths: Sequence[str | os.PathLike], external_sets: Seq
     axes = {
         "method": _values([t.get("method") for t in table] or [r["metrics"].get("detector") for r in runs]),
         "model": _values([t.get("model") for t in table] or [r["metrics"].get("model") for r in runs]),
-        "resolution": _values([t.get("resolution") for t in table] + [a.get("resolution") for a in args]
-                              + [a.get("image_size") for a in args]) or ["the model's own input (CIFAKE: 32 px)"],
+        "resolution": _resolutions([t.get("image_size") for t in table] or [a.get("image_size") for a in args]),
         # Zero-shot trains on nothing: its rows say nothing about the training-set size.
         "train size": _values([t.get("train_size") or "all" for t in table
                                if not str(t.get("method", "")).startswith("zeroshot")]
@@ -132,9 +138,11 @@ def pipeline_figure(axes: Mapping[str, Sequence[str]]) -> Figure:
                                                     f"models: {_short(axes.get('model', []), 2)}",
                                                     "threshold, prompt set, C, early stop:", "chosen on validation"],
          "#fde8cf")
+    along = [name for name, ran in (("learning curves", len(axes.get("train size", [])) > 1),
+                                    ("cross-dataset", len(tests) > 1)) if ran]
     _box(ax, 0.71, 0.5, 0.27, 0.45, "Evaluation", ["ROC AUC, accuracy, ECE, Brier", "bootstrap 95% CIs",
                                                     "paired: bootstrap, McNemar, DeLong",
-                                                    "learning curves, cross-dataset"], "#dcefd9")
+                                                    *([", ".join(along)] if along else [])], "#dcefd9")
     for x0, x1 in ((0.29, 0.365), (0.635, 0.71)):
         ax.annotate("", xy=(x1, 0.72), xytext=(x0, 0.72), arrowprops={"arrowstyle": "-|>", "lw": 1.5})
     grid = [f"{k}: {_short(list(v), 5)}" for k, v in axes.items()]

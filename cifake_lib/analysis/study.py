@@ -25,7 +25,7 @@ import numpy as np
 
 from cifake_lib.analysis import compare
 from cifake_lib.evaluation.runs import detector_kind
-from cifake_lib.evaluation.scale import Scale, study_scale
+from cifake_lib.evaluation.scale import Scale, study_scale, with_study_models
 from cifake_lib.evaluation.stats import compare_pair
 
 
@@ -120,7 +120,20 @@ def load_study(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> Study:
         runs += [{**r, "leak_free": True, "leak_free_path": r["path"]} for r in extra]
     with_dup = [r for r in selected if id(r) in matched]
     return Study(paths=[str(p) for p in paths], runs=runs, with_duplicates=with_dup, notes=notes,
-                 n_folders=len(found), removed=removed, scale=study_scale(found))
+                 n_folders=len(found), removed=removed,
+                 scale=with_study_models(study_scale(found), _study_roots(paths)))
+
+
+def _study_roots(paths: Sequence[str | os.PathLike]) -> list[Path]:
+    """The study folders (holding study.json) that `paths` are in or under: a grid's whole scale."""
+    roots: list[Path] = []
+    for p in paths:
+        path = Path(p).expanduser().resolve()
+        for folder in [path, *path.parents][:4]:
+            if (folder / "study.json").is_file() and folder not in roots:
+                roots.append(folder)
+                break
+    return roots
 
 
 # --------------------------------------------------------------------------- paired comparisons

@@ -10,12 +10,15 @@ what study.json records), and gives the words the report and notebook 04 use for
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cifake_lib.core.paths import resolve_recorded
+from cifake_lib.core.paths import find_moved, resolve_recorded
 
 TINY_MARK = "TINY_MODEL.json"  # written by `clip.tiny.write_tiny_model` into every tiny model folder
 FULL_TEST = 20_000  # CIFAKE's test split: 10,000 REAL + 10,000 FAKE
@@ -27,7 +30,6 @@ FULL_TRAIN = 100_000
 
 def _tiny_what(folders: Sequence[str]) -> str:
     """"CLIP", or the families of several tiny models ("CLIP, SigLIP and DINOv2"), from their marks."""
-    import json
 
     names = {"clip": "CLIP", "siglip": "SigLIP", "dinov2": "DINOv2"}
     found = []
@@ -107,7 +109,7 @@ class Scale:
         if not self.reduced:
             return ""
         short = self.short()
-        tail = "not CLIP's performance on CIFAKE" if self.pipeline_check else "not the whole of CIFAKE"
+        tail = "not the detectors' performance on CIFAKE" if self.pipeline_check else "not the whole of CIFAKE"
         return f"_{short[:1].upper() + short[1:]}: {tail}._\n"
 
     def record(self) -> dict[str, Any]:
@@ -145,10 +147,26 @@ def study_scale(runs: Iterable[Mapping[str, Any]]) -> Scale:
     return Scale(tiny_models=tuple(tiny), subset=subset, test_images=partial)
 
 
+def with_study_models(scale: Scale, roots: Iterable[str | os.PathLike]) -> Scale:
+    """`scale` with the tiny models every study folder's study.json names: a grid's other backbones
+    (tiny SigLIP, DINOv2), whose runs the main cell's detectors do not use."""
+    tiny = list(scale.tiny_models)
+    for root in roots:
+        try:
+            named = json.loads((Path(root) / "study.json").read_text(encoding="utf-8"))["scale"]["tiny_models"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        for m in named or []:
+            found = resolve_recorded(str(m), root) or find_moved(str(m), root, accept=lambda p: (p / TINY_MARK).is_file())
+            if found is not None and str(found) not in tiny and (found / TINY_MARK).is_file():
+                tiny.append(str(found))
+    return dataclasses.replace(scale, tiny_models=tuple(tiny))
+
+
 def settings_scale(models: Sequence[str], subset: Sequence[int] | None) -> Scale:
     """The scale of a study from its settings (`cifake run` writes it into study.json)."""
     return Scale(tiny_models=tuple(m for m in models if is_tiny_model(m)),
                  subset=(int(subset[0]), int(subset[1])) if subset else None)
 
 
-__all__ = ["FULL_TEST", "TINY_MARK", "Scale", "is_tiny_model", "settings_scale", "study_scale"]
+__all__ = ["FULL_TEST", "TINY_MARK", "Scale", "is_tiny_model", "settings_scale", "study_scale", "with_study_models"]

@@ -1,7 +1,7 @@
 """Figures along one axis of the study grid: a metric per method against the axis's values.
 
 Rows come from `analysis.grid.axis_rows`: one per (method, value), with the mean over training
-seeds and an interval (the sd over seeds, or the run's bootstrap 95% CI when it has one seed).
+seeds and an interval (one run's bootstrap 95% CI; the sd over seeds when no CI was recorded).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ AXIS_LABELS = {"train_size": "training images", "model": "backbone", "seed": "tr
 def axis_figure(rows: Sequence[Mapping[str, Any]], axis: str, metrics: Sequence[str] = ("roc_auc", "accuracy"),
                 *, title: str = "") -> Figure:
     """One panel per metric: each method's mean against the axis (log x for training-set size),
-    with error bars (sd over seeds, or the 95% CI of a single run)."""
+    with error bars (a run's bootstrap 95% CI, else the sd over seeds)."""
     numeric = axis == "train_size"
     sizes = [float(r["value"]) for r in rows if numeric and str(r["value"]).isdigit()]
     # the whole training split ("all") sits right of the largest subset, labelled as such
@@ -28,20 +28,25 @@ def axis_figure(rows: Sequence[Mapping[str, Any]], axis: str, metrics: Sequence[
     def x_of(v: Any) -> float:
         return place[v] if v in place else float(v)
 
-    values = sorted({r["value"] for r in rows}, key=lambda v: (x_of(v) if numeric else str(v)))
+    order = {r["value"]: r.get("order", 0) for r in rows}  # the grid's order, as the table lists them
+    values = sorted(order, key=lambda v: (x_of(v) if numeric else (order[v], str(v))))
+    methods = list(dict.fromkeys(r["method"] for r in rows))
     fig = Figure(figsize=(5.2 * len(metrics), 4.2), layout="constrained")
     for i, metric in enumerate(metrics):
         ax = fig.add_subplot(1, len(metrics), i + 1)
-        for method in dict.fromkeys(r["method"] for r in rows):
+        for k, method in enumerate(methods):
             mine = sorted((r for r in rows if r["method"] == method and r.get(metric) is not None),
                           key=lambda r: values.index(r["value"]))
             if not mine:
                 continue
-            x = [x_of(r["value"]) if numeric else values.index(r["value"]) for r in mine]
+            # a category axis (backbones, input sizes) gets unjoined markers, dodged apart: no line runs
+            # through a value a method skipped; a size axis joins its points (a learning curve)
+            dodge = 0.0 if numeric else (k - (len(methods) - 1) / 2) * 0.08
+            x = [x_of(r["value"]) if numeric else values.index(r["value"]) + dodge for r in mine]
             y = [r[metric] for r in mine]
             err = [[max(0.0, r[metric] - r[f"{metric}_lo"]) for r in mine],
                    [max(0.0, r[f"{metric}_hi"] - r[metric]) for r in mine]]
-            ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=method)
+            ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=method, linestyle="-" if numeric else "none")
         if numeric:
             ax.set_xscale("log")
             ax.set_xticks([x_of(v) for v in values], [str(v) if v in place else f"{int(v):,}" for v in values])
