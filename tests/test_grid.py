@@ -7,6 +7,7 @@ training-set size: the second invocation must run only the new runs.
 from __future__ import annotations
 
 import csv
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest
 
 from cifake_lib.app import pipeline
 from cifake_lib.app.pipeline import PipelineError, load_config, plan_study, run_study
+from cifake_lib.core.files import read_json
 from cifake_lib.evaluation.study import RunKey, index_runs, read_index
 
 GRID = """
@@ -76,17 +78,22 @@ def test_plan_of_the_done_when_grid(tmp_path):
 
 def test_print_plan_lists_every_run_and_imports_no_torch(sample_dir, tmp_path):
     grid = _grid(tmp_path, "100, 200")  # fine-tuning: planned, not run
+    out = tmp_path / "My Drive" / "S"  # a space, as in Colab's Drive: every command is shell-quoted
     code = ("import sys\nfrom cifake_lib.app.cli import main\n"
             f"rc = main(['run', '--preset', 'smoke', '--data', {str(sample_dir)!r}, '--config', {str(grid)!r}, "
-            f"'--out', {str(tmp_path / 'S')!r}, '--print-plan'])\n"
+            f"'--out', {str(out)!r}, '--print-plan'])\n"
             "assert rc == 0 and 'torch' not in sys.modules, sorted(m for m in sys.modules if 'torch' in m)\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
+    lines = [line.split("\t") for line in done.stdout.splitlines()]
+    assert {len(cells) for cells in lines} == {len(lines[0])}  # every step under the header's columns
     rows = list(csv.DictReader(done.stdout.splitlines(), delimiter="\t"))
     runs = [r for r in rows if r["seed"]]
     assert len(runs) == 8 and all(r["status"] == "planned" for r in runs)
     assert all(r["command"].startswith("cifake finetune ") and "--out" in r["command"] for r in runs)
-    assert not (tmp_path / "S").exists()  # nothing ran, nothing was written
+    argvs = [shlex.split(r["command"]) for r in rows]
+    assert all(a[a.index("--out") + 1].startswith(str(out)) for a in argvs if "--out" in a) and len(argvs) > 8
+    assert not out.exists()  # nothing ran, nothing was written
 
 
 def test_bad_axes_are_refused_before_anything_runs(tmp_path):
@@ -105,6 +112,15 @@ def test_bad_axes_are_refused_before_anything_runs(tmp_path):
         plan_study(config, tmp_path, "data")
     config["run"]["train_sizes"] = [500, 1280]  # the whole training split fits
     assert plan_study(config, tmp_path, "data").sizes == [500, 1280]
+    config = load_config("smoke")  # external sets: found at plan time, one results folder each
+    config["run"]["external"] = [str(tmp_path / "nowhere")]
+    with pytest.raises(PipelineError, match="nowhere' not found"):
+        plan_study(config, tmp_path, "data")
+    for d in ("a/ext", "b/ext"):
+        (tmp_path / d).mkdir(parents=True)
+    config["run"]["external"] = [str(tmp_path / "a/ext"), str(tmp_path / "b/ext")]
+    with pytest.raises(PipelineError, match="are both named 'ext'"):
+        plan_study(config, tmp_path, "data")
 
 
 @pytest.fixture(scope="module")
@@ -196,3 +212,23 @@ def test_pipeline_module_is_torch_free():
     code = "import sys, cifake_lib.app.pipeline; assert 'torch' not in sys.modules"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
     assert pipeline.print_plan  # the entry point exists
+
+
+def test_a_step_that_fails_with_any_error_is_recorded_as_failed(sample_dir, tmp_path, monkeypatch):
+    """A write error (or any other) inside a step marks it failed in pipeline.json and runs.csv before
+    it propagates with its own message; the steps before it stay complete."""
+    real = pipeline.run_step
+
+    def failing(step):
+        if step.name == "flyp":
+            raise PermissionError(13, "Permission denied", str(step.out))
+        return real(step)
+
+    monkeypatch.setattr(pipeline, "run_step", failing)
+    out = tmp_path / "S"
+    with pytest.raises(PermissionError):
+        run_study(preset="smoke", data=str(sample_dir), config_file=None, out=out,
+                  run_overrides={"stages": ["data", "finetune"], "methods": ["flyp"]})
+    steps = {s["name"]: s["status"] for s in read_json(out / "pipeline.json")["steps"]}
+    assert steps == {"data": "ran", "flyp": "failed"}
+    assert [r["status"] for r in read_index(out) if r["method"] == "flyp"] == ["failed"]

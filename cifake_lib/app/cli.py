@@ -269,7 +269,8 @@ def _run(args: argparse.Namespace) -> int:
     impossible = sum(s["status"].startswith("skipped:") for s in record["steps"])
     print(f"study complete in {opts.out}: {ran} step(s) ran, {len(record['steps']) - ran - impossible} already "
           f"complete" + (f", {impossible} skipped (see runs.csv's reason column)" if impossible else "")
-          + f"; report: {opts.out}/report/report.md")
+          + (f"; report: {report}" if os.path.isfile(report := os.path.join(opts.out, "report", "report.md"))
+             else "; no report (the report stage did not run)"))
     return 0
 
 

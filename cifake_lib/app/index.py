@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import os
+import shlex
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -76,7 +77,7 @@ def index_rows(steps: Sequence[Any], out: Path, session: Mapping[str, str] | Non
         ev = evaluated.get(s.out)
         row: dict[str, Any] = {**s.key.row(), "stage": s.stage, "run_dir": os.path.relpath(s.out, out),
                                "status": status, "reason": getattr(s, "skip", None) or "",
-                               "command": "" if status == SKIPPED else "cifake " + " ".join(s.argv),
+                               "command": "" if status == SKIPPED else command_line(s.argv),
                                "evaluated_dir": os.path.relpath(ev.out, out) if ev is not None else ""}
         if metrics and status == "complete":
             row.update(seconds=_seconds(s.out), **_headline(s.out), **_cost(s.out))
@@ -92,6 +93,12 @@ def write_index(steps: Sequence[Any], out: Path, session: Mapping[str, str] | No
     return write_csv(Path(out) / INDEX, index_rows(steps, out, session), INDEX_COLUMNS, if_changed=True)
 
 
+def command_line(argv: Sequence[str]) -> str:
+    """The one `cifake ...` command that makes a run, quoted for a POSIX shell (paths with spaces,
+    as Colab's "My Drive", paste and run as they are)."""
+    return "cifake " + shlex.join(argv)
+
+
 def plan_text(steps: Sequence[Any], out: Path) -> str:
     """`--print-plan`: every run's key, status and command, then the other steps, as TSV."""
     buf = io.StringIO()
@@ -101,9 +108,9 @@ def plan_text(steps: Sequence[Any], out: Path) -> str:
         w.writerow([r["method"], r["model"], r["train_size"], r["seed"], r["image_size"],
                     r["status"] + (f" ({r['reason']})" if r["reason"] else ""), r["run_dir"], r["command"]])
     for s in (s for s in steps if s.key is None):
-        w.writerow([s.name, "", "", "", "complete" if s.is_done() else "planned", os.path.relpath(s.out, out),
-                    "cifake " + " ".join(s.argv)])
+        w.writerow([s.name, "", "", "", "", "complete" if s.is_done() else "planned", os.path.relpath(s.out, out),
+                    command_line(s.argv)])
     return buf.getvalue()
 
 
-__all__ = ["index_rows", "plan_text", "status_of", "write_index"]
+__all__ = ["command_line", "index_rows", "plan_text", "status_of", "write_index"]

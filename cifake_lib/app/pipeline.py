@@ -525,9 +525,15 @@ def _plan_external(p: Planner, primary: list[Step]) -> list[Step]:
     (chosen on CIFAKE's validation split), into OUT/external/<set>/<run>/ (analysis/cross_dataset.py)."""
     from cifake_lib.data.external import set_name
 
-    steps = []
+    steps, named = [], {}
     for source in p.run.external or []:
+        if not str(source).startswith("hf:") and not Path(source).expanduser().exists():  # found now, not after training
+            raise PipelineError(f"[run] external: {source!r} not found (a folder with REAL/ and FAKE/, an archive "
+                                "of one, a parquet file, a datasets folder, or hf:REPO)")
         name = set_name(source)
+        if named.setdefault(name, source) != source:  # one folder per set name: the second would read the first's
+            raise PipelineError(f"[run] external: {named[name]!r} and {source!r} are both named {name!r} (their "
+                                "results would share OUT/external/" + name + "/); rename or copy one of them")
         for run in primary:
             zeroshot = run.stage == "zeroshot"
             model = str(run.out / BEST_ZEROSHOT) if zeroshot else str(run.out)
@@ -663,13 +669,16 @@ def _run_steps(steps: list[Step], record: dict[str, Any], out: Path, log: Callab
         start = time.perf_counter()
         try:
             status = run_step(step)
-        except (CifakeError, ValueError, FileNotFoundError, NotADirectoryError, TrainingDiverged, OutOfMemory) as e:
+        except Exception as e:  # any failure is recorded (pipeline.json, runs.csv) before it is reported
             record["steps"].append({"name": step.name, "status": "failed", "seconds": time.perf_counter() - start,
                                     "command": _command(step.argv)})
             session[step.name] = "failed"
             write_json(out / "pipeline.json", record)
             write_index(steps, out, session)
-            raise _stage_failure(step, e) from e
+            if isinstance(e, (CifakeError, ValueError, FileNotFoundError, NotADirectoryError, TrainingDiverged,
+                              OutOfMemory)):
+                raise _stage_failure(step, e) from e
+            raise  # an OSError (a full disk, a read-only folder) keeps its own one-line message
         seconds = time.perf_counter() - start
         record["steps"].append({"name": step.name, "status": status, "seconds": round(seconds, 2),
                                 "command": _command(step.argv)})
@@ -695,7 +704,9 @@ def _say_skipped(steps: list[Step], log: Callable[[str], None]) -> None:
 
 
 def _command(argv: list[str] | None) -> str | None:
-    return None if argv is None else "cifake " + " ".join(argv)
+    from cifake_lib.app.index import command_line
+
+    return None if argv is None else command_line(argv)
 
 
 def _write_study(out: Path, record: Mapping[str, Any]) -> None:
