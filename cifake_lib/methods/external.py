@@ -10,6 +10,7 @@ names read as REAL and FAKE.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -86,6 +87,10 @@ def run_external_evaluate(data: DataConfig, cfg: EvaluateConfig, out: str | os.P
     from cifake_lib.data.external import load_external
     from cifake_lib.methods.detectors import load_detector
 
+    if data.skip_bad:  # said, not silently ignored: a test set is scored whole
+        logging.getLogger(__name__).warning(
+            "--skip-bad does not apply to an external test set: every image is scored or none (an unreadable "
+            "file stops the evaluation, naming it)")
     ext = load_external(data.data, split=cfg.split, image_column=cfg.image_column, label_column=cfg.label_column,
                         fake_labels=cfg.fake_labels or None)
     det = detector if detector is not None else load_detector(cfg.model, cfg.device)
