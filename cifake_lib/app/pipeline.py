@@ -734,8 +734,9 @@ def _planned(preset: str, data: str | None, config_file: str | os.PathLike | Non
     try:
         planner = plan_study(config, out, source)
     except SettingError as e:
-        raise PipelineError(f"{e}" + (f" (in --config {config_file} or the {preset} preset)" if config_file
-                                      else f" (in the {preset} preset)")) from None
+        where = [*(["the command line's options"] if run_overrides else []),
+                 *([f"--config {config_file}"] if config_file else []), f"the {preset} preset"]
+        raise PipelineError(f"{e} (in {' or '.join(where)})") from None
     return config, source, planner
 
 
