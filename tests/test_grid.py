@@ -112,6 +112,15 @@ def test_bad_axes_are_refused_before_anything_runs(tmp_path):
         plan_study(config, tmp_path, "data")
     config["run"]["train_sizes"] = [500, 1280]  # the whole training split fits
     assert plan_study(config, tmp_path, "data").sizes == [500, 1280]
+    config = load_config("smoke")  # the axes' defaults by name: a study widened keeps its existing runs
+    config["run"].update(train_sizes=["all", 500], image_sizes=["own", 16])
+    plan = plan_study(config, tmp_path, "data")
+    assert (plan.sizes, plan.image_sizes) == ([None, 500], [None, 16])
+    folders = {s.out.name for s in plan.steps if s.key is not None and s.key.method == "flyp"}
+    assert {"flyp", "flyp_n500", "flyp_r16", "flyp_n500_r16"} <= folders
+    config["run"]["train_sizes"] = ["every", 500]
+    with pytest.raises(ValueError, match="an integer or 'all', got 'every'"):
+        plan_study(config, tmp_path, "data")
     config = load_config("smoke")  # external sets: found at plan time, one results folder each
     config["run"]["external"] = [str(tmp_path / "nowhere")]
     with pytest.raises(PipelineError, match="nowhere' not found"):

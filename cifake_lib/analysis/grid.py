@@ -17,14 +17,14 @@ from typing import Any
 
 from cifake_lib.core.files import read_json
 from cifake_lib.core.formatting import format_metric
-from cifake_lib.evaluation.study import ALL
+from cifake_lib.evaluation.study import ALL, OWN
 
 # The training-set size has its own section, the learning curves (`analysis/learning_curves.py`).
 AXES = ("model", "image_size")
 METRICS = ("roc_auc", "accuracy")
 TITLES = {"train_size": "Along the training-set size", "model": "Along the backbone",
           "image_size": "Along the input resolution"}
-OWN_SIZE = "own"  # the image_size cell of a run at its backbone's own input size
+OWN_SIZE = OWN  # the image_size cell of a run at its backbone's own input size
 
 
 def _number(cell: Any) -> float | None:

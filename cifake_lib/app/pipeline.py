@@ -55,7 +55,9 @@ from cifake_lib.core.settings import DEFAULT_MODEL, default_data_source
 from cifake_lib.data.config import DataConfig
 from cifake_lib.evaluation.scale import settings_scale
 from cifake_lib.evaluation.study import (
+    ALL,
     OLD_STUDY,
+    OWN,
     RUNS_DIR,
     STUDY,
     RunKey,
@@ -115,6 +117,32 @@ class StudyOptions:
                                "`cifake ...` command that reproduces it, then exit (imports no torch)")
 
 
+WHOLE_SPLIT, OWN_SIZE = ALL, OWN  # the axes' default values, by name (the folders without _n / _r)
+
+
+def _sizes(value: Any, word: str) -> list[int | str]:
+    """train_sizes / image_sizes from "320,all" or a TOML list: integers, and `word` for the default."""
+    items = [x.strip() for x in value.split(",") if x.strip()] if isinstance(value, str) else list(value)
+    out: list[int | str] = []
+    for v in items:
+        if isinstance(v, str) and v.lower() == word:
+            out.append(word)
+        elif isinstance(v, int) and not isinstance(v, bool) or isinstance(v, str) and v.isdigit():
+            out.append(int(v))
+        else:
+            raise ValueError(f"each element must be an integer or {word!r}, got {v!r}")
+    return out
+
+
+def _numbers(values: list[Any] | None) -> list[int]:
+    return [v for v in values or [] if isinstance(v, int)]
+
+
+def _named_default(values: list[Any], word: str) -> list[Any]:
+    """The axis's values with `word` ("all", "own") as None, the key's default."""
+    return [None if v == word else v for v in values]
+
+
 @dataclass
 class RunConfig:
     """The `[run]` table: the stages, and the study grid's axes (also options of `cifake run`).
@@ -137,14 +165,17 @@ class RunConfig:
                                         show_default="every declared method whose stage runs")
     train_sizes: list[int] | None = setting(None, "training-set sizes of the grid: nested stratified subsets "
                                             "of the training split, one validation split for all; e.g. "
-                                            "320,1000,4000", metavar="N,N", show_default="the whole split")
+                                            "320,1000,all ('all': the whole split, the runs a study without "
+                                            "this axis made)", metavar="N,N", show_default="the whole split",
+                                            convert=lambda v: _sizes(v, WHOLE_SPLIT))
     seeds: list[int] | None = setting(None, "training seeds: every trained method runs once per seed on the "
                                       "same data split (zero-shot once); e.g. 0,1,2", metavar="S,S",
                                       show_default="one seed, the data --seed; the report preset: 0,1,2")
     image_sizes: list[int] | None = setting(None, "input sides of the grid in pixels (the resolution axis): every "
                                             "method with a backbone runs once per size, position embeddings "
-                                            "interpolated; e.g. 224,112,64", metavar="PX,PX",
-                                            show_default="each backbone's own")
+                                            "interpolated; e.g. own,112,64 ('own': each backbone's own size, "
+                                            "the runs a study without this axis made)", metavar="PX,PX",
+                                            show_default="each backbone's own", convert=lambda v: _sizes(v, OWN_SIZE))
     external: list[str] | None = setting(None, "external labelled test sets (REAL/ + FAKE/ folders, archives, "
                                          "parquet, hf:REPO), comma-separated: every main-cell detector is scored "
                                          "on each (`cifake evaluate --external`) into OUT/external/<set>/<run>/, "
@@ -167,9 +198,9 @@ class RunConfig:
                     check_local_folder(model, "model")
                 except FileNotFoundError as e:
                     raise ValueError(str(e)) from None
-        if self.train_sizes is not None and min(self.train_sizes) < 2:
+        if any(n < 2 for n in _numbers(self.train_sizes)):
             raise ValueError(f"train_sizes: each size must be at least 2 (one REAL, one FAKE), got {self.train_sizes}")
-        if self.image_sizes is not None and min(self.image_sizes) < 8:
+        if any(n < 8 for n in _numbers(self.image_sizes)):
             raise ValueError(f"image_sizes: each side must be at least 8 pixels, got {self.image_sizes}")
 
 
@@ -357,8 +388,8 @@ class Planner:
         self.data = build(DataConfig, self.data_values, where="[data]")
         self.seeds = self.run.seeds or [self.data.seed]
         self.models = self.run.models or [self.run.model]
-        self.sizes: list[int | None] = list(self.run.train_sizes or [self.data.train_size])
-        self.image_sizes: list[int | None] = list(self.run.image_sizes or [None])
+        self.sizes: list[int | None] = _named_default(self.run.train_sizes or [self.data.train_size], WHOLE_SPLIT)
+        self.image_sizes: list[int | None] = _named_default(self.run.image_sizes or [None], OWN_SIZE)
         self._check_sizes_fit()
         self.methods = read_methods(self.config)
         self.chosen = self._chosen_methods()

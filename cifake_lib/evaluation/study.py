@@ -31,6 +31,7 @@ INDEX_COLUMNS = (*KEY_COLUMNS, "stage", "run_dir", "status", "reason", "seconds"
                  "leak_free_accuracy", "leak_free_roc_auc", *COST_COLUMNS, "evaluated_dir", "command")
 SKIPPED = "skipped"  # the status of a run the grid cannot make (e.g. zero-shot on an image-only backbone)
 ALL = "all"  # train_size of a run on the whole training split
+OWN = "own"  # image_size of a run at its backbone's own input size ([run] image_sizes may name it)
 
 
 @dataclass(frozen=True)
@@ -127,5 +128,5 @@ def read_study(folder: str | os.PathLike) -> dict[str, Any] | None:
     return None
 
 
-__all__ = ["ALL", "SKIPPED", "COST_COLUMNS", "INDEX", "INDEX_COLUMNS", "KEY_COLUMNS", "OLD_STUDY", "RUNS_DIR", "STUDY", "RunKey", "index_runs",
+__all__ = ["OWN", "ALL", "SKIPPED", "COST_COLUMNS", "INDEX", "INDEX_COLUMNS", "KEY_COLUMNS", "OLD_STUDY", "RUNS_DIR", "STUDY", "RunKey", "index_runs",
            "is_study_record", "main_runs", "model_slug", "read_index", "read_study"]
