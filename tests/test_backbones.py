@@ -233,7 +233,12 @@ def test_an_image_only_encoder_trains_what_its_forward_uses_its_head_at_head_lr(
     lacks a gradient (multi-GPU DDP would hang on it); the zero-initialised linear head is its own
     AdamW group at head_lr / lr."""
     from cifake_lib.clip.prompts import get_prompt_set
-    from cifake_lib.methods.finetune import ClipClassifier, FinetuneConfig, param_groups, set_trainable
+    from cifake_lib.methods.finetune import (
+        ClipClassifier,
+        FinetuneConfig,
+        param_groups,
+        set_trainable,
+    )
 
     clip, _ = load_backbone(tiny["dinov2"], device="cpu")
     model = ClipClassifier(clip, None, get_prompt_set("plain"))

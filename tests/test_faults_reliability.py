@@ -87,6 +87,21 @@ def test_run_report_and_tiny_model_follow_the_same_rule(tmp_path, tiny_model_dir
     assert cli("tiny-model", out) == 0
 
 
+def test_a_finished_run_of_other_settings_is_replaced_only_with_overwrite(tree, tiny_model_dir, tmp_path, capsys):
+    """The same command again re-runs into its folder; another model or subset would mix two runs'
+    files in one folder, so it is refused, naming what differs, unless --overwrite."""
+    out = tmp_path / "probe"
+    probe = ["probe", "--data", tree, "--model", tiny_model_dir, "--out", out, "--quiet"]
+    assert cli(*probe) == 0 and cli(*probe) == 0
+    before = (out / "metrics.json").read_text()
+    capsys.readouterr()
+    assert cli(*probe, "--val-fraction", "0.5") == 2
+    err = capsys.readouterr().err
+    assert "holds a finished `cifake probe` run made with other settings (val_fraction: 0.1 -> 0.5)" in err
+    assert "--overwrite" in err and (out / "metrics.json").read_text() == before
+    assert cli(*probe, "--val-fraction", "0.5", "--overwrite") == 0
+
+
 def test_claim_accepts_new_empty_and_own_folders(tmp_path):
     assert claim_output(tmp_path / "new" / "deep").is_dir()
     (tmp_path / "empty").mkdir()

@@ -211,12 +211,28 @@ def _stage_runner(name: str) -> Callable[[argparse.Namespace], int]:
         if out is None:
             r = stages.STAGES[name].run(data, cfg, None)
         else:  # the settings are checked first: a typo creates no folder
+            _refuse_another_finished_run(name, out, data, cfg, args)
             with _claimed(out, args, name):
                 r = stages.STAGES[name].run(data, cfg, out)
         PRINTERS[name](r, args)
         return 0
 
     return run
+
+
+def _refuse_another_finished_run(name: str, out: str, data: Any, cfg: Any, args: argparse.Namespace) -> None:
+    """A folder holding a finished run of other settings (another model, subset, method) is replaced
+    only with --overwrite: its files would otherwise mix with the new run's; the same command again
+    re-runs it."""
+    from cifake_lib.core.outdir import finished_run_conflict
+    from cifake_lib.core.results import settings_record
+
+    if getattr(args, "overwrite", False) or name == "finetune":  # fine-tuning: its checkpoints' own rule
+        return
+    conflict = finished_run_conflict(out, settings_record(name, data if isinstance(data, DataConfig) else None,
+                                                          cfg, out=out))
+    if conflict:
+        raise CliError(f"--out {out}: {conflict}; choose another --out, or pass --overwrite to replace it")
 
 
 @contextmanager

@@ -11,8 +11,11 @@ line naming it before any work starts (`write_error`).
 from __future__ import annotations
 
 import errno
+import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from cifake_lib.core.errors import CifakeError, NoSpaceLeft, is_disk_full
 
@@ -70,4 +73,43 @@ def claim_output(out: str | os.PathLike, *, overwrite: bool = False, flag: str =
     return folder
 
 
-__all__ = ["MARKER", "OWN_FILES", "OutputRefused", "claim_output", "foreign_files", "is_ours", "write_error"]
+# run.json "args" that change how a run went, not what it is: a re-run may differ in these
+RUNTIME_ARGS = frozenset({"out", "progress", "device", "cache", "n_boot", "batch_size", "eval_batch_size", "cpu",
+                          "resume", "stop_after", "keep_checkpoints", "log_with", "compile", "figures"})
+
+
+def finished_run_conflict(folder: str | os.PathLike, now: Mapping[str, Any]) -> str | None:
+    """What differs between the finished run in `folder` (its run.json's, else its metrics.json's
+    "args") and the settings record `now` of a command about to write there; None when the folder
+    holds no finished run or the same one (a re-run). Paths compare by the folder they name."""
+    from cifake_lib.core.paths import resolve_recorded
+
+    folder = Path(folder)
+    if not (folder / "metrics.json").is_file():
+        return None
+    prev = None
+    for name in ("run.json", "metrics.json"):
+        try:
+            prev = json.loads((folder / name).read_text(encoding="utf-8")).get("args")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(prev, dict):
+            break
+    if not isinstance(prev, dict):
+        return None
+
+    def same(a: Any, b: Any) -> bool:
+        if json.dumps(a, default=str) == json.dumps(b, default=str):
+            return True
+        return isinstance(a, str) and isinstance(b, str) and resolve_recorded(a, folder) is not None \
+            and resolve_recorded(a, folder) == resolve_recorded(b, ".")
+
+    changed = [f"{k}: {prev.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(prev) | set(now), key=str)
+               if k not in RUNTIME_ARGS and not same(prev.get(k), now.get(k))]
+    if not changed:
+        return None
+    return (f"holds a finished `cifake {prev.get('command', '?')}` run made with other settings ("
+            + "; ".join(changed[:3]) + (f"; and {len(changed) - 3} more" if len(changed) > 3 else "") + ")")
+
+
+__all__ = ["RUNTIME_ARGS", "finished_run_conflict", "MARKER", "OWN_FILES", "OutputRefused", "claim_output", "foreign_files", "is_ours", "write_error"]
