@@ -89,6 +89,14 @@ def test_from_run_folders_writes_results(cnn_run, tmp_path):
     assert set(fragile) == {"cnn"} and fragile["cnn"]["perturbation"] in ("noise", "crop")
 
 
+def test_most_fragile_says_when_perturbations_tie():
+    rows = [{"detector": "d", "perturbation": p, "label": label, "accuracy_drop": drop}
+            for p, label, drop in (("clean", "clean", 0.0), ("jpeg", "jpeg quality=90", 0.005),
+                                   ("blur", "blur sigma=1", 0.005), ("noise", "noise std=2", 0.001))]
+    (worst,) = robustness.most_fragile(rows).values()
+    assert worst["label"] == "jpeg quality=90" and worst["tied_with"] == ["blur sigma=1"]
+
+
 def test_cli(cnn_run, tmp_path, sample_dir):
     """`cifake robustness` on real sample images (the CNN takes any 32x32 data)."""
     from cifake_lib.app.cli import main

@@ -674,7 +674,8 @@ def _descriptive_statements(rows: Sequence[Mapping[str, Any]], per_class: Sequen
         hurt = {d: r for d, r in fragile.items() if r["accuracy_drop"] > 0}
         if hurt:
             out.append(f"Largest accuracy drop under perturbation (descriptive, {n} images, no interval): " + "; ".join(
-                f"{d}: {r['label']} ({r['accuracy'] + r['accuracy_drop']:.2%} → {r['accuracy']:.2%})"
+                f"{d}: {r['label']}" + (f" (tied with {len(r['tied_with'])} other perturbation(s))" if r.get("tied_with")
+                                        else "") + f" ({r['accuracy'] + r['accuracy_drop']:.2%} → {r['accuracy']:.2%})"
                 for d, r in hurt.items()) + ".")
         kinds = _mean_drop_by_kind(robustness_rows)
         if kinds and max(kinds.values()) > 0:

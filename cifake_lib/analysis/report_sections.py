@@ -257,9 +257,13 @@ def resource_rows(study: Any, paths: Sequence[str | os.PathLike]) -> list[dict[s
     table = _runs_csv(paths)
     rows = []
     for t in table:
+        if t.get("status") == "skipped":  # planned as impossible, never ran: no resources
+            continue
         folder = Path(t.get("run_dir") or "")
         folder = folder if folder.is_absolute() else Path(t["_root"]) / folder
-        run_json = read_json(folder / "run.json") if (folder / "run.json").is_file() else None
+        # zero-shot writes a run folder per prompt set below its own: any of them names the device
+        found = [folder / "run.json"] if (folder / "run.json").is_file() else sorted(folder.glob("*/run.json"))[:1]
+        run_json = read_json(found[0]) if found else None
         seconds = t.get("seconds") or (run_json or {}).get("seconds")
         rows.append({"run": str(t.get("run_dir") or ""), "method": t.get("method"), "train_size": t.get("train_size"),
                      "seed": t.get("seed"), "status": t.get("status"), "device": _hardware(run_json),

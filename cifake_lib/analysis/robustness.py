@@ -111,15 +111,18 @@ def run_battery(detectors: Mapping[str, Any], split: Any, *, perturbations: Sequ
 
 
 def most_fragile(rows: Sequence[Mapping[str, Any]], metric: str = "accuracy") -> dict[str, dict[str, Any]]:
-    """Per detector: the perturbed row with the largest drop in `metric` (accuracy or roc_auc)."""
+    """Per detector: the perturbed row with the largest drop in `metric` (accuracy or roc_auc), the
+    first of those that tie for it, with the others' labels as "tied_with"."""
     out: dict[str, dict[str, Any]] = {}
     for r in rows:
         d = r.get(f"{metric}_drop")
         if r["perturbation"] == CLEAN or d is None:
             continue
         best = out.get(r["detector"])
-        if best is None or d > best[f"{metric}_drop"]:
-            out[r["detector"]] = dict(r)
+        if best is None or d > best[f"{metric}_drop"] + 1e-12:
+            out[r["detector"]] = {**r, "tied_with": []}
+        elif abs(d - best[f"{metric}_drop"]) <= 1e-12:
+            best["tied_with"].append(r["label"])
     return out
 
 
