@@ -24,7 +24,6 @@ AXES = ("model", "image_size")
 METRICS = ("roc_auc", "accuracy")
 TITLES = {"train_size": "Along the training-set size", "model": "Along the backbone",
           "image_size": "Along the input resolution"}
-OWN_SIZE = OWN  # the image_size cell of a run at its backbone's own input size
 
 
 def _number(cell: Any) -> float | None:
@@ -80,7 +79,7 @@ def axis_rows(root: str | Path, rows: Sequence[Mapping[str, str]], axis: str) ->
         cells = [r for r in cells if r.get("model")]
     leak_free = bool(cells) and all(_number(r.get("leak_free_roc_auc")) is not None for r in cells)
     def value_of(r: Mapping[str, str]) -> str:
-        return r.get(axis) or OWN_SIZE if axis == "image_size" else r.get(axis, "")
+        return r.get(axis) or OWN if axis == "image_size" else r.get(axis, "")
 
     order: dict[str, int] = {}  # the grid's own order of the axis's values (the index lists them so)
     for r in rows:
@@ -144,7 +143,7 @@ def axis_markdown(rows: Sequence[Mapping[str, Any]], axis: str, skipped: Mapping
 
 def _skipped(rows: Sequence[Mapping[str, str]], axis: str) -> dict[tuple[str, str], str]:
     """(method, axis value) -> why, for the runs the grid skipped (their backbone cannot make them)."""
-    return {(r["method"], r.get(axis) or OWN_SIZE): r.get("reason") or "not possible"
+    return {(r["method"], r.get(axis) or OWN): r.get("reason") or "not possible"
             for r in rows if r.get("status") == "skipped" and r.get(axis, "") != ""}
 
 

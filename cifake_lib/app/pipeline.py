@@ -117,11 +117,9 @@ class StudyOptions:
                                "`cifake ...` command that reproduces it, then exit (imports no torch)")
 
 
-WHOLE_SPLIT, OWN_SIZE = ALL, OWN  # the axes' default values, by name (the folders without _n / _r)
-
-
 def _sizes(value: Any, word: str) -> list[int | str]:
-    """train_sizes / image_sizes from "320,all" or a TOML list: integers, and `word` for the default."""
+    """train_sizes / image_sizes from "320,all" or a TOML list: integers, and `word` for the axis's
+    default by name (ALL: the whole split, OWN: the backbone's own size; the folders without _n / _r)."""
     items = [x.strip() for x in value.split(",") if x.strip()] if isinstance(value, str) else list(value)
     out: list[int | str] = []
     for v in items:
@@ -167,7 +165,7 @@ class RunConfig:
                                             "of the training split, one validation split for all; e.g. "
                                             "320,1000,all ('all': the whole split, the runs a study without "
                                             "this axis made)", metavar="N,N", show_default="the whole split",
-                                            convert=lambda v: _sizes(v, WHOLE_SPLIT))
+                                            convert=lambda v: _sizes(v, ALL))
     seeds: list[int] | None = setting(None, "training seeds: every trained method runs once per seed on the "
                                       "same data split (zero-shot once); e.g. 0,1,2", metavar="S,S",
                                       show_default="one seed, the data --seed; the report preset: 0,1,2")
@@ -175,7 +173,7 @@ class RunConfig:
                                             "method with a backbone runs once per size, position embeddings "
                                             "interpolated; e.g. own,112,64 ('own': each backbone's own size, "
                                             "the runs a study without this axis made)", metavar="PX,PX",
-                                            show_default="each backbone's own", convert=lambda v: _sizes(v, OWN_SIZE))
+                                            show_default="each backbone's own", convert=lambda v: _sizes(v, OWN))
     external: list[str] | None = setting(None, "external labelled test sets (REAL/ + FAKE/ folders, archives, "
                                          "parquet, hf:REPO), comma-separated: every main-cell detector is scored "
                                          "on each (`cifake evaluate --external`) into OUT/external/<set>/<run>/, "
@@ -388,8 +386,8 @@ class Planner:
         self.data = build(DataConfig, self.data_values, where="[data]")
         self.seeds = self.run.seeds or [self.data.seed]
         self.models = self.run.models or [self.run.model]
-        self.sizes: list[int | None] = _named_default(self.run.train_sizes or [self.data.train_size], WHOLE_SPLIT)
-        self.image_sizes: list[int | None] = _named_default(self.run.image_sizes or [None], OWN_SIZE)
+        self.sizes: list[int | None] = _named_default(self.run.train_sizes or [self.data.train_size], ALL)
+        self.image_sizes: list[int | None] = _named_default(self.run.image_sizes or [None], OWN)
         self._check_sizes_fit()
         self.methods = read_methods(self.config)
         self.chosen = self._chosen_methods()
@@ -400,9 +398,11 @@ class Planner:
         train_size larger than it is refused now, not after the runs before it have trained."""
         if self.data.subset is None:
             return
+        from cifake_lib.data.load import validation_size
+
         n_train = self.data.subset[0]
         if self.data.val_fraction > 0:
-            n_train -= min(max(1, round(self.data.val_fraction * n_train)), n_train - 1)  # load.validation_split
+            n_train -= validation_size(n_train, self.data.val_fraction)
         too_big = [n for n in self.sizes if n is not None and n > n_train]
         if too_big:
             raise PipelineError(
@@ -471,11 +471,9 @@ class Planner:
 
     def family(self, model: str) -> str | None:
         """The backbone family of a model of the grid, known without loading it (None: not known)."""
-        from cifake_lib.core.backbones import family_of_reference
+        from cifake_lib.core.backbones import family_of_reference, family_of_type
 
-        if model in TINY_MODELS:
-            return {"dinov2": "image"}.get(TINY_MODELS[model][0], TINY_MODELS[model][0])
-        return family_of_reference(model)
+        return family_of_type(TINY_MODELS[model][0]) if model in TINY_MODELS else family_of_reference(model)
 
 
 def skip_reason(stage: str, cfg: Any, family: str | None) -> str | None:
@@ -600,7 +598,6 @@ def plan_study(config: Mapping[str, Any], out: Path, data: str) -> Planner:
                          evaluates=run.out)
             if run in primary:  # the report's leak-free headline
                 report_runs.append(step.out)
-    if "evaluate" in todo:
         report_runs += [s.out for s in _plan_external(p, primary)]
     if "robustness" in todo:
         names = [str(s.out / BEST_ZEROSHOT) if s.stage == "zeroshot" else str(s.out) for s in primary]

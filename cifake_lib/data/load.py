@@ -72,6 +72,7 @@ __all__ = [
     "split_from_hf",
     "stratified_subset",
     "summarize",
+    "validation_size",
     "validation_split",
 ]
 
@@ -528,12 +529,18 @@ def stratified_subset(split: Split, n: int, *, seed: int = 0) -> Split:
     return split.take(np.sort(np.concatenate(picks)))
 
 
+def validation_size(n: int, fraction: float) -> int:
+    """How many of `n` training images `validation_split` holds out: round(fraction * n), at least 1,
+    leaving at least 1 (a study plans train_sizes with it before any image is read)."""
+    return min(max(1, round(fraction * n)), n - 1)
+
+
 def validation_split(split: Split, fraction: float, *, seed: int = 0) -> tuple[Split, Split]:
     """(train, val): `round(fraction * N)` images (at least 1) held out, stratified by label, then
     by CIFAR class within each label; seeded. Both keep the original row order."""
     if not 0 < fraction < 1:
         raise ValueError(f"val_fraction must be in (0, 1) to carve a validation split, got {fraction}")
-    n_val = min(max(1, round(fraction * len(split))), len(split) - 1)
+    n_val = validation_size(len(split), fraction)
     if n_val < 1:
         raise ValueError(f"cannot carve a validation split from {len(split)} image(s)")
     rng = _rng(seed, "val")
