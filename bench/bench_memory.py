@@ -110,17 +110,18 @@ def estimates(model_dir: str, preset: str, precision: str, sizes: tuple[int, int
     import torch
 
     from cifake_lib.clip.models import load_processor
-    from cifake_lib.core.backbones import family_of_reference, has_text_tower
-    from cifake_lib.data.preprocess import ImagePreprocessor
+    from cifake_lib.core.backbones import TEXT_FAMILIES, family_of_reference
+    from cifake_lib.methods.cost import processor_side
     from cifake_lib.methods.memory import inference_memory, training_memory
 
     b = preset_batches(preset)
     dtype = torch.bfloat16  # on the CPU; fp16 saves the same bytes
+    family = family_of_reference(model_dir)
+    text = family is None or family in TEXT_FAMILIES  # unknown until loaded: measured as a dual encoder
     # the side the model is fed (DINOv2's position grid is for 518 px; its processor crops 224)
-    side = ImagePreprocessor.from_processor(load_processor(model_dir, family_of_reference(model_dir) or "clip")
-                                            ).output_size[0]
+    side = processor_side(load_processor(model_dir, family or "clip"))
     rows, measured = [], {}
-    for method in (MEASURED if has_text_tower(model_dir) is not False else MEASURED_IMAGE_ONLY):
+    for method in (MEASURED if text else MEASURED_IMAGE_ONLY):
         name = f"finetune ({method})"
         config, n_params, n_trainable, per_image, fixed = _in_own_process(
             measure_training, model_dir, method, dtype, sizes, b["finetune_prompts"])
@@ -129,7 +130,7 @@ def estimates(model_dir: str, preset: str, precision: str, sizes: tuple[int, int
         rows.append(training_memory(name, n_params, n_trainable, per_image, fixed, b["finetune_batch"], precision))
     inference = [("finetune eval", b["finetune_eval"]), ("zeroshot", b["zeroshot"]), ("probe", b["probe"]),
                  ("evaluate / robustness", b["robustness"])]
-    for name, batch in (x for x in inference if x[0] != "zeroshot" or has_text_tower(model_dir) is not False):
+    for name, batch in (x for x in inference if x[0] != "zeroshot" or text):
         rows.append(inference_memory(name, vision_config_of(config), n_params, batch, "fp16", image_size=side))
     rows.append(layer_probe_memory(vision_config_of(config), n_params, b["probe"], side))
     return {"model": model_dir, "preset": preset, "precision": precision, "batches": b,

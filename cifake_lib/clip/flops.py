@@ -30,11 +30,11 @@ def _count(fn) -> tuple[int, int]:
     """(forward FLOPs, forward+backward FLOPs) of fn() -> a tensor."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    with FlopCounterMode(display=False) as forward:
-        fn()
-    with FlopCounterMode(display=False) as both:
-        fn().float().sum().backward()
-    return int(forward.get_total_flops()), int(both.get_total_flops())
+    with FlopCounterMode(display=False) as counter:
+        out = fn()
+        forward = counter.get_total_flops()  # before the backward pass adds its own
+        out.float().sum().backward()
+    return int(forward), int(counter.get_total_flops())
 
 
 def flops_per_image(model: nn.Module, image_size: int | None = None) -> dict[str, Any]:

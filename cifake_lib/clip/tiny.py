@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from cifake_lib.clip.models import image_processor_class, quiet_transformers
+from cifake_lib.core.backbones import TINY_MARK
 from cifake_lib.core.files import follow_umask
 
 # OpenAI's CLIP normalisation, which the tiny CLIP shares so preprocessing code paths match.
@@ -34,7 +35,6 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # DINOv2's processor
 IMAGENET_STD = (0.229, 0.224, 0.225)
-TINY_FILE = "TINY_MODEL.json"  # marks a folder as a tiny (random) model: its numbers mean nothing
 
 _TINY = dict(image_size=32, patch_size=4, vision_hidden=64, vision_layers=2, vision_heads=2,
              text_hidden=64, text_layers=2, text_heads=2, projection_dim=64)
@@ -92,7 +92,7 @@ def _save(model, processor, out: Path, family: str, shape: str, seed: int) -> Pa
         model.save_pretrained(out)
         processor.save_pretrained(out)
     follow_umask(out)  # save_pretrained's safetensors file is 0600 whatever the umask
-    (out / TINY_FILE).write_text(json.dumps({"family": family, "shape": shape, "seed": seed}, indent=2) + "\n")
+    (out / TINY_MARK).write_text(json.dumps({"family": family, "shape": shape, "seed": seed}, indent=2) + "\n")
     return out
 
 

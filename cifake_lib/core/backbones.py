@@ -14,6 +14,7 @@ from pathlib import Path
 
 from cifake_lib.core.errors import CifakeError
 
+TINY_MARK = "TINY_MODEL.json"  # in every tiny random model folder (clip.tiny): its numbers mean nothing
 # family -> what the grid needs from it. "image": no text tower.
 TEXT_FAMILIES = ("clip", "siglip")
 
@@ -67,4 +68,4 @@ def has_text_tower(ref: str) -> bool | None:
     return None if fam is None else fam in TEXT_FAMILIES
 
 
-__all__ = ["KNOWN", "MODEL_TYPES", "UnsupportedBackbone", "TEXT_FAMILIES", "family_of_reference", "family_of_type", "has_text_tower"]
+__all__ = ["TINY_MARK", "KNOWN", "MODEL_TYPES", "UnsupportedBackbone", "TEXT_FAMILIES", "family_of_reference", "family_of_type", "has_text_tower"]

@@ -682,8 +682,8 @@ def _counts_line(train: Split, test: Split) -> str:
                      for label, label_name in enumerate(LABEL_NAMES))
 
 
-_WARNED_SHORT: set[str] = set()  # sources whose shortfall was already logged (CifakeData.warnings keeps it)
-_LOGGED_SHORT: set[str] = set()  # the warnings themselves, which format_summary does not print again
+# source -> its shortfall warning, once logged (CifakeData.warnings keeps it; format_summary does not repeat it)
+_WARNED_SHORT: dict[str, str] = {}
 
 
 def _shortfall(source: str, train: Split, test: Split) -> str | None:
@@ -739,8 +739,7 @@ def load_cifake(data: str | os.PathLike | None = None, *, subset: tuple[int, int
     logger.info("loaded %s: %s", source.name, _counts_line(train, test))
     shortfall = _shortfall(source.name, train, test)
     if shortfall and str(source) not in _WARNED_SHORT:  # once per source and process: notebooks load often
-        _WARNED_SHORT.add(str(source))
-        _LOGGED_SHORT.add(shortfall)
+        _WARNED_SHORT[str(source)] = shortfall
         logger.warning(shortfall)
     if subset is not None:
         train = stratified_subset(train, subset[0], seed=seed)
@@ -833,5 +832,5 @@ def format_summary(summary: Mapping[str, Any]) -> str:
                  + (", ..." if len(skipped) > 10 else ""))
     # load_cifake logged these as it loaded, once per source and process: a notebook printing the
     # summary right after would show the same warning twice
-    lines += [f"warning: {w}" for w in summary.get("warnings", []) if w not in _LOGGED_SHORT]
+    lines += [f"warning: {w}" for w in summary.get("warnings", []) if w not in _WARNED_SHORT.values()]
     return "\n".join(lines)

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cifake_lib.core.backbones import TINY_MARK
 from cifake_lib.core.paths import find_moved, resolve_recorded
 
-TINY_MARK = "TINY_MODEL.json"  # written by `clip.tiny.write_tiny_model` into every tiny model folder
 FULL_TEST = 20_000  # CIFAKE's test split: 10,000 REAL + 10,000 FAKE
 # A leak-free re-scoring of the whole test split drops the test images that also occur in train
 # (a few hundred in CIFAKE); a test set smaller than this is a part of CIFAKE's, whatever its dedup.

@@ -110,13 +110,13 @@ def with_flops(cost: dict[str, Any] | None, model: Any, image_size: int | None,
     from cifake_lib.clip.flops import flops_per_image
 
     try:
-        flops: dict[str, Any] = flops_per_image(model, image_size or _processor_side(processor))
+        flops: dict[str, Any] = flops_per_image(model, image_size or processor_side(processor))
     except Exception as e:  # noqa: BLE001 (a count is a record, not a reason to lose a finished run)
         flops = {"error": f"{type(e).__name__}: {e}"[:300]}
     return {**cost, "flops_per_image": flops}
 
 
-def _processor_side(processor: Any) -> int | None:
+def processor_side(processor: Any) -> int | None:
     """The side of the pixel_values `processor` makes, when it is fixed (a crop or a square resize)."""
     if processor is None:
         return None
@@ -126,5 +126,5 @@ def _processor_side(processor: Any) -> int | None:
     return int(size[0]) if size else None
 
 
-__all__ = ["with_flops", "COST_KEY", "CPU_PEAK", "CUDA_PEAK", "FIELDS", "CostMeter", "cost_record", "count_parameters",
+__all__ = ["processor_side", "with_flops", "COST_KEY", "CPU_PEAK", "CUDA_PEAK", "FIELDS", "CostMeter", "cost_record", "count_parameters",
            "peak_rss_bytes"]
