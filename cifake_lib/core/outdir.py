@@ -78,6 +78,15 @@ RUNTIME_ARGS = frozenset({"out", "progress", "device", "cache", "n_boot", "batch
                           "resume", "stop_after", "keep_checkpoints", "log_with", "compile", "figures"})
 
 
+def _recorded_args(path: Path) -> dict[str, Any] | None:
+    """The "args" record of a run.json or metrics.json, None when it has none or cannot be read."""
+    try:
+        args = json.loads(path.read_text(encoding="utf-8")).get("args")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return args if isinstance(args, dict) else None
+
+
 def finished_run_conflict(folder: str | os.PathLike, now: Mapping[str, Any]) -> str | None:
     """What differs between the finished run in `folder` (its run.json's, else its metrics.json's
     "args") and the settings record `now` of a command about to write there; None when the folder
@@ -87,22 +96,16 @@ def finished_run_conflict(folder: str | os.PathLike, now: Mapping[str, Any]) -> 
     folder = Path(folder)
     if not (folder / "metrics.json").is_file():
         return None
-    prev = None
-    for name in ("run.json", "metrics.json"):
-        try:
-            prev = json.loads((folder / name).read_text(encoding="utf-8")).get("args")
-        except (OSError, ValueError, AttributeError):
-            continue
-        if isinstance(prev, dict):
-            break
-    if not isinstance(prev, dict):
+    prev = next((args for args in map(_recorded_args, (folder / "run.json", folder / "metrics.json"))
+                 if args is not None), None)
+    if prev is None:
         return None
 
     def same(a: Any, b: Any) -> bool:
         if json.dumps(a, default=str) == json.dumps(b, default=str):
             return True
-        return isinstance(a, str) and isinstance(b, str) and resolve_recorded(a, folder) is not None \
-            and resolve_recorded(a, folder) == resolve_recorded(b, ".")
+        then = resolve_recorded(a, folder) if isinstance(a, str) and isinstance(b, str) else None
+        return then is not None and then == resolve_recorded(b, ".")
 
     changed = [f"{k}: {prev.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(prev) | set(now), key=str)
                if k not in RUNTIME_ARGS and not same(prev.get(k), now.get(k))]
