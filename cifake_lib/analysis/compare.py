@@ -460,7 +460,8 @@ def as_code_if_at(text: str) -> str:
 
 
 def format_cell(row: Mapping[str, Any], key: str, kind: str = "num", digits: int = 4) -> str:
-    """One table cell: text, an int, a number, or (`kind="ci"`) `value [lo, hi]` when the CI exists."""
+    """One table cell: text, an int, a number, (`kind="ci"`) `value [lo, hi]` when the CI exists, or
+    (`kind="pm"`) `mean ± sd` when `<key>_sd` exists (a mean over seeds)."""
     v = row.get(key)
     if kind == "text":
         return "" if v is None else as_code_if_at(str(v).replace("|", "\\|"))
@@ -470,12 +471,15 @@ def format_cell(row: Mapping[str, Any], key: str, kind: str = "num", digits: int
     ci = row.get(f"{key}_ci95") if kind == "ci" else None
     if ci and v is not None and not isinstance(v, (list, tuple)):
         text += f" [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
+    sd = row.get(f"{key}_sd") if kind == "pm" else None
+    if sd is not None and v is not None:
+        text += f" ± {sd:.{digits}f}"
     return text
 
 
 def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str, str, str]] | None = None,
                    *, digits: int = 4) -> str:
-    """A GitHub-flavoured Markdown table. columns: (key, header, kind) with kind text|int|num|ci."""
+    """A GitHub-flavoured Markdown table. columns: (key, header, kind) with kind text|int|num|ci|pm."""
     if not rows:
         return "_(no rows)_\n"
     if columns is None:

@@ -100,39 +100,22 @@ def seed_cost_rows(index_rows: Sequence[Mapping[str, Any]]) -> list[dict[str, An
                "train_size": r.get("train_size") or "all", "image_size": r.get("image_size") or "own",
                "peak_memory_kind": r.get("peak_memory_kind")}
         for column, field in INDEX_FIELDS.items():
-            value = r.get("leak_free_roc_auc") if column == "roc_auc" and r.get("leak_free_roc_auc") else r.get(column)
             if column == "peak_memory_bytes" and r.get("peak_memory_kind") == CPU_PEAK:
                 continue
+            value = r.get("leak_free_roc_auc") if column == "roc_auc" and r.get("leak_free_roc_auc") else r.get(column)
             if value not in (None, ""):
                 row[field] = float(value) / (2**30 if column == "peak_memory_bytes" else 1)
         rows.append(row)
+    cells: dict[tuple, list[dict[str, Any]]] = {}
+    for row in rows:
+        cells.setdefault(row.pop("cell"), []).append(row)
     out = []
-    for summary in cost_summary(rows, key="cell"):
-        cells = [r for r in rows if str(r["cell"]) == summary["cell"]]
-        seeds = len({r["seed"] for r in cells})
-        if seeds >= 2:
-            first = cells[0]
-            out.append({**summary, "n_runs": seeds, **{k: first[k] for k in ("method", "model", "train_size",
-                                                                             "image_size")}})
+    for runs in cells.values():
+        seeds = len({r["seed"] for r in runs})
+        if seeds >= 2:  # one method per cell: cost_summary gives its one row
+            out.append({**cost_summary(runs)[0], "n_runs": seeds,
+                        **{k: runs[0][k] for k in ("model", "train_size", "image_size")}})
     return out
-
-
-def _seed_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    def cell(r: Mapping[str, Any], key: str, kind: str) -> str:
-        v = r.get(key)
-        if v is None:
-            return "–"
-        if kind == "int":
-            return f"{v:,.0f}"
-        if kind == "text":
-            return str(v)
-        sd = r.get(f"{key}_sd")
-        return f"{v:.4f}" + (f" ± {sd:.4f}" if sd is not None else "")
-
-    lines = ["| " + " | ".join(h for _, h, _ in SEED_TABLE) + " |",
-             "|" + "|".join("---" if k == "text" else "---:" for _, _, k in SEED_TABLE) + "|"]
-    lines += ["| " + " | ".join(cell(r, key, kind) for key, _, kind in SEED_TABLE) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
 
 
 def cost_section(study: Any, index_rows: Sequence[Mapping[str, Any]] = ()) -> Section:
@@ -159,8 +142,8 @@ def cost_section(study: Any, index_rows: Sequence[Mapping[str, Any]] = ()) -> Se
     if seeds:
         s.add("Over training seeds (the study's runs.csv; mean ± sample sd, the main cell's table above is "
               "one seed; test ROC AUC leak-free where the study re-evaluated; CPU peak memory left out):\n",
-              _seed_table(seeds))
-        s.tables[SEED_COSTS_CSV] = ([{k: v for k, v in r.items() if k != "cell"} for r in seeds], None)
+              markdown_table(seeds, SEED_TABLE))
+        s.tables[SEED_COSTS_CSV] = (seeds, None)
     s.image(frontier_figure(rows, title="Test ROC AUC against trainable parameters and training time"),
             FRONTIER_FIGURE, "Efficiency frontier: test ROC AUC against trainable parameters and training seconds")
     return s
